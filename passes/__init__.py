@@ -1,0 +1,3 @@
+"""tcomp's passes, one per file. Importing this package registers them all."""
+
+from tcomp.passes import canonicalize  # noqa: F401

@@ -1,0 +1,249 @@
+"""Reading a decomposed attention chain ``matmul -> scale -> bias/mask -> softmax -> matmul``.
+
+Helper of ``canonicalize``: from a softmax node it finds the QK and PV matmuls and classifies
+every op between QK and the softmax as a scale, an additive bias, a boolean mask, a cast or a
+change of view ("frame"). It builds nothing itself except the bias/mask nodes brought back into
+the QK frame; the pass assembles the ``tcomp.attention`` node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from tcomp.graph import add_node, shape
+
+aten = torch.ops.aten
+
+SOFTMAX = {aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
+MATMUL = {aten.matmul.default, aten.bmm.default}
+CASTS = {aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout, aten.type_as.default, aten.to.device}
+P_PASSTHROUGH = CASTS | {aten.clone.default, aten.contiguous.default, aten.alias.default, aten.detach.default} | {
+    aten.view.default, aten.reshape.default, aten._unsafe_view.default
+}
+VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
+MASK_FLOOR = -1e4  # a fill value at or below this removes the key from the softmax (fp16 min is -65504)
+
+
+class NotAttention(Exception):
+    """The chain around a softmax is not an attention site tcomp can canonicalize; the message
+    says why (it goes into the pass report)."""
+
+
+@dataclass
+class Chain:
+    qk: fx.Node  # the q @ k^T matmul
+    pv: fx.Node  # the probs @ v matmul
+    softmax: fx.Node
+    scale: float = 1.0
+    biases: list[fx.Node] = field(default_factory=list)  # additive, in the QK frame
+    masks: list[fx.Node] = field(default_factory=list)  # bool keep-masks, in the QK frame
+
+
+def _is_dropout_noop(n: fx.Node) -> bool:
+    if n.target is not aten.dropout.default:
+        return False
+    p = n.args[1] if len(n.args) > 1 else n.kwargs.get("p", 0.5)
+    train = n.args[2] if len(n.args) > 2 else n.kwargs.get("train", True)
+    return (not train) or p == 0
+
+
+def _softmax_last_dim(n: fx.Node) -> bool:
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    s = shape(n)
+    return s is not None and isinstance(dim, int) and dim in (-1, len(s) - 1)
+
+
+def find_pv(softmax: fx.Node) -> fx.Node:
+    """Follow the probabilities through casts and no-op dropout to the PV matmul."""
+    node = softmax
+    while True:
+        users = [u for u in node.users if u.target is not aten._assert_tensor_metadata.default]
+        if len(users) != 1:
+            raise NotAttention(
+                "the attention probabilities are used outside the attention (e.g. output_attentions=True)"
+                if len(users) > 1
+                else "softmax output is unused"
+            )
+        (u,) = users
+        if u.op == "call_function" and (u.target in P_PASSTHROUGH or _is_dropout_noop(u)) and u.args[0] is node:
+            node = u
+            continue
+        if u.op == "call_function" and u.target in MATMUL and u.args[0] is node:
+            return u
+        if u.op == "call_function" and u.target is aten.dropout.default:
+            raise NotAttention("attention dropout is active (the model was captured in training mode)")
+        raise NotAttention(f"softmax feeds {u.target} rather than a matmul with the values")
+
+
+def constant_value(n: Any, gm: fx.GraphModule) -> float | None:
+    """The scalar value of a number or a constant scalar node (full / scalar_tensor / 1-element attr)."""
+    if isinstance(n, (int, float)) and not isinstance(n, bool):
+        return float(n)
+    if not isinstance(n, fx.Node):
+        return None
+    if n.op == "call_function" and n.target in (aten.full.default, aten.full_like.default):
+        return constant_value(n.args[1], gm)
+    if n.op == "call_function" and n.target is aten.scalar_tensor.default:
+        return constant_value(n.args[0], gm)
+    if n.op == "call_function" and n.target in CASTS | {aten.lift_fresh_copy.default, aten.detach.default, aten.detach_.default, aten.clone.default}:
+        return constant_value(n.args[0], gm)
+    if n.op == "get_attr":
+        obj = gm
+        for part in str(n.target).split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+            return float(obj.item())
+    return None
+
+
+_CHAIN_OPS = CASTS | VIEWS | {
+    aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.add.Tensor, aten.add.Scalar,
+    aten.sub.Tensor, aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.where.self, aten.where.ScalarOther,
+}
+
+
+def _trace_back(x: Any, depth: int = 0) -> list[fx.Node] | None:
+    """Nodes from the QK matmul (first) to ``x`` (last), following only chain ops; None if ``x``
+    is not reached from a matmul that way."""
+    if not isinstance(x, fx.Node) or x.op != "call_function" or depth > 16:
+        return None
+    if x.target in MATMUL:
+        return [x]
+    if x.target not in _CHAIN_OPS:
+        return None
+    for cand in _score_operands(x):
+        path = _trace_back(cand, depth + 1)
+        if path is not None:
+            return path + [x]
+    return None
+
+
+def _score_operands(x: fx.Node) -> list[Any]:
+    t = x.target
+    if t in (aten.where.self, aten.where.ScalarOther):
+        return [a for a in x.args[1:3]]
+    if t in (aten.add.Tensor, aten.mul.Tensor):
+        return list(x.args[:2])
+    return [x.args[0]]
+
+
+def read_chain(softmax: fx.Node, gm: fx.GraphModule) -> Chain:
+    """Classify the ops between the QK matmul and ``softmax``; build bias/mask nodes that live in
+    the QK frame (inserted before the PV matmul). Raises ``NotAttention`` with the reason."""
+    if not _softmax_last_dim(softmax):
+        raise NotAttention("softmax is not over the last dimension")
+    pv = find_pv(softmax)
+    path = _trace_back(softmax.args[0])
+    if path is None:
+        raise NotAttention("no q @ k^T matmul reaches the softmax through scale/bias/mask ops")
+    qk = path[0]
+    chain = Chain(qk=qk, pv=pv, softmax=softmax)
+    graph = gm.graph
+    frames: list[tuple[list, list, list]] = []  # (enter view sizes, biases, masks) of open frames
+    biases, masks = chain.biases, chain.masks
+    prev = qk
+    with graph.inserting_before(pv):
+        for node in path[1:]:
+            t = node.target
+            other = [a for a in node.args if a is not prev]
+            if t in CASTS:
+                pass
+            elif t in VIEWS:
+                sizes = list(node.args[1])
+                if frames and _same_shape(shape(node), shape(qk)):
+                    enter, inner_b, inner_m = frames.pop()
+                    outer_b, outer_m = (frames[-1][1], frames[-1][2]) if frames else (chain.biases, chain.masks)
+                    for b in inner_b:
+                        outer_b.append(_to_frame(graph, b, enter, sizes))
+                    for m in inner_m:
+                        outer_m.append(_to_frame(graph, m, enter, sizes))
+                    biases, masks = outer_b, outer_m
+                else:
+                    frames.append((sizes, [], []))
+                    biases, masks = frames[-1][1], frames[-1][2]
+            elif t in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar):
+                c = constant_value(other[0] if other else node.args[1], gm)
+                if c is None or c == 0 or not math.isfinite(c):
+                    raise NotAttention(f"scores are scaled by a non-constant ({node.name})")
+                factor = c if t in (aten.mul.Tensor, aten.mul.Scalar) else 1.0 / c
+                chain.scale *= factor
+                _scale_all(graph, chain, frames, factor)
+            elif t in (aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor):
+                if node.kwargs.get("alpha", 1) != 1:
+                    raise NotAttention(f"add with alpha at {node.name}")
+                if t is aten.sub.Tensor and node.args[0] is not prev:
+                    raise NotAttention(f"scores are subtracted from something at {node.name}")
+                b = other[0] if other else None
+                if isinstance(b, fx.Node):
+                    biases.append(add_node(graph, aten.neg.default, (b,)) if t is aten.sub.Tensor else b)
+                elif constant_value(b, gm) is None:
+                    raise NotAttention(f"unrecognised addend at {node.name}")
+                # a constant added to every score does not change the softmax
+            elif t in (aten.masked_fill.Scalar, aten.masked_fill.Tensor):
+                fill = constant_value(node.args[2], gm)
+                if fill is None or fill > MASK_FLOOR:
+                    raise NotAttention(f"masked_fill with a value that does not remove keys at {node.name}")
+                masks.append(negate(graph, node.args[1]))
+            elif t in (aten.where.self, aten.where.ScalarOther):
+                cond, a, b = node.args[:3]
+                fill = constant_value(b if a is prev else a, gm)
+                if fill is None or fill > MASK_FLOOR:
+                    raise NotAttention(f"where() with a value that does not remove keys at {node.name}")
+                masks.append(cond if a is prev else negate(graph, cond))
+            else:  # pragma: no cover - _trace_back admits only the ops above
+                raise NotAttention(f"unexpected op {t} in the score chain")
+            prev = node
+    if not _same_shape(shape(pv.args[0]), shape(qk)):
+        raise NotAttention("the probabilities reach the PV matmul in another shape than q @ k^T")
+    if frames:
+        # the softmax was taken in a reshaped view (e.g. bmm scores viewed as (B, H, N, M)):
+        # bring what was added there back to the QK frame
+        with graph.inserting_before(pv):
+            qk_sizes = [s if isinstance(s, int) else add_node(graph, aten.sym_size.int, (qk, d)) for d, s in enumerate(_ints(shape(qk)))]
+            while frames:
+                enter, inner_b, inner_m = frames.pop()
+                outer_b, outer_m = (frames[-1][1], frames[-1][2]) if frames else (chain.biases, chain.masks)
+                outer_b.extend(_to_frame(graph, b, enter, qk_sizes) for b in inner_b)
+                outer_m.extend(_to_frame(graph, m, enter, qk_sizes) for m in inner_m)
+    return chain
+
+
+def _ints(sizes: tuple) -> list:
+    """Static sizes as ints; symbolic ones left as SymInt (the caller reads them from the graph)."""
+    out = []
+    for s in sizes:
+        expr = s.node.expr if isinstance(s, torch.SymInt) else s
+        out.append(int(expr) if getattr(expr, "is_number", isinstance(expr, int)) else s)
+    return out
+
+
+def negate(graph: fx.Graph, m: fx.Node) -> fx.Node:
+    """``~m`` for a bool mask, reusing the input of a ``not`` instead of stacking two."""
+    if m.op == "call_function" and m.target in (aten.bitwise_not.default, aten.logical_not.default):
+        return m.args[0]
+    return add_node(graph, aten.logical_not.default, (m,))
+
+
+def _same_shape(a: tuple | None, b: tuple | None) -> bool:
+    if a is None or b is None or len(a) != len(b):
+        return False
+    return all(str(x) == str(y) for x, y in zip(a, b))
+
+
+def _scale_all(graph: fx.Graph, chain: Chain, frames: list, factor: float) -> None:
+    """A scale applied after a bias was added scales that bias too."""
+    groups = [chain.biases] + [f[1] for f in frames]
+    for group in groups:
+        for i, b in enumerate(group):
+            group[i] = add_node(graph, aten.mul.Tensor, (b, factor))
+
+
+def _to_frame(graph: fx.Graph, t: fx.Node, enter_sizes: list, exit_sizes: list) -> fx.Node:
+    """Bring a bias/mask added in a reshaped view of the scores back to the QK frame."""
+    full = add_node(graph, aten.expand.default, (t, enter_sizes))
+    return add_node(graph, aten.reshape.default, (full, exit_sizes))

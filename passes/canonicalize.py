@@ -1,0 +1,179 @@
+"""``canonicalize``: every attention spelling -> one ``tcomp.attention`` node.
+
+Spellings handled:
+
+* ``aten.scaled_dot_product_attention`` -- bool ``attn_mask`` (mask) or float (bias),
+  ``is_causal``, explicit or default scale, GQA through ``enable_gqa``;
+* decomposed chains ``matmul|bmm -> (mul|div scale) -> (add bias | masked_fill | where mask, in any
+  order, also inside a reshaped view of the scores as Swin does) -> softmax -> (casts, dropout in
+  eval) -> matmul|bmm``, with q/k/v reached through any transposes, permutes and expands.
+
+3-D (``bmm``) sites become ``(1, B*H, N, D)`` so the op always sees four dims.
+
+Guarantee: FP_EQUIVALENT -- the same function in real arithmetic (half-precision scores are
+computed in float32, fully masked rows give zeros). Sites the pass cannot prove to be attention
+are left alone and listed in the notes with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+
+from tcomp import meta
+from tcomp.graph import add_node, dead_code, copy_source_meta, module_path, remove_dead, shape, source_line, val
+from tcomp.pipeline import FP_EQUIVALENT, PassResult, register_pass
+from tcomp.passes.attention_chain import SOFTMAX, NotAttention, read_chain
+
+aten = torch.ops.aten
+ATTN = torch.ops.tcomp.attention.default
+SDPA = aten.scaled_dot_product_attention.default
+
+
+@register_pass("canonicalize", FP_EQUIVALENT, default=True)
+def canonicalize(gm: fx.GraphModule) -> PassResult:
+    """Rewrite every attention site to ``tcomp.attention`` (FP_EQUIVALENT)."""
+    import tcomp.ops  # noqa: F401 - registers torch.ops.tcomp.attention
+
+    result = PassResult(gm)
+    # metadata assertions left by .to() calls hold by construction and would keep dead chains alive
+    for n in [n for n in gm.graph.nodes if n.op == "call_function" and n.target is aten._assert_tensor_metadata.default]:
+        gm.graph.erase_node(n)
+    dead_code(gm.graph)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.graph is not gm.graph:
+            continue
+        try:
+            if node.target is SDPA:
+                site = _from_sdpa(gm, node)
+            elif node.target in SOFTMAX:
+                site = _from_chain(gm, node)
+            else:
+                continue
+        except NotAttention as why:
+            result.notes.append(f"skipped softmax at {module_path(node) or node.name}: {why}")
+            continue
+        site["layer"] = result.rewrites
+        result.sites.append(site)
+        result.rewrites += 1
+    # number the sites in graph order (the order a reader of the model expects)
+    for i, n in enumerate(n for n in gm.graph.nodes if n.op == "call_function" and n.target is ATTN):
+        n.meta[meta.ATTN_LAYER] = i
+    gm.graph.lint()
+    gm.recompile()
+    return result
+
+
+def _arg(node: fx.Node, i: int, name: str, default):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _from_sdpa(gm: fx.GraphModule, node: fx.Node) -> dict:
+    q, k, v = node.args[:3]
+    attn_mask = _arg(node, 3, "attn_mask", None)
+    dropout_p = _arg(node, 4, "dropout_p", 0.0)
+    is_causal = _arg(node, 5, "is_causal", False)
+    scale = node.kwargs.get("scale", node.args[6] if len(node.args) > 6 else None)
+    if dropout_p not in (0, 0.0):
+        raise NotAttention(f"dropout_p={dropout_p} (capture the model in eval mode)")
+    if not isinstance(is_causal, bool):
+        raise NotAttention("is_causal is not a constant")
+    if scale is None:
+        d = shape(q)[-1]
+        if not isinstance(d, int):
+            raise NotAttention("head dim is symbolic; the default scale 1/sqrt(D) is unknown")
+        scale = 1.0 / math.sqrt(d)
+    if not isinstance(scale, (int, float)):
+        raise NotAttention("scale is not a constant")
+    bias = mask = None
+    if isinstance(attn_mask, fx.Node):
+        if val(attn_mask).dtype == torch.bool:
+            mask = attn_mask
+        else:
+            bias = attn_mask
+    with gm.graph.inserting_before(node):
+        out = _emit(gm.graph, node, q, k, v, bias, mask, float(scale), is_causal)
+    node.replace_all_uses_with(out)
+    remove_dead(gm.graph, [node])
+    return _site(out, "sdpa", q, k, bias, mask, scale, is_causal)
+
+
+def _from_chain(gm: fx.GraphModule, softmax: fx.Node) -> dict:
+    ch = read_chain(softmax, gm)
+    graph = gm.graph
+    q, kt = ch.qk.args[:2]
+    v = ch.pv.args[1]
+    rank = len(shape(ch.qk))
+    if rank not in (3, 4) or any(len(shape(x) or ()) != rank for x in (q, kt, v)):
+        raise NotAttention(f"q/k/v/scores of rank {rank} with mixed ranks; expected 3-D or 4-D operands")
+    with graph.inserting_before(ch.pv):
+        k = _untranspose(graph, kt)
+        bias = _combine(graph, ch.biases, aten.add.Tensor)
+        mask = _combine(graph, ch.masks, aten.logical_and.default)
+        if rank == 3:
+            q, k, v = (add_node(graph, aten.unsqueeze.default, (x, 0)) for x in (q, k, v))
+            bias = _lift(graph, bias)
+            mask = _lift(graph, mask)
+        attn = out = _emit(graph, ch.softmax, q, k, v, bias, mask, ch.scale, False)
+        if rank == 3:
+            out = add_node(graph, aten.squeeze.dim, (attn, 0))
+    pv = ch.pv
+    pv.replace_all_uses_with(out)
+    remove_dead(graph, [pv])
+    return _site(attn, "decomposed", q, k, bias, mask, ch.scale, False)
+
+
+def _emit(graph, origin, q, k, v, bias, mask, scale, causal) -> fx.Node:
+    out = add_node(graph, ATTN, (q, k, v, bias, mask, float(scale), bool(causal)))
+    copy_source_meta(out, origin)
+    out.meta[meta.ATTN_SPELLING] = "sdpa" if origin.target is SDPA else "decomposed"
+    out.meta[meta.ATTN_SOURCE] = module_path(origin)
+    return out
+
+
+def _untranspose(graph: fx.Graph, kt: fx.Node) -> fx.Node:
+    """k (…, M, D) from the matmul's right operand k^T (…, D, M)."""
+    n = len(shape(kt))
+    if kt.op == "call_function" and kt.target is aten.transpose.int:
+        dims = {d % n for d in kt.args[1:3]}
+        if dims == {n - 2, n - 1}:
+            return kt.args[0]
+    if kt.op == "call_function" and kt.target is aten.permute.default:
+        perm = [d % n for d in kt.args[1]]
+        if perm[:-2] == list(range(n - 2)) and perm[-2:] == [n - 1, n - 2]:
+            return kt.args[0]
+    return add_node(graph, aten.transpose.int, (kt, -2, -1))
+
+
+def _combine(graph: fx.Graph, nodes: list, op) -> fx.Node | None:
+    if not nodes:
+        return None
+    acc = nodes[0]
+    for n in nodes[1:]:
+        acc = add_node(graph, op, (acc, n))
+    return acc
+
+
+def _lift(graph: fx.Graph, t: fx.Node | None) -> fx.Node | None:
+    if t is None or len(shape(t)) < 3:
+        return t  # broadcasts from the right either way
+    return add_node(graph, aten.unsqueeze.default, (t, 0))
+
+
+def _site(out: fx.Node, spelling: str, q, k, bias, mask, scale, causal) -> dict:
+    return {
+        "node": out.name,
+        "spelling": spelling,
+        "module": module_path(out),
+        "source": source_line(out),
+        "q": [str(s) for s in shape(q)],
+        "k": [str(s) for s in shape(k)],
+        "bias": bias is not None,
+        "mask": mask is not None,
+        "scale": float(scale),
+        "causal": bool(causal),
+    }

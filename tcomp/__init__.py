@@ -1,0 +1,37 @@
+"""tcomp: a verified graph-transformation compiler for PyTorch transformers.
+
+    import tcomp
+    fast = tcomp.optimize(model, (input_ids,), target="cpu")
+    fast(input_ids)            # same outputs, same structure
+    print(fast.report)         # what each pass did, under which contract, measured error
+"""
+
+from __future__ import annotations
+
+from tcomp import ops  # noqa: F401 - registers the tcomp dialect (torch.ops.tcomp.*)
+from tcomp.api import OptimizedModule, optimize
+from tcomp.errors import CaptureError, InputError, PassError, TcompError
+from tcomp.pipeline import Contract, Exactness, PassResult, register_pass, registered_passes
+from tcomp.targets import Target, get_target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CaptureError",
+    "Contract",
+    "Exactness",
+    "InputError",
+    "OptimizedModule",
+    "PassError",
+    "PassResult",
+    "Target",
+    "TcompError",
+    "__version__",
+    "get_target",
+    "optimize",
+    "register_pass",
+    "registered_passes",
+]
+
+# The face wires up the pass packages: importing them registers every pass.
+from tcomp import passes as _passes  # noqa: E402, F401

@@ -1,0 +1,180 @@
+"""The Python face: ``tcomp.optimize`` and the module it returns."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from tcomp.capture import Captured, capture
+from tcomp.errors import InputError
+from tcomp.pipeline import default_pipeline, get_pass, run_pipeline
+from tcomp.report import Report
+from tcomp.targets import Target, get_target
+
+PassSpec = "str | tuple[str, dict[str, Any]]"
+
+
+def _load_plugins() -> None:
+    """Registration happens when the faces import the pass and backend packages."""
+    import tcomp.ops  # noqa: F401
+    import tcomp.passes  # noqa: F401
+
+
+class OptimizedModule(torch.nn.Module):
+    """An ``nn.Module`` running the rewritten graph. Same call signature and output structure as
+    the original model; ``.report`` says what was done, ``.graph_module`` is the graph."""
+
+    def __init__(self, gm: fx.GraphModule, report: Report, target: Target, captured: Captured):
+        super().__init__()
+        self.graph_module = gm
+        self.report = report
+        self.target = target
+        self._dims = captured.dims
+        self._model_name = report.model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.graph_module(*args, **kwargs)
+        except Exception as exc:
+            text = str(exc)
+            if any(s in text for s in ("Guard failed", "input tree spec", "Expected input", "tree_flatten_spec", "Trying to flatten")):
+                raise InputError(self._input_help(text)) from exc
+            raise
+
+    def _input_help(self, text: str) -> str:
+        static = {k: v for k, v in ((k, {d: s for d, s in dims.items() if s != "dynamic"}) for k, dims in self._dims.items()) if v}
+        msg = f"the inputs do not fit the graph tcomp captured for {self._model_name}: {text.splitlines()[0]}."
+        if static:
+            msg += (
+                f" These input dims were fixed at capture time: {static} (a size of 1 in the example inputs, or "
+                "model code that depends on the size, fixes a dim). Capture again with example inputs of those sizes, "
+                "or with a batch and sequence length of at least 2."
+            )
+        else:
+            msg += " Call it with the same argument structure (positional/keyword, which tensors) as the example inputs."
+        return msg
+
+    def save(self, folder: str) -> str:
+        """Write the artifact folder (report, graphs, manifest with hashes); returns the manifest path."""
+        from tcomp.artifacts import write
+
+        return str(write(self, folder))
+
+    @property
+    def code(self) -> str:
+        return self.graph_module.code
+
+
+def _normalize_inputs(example_inputs: Any, example_kwargs: dict | None) -> tuple[tuple, dict]:
+    kwargs = dict(example_kwargs or {})
+    if example_inputs is None:
+        args: tuple = ()
+    elif isinstance(example_inputs, dict):
+        args, kwargs = (), {**example_inputs, **kwargs}
+    elif isinstance(example_inputs, tuple):
+        args = example_inputs
+    elif isinstance(example_inputs, list):
+        args = tuple(example_inputs)
+    else:
+        args = (example_inputs,)
+    if not args and not kwargs:
+        raise InputError("tcomp.optimize needs example inputs: optimize(model, (x,)) or optimize(model, {'input_ids': ids})")
+    return args, kwargs
+
+
+def optimize(
+    model: torch.nn.Module,
+    example_inputs: Any = None,
+    target: str | Target = "cpu",
+    passes: list[Any] | None = None,
+    verify: bool = True,
+    calibration: Any = None,
+    *,
+    example_kwargs: dict | None = None,
+    dynamic: bool = True,
+    verify_samples: int = 2,
+    seed: int = 0,
+) -> OptimizedModule:
+    """Capture ``model`` on ``example_inputs``, rewrite it with ``passes`` and return a module that
+    runs the result.
+
+    * ``example_inputs``: a tuple of positional arguments, a dict of keyword arguments, or one tensor.
+    * ``target``: ``"cpu"``, ``"a100"``, ``"h100"``, ``"h200"`` or a ``Target``.
+    * ``passes``: names or ``(name, options)``; None runs the target's default pipeline (exact and
+      FP-equivalent passes only). ``canonicalize`` always runs first.
+    * ``verify``: check every pass against its contract on float64 references of the example inputs
+      and ``verify_samples - 1`` fresh random draws; a pass that breaks its contract is rolled back.
+    * ``calibration``: data for passes that need statistics, handed to those that take it.
+    * ``dynamic``: keep batch and sequence dims dynamic (the default).
+
+    The user's model is never modified.
+    """
+    _load_plugins()
+    tgt = get_target(target)
+    args, kwargs = _normalize_inputs(example_inputs, example_kwargs)
+    specs = _pass_specs(passes, calibration)
+    captured = capture(model, args, kwargs, dynamic=dynamic)
+    reference = None
+    if verify:
+        from tcomp.verify import Reference
+
+        reference = Reference.build(model, args, kwargs, samples=verify_samples, seed=seed)
+    result = run_pipeline(captured.gm, specs, reference=reference)
+    report = Report(model=type(model).__name__, target=tgt.name, passes=result.records, dynamic_dims=captured.dims)
+    report.sites = _sites(result.gm)
+    if reference is not None:
+        report.base_error = reference.base_error
+        report.final_error = reference.error(result.gm)
+    _add_cost(report, result.gm, captured, tgt)
+    om = OptimizedModule(result.gm, report, tgt, captured)
+    om.snapshots = result.snapshots
+    return om
+
+
+def _pass_specs(passes: list[Any] | None, calibration: Any) -> list[tuple[str, dict[str, Any]]]:
+    names = default_pipeline() if passes is None else list(passes)
+    specs = [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in names]
+    for name, _ in specs:
+        get_pass(name)  # unknown names fail before any work is done
+    if "canonicalize" not in [n for n, _ in specs]:
+        specs.insert(0, ("canonicalize", {}))
+    if calibration is not None:
+        for name, opts in specs:
+            if "calibration" in inspect.signature(get_pass(name).fn).parameters:
+                opts.setdefault("calibration", calibration)
+    return specs
+
+
+def _sites(gm: fx.GraphModule) -> list[dict[str, Any]]:
+    from tcomp import meta
+    from tcomp.graph import module_path, shape, source_line
+    from tcomp.ops import attention_nodes
+
+    sites = []
+    for i, n in enumerate(attention_nodes(gm)):
+        q, k, v, bias, mask, scale, causal = n.args
+        sites.append(
+            {
+                "layer": i,
+                "node": n.name,
+                "module": n.meta.get(meta.ATTN_SOURCE) or module_path(n),
+                "spelling": n.meta.get(meta.ATTN_SPELLING, ""),
+                "source": source_line(n),
+                "q": [str(s) for s in shape(q)],
+                "k": [str(s) for s in shape(k)],
+                "bias": bias is not None,
+                "mask": mask is not None,
+                "scale": float(scale),
+                "causal": bool(causal),
+            }
+        )
+    return sites
+
+
+def _add_cost(report: Report, gm: fx.GraphModule, captured: Captured, target: Target) -> None:
+    from tcomp.cost import cost_summary
+
+    report.cost, report.cost_symbolic = cost_summary(gm, target)

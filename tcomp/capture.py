@@ -1,0 +1,180 @@
+"""nn.Module + example inputs -> ATen-level ``torch.fx.GraphModule`` through ``torch.export``.
+
+The captured graph is ``ExportedProgram.module()``: flat placeholders, parameters as ``get_attr``
+nodes, and pytree code that accepts the model's own argument structure and rebuilds its own output
+structure (Hugging Face ``ModelOutput`` included). Batch and sequence dims are dynamic by default
+(``Dim.AUTO`` on dims 0 and 1 of every tensor input); dims the model's code fixes stay static and
+are listed in ``Captured.static_dims``.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch.export import Dim, ExportedProgram
+
+from tcomp import meta
+from tcomp.errors import CaptureError, InputError, user_frame
+
+_LEAF_TYPES = (torch.Tensor, int, float, bool, str, type(None))
+
+
+@dataclass
+class Captured:
+    """A captured model: the graph, the program it came from and what is known of its inputs."""
+
+    gm: fx.GraphModule
+    exported: ExportedProgram
+    example_args: tuple
+    example_kwargs: dict
+    # input path (e.g. "args[0]", "kwargs['input_ids']") -> {dim: "dynamic" | size}
+    dims: dict[str, dict[int, int | str]] = field(default_factory=dict)
+
+    @property
+    def static_dims(self) -> dict[str, dict[int, int]]:
+        """Dims that were asked to be dynamic but the model's code fixed to one size."""
+        return {k: {d: s for d, s in v.items() if s != "dynamic"} for k, v in self.dims.items()}
+
+
+def _path_str(path) -> str:
+    return pytree.keystr(path)
+
+
+def check_inputs(args: tuple, kwargs: dict) -> None:
+    """Refuse input types torch.export cannot take, naming the offending input."""
+    leaves, _ = pytree.tree_flatten_with_path((args, kwargs))
+    for path, leaf in leaves:
+        if not isinstance(leaf, _LEAF_TYPES):
+            where = _path_str(path).replace("[0]", "args", 1) if _path_str(path).startswith("[0]") else _path_str(path)
+            raise InputError(
+                f"example input {where} is a {type(leaf).__name__}; tcomp captures models whose inputs are "
+                "tensors, numbers, strings, None, or lists/tuples/dicts of them. Convert it to a tensor "
+                "(for text: tokenize first) or wrap the model in a module that takes tensors."
+            )
+
+
+def _dynamic_spec(model: torch.nn.Module, args: tuple, kwargs: dict):
+    """``Dim.AUTO`` on dims 0 and 1 of every tensor input, keyed by the forward's parameter names."""
+
+    def spec(x):
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            return None
+        return {d: Dim.AUTO for d in range(min(2, x.dim()))}
+
+    def is_leaf(x):
+        return not isinstance(x, (tuple, list, dict))
+
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise InputError(f"the example inputs do not fit {type(model).__name__}.forward: {exc}") from exc
+    return {name: pytree.tree_map(spec, value, is_leaf=is_leaf) for name, value in bound.arguments.items()}
+
+
+def _describe_failure(model: torch.nn.Module, exc: BaseException) -> str:
+    where = user_frame(exc.__traceback__)
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    data_dep = isinstance(exc, torch.fx.experimental.symbolic_shapes.GuardOnDataDependentSymNode) or re.search(
+        r"data.dependent|GuardOnDataDependent|Could not guard on data-dependent", text
+    )
+    if data_dep:
+        cause = (
+            "the model branches in Python on the value of a tensor (data-dependent control flow), which a "
+            "graph cannot represent. Rewrite the branch with torch.where / torch.cond, or move it out of forward()."
+        )
+    elif "Constraints violated" in text or "specialized" in text.lower():
+        cause = (
+            "the model fixes a batch or sequence size that tcomp tried to keep dynamic. Call "
+            "tcomp.optimize(..., dynamic=False) to capture static shapes."
+        )
+    else:
+        cause = f"{type(exc).__name__}: {first}"
+    loc = f" at {where}" if where else ""
+    return f"could not capture {type(model).__name__}{loc}: {cause}"
+
+
+def capture(
+    model: torch.nn.Module,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    *,
+    dynamic: bool = True,
+) -> Captured:
+    """Capture ``model(*args, **kwargs)`` as an ATen-level fx graph.
+
+    The model is never modified: it is captured from a copy in eval mode (inference graphs).
+    Raises ``InputError`` for inputs that are not tensors/numbers and ``CaptureError`` naming the
+    model's source line when the model cannot be traced.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"tcomp.optimize expects a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(args, tuple):
+        args = (args,) if isinstance(args, torch.Tensor) else tuple(args)
+    kwargs = dict(kwargs or {})
+    check_inputs(args, kwargs)
+    work = copy.deepcopy(model).eval()
+    _disable_hf_cache(work)
+    specs = _dynamic_spec(work, args, kwargs) if dynamic else None
+    try:
+        with torch.no_grad():
+            try:
+                ep = torch.export.export(work, args, kwargs, strict=False, dynamic_shapes=specs)
+            except Exception:
+                if not dynamic:
+                    raise
+                # Some models refuse dynamic dims in ways AUTO cannot absorb; say so only if the
+                # static capture works (otherwise the static error is the more useful one).
+                torch.export.export(work, args, kwargs, strict=False)
+                raise
+    except CaptureError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - turned into a message that names the user's code
+        raise CaptureError(_describe_failure(model, exc)) from exc
+    gm = ep.module()
+    return Captured(gm=gm, exported=ep, example_args=args, example_kwargs=kwargs, dims=_dims_of(ep, args, kwargs, dynamic))
+
+
+def _dims_of(ep: ExportedProgram, args: tuple, kwargs: dict, dynamic: bool) -> dict[str, dict[int, int | str]]:
+    """Which of dims 0/1 of each tensor input ended up symbolic in the captured graph."""
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    user_inputs = [
+        n for n, s in zip(placeholders, ep.graph_signature.input_specs) if s.kind == torch.export.graph_signature.InputKind.USER_INPUT
+    ]
+    leaves, _ = pytree.tree_flatten_with_path((args, kwargs))
+    tensor_leaves = [(p, x) for p, x in leaves if isinstance(x, torch.Tensor)]
+    out: dict[str, dict[int, int | str]] = {}
+    ph_by_val = [n for n in user_inputs if isinstance(n.meta.get(meta.VAL), torch.Tensor)]
+    for (path, x), node in zip(tensor_leaves, ph_by_val):
+        shape = node.meta[meta.VAL].shape
+        info: dict[int, int | str] = {}
+        for d in range(min(2, x.dim())):
+            info[d] = "dynamic" if isinstance(shape[d], torch.SymInt) else int(shape[d])
+        out[input_name(path)] = info
+    return out
+
+
+def input_name(path) -> str:
+    """Readable name of an input from its pytree path over ``(args, kwargs)``."""
+    s = _path_str(path)
+    if s.startswith("[0]"):
+        return "args" + s[3:]
+    if s.startswith("[1]"):
+        return "kwargs" + s[3:]
+    return s
+
+
+def _disable_hf_cache(model: torch.nn.Module) -> None:
+    """Hugging Face decoders return a cache object by default; an inference graph does not need it.
+    Called on tcomp's private copy of the model, never on the user's."""
+    for mod in model.modules():
+        config = getattr(mod, "config", None)
+        if config is not None and getattr(config, "use_cache", False):
+            config.use_cache = False

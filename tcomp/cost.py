@@ -1,0 +1,432 @@
+"""Symbolic cost model: FLOPs and bytes per graph node as sympy expressions of batch and sequence.
+
+Shapes come from ``node.meta[VAL]`` (FakeTensors whose sizes may be ``torch.SymInt``). Symbolic
+sizes become sympy expressions in the shape environment's symbols (``s0``, ``s77``, ...);
+pass ``symbols`` (see :func:`input_symbols`) to rename them to :data:`BATCH` and :data:`SEQ`.
+
+Conventions:
+
+* A multiply-add is 2 FLOPs. Bytes are the compulsory traffic of a fused kernel: every input read
+  once from memory, the output written once (no intermediate round trips, caches ignored).
+* Attention counts ``2·N·M·D`` (``Q Kᵀ``) + ``2·N·M·Dv`` (``P V``) + :data:`SOFTMAX_FLOPS` per score
+  (+1 per score for an additive bias), per batch and query head. Causal attention counts half of
+  the scores (``N·M/2``), the FlashAttention benchmark convention; for ``N = M`` the exact number of
+  kept scores is ``N(N+1)/2``, so the convention leaves out the ``N/2`` diagonal scores.
+* The roofline time of a node is ``max(flops / peak, bytes / bandwidth)``; the time of a graph
+  is the sum over nodes (each node is its own kernel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+import sympy
+import torch
+from torch.fx import GraphModule, Node
+
+from tcomp.meta import VAL
+from tcomp.ops import is_attention
+from tcomp.targets import DtypeKey, Target, get_target
+
+BATCH = sympy.Symbol("B", positive=True, integer=True)
+SEQ = sympy.Symbol("N", positive=True, integer=True)
+
+SOFTMAX_FLOPS = 5  # per score: scale, max, subtract, exp, sum (the final divide is per output row)
+
+SymLike = Union[int, sympy.Expr]
+SiteKind = Literal["attention", "linear", "matmul"]
+SymbolMap = Mapping[Union[sympy.Symbol, str], SymLike]
+
+
+def _s(x: SymLike | float) -> sympy.Expr:
+    return sympy.sympify(x)
+
+
+@dataclass
+class Cost:
+    """FLOPs and bytes moved, as sympy expressions."""
+
+    flops: sympy.Expr
+    bytes: sympy.Expr
+
+    def __add__(self, other: Cost) -> Cost:
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return Cost(self.flops + other.flops, self.bytes + other.bytes)
+
+    def __radd__(self, other: Any) -> Cost:  # lets sum() start from 0
+        if other == 0:
+            return self
+        return NotImplemented
+
+    @property
+    def free_symbols(self) -> set[sympy.Symbol]:
+        return set(self.flops.free_symbols) | set(self.bytes.free_symbols)
+
+    def subs(self, **values: SymLike) -> Cost:
+        """Substitute symbols given by name (``B=2``, ``N=SEQ``, ``s77=...``)."""
+        mapping = _by_name(self.free_symbols, values)
+        return Cost(_s(self.flops).subs(mapping), _s(self.bytes).subs(mapping))
+
+    def evaluate(
+        self, batch: int | None = None, seq: int | None = None, **values: int
+    ) -> tuple[float, float]:
+        """``(flops, bytes)`` as floats, with :data:`BATCH` = ``batch``, :data:`SEQ` = ``seq`` and
+        other symbols given by name. Raises ValueError if a symbol is left without a value."""
+        if batch is not None:
+            values[BATCH.name] = batch
+        if seq is not None:
+            values[SEQ.name] = seq
+        c = self.subs(**values)
+        left = c.free_symbols
+        if left:
+            raise ValueError(
+                f"cost still depends on {sorted(map(str, left))}; give them values, or map shape "
+                f"symbols to B/N with graph_cost(gm, symbols=input_symbols(gm))"
+            )
+        return float(c.flops), float(c.bytes)
+
+    def roofline_time(self, target: str | Target, dtype: DtypeKey) -> sympy.Expr:
+        """Seconds on ``target`` in ``dtype``: ``max(flops / peak, bytes / bandwidth)``."""
+        t = get_target(target)
+        return sympy.Max(self.flops / _s(t.flops_per_s(dtype)), self.bytes / _s(t.bytes_per_s()))
+
+
+def _by_name(free: Iterable[sympy.Symbol], values: Mapping[Any, SymLike]) -> dict[sympy.Symbol, sympy.Expr]:
+    """Match ``values`` (keyed by symbol or name) to the symbols in ``free`` by name.
+
+    Matching by name matters: shape-environment symbols carry assumptions (integer, positive), and
+    sympy treats ``Symbol("s0")`` and ``Symbol("s0", integer=True)`` as different symbols.
+    """
+    named = {str(k): _s(v) for k, v in values.items()}
+    return {sym: named[sym.name] for sym in free if sym.name in named}
+
+
+# -- formulas ------------------------------------------------------------------------------------
+
+
+def attention_cost(
+    B: SymLike,
+    H: SymLike,
+    N: SymLike,
+    M: SymLike,
+    D: SymLike,
+    Dv: SymLike,
+    elem_bytes: int,
+    causal: bool = False,
+    has_bias: bool = False,
+    bias_numel: SymLike | None = None,
+    has_mask: bool = False,
+    *,
+    Hk: SymLike | None = None,
+    mask_numel: SymLike | None = None,
+    bias_bytes: int | None = None,
+) -> Cost:
+    """Softmax attention of q (B,H,N,D), k (B,Hk,M,D), v (B,Hk,M,Dv) → out (B,H,N,Dv).
+
+    FLOPs: ``B·H·S·(2D + 2Dv + 5 [+1 with bias])`` where ``S = N·M`` scores per head, or ``N·M/2``
+    when causal (see the module docstring). Bytes: q, k, v, bias (``bias_numel``, default the full
+    ``B·H·N·M``, ``bias_bytes`` each, default ``elem_bytes``) and bool mask (``mask_numel``, default
+    ``B·H·N·M``, 1 byte each) read once, the output written once; ``Hk`` defaults to ``H``.
+    """
+    B, H, N, M, D, Dv = map(_s, (B, H, N, M, D, Dv))
+    Hk = H if Hk is None else _s(Hk)
+    scores = B * H * N * M
+    if causal:
+        scores = scores / 2
+    per_score = 2 * D + 2 * Dv + SOFTMAX_FLOPS + (1 if has_bias else 0)
+    flops = scores * per_score
+    nbytes = (B * H * N * D + B * Hk * M * D + B * Hk * M * Dv + B * H * N * Dv) * elem_bytes
+    if has_bias:
+        numel = B * H * N * M if bias_numel is None else _s(bias_numel)
+        nbytes += numel * (elem_bytes if bias_bytes is None else bias_bytes)
+    if has_mask:
+        nbytes += B * H * N * M if mask_numel is None else _s(mask_numel)
+    return Cost(sympy.expand(flops), sympy.expand(nbytes))
+
+
+def linear_cost(
+    rows: SymLike, in_features: SymLike, out_features: SymLike, elem_bytes: int, has_bias: bool
+) -> Cost:
+    """``y = x Wᵀ (+ b)`` for ``rows`` input rows: ``2·rows·in·out`` FLOPs (+``rows·out`` for the
+    bias); bytes = x, W, b read once and y written once."""
+    r, i, o = map(_s, (rows, in_features, out_features))
+    flops = 2 * r * i * o + (r * o if has_bias else 0)
+    nbytes = (r * i + i * o + (o if has_bias else 0) + r * o) * elem_bytes
+    return Cost(sympy.expand(flops), sympy.expand(nbytes))
+
+
+def matmul_cost(a_numel: SymLike, b_numel: SymLike, out_numel: SymLike, k: SymLike, elem_bytes: int) -> Cost:
+    """A (batched) matmul with contraction size ``k``: ``2·out·k`` FLOPs; both operands read once,
+    the output written once."""
+    a, b, out, k = map(_s, (a_numel, b_numel, out_numel, k))
+    return Cost(sympy.expand(2 * out * k), sympy.expand((a + b + out) * elem_bytes))
+
+
+# -- SymInt → sympy ------------------------------------------------------------------------------
+
+_EXACT_DIVS: tuple[type, ...] = ()
+try:  # torch's integer-division sympy functions (FloorDiv(a, b) prints as a//b)
+    from torch.utils._sympy.functions import CleanDiv, FloorDiv, IntTrueDiv
+
+    _EXACT_DIVS = (FloorDiv, CleanDiv, IntTrueDiv)
+except ImportError:  # pragma: no cover - older torch
+    pass
+
+
+def to_sympy(
+    size: int | torch.SymInt, symbols: SymbolMap | None = None, exact_division: bool = True
+) -> sympy.Expr:
+    """A tensor size as a sympy expression.
+
+    Concrete sizes become integers. Symbolic ones are read from ``s.node.expr``, never with
+    ``int(s)``: that would install a guard and specialize the symbol in the shared shape
+    environment (every shape of the graph would then show the example value). With
+    ``exact_division``, torch's ``FloorDiv(a, b)`` is rewritten to ``a/b``: exact whenever ``b``
+    divides ``a``, which views and reshapes require, and it keeps costs polynomial
+    (``s27//(s27//4)`` becomes ``4``). ``symbols`` renames shape symbols (matched by name).
+    """
+    if isinstance(size, int):
+        return sympy.Integer(size)
+    if not isinstance(size, torch.SymInt):
+        raise TypeError(f"expected an int or torch.SymInt size, got {type(size).__name__}")
+    expr = size.node.expr
+    if expr.is_number:
+        return sympy.Integer(int(expr))
+    if exact_division:
+        for div in _EXACT_DIVS:
+            expr = expr.replace(div, lambda a, b: a / b)
+    if symbols:
+        expr = expr.subs(_by_name(expr.free_symbols, symbols))
+    return expr
+
+
+def _shape(t: Any, symbols: SymbolMap | None) -> list[sympy.Expr]:
+    return [to_sympy(s, symbols) for s in t.shape]
+
+
+def _numel(shape: Sequence[sympy.Expr]) -> sympy.Expr:
+    return sympy.Mul(*shape) if shape else sympy.Integer(1)
+
+
+def _val(x: Any) -> Any:
+    """The FakeTensor behind an fx argument (None when the argument is not a tensor node)."""
+    v = x.meta.get(VAL) if isinstance(x, Node) else None
+    return v if isinstance(v, torch.Tensor) else None
+
+
+def _itemsize(t: torch.Tensor) -> int:
+    return t.dtype.itemsize
+
+
+# -- nodes and graphs ----------------------------------------------------------------------------
+
+_LINEAR = {torch.ops.aten.linear.default, torch.ops.aten.addmm.default}
+_MATMUL = {torch.ops.aten.matmul.default, torch.ops.aten.bmm.default, torch.ops.aten.mm.default}
+_SDPA = torch.ops.aten.scaled_dot_product_attention.default
+
+
+def site_kind(node: Node) -> SiteKind | None:
+    """Which cost formula applies to ``node``, or None."""
+    if node.op != "call_function":
+        return None
+    if is_attention(node) or node.target is _SDPA:
+        return "attention"
+    if node.target in _LINEAR:
+        return "linear"
+    if node.target in _MATMUL:
+        return "matmul"
+    return None
+
+
+def _arg(node: Node, i: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _attention_node_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
+    q, k, v = (_val(a) for a in node.args[:3])
+    if q is None or k is None or v is None:
+        return None
+    if node.target is _SDPA:
+        m = _val(_arg(node, 3, "attn_mask"))
+        bias, mask = (None, m) if m is not None and m.dtype == torch.bool else (m, None)
+        causal = bool(_arg(node, 5, "is_causal", False))
+    else:
+        bias, mask = _val(_arg(node, 3, "bias")), _val(_arg(node, 4, "mask"))
+        causal = bool(_arg(node, 6, "causal", False))
+    qs, ks, vs = _shape(q, symbols), _shape(k, symbols), _shape(v, symbols)
+    B = _numel(qs[:-3])  # SDPA allows any number of leading batch dims (or none)
+    H = qs[-3] if len(qs) >= 3 else sympy.Integer(1)
+    Hk = ks[-3] if len(ks) >= 3 else sympy.Integer(1)
+    return attention_cost(
+        B, H, qs[-2], ks[-2], qs[-1], vs[-1], _itemsize(q), causal=causal,
+        has_bias=bias is not None, bias_numel=None if bias is None else _numel(_shape(bias, symbols)),
+        has_mask=mask is not None, Hk=Hk,
+        mask_numel=None if mask is None else _numel(_shape(mask, symbols)),
+        bias_bytes=None if bias is None else _itemsize(bias),
+    )  # fmt: skip
+
+
+def node_cost(node: Node, symbols: SymbolMap | None = None) -> Cost | None:
+    """The Cost of one fx node, or None when no formula applies (or shapes are unknown).
+
+    Handles ``tcomp.attention``, ``aten.scaled_dot_product_attention``, ``aten.linear``,
+    ``aten.addmm`` (a linear after decomposition), ``aten.matmul``, ``aten.bmm`` and ``aten.mm``.
+    ``symbols`` maps shape symbols (by symbol or name, e.g. ``{"s77": BATCH}``) to expressions.
+    """
+    kind = site_kind(node)
+    if kind is None:
+        return None
+    if kind == "attention":
+        return _attention_node_cost(node, symbols)
+    out = _val(node)
+    if out is None:
+        return None
+    if node.target is torch.ops.aten.linear.default:
+        x, w = _val(node.args[0]), _val(node.args[1])
+        if x is None or w is None:
+            return None
+        xs, ws = _shape(x, symbols), _shape(w, symbols)
+        has_bias = _val(_arg(node, 2, "bias")) is not None
+        return linear_cost(_numel(xs[:-1]), ws[-1], ws[0], _itemsize(x), has_bias)
+    if node.target is torch.ops.aten.addmm.default:  # addmm(bias, x, w): x (r, i) @ w (i, o) + bias
+        x, w = _val(node.args[1]), _val(node.args[2])
+        if x is None or w is None:
+            return None
+        xs, ws = _shape(x, symbols), _shape(w, symbols)
+        return linear_cost(xs[0], xs[1], ws[1], _itemsize(x), has_bias=True)
+    a, b = _val(node.args[0]), _val(node.args[1])
+    if a is None or b is None:
+        return None
+    as_, bs, os_ = _shape(a, symbols), _shape(b, symbols), _shape(out, symbols)
+    return matmul_cost(_numel(as_), _numel(bs), _numel(os_), as_[-1], _itemsize(a))
+
+
+@dataclass
+class SiteCost:
+    """The cost of one node of a graph."""
+
+    name: str
+    kind: SiteKind
+    cost: Cost
+    dtype: torch.dtype | None = None
+
+    @staticmethod
+    def total(sites: Iterable[SiteCost], kind: SiteKind | None = None) -> Cost:
+        """Sum of the costs of ``sites`` (only those of ``kind`` when given)."""
+        return sum(
+            (s.cost for s in sites if kind is None or s.kind == kind), Cost(sympy.S.Zero, sympy.S.Zero)
+        )
+
+
+def total_cost(sites: Iterable[SiteCost], kind: SiteKind | None = None) -> Cost:
+    """Sum of the costs of ``sites`` (only those of ``kind`` when given)."""
+    return SiteCost.total(sites, kind)
+
+
+def graph_cost(gm: GraphModule, symbols: SymbolMap | None = None) -> list[SiteCost]:
+    """The cost of every costed node of ``gm``, in graph order."""
+    sites = []
+    for node in gm.graph.nodes:
+        c = node_cost(node, symbols)
+        if c is not None:
+            v = _val(node.args[0]) if node.args else None
+            sites.append(SiteCost(node.name, site_kind(node), c, None if v is None else v.dtype))  # type: ignore[arg-type]
+    return sites
+
+
+def input_symbols(
+    gm: GraphModule, dims: Mapping[int, sympy.Symbol] | None = None, input: str | int | None = None
+) -> dict[sympy.Symbol, sympy.Symbol]:
+    """Map the shape symbols of one graph input to named symbols (default ``{0: BATCH, 1: SEQ}``).
+
+    ``input`` is a placeholder name or an index among placeholders; by default the first
+    placeholder with a symbolic size. Dims whose size is not a plain symbol are skipped.
+    """
+    dims = {0: BATCH, 1: SEQ} if dims is None else dims
+    ph = [n for n in gm.graph.nodes if n.op == "placeholder" and _val(n) is not None]
+    if isinstance(input, str):
+        ph = [n for n in ph if n.name == input]
+    elif isinstance(input, int):
+        ph = ph[input : input + 1]
+    else:
+        ph = [n for n in ph if any(not to_sympy(s).is_number for s in _val(n).shape)][:1]
+    if not ph:
+        raise ValueError(
+            f"no graph input {input!r} with a symbolic size; was the graph exported with dynamic shapes?"
+        )
+    shape = _val(ph[0]).shape
+    out: dict[sympy.Symbol, sympy.Symbol] = {}
+    for d, sym in dims.items():
+        e = to_sympy(shape[d])
+        if isinstance(e, sympy.Symbol):
+            out[e] = sym
+    return out
+
+
+def cost_table(
+    costs: Sequence[SiteCost],
+    target: str | Target,
+    seqs: Sequence[int] = (128, 512, 2048, 8192),
+    batch: int = 1,
+    dtype: DtypeKey | None = None,
+) -> list[dict[str, Any]]:
+    """Numeric rows, one per (site kind, sequence length) plus an ``"all"`` kind: ``gflops``,
+    ``mb`` (10⁶ bytes) and ``roofline_us`` (sum of per-site roofline times). Each site is timed in
+    its own dtype unless ``dtype`` is given. Costs must depend on :data:`BATCH`/:data:`SEQ` only."""
+    t = get_target(target)
+    kinds = [k for k in ("attention", "linear", "matmul") if any(s.kind == k for s in costs)]
+    rows = []
+    for n in seqs:
+        acc = {k: [0.0, 0.0, 0.0] for k in [*kinds, "all"]}
+        for s in costs:
+            f, b = s.cost.evaluate(batch=batch, seq=n)
+            dt = dtype if dtype is not None else (s.dtype if s.dtype is not None else "fp32")
+            sec = max(f / t.flops_per_s(dt), b / t.bytes_per_s())
+            for k in (s.kind, "all"):
+                acc[k][0] += f
+                acc[k][1] += b
+                acc[k][2] += sec
+        for k, (f, b, sec) in acc.items():
+            rows.append({"kind": k, "seq": n, "batch": batch, "gflops": f / 1e9, "mb": b / 1e6,
+                         "roofline_us": sec * 1e6})  # fmt: skip
+    return rows
+
+
+def all_input_symbols(gm: GraphModule) -> dict[sympy.Symbol, sympy.Symbol]:
+    """Map dim 0 of every input to :data:`BATCH` and dim 1 to :data:`SEQ` where they are plain
+    symbols (inputs such as ``input_ids`` and ``attention_mask`` may carry separate symbols)."""
+    out: dict[sympy.Symbol, sympy.Symbol] = {}
+    for n in gm.graph.nodes:
+        v = _val(n) if n.op == "placeholder" else None
+        if not isinstance(v, torch.Tensor):
+            continue
+        for d, sym in ((0, BATCH), (1, SEQ))[: v.dim()]:
+            e = to_sympy(v.shape[d])
+            if isinstance(e, sympy.Symbol) and e not in out:
+                out[e] = sym
+    return out
+
+
+def cost_summary(
+    gm: GraphModule, target: str | Target, seqs: Sequence[int] = (128, 512, 2048), batch: int = 1
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Rows of :func:`cost_table` for a captured graph plus the symbolic totals per site kind
+    (FLOPs and bytes as text, in B and N). Sequence lengths only vary where N is symbolic."""
+    sites = graph_cost(gm, all_input_symbols(gm))
+    symbolic: dict[str, str] = {}
+    for kind in ("attention", "linear", "matmul"):
+        chosen = [s for s in sites if s.kind == kind]
+        if chosen:
+            c = total_cost(chosen)
+            symbolic[kind] = f"flops = {sympy.simplify(c.flops)}; bytes = {sympy.simplify(c.bytes)}"
+    free = set().union(*(s.cost.free_symbols for s in sites)) if sites else set()
+    if free - {BATCH, SEQ}:
+        return [], symbolic  # sizes the model fixed in ways the table cannot vary
+    if SEQ not in free:
+        seqs = seqs[:1]
+    return cost_table(sites, target, seqs=seqs, batch=batch), symbolic

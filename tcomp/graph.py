@@ -1,0 +1,99 @@
+"""Small helpers for editing ATen-level fx graphs: node creation with shape propagation, removal
+of dead chains, and readable descriptions of where a node came from in the user's model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch._guards import detect_fake_mode
+
+from tcomp import meta
+
+aten = torch.ops.aten
+
+
+def val(n: Any) -> Any:
+    """The FakeTensor (or value) a node produces; plain values pass through."""
+    return n.meta.get(meta.VAL) if isinstance(n, fx.Node) else n
+
+
+def shape(n: Any) -> tuple | None:
+    v = val(n)
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def add_node(graph: fx.Graph, target: Any, args: tuple, kwargs: dict | None = None) -> fx.Node:
+    """Insert ``target(*args, **kwargs)`` at the graph's current insertion point, with its
+    ``meta["val"]`` computed by running ``target`` on the inputs' fake values."""
+    kwargs = kwargs or {}
+    node = graph.call_function(target, args, kwargs)
+    fake_args, fake_kwargs = pytree.tree_map(val, (args, kwargs), is_leaf=lambda x: isinstance(x, fx.Node))
+    mode = detect_fake_mode(pytree.tree_leaves((fake_args, fake_kwargs)))
+    if mode is not None:
+        with mode:
+            node.meta[meta.VAL] = target(*fake_args, **fake_kwargs)
+    return node
+
+
+def copy_source_meta(dst: fx.Node, src: fx.Node) -> None:
+    """Carry the user-source information of ``src`` onto ``dst`` (for reports and errors)."""
+    for key in (meta.STACK_TRACE, meta.NN_MODULE_STACK):
+        if key in src.meta:
+            dst.meta[key] = src.meta[key]
+
+
+def remove_dead(graph: fx.Graph, roots: list[fx.Node]) -> None:
+    """Erase ``roots`` and, transitively, the inputs they leave without users (call_function
+    nodes only: placeholders, attributes and modules stay)."""
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n.graph is not graph or n.op != "call_function" or len(n.users) > 0 or n.is_impure():
+            continue
+        inputs = list(n.all_input_nodes)
+        graph.erase_node(n)
+        stack.extend(inputs)
+
+
+def dead_code(graph: fx.Graph) -> None:
+    """Erase pure call_function nodes whose results nobody uses (export keeps some, e.g. the
+    averaged attention weights nn.MultiheadAttention computes and the caller drops)."""
+    remove_dead(graph, [n for n in graph.nodes if n.op == "call_function" and not n.users])
+
+
+def module_path(node: fx.Node) -> str:
+    """Dotted path of the innermost user module that produced ``node`` ("" at top level)."""
+    stack = node.meta.get(meta.NN_MODULE_STACK) or {}
+    if not stack:
+        return ""
+    path, _ = list(stack.values())[-1]
+    return _clean_path(path)
+
+
+def module_type(node: fx.Node) -> str:
+    stack = node.meta.get(meta.NN_MODULE_STACK) or {}
+    if not stack:
+        return ""
+    _, typ = list(stack.values())[-1]
+    return getattr(typ, "__name__", str(typ).rsplit(".", 1)[-1].rstrip("'>"))
+
+
+def _clean_path(path: str) -> str:
+    # export writes paths like "L['self'].encoder.layer[0]" or "encoder.layer.0"
+    return path.replace("L['self'].", "").replace("L['self']", "").replace("._modules['", ".").replace("']", "")
+
+
+def source_line(node: fx.Node) -> str:
+    """The last user source line that produced ``node`` (``file:line``), or ""."""
+    trace = node.meta.get(meta.STACK_TRACE) or ""
+    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
+    return lines[-1] if lines else ""
+
+
+def where(node: fx.Node) -> str:
+    """Human-readable location of a node: module path and source line."""
+    parts = [p for p in (module_path(node), source_line(node)) if p]
+    return " | ".join(parts) or node.name

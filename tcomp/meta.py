@@ -1,0 +1,17 @@
+"""Every ``node.meta`` key that tcomp reads or writes: one constant, one comment each.
+
+Keys torch itself writes are listed too, so passes never spell a string by hand.
+"""
+
+from __future__ import annotations
+
+# -- written by torch.export / FakeTensor propagation --------------------------------------------
+VAL = "val"  # FakeTensor (or SymInt / tuple of them) describing the node's output shape and dtype
+STACK_TRACE = "stack_trace"  # user source lines that produced the node (for error messages)
+NN_MODULE_STACK = "nn_module_stack"  # {key: (module path, module type)} of the modules around the node
+
+# -- written by tcomp -------------------------------------------------------------------------------
+ATTN_SPELLING = "tcomp_attn_spelling"  # str: how the attention site was written ("sdpa", "decomposed", ...)
+ATTN_SOURCE = "tcomp_attn_source"  # str: module path of the attention site in the user's model
+ATTN_LAYER = "tcomp_attn_layer"  # int: index of the attention site in graph order (0-based)
+REWRITTEN_BY = "tcomp_rewritten_by"  # str: name of the pass that created the node

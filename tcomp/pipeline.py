@@ -1,0 +1,296 @@
+"""Pass infrastructure: contracts, the registry and the verified pipeline.
+
+A pass is a pure function ``GraphModule -> PassResult``. The pipeline hands each pass its own copy
+of the graph (parameters shared, never mutated), verifies the result against its contract when
+asked, and rolls the pass back -- keeping the previous graph and recording why -- when the check
+fails or the pass raises. Nothing wrong is handed to the user silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch.fx as fx
+
+from tcomp.errors import PassError
+
+
+class Exactness(enum.Enum):
+    """How close a rewritten graph is to the one before (see DESIGN.md, "Pass contracts")."""
+
+    EXACT = "exact"  # same float operations: bitwise equal outputs
+    FP_EQUIVALENT = "fp_equivalent"  # equal in real arithmetic, differs by rounding
+    BOUNDED = "bounded"  # approximate with an analytic bound under stated preconditions
+    EMPIRICAL = "empirical"  # approximate, no theorem: a named metric and a threshold
+
+    @property
+    def approximate(self) -> bool:
+        return self in (Exactness.BOUNDED, Exactness.EMPIRICAL)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a pass promises. Approximate passes must state a bound or a metric with a threshold.
+
+    ``tolerance`` is the relative-error bound the pipeline checks against the float64 reference for
+    BOUNDED and EMPIRICAL passes (``metric`` names what it measures, ``bound`` states the theorem).
+    """
+
+    exactness: Exactness
+    bound: str | None = None
+    metric: str | None = None
+    tolerance: float | None = None
+    preconditions: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.exactness is Exactness.BOUNDED and not (self.bound and self.tolerance is not None):
+            raise PassError("a BOUNDED contract needs `bound` (the statement) and `tolerance` (what is checked)")
+        if self.exactness is Exactness.EMPIRICAL and not (self.metric and self.tolerance is not None):
+            raise PassError("an EMPIRICAL contract needs `metric` (what is measured) and `tolerance` (its threshold)")
+
+    def describe(self) -> str:
+        s = self.exactness.value
+        if self.bound:
+            s += f" ({self.bound})"
+        if self.metric:
+            s += f" ({self.metric} <= {self.tolerance:g})"
+        return s
+
+
+EXACT = Contract(Exactness.EXACT)
+FP_EQUIVALENT = Contract(Exactness.FP_EQUIVALENT)
+
+
+@dataclass
+class PassResult:
+    """What a pass returns: the new graph, how many rewrites it made, and notes for the report
+    (e.g. a site it skipped and why)."""
+
+    gm: fx.GraphModule
+    rewrites: int = 0
+    notes: list[str] = field(default_factory=list)
+    sites: list[dict[str, Any]] = field(default_factory=list)
+
+
+PassFn = Callable[..., PassResult]
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    fn: PassFn
+    contract: Contract
+    after: tuple[str, ...] = ()
+    before: tuple[str, ...] = ()
+    default: bool = False  # part of the default pipeline (only exact / FP-equivalent passes may be)
+    description: str = ""
+
+    def __call__(self, gm: fx.GraphModule, **options: Any) -> PassResult:
+        return self.fn(gm, **options)
+
+
+_REGISTRY: dict[str, Pass] = {}
+
+
+def register_pass(
+    name: str,
+    contract: Contract,
+    *,
+    after: tuple[str, ...] = (),
+    before: tuple[str, ...] = (),
+    default: bool = False,
+) -> Callable[[PassFn], PassFn]:
+    """Decorator registering ``fn(gm, **options) -> PassResult`` as pass ``name``.
+
+    Registry names are dotted lowercase (``attention.linear``). The registry refuses approximate
+    passes without a bound or a metric (the Contract refuses them) and approximate passes in the
+    default pipeline.
+    """
+    if name != name.lower() or " " in name:
+        raise PassError(f"pass names are dotted lowercase, got {name!r}")
+    if not isinstance(contract, Contract):
+        raise PassError(f"pass {name!r}: contract must be a tcomp.Contract")
+    if default and contract.exactness.approximate:
+        raise PassError(f"pass {name!r} is approximate ({contract.exactness.value}); it cannot run by default")
+
+    def deco(fn: PassFn) -> PassFn:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = Pass(name, fn, contract, tuple(after), tuple(before), default, doc[0] if doc else "")
+        return fn
+
+    return deco
+
+
+def get_pass(name: str) -> Pass:
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "(none registered)"
+        raise PassError(f"unknown pass {name!r}; registered passes: {known}")
+    return _REGISTRY[name]
+
+
+def registered_passes() -> dict[str, Pass]:
+    return dict(_REGISTRY)
+
+
+def default_pipeline() -> list[str]:
+    return order([n for n, p in _REGISTRY.items() if p.default])
+
+
+def order(names: list[str]) -> list[str]:
+    """Order pass names so every ``after``/``before`` constraint among them holds (stable
+    otherwise). Uses networkx for the topological sort; a cycle is an error."""
+    import networkx as nx
+
+    g = nx.DiGraph()
+    for i, n in enumerate(names):
+        g.add_node(n, i=i)
+    for n in names:
+        p = get_pass(n)
+        for a in p.after:
+            if a in g:
+                g.add_edge(a, n)
+        for b in p.before:
+            if b in g:
+                g.add_edge(n, b)
+    try:
+        return list(nx.lexicographical_topological_sort(g, key=lambda n: g.nodes[n]["i"]))
+    except nx.NetworkXUnfeasible as exc:
+        raise PassError(f"pass ordering constraints form a cycle among {names}") from exc
+
+
+# -- the pipeline --------------------------------------------------------------------------------
+
+
+@dataclass
+class PassRecord:
+    """One row of the report."""
+
+    name: str
+    contract: str
+    exactness: str
+    status: str  # "applied" | "rolled_back" | "skipped"
+    rewrites: int = 0
+    error: float | None = None  # measured max relative error vs float64 reference after the pass
+    tolerance: float | None = None
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)
+    sites: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        for k in ("error", "tolerance"):
+            if d[k] is not None and not math.isfinite(d[k]):
+                d[k] = str(d[k])
+        return d
+
+
+def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """A new GraphModule with its own graph, sharing parameters and submodules with ``gm``."""
+    new = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    for key in ("meta",):
+        if hasattr(gm, key):
+            setattr(new, key, copy.copy(getattr(gm, key)))
+    return new
+
+
+@dataclass
+class PipelineResult:
+    gm: fx.GraphModule
+    records: list[PassRecord]
+    snapshots: list[tuple[str, str]]  # (stage name, graph code) -- "captured" first
+
+
+def run_pipeline(
+    gm: fx.GraphModule,
+    passes: list[str | tuple[str, dict[str, Any]]],
+    *,
+    reference: Any | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """Run ``passes`` in order on a copy of ``gm``.
+
+    With a ``reference`` (``tcomp.verify.Reference``) each pass is verified against its contract:
+    EXACT -> bitwise equal to the previous stage; FP_EQUIVALENT -> error vs float64 no worse than
+    the original's own error times a small factor; BOUNDED/EMPIRICAL -> error within the contract's
+    tolerance. A failing or raising pass is rolled back and recorded with the reason.
+    """
+    from tcomp.verify import bitwise_equal
+
+    debug = os.environ.get("TCOMP_DEBUG", "") not in ("", "0")
+    specs = [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in passes]
+    current = gm
+    snapshots = [("captured", gm.code)]
+    records: list[PassRecord] = []
+    prev_out = reference.run(current) if reference is not None else None
+    for name, options in specs:
+        p = get_pass(name)
+        rec = PassRecord(name, p.contract.describe(), p.contract.exactness.value, "applied")
+        if progress:
+            progress(name)
+        t0 = time.perf_counter()
+        try:
+            result = p(copy_graph_module(current), **options)
+            result.gm.graph.lint()
+            result.gm.recompile()
+        except Exception as exc:  # noqa: BLE001 - a failing pass is rolled back, never fatal
+            rec.status, rec.reason = "rolled_back", f"pass raised {type(exc).__name__}: {exc}"
+            rec.seconds = time.perf_counter() - t0
+            records.append(rec)
+            continue
+        rec.rewrites, rec.notes, rec.sites = result.rewrites, list(result.notes), list(result.sites)
+        if result.rewrites == 0:
+            rec.status, rec.reason = "skipped", "nothing to rewrite"
+            rec.seconds = time.perf_counter() - t0
+            records.append(rec)
+            continue
+        if reference is not None:
+            try:
+                outs = reference.run(result.gm)
+                rec.error = max(_err(o, r) for o, r in zip(outs, reference.outputs))
+                ok, why = _check(p.contract, rec, outs, prev_out, reference, bitwise_equal)
+            except Exception as exc:  # noqa: BLE001
+                ok, why = False, f"the rewritten graph failed to run: {type(exc).__name__}: {exc}"
+            if not ok:
+                rec.status, rec.reason = "rolled_back", why
+                rec.seconds = time.perf_counter() - t0
+                records.append(rec)
+                continue
+            prev_out = outs
+        current = result.gm
+        snapshots.append((name, current.code))
+        if debug:
+            print(f"[tcomp] after {name}:\n{current.graph}")
+        rec.seconds = time.perf_counter() - t0
+        records.append(rec)
+    return PipelineResult(current, records, snapshots)
+
+
+def _err(out: Any, ref: Any) -> float:
+    from tcomp.verify import rel_error
+
+    return rel_error(out, ref)
+
+
+def _check(contract: Contract, rec: PassRecord, outs, prev_out, reference, bitwise_equal) -> tuple[bool, str]:
+    ex = contract.exactness
+    if not math.isfinite(rec.error):
+        return False, "output is NaN/inf or changed structure"
+    if ex is Exactness.EXACT:
+        rec.tolerance = 0.0
+        if all(bitwise_equal(a, b) for a, b in zip(outs, prev_out)):
+            return True, ""
+        return False, "EXACT contract broken: outputs differ bitwise from the previous stage"
+    if ex is Exactness.FP_EQUIVALENT:
+        rec.tolerance = reference.fp_tolerance()
+    else:
+        rec.tolerance = contract.tolerance
+    if rec.error <= rec.tolerance:
+        return True, ""
+    return False, f"{ex.value} contract broken: relative error {rec.error:.3g} > tolerance {rec.tolerance:.3g}"
