@@ -21,11 +21,20 @@ import math
 
 import torch
 import torch.fx as fx
+from tcomp.passes.attention_chain import SOFTMAX, NotAttention, read_chain
 
 from tcomp import meta
-from tcomp.graph import add_node, dead_code, copy_source_meta, module_path, remove_dead, shape, source_line, val
+from tcomp.graph import (
+    add_node,
+    copy_source_meta,
+    dead_code,
+    module_path,
+    remove_dead,
+    shape,
+    source_line,
+    val,
+)
 from tcomp.pipeline import FP_EQUIVALENT, PassResult, register_pass
-from tcomp.passes.attention_chain import SOFTMAX, NotAttention, read_chain
 
 aten = torch.ops.aten
 ATTN = torch.ops.tcomp.attention.default

@@ -13,7 +13,6 @@ import copy
 import inspect
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.fx as fx

@@ -51,11 +51,19 @@ def remove_dead(graph: fx.Graph, roots: list[fx.Node]) -> None:
     stack = list(roots)
     while stack:
         n = stack.pop()
-        if n.graph is not graph or n.op != "call_function" or len(n.users) > 0 or n.is_impure():
+        if n.graph is not graph or n.op != "call_function" or len(n.users) > 0 or _mutates(n):
             continue
         inputs = list(n.all_input_nodes)
         graph.erase_node(n)
         stack.extend(inputs)
+
+
+def _mutates(n: fx.Node) -> bool:
+    """True for ops with side effects. ATen ops count by their schema (mutable arguments), so
+    random ops such as dropout and SDPA -- pure in an eval graph -- may be removed."""
+    if isinstance(n.target, torch._ops.OpOverload):
+        return n.target._schema.is_mutable
+    return n.is_impure()
 
 
 def dead_code(graph: fx.Graph) -> None:

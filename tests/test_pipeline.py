@@ -1,0 +1,123 @@
+"""The pass registry and the verified pipeline: contracts are enforced, a pass that breaks its
+contract is rolled back with the reason, ordering constraints hold, snapshots are kept."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import tcomp
+from tcomp.capture import capture
+from tcomp.errors import PassError
+from tcomp.pipeline import Contract, Exactness, PassResult, get_pass, order, register_pass, run_pipeline
+from tcomp.verify import Reference
+from tests.attention_zoo import AttnSpec, build, inputs
+
+aten = torch.ops.aten
+
+
+def _model():
+    spec = AttnSpec(spelling="sdpa", mask="bool")
+    return build(spec, layers=2), inputs(spec, 2, 6, padded=True)
+
+
+def test_registry_refuses_approximate_passes_without_bound_or_metric():
+    with pytest.raises(PassError, match="BOUNDED"):
+        Contract(Exactness.BOUNDED)
+    with pytest.raises(PassError, match="EMPIRICAL"):
+        Contract(Exactness.EMPIRICAL, metric="cosine")
+    with pytest.raises(PassError, match="default"):
+        register_pass("test.approx_default", Contract(Exactness.EMPIRICAL, metric="rel", tolerance=0.1), default=True)
+    with pytest.raises(PassError, match="lowercase"):
+        register_pass("Test.Bad", tcomp.pipeline.EXACT)
+    with pytest.raises(PassError, match="unknown pass"):
+        get_pass("no.such.pass")
+
+
+@register_pass("test.scale_output", Contract(Exactness.FP_EQUIVALENT), after=("canonicalize",))
+def _scale_output(gm, factor: float = 1.5):
+    """Multiplies the first output by ``factor`` while claiming FP equivalence: a broken pass."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    first = out.args[0][0]
+    with gm.graph.inserting_before(out):
+        scaled = gm.graph.call_function(aten.mul.Tensor, (first, factor))
+    out.args = ((scaled, *out.args[0][1:]),)
+    return PassResult(gm, rewrites=1)
+
+
+@register_pass("test.identity_exact", Contract(Exactness.EXACT), after=("canonicalize",))
+def _identity(gm):
+    """Rebuilds nothing, counts one rewrite: EXACT holds trivially."""
+    return PassResult(gm, rewrites=1)
+
+
+@register_pass("test.raises", Contract(Exactness.EXACT))
+def _raises(gm):
+    """Always fails."""
+    raise RuntimeError("boom")
+
+
+def test_broken_pass_is_rolled_back_with_reason():
+    model, args = _model()
+    cap = capture(model, args)
+    ref = Reference.build(model, args, {})
+    res = run_pipeline(cap.gm, ["canonicalize", "test.scale_output", "test.raises", "test.identity_exact"], reference=ref)
+    status = {r.name: r.status for r in res.records}
+    assert status == {"canonicalize": "applied", "test.scale_output": "rolled_back", "test.raises": "rolled_back", "test.identity_exact": "applied"}
+    broken = res.records[1]
+    assert "contract broken" in broken.reason and broken.error > broken.tolerance
+    assert "boom" in res.records[2].reason
+    # the graph handed back is the last good one: still equivalent
+    assert ref.error(res.gm) <= ref.fp_tolerance()
+    assert [name for name, _ in res.snapshots] == ["captured", "canonicalize", "test.identity_exact"]
+
+
+def test_the_same_pass_without_verification_is_applied():
+    model, args = _model()
+    cap = capture(model, args)
+    res = run_pipeline(cap.gm, ["canonicalize", ("test.scale_output", {"factor": 2.0})])
+    assert res.records[1].status == "applied"
+    with torch.no_grad():
+        assert torch.allclose(res.gm(*args), 2.0 * model(*args), atol=1e-5)
+
+
+def test_ordering_constraints():
+    assert order(["test.scale_output", "canonicalize"]) == ["canonicalize", "test.scale_output"]
+
+
+def test_optimize_report_is_json_and_names_sites(tmp_path):
+    model, args = _model()
+    fast = tcomp.optimize(model, args)
+    d = json.loads(fast.report.to_json())
+    assert d["passes"][0]["name"] == "canonicalize" and d["passes"][0]["status"] == "applied"
+    assert d["passes"][0]["error"] <= d["passes"][0]["tolerance"]
+    assert [s["module"] for s in d["sites"]] == ["blocks.0", "blocks.1"]
+    assert "attention" in d["cost_symbolic"] and "N**2" in d["cost_symbolic"]["attention"]
+    text = str(fast.report)
+    assert "canonicalize" in text and "blocks.1" in text
+    manifest = json.loads(open(fast.save(tmp_path / "art")).read())
+    assert set(manifest["files"]) == {"report.json", "report.txt", "graph_before.txt", "graph_after.txt"}
+    assert "tcomp.attention" in (tmp_path / "art" / "graph_after.txt").read_text()
+    from tcomp.artifacts import check
+
+    assert check(tmp_path / "art") == []
+    (tmp_path / "art" / "report.json").write_text("{}")
+    assert check(tmp_path / "art") == ["report.json"]
+
+
+def test_optimize_rolls_back_and_keeps_working():
+    model, args = _model()
+    fast = tcomp.optimize(model, args, passes=["test.scale_output"])
+    assert [r.name for r in fast.report.passes] == ["canonicalize", "test.scale_output"]
+    assert fast.report["test.scale_output"].status == "rolled_back"
+    with torch.no_grad():
+        assert torch.allclose(fast(*args), model(*args), atol=1e-5)
+
+
+def test_debug_prints_graph_per_pass(monkeypatch, capsys):
+    model, args = _model()
+    monkeypatch.setenv("TCOMP_DEBUG", "1")
+    tcomp.optimize(model, args, verify=False)
+    assert "[tcomp] after canonicalize" in capsys.readouterr().out
