@@ -31,10 +31,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from tcomp.models.bert import Bert, BertConfig
 from tcomp.models.gpt import GPT, GPTConfig
 from tcomp.models.vit import ViT, ViTConfig
-from torch import Tensor, nn
 
 # input name -> {dim: "batch" | "seq"}: the dims of each input that may vary between calls
 DynamicDims = dict[str, dict[int, str]]

@@ -18,8 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from tcomp.models.common import MLP, attention, check_attn_impl, merge_heads, split_heads
 from torch import Tensor, nn
+
+from tcomp.models.common import MLP, attention, check_attn_impl, merge_heads, split_heads
 
 
 @dataclass

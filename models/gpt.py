@@ -22,8 +22,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from tcomp.models.common import MLP, attention, check_attn_impl, merge_heads
 from torch import Tensor, nn
+
+from tcomp.models.common import MLP, attention, check_attn_impl, merge_heads
 
 POSITIONS = ("rope", "alibi", "t5", "learned")
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tcomp.models.common import MLP, attention, check_attn_impl, merge_heads
 from torch import Tensor, nn
+
+from tcomp.models.common import MLP, attention, check_attn_impl, merge_heads
 
 
 @dataclass

@@ -21,7 +21,6 @@ import math
 
 import torch
 import torch.fx as fx
-from tcomp.passes.attention_chain import SOFTMAX, NotAttention, read_chain
 
 from tcomp import meta
 from tcomp.graph import (
@@ -34,6 +33,8 @@ from tcomp.graph import (
     source_line,
     val,
 )
+from tcomp.passes.attention_chain import SOFTMAX, NotAttention, read_chain
+from tcomp.passes.projections import annotate
 from tcomp.pipeline import FP_EQUIVALENT, PassResult, register_pass
 
 aten = torch.ops.aten
@@ -70,6 +71,7 @@ def canonicalize(gm: fx.GraphModule) -> PassResult:
     # number the sites in graph order (the order a reader of the model expects)
     for i, n in enumerate(n for n in gm.graph.nodes if n.op == "call_function" and n.target is ATTN):
         n.meta[meta.ATTN_LAYER] = i
+        annotate(n)  # q/k/v projections stay recognisable (fused QKV included) for later passes
     gm.graph.lint()
     gm.recompile()
     return result
@@ -104,6 +106,8 @@ def _from_sdpa(gm: fx.GraphModule, node: fx.Node) -> dict:
             mask = attn_mask
         else:
             bias = attn_mask
+    if len(shape(q)) == 4:
+        k, v = _gqa(k, v)
     with gm.graph.inserting_before(node):
         out = _emit(gm.graph, node, q, k, v, bias, mask, float(scale), is_causal)
     node.replace_all_uses_with(out)
@@ -121,6 +125,8 @@ def _from_chain(gm: fx.GraphModule, softmax: fx.Node) -> dict:
         raise NotAttention(f"q/k/v/scores of rank {rank} with mixed ranks; expected 3-D or 4-D operands")
     with graph.inserting_before(ch.pv):
         k = _untranspose(graph, kt)
+        if rank == 4:
+            k, v = _gqa(k, v)
         bias = _combine(graph, ch.biases, aten.add.Tensor)
         mask = _combine(graph, ch.masks, aten.logical_and.default)
         if rank == 3:
@@ -134,6 +140,38 @@ def _from_chain(gm: fx.GraphModule, softmax: fx.Node) -> dict:
     pv.replace_all_uses_with(out)
     remove_dead(graph, [pv])
     return _site(attn, "decomposed", q, k, bias, mask, ch.scale, False)
+
+
+def _noop_slice(n: fx.Node) -> fx.Node:
+    """Skip ``slice(t, d, 0, INT_MAX)`` (no-op slices dynamic export leaves around views)."""
+    while n.op == "call_function" and n.target is aten.slice.Tensor and tuple(n.args[2:4]) == (0, 2**63 - 1) and n.args[4:] in ((), (1,)):
+        n = n.args[0]
+    return n
+
+
+def _unrepeat(x: fx.Node) -> tuple[fx.Node, int]:
+    """``(t, n)`` when ``x`` repeats each kv head of ``t`` ``n`` times (head h reads h // n):
+    ``repeat_interleave(t, n, dim=1)`` or HF's ``reshape(expand(unsqueeze(t, 2)), ...)``."""
+    x = _noop_slice(x)
+    if x.op != "call_function":
+        return x, 1
+    if x.target is aten.repeat_interleave.self_int and len(x.args) > 2 and x.args[2] in (1, -3) and isinstance(x.args[1], int):
+        return x.args[0], x.args[1]
+    if x.target is aten.reshape.default:
+        ex = _noop_slice(x.args[0])
+        if ex.op == "call_function" and ex.target is aten.expand.default and isinstance(ex.args[1][2], int):
+            un = _noop_slice(ex.args[0])
+            if un.op == "call_function" and un.target is aten.unsqueeze.default and un.args[1] == 2:
+                t, n = un.args[0], ex.args[1][2]
+                if len(shape(t)) == 4 and str(shape(t)[1] * n) == str(shape(x)[1]):
+                    return t, n
+    return x, 1
+
+
+def _gqa(k: fx.Node, v: fx.Node) -> tuple[fx.Node, fx.Node]:
+    """Hand the op the un-repeated k/v when both repeat their heads the same way (GQA/MQA)."""
+    (k0, nk), (v0, nv) = _unrepeat(k), _unrepeat(v)
+    return (k0, v0) if nk == nv > 1 else (k, v)
 
 
 def _emit(graph, origin, q, k, v, bias, mask, scale, causal) -> fx.Node:

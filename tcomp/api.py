@@ -169,9 +169,23 @@ def _sites(gm: fx.GraphModule) -> list[dict[str, Any]]:
                 "mask": mask is not None,
                 "scale": float(scale),
                 "causal": bool(causal),
+                "projections": _roles(n),
             }
         )
     return sites
+
+
+def _roles(attn: fx.Node) -> str:
+    """e.g. "qkv fused" or "q, k, v separate" (from canonicalize's projection annotation)."""
+    from tcomp import meta
+
+    proj = attn.meta.get(meta.ATTN_PROJ) or {}
+    if not proj:
+        return ""
+    groups: dict[str, str] = {}
+    for role, name in proj.items():
+        groups[name] = groups.get(name, "") + role
+    return " + ".join(sorted(groups.values(), key=len, reverse=True))
 
 
 def _add_cost(report: Report, gm: fx.GraphModule, captured: Captured, target: Target) -> None:

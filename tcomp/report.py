@@ -61,13 +61,13 @@ class Report:
         con.print(t)
         if self.sites:
             s = Table(title=f"attention sites ({len(self.sites)})")
-            for col in ("#", "module", "spelling", "q shape", "k shape", "bias", "mask", "causal", "scale"):
+            for col in ("#", "module", "spelling", "q shape", "k shape", "bias", "mask", "causal", "scale", "proj"):
                 s.add_column(col)
             for site in self.sites:
                 s.add_row(
                     str(site.get("layer")), site.get("module", ""), site.get("spelling", ""),
                     "×".join(site.get("q", [])), "×".join(site.get("k", [])),
-                    _yn(site.get("bias")), _yn(site.get("mask")), _yn(site.get("causal")), f"{site.get('scale', 0):.4g}",
+                    _yn(site.get("bias")), _yn(site.get("mask")), _yn(site.get("causal")), f"{site.get('scale', 0):.4g}", site.get("projections", ""),
                 )
             con.print(s)
         if self.cost:

@@ -10,10 +10,11 @@ import math
 import pathlib
 
 import pytest
-import tcomp.models as zoo
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
+import tcomp.models as zoo
 from tcomp.models import minilm
 from tcomp.models.bert import Bert
 from tcomp.models.common import attention

@@ -142,3 +142,13 @@ def test_transformer_encoder_and_mha():
     fast = tcomp.optimize(W(), (x,))
     assert len(attention_nodes(fast.graph_module)) == 1
     assert fast.report["canonicalize"].status == "applied"
+
+
+def test_repeated_kv_heads_become_gqa():
+    spec = AttnSpec(spelling="matmul_mul", heads=4, kv_heads=2)  # repeat_interleave spelling
+    model = build(spec, layers=1)
+    _, res, ref = _canonicalize(model, inputs(spec, 2, 5, padded=False))
+    (attn,) = attention_nodes(res.gm)
+    assert attn.args[1].meta["val"].shape[1] == 2 and attn.args[2].meta["val"].shape[1] == 2
+    assert not [n for n in res.gm.graph.nodes if n.target is aten.repeat_interleave.self_int]
+    assert res.records[0].error <= ref.fp_tolerance()

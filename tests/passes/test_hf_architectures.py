@@ -76,3 +76,21 @@ def test_user_model_untouched():
     assert training == case.model.training
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("impl", IMPLS)
+def test_llama_repeat_kv_becomes_gqa(impl):
+    case = make("llama", impl)
+    fast = tcomp.optimize(case.model, case.kwargs)
+    for n in attention_nodes(fast.graph_module):
+        q, k, v = (a.meta["val"] for a in n.args[:3])
+        assert q.shape[1] == 4 and k.shape[1] == 2 and v.shape[1] == 2
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize(("arch", "expected"), [("gpt2", "qkv"), ("bert", "q + k + v"), ("llama", "q + k + v")])
+def test_projections_stay_recognisable(arch, expected):
+    case = make(arch, "sdpa")
+    fast = tcomp.optimize(case.model, case.kwargs, verify=False)
+    assert {s["projections"] for s in fast.report.sites} == {expected}
