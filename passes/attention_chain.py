@@ -22,9 +22,11 @@ aten = torch.ops.aten
 SOFTMAX = {aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
 MATMUL = {aten.matmul.default, aten.bmm.default}
 CASTS = {aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout, aten.type_as.default, aten.to.device}
-P_PASSTHROUGH = CASTS | {aten.clone.default, aten.contiguous.default, aten.alias.default, aten.detach.default} | {
-    aten.view.default, aten.reshape.default, aten._unsafe_view.default
-}
+P_PASSTHROUGH = (
+    CASTS
+    | {aten.clone.default, aten.contiguous.default, aten.alias.default, aten.detach.default}
+    | {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
+)
 VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 MASK_FLOOR = -1e4  # a fill value at or below this removes the key from the softmax (fp16 min is -65504)
 
@@ -70,7 +72,11 @@ def find_pv(softmax: fx.Node) -> fx.Node:
                 else "softmax output is unused"
             )
         (u,) = users
-        if u.op == "call_function" and (u.target in P_PASSTHROUGH or _is_dropout_noop(u)) and u.args[0] is node:
+        if (
+            u.op == "call_function"
+            and (u.target in P_PASSTHROUGH or _is_dropout_noop(u))
+            and u.args[0] is node
+        ):
             node = u
             continue
         if u.op == "call_function" and u.target in MATMUL and u.args[0] is node:
@@ -90,7 +96,12 @@ def constant_value(n: Any, gm: fx.GraphModule) -> float | None:
         return constant_value(n.args[1], gm)
     if n.op == "call_function" and n.target is aten.scalar_tensor.default:
         return constant_value(n.args[0], gm)
-    if n.op == "call_function" and n.target in CASTS | {aten.lift_fresh_copy.default, aten.detach.default, aten.detach_.default, aten.clone.default}:
+    if n.op == "call_function" and n.target in CASTS | {
+        aten.lift_fresh_copy.default,
+        aten.detach.default,
+        aten.detach_.default,
+        aten.clone.default,
+    }:
         return constant_value(n.args[0], gm)
     if n.op == "get_attr":
         obj = gm
@@ -101,10 +112,23 @@ def constant_value(n: Any, gm: fx.GraphModule) -> float | None:
     return None
 
 
-_CHAIN_OPS = CASTS | VIEWS | {
-    aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.add.Tensor, aten.add.Scalar,
-    aten.sub.Tensor, aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.where.self, aten.where.ScalarOther,
-}
+_CHAIN_OPS = (
+    CASTS
+    | VIEWS
+    | {
+        aten.mul.Tensor,
+        aten.mul.Scalar,
+        aten.div.Tensor,
+        aten.div.Scalar,
+        aten.add.Tensor,
+        aten.add.Scalar,
+        aten.sub.Tensor,
+        aten.masked_fill.Scalar,
+        aten.masked_fill.Tensor,
+        aten.where.self,
+        aten.where.ScalarOther,
+    }
+)
 
 
 def _trace_back(x: Any, depth: int = 0) -> list[fx.Node] | None:
@@ -157,7 +181,9 @@ def read_chain(softmax: fx.Node, gm: fx.GraphModule) -> Chain:
                 sizes = list(node.args[1])
                 if frames and _same_shape(shape(node), shape(qk)):
                     enter, inner_b, inner_m = frames.pop()
-                    outer_b, outer_m = (frames[-1][1], frames[-1][2]) if frames else (chain.biases, chain.masks)
+                    outer_b, outer_m = (
+                        (frames[-1][1], frames[-1][2]) if frames else (chain.biases, chain.masks)
+                    )
                     for b in inner_b:
                         outer_b.append(_to_frame(graph, b, enter, sizes))
                     for m in inner_m:
@@ -204,7 +230,10 @@ def read_chain(softmax: fx.Node, gm: fx.GraphModule) -> Chain:
         # the softmax was taken in a reshaped view (e.g. bmm scores viewed as (B, H, N, M)):
         # bring what was added there back to the QK frame
         with graph.inserting_before(pv):
-            qk_sizes = [s if isinstance(s, int) else add_node(graph, aten.sym_size.int, (qk, d)) for d, s in enumerate(_ints(shape(qk)))]
+            qk_sizes = [
+                s if isinstance(s, int) else add_node(graph, aten.sym_size.int, (qk, d))
+                for d, s in enumerate(_ints(shape(qk)))
+            ]
             while frames:
                 enter, inner_b, inner_m = frames.pop()
                 outer_b, outer_m = (frames[-1][1], frames[-1][2]) if frames else (chain.biases, chain.masks)

@@ -30,12 +30,13 @@ from tcomp.graph import (
     module_path,
     remove_dead,
     shape,
-    source_line,
     val,
 )
+from tcomp.ops import attention_nodes
 from tcomp.passes.attention_chain import SOFTMAX, NotAttention, read_chain
 from tcomp.passes.projections import annotate
 from tcomp.pipeline import FP_EQUIVALENT, PassResult, register_pass
+from tcomp.report import site_record
 
 aten = torch.ops.aten
 ATTN = torch.ops.tcomp.attention.default
@@ -49,7 +50,11 @@ def canonicalize(gm: fx.GraphModule) -> PassResult:
 
     result = PassResult(gm)
     # metadata assertions left by .to() calls hold by construction and would keep dead chains alive
-    for n in [n for n in gm.graph.nodes if n.op == "call_function" and n.target is aten._assert_tensor_metadata.default]:
+    for n in [
+        n
+        for n in gm.graph.nodes
+        if n.op == "call_function" and n.target is aten._assert_tensor_metadata.default
+    ]:
         gm.graph.erase_node(n)
     dead_code(gm.graph)
     for node in list(gm.graph.nodes):
@@ -65,13 +70,13 @@ def canonicalize(gm: fx.GraphModule) -> PassResult:
         except NotAttention as why:
             result.notes.append(f"skipped softmax at {module_path(node) or node.name}: {why}")
             continue
-        site["layer"] = result.rewrites
         result.sites.append(site)
         result.rewrites += 1
     # number the sites in graph order (the order a reader of the model expects)
     for i, n in enumerate(n for n in gm.graph.nodes if n.op == "call_function" and n.target is ATTN):
         n.meta[meta.ATTN_LAYER] = i
         annotate(n)  # q/k/v projections stay recognisable (fused QKV included) for later passes
+    result.sites = [site_record(n) for n in attention_nodes(gm)]
     gm.graph.lint()
     gm.recompile()
     return result
@@ -112,7 +117,7 @@ def _from_sdpa(gm: fx.GraphModule, node: fx.Node) -> dict:
         out = _emit(gm.graph, node, q, k, v, bias, mask, float(scale), is_causal)
     node.replace_all_uses_with(out)
     remove_dead(gm.graph, [node])
-    return _site(out, "sdpa", q, k, bias, mask, scale, is_causal)
+    return site_record(out)
 
 
 def _from_chain(gm: fx.GraphModule, softmax: fx.Node) -> dict:
@@ -139,12 +144,17 @@ def _from_chain(gm: fx.GraphModule, softmax: fx.Node) -> dict:
     pv = ch.pv
     pv.replace_all_uses_with(out)
     remove_dead(graph, [pv])
-    return _site(attn, "decomposed", q, k, bias, mask, ch.scale, False)
+    return site_record(attn)
 
 
 def _noop_slice(n: fx.Node) -> fx.Node:
     """Skip ``slice(t, d, 0, INT_MAX)`` (no-op slices dynamic export leaves around views)."""
-    while n.op == "call_function" and n.target is aten.slice.Tensor and tuple(n.args[2:4]) == (0, 2**63 - 1) and n.args[4:] in ((), (1,)):
+    while (
+        n.op == "call_function"
+        and n.target is aten.slice.Tensor
+        and tuple(n.args[2:4]) == (0, 2**63 - 1)
+        and n.args[4:] in ((), (1,))
+    ):
         n = n.args[0]
     return n
 
@@ -155,7 +165,12 @@ def _unrepeat(x: fx.Node) -> tuple[fx.Node, int]:
     x = _noop_slice(x)
     if x.op != "call_function":
         return x, 1
-    if x.target is aten.repeat_interleave.self_int and len(x.args) > 2 and x.args[2] in (1, -3) and isinstance(x.args[1], int):
+    if (
+        x.target is aten.repeat_interleave.self_int
+        and len(x.args) > 2
+        and x.args[2] in (1, -3)
+        and isinstance(x.args[1], int)
+    ):
         return x.args[0], x.args[1]
     if x.target is aten.reshape.default:
         ex = _noop_slice(x.args[0])
@@ -209,18 +224,3 @@ def _lift(graph: fx.Graph, t: fx.Node | None) -> fx.Node | None:
     if t is None or len(shape(t)) < 3:
         return t  # broadcasts from the right either way
     return add_node(graph, aten.unsqueeze.default, (t, 0))
-
-
-def _site(out: fx.Node, spelling: str, q, k, bias, mask, scale, causal) -> dict:
-    return {
-        "node": out.name,
-        "spelling": spelling,
-        "module": module_path(out),
-        "source": source_line(out),
-        "q": [str(s) for s in shape(q)],
-        "k": [str(s) for s in shape(k)],
-        "bias": bias is not None,
-        "mask": mask is not None,
-        "scale": float(scale),
-        "causal": bool(causal),
-    }

@@ -16,11 +16,29 @@ from tcomp import meta
 aten = torch.ops.aten
 PROJECTIONS = {aten.linear.default, aten.addmm.default}
 _THROUGH = {
-    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.transpose.int, aten.permute.default,
-    aten.unflatten.int, aten.unsqueeze.default, aten.squeeze.dim, aten.contiguous.default, aten.clone.default,
-    aten.select.int, aten.slice.Tensor, aten.unbind.int, aten.split.Tensor, aten.split_with_sizes.default,
-    aten.chunk.default, aten.expand.default, aten.repeat_interleave.self_int, aten.mul.Tensor, aten.add.Tensor,
-    aten.div.Tensor, aten.to.dtype, aten._to_copy.default,
+    aten.view.default,
+    aten.reshape.default,
+    aten._unsafe_view.default,
+    aten.transpose.int,
+    aten.permute.default,
+    aten.unflatten.int,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.contiguous.default,
+    aten.clone.default,
+    aten.select.int,
+    aten.slice.Tensor,
+    aten.unbind.int,
+    aten.split.Tensor,
+    aten.split_with_sizes.default,
+    aten.chunk.default,
+    aten.expand.default,
+    aten.repeat_interleave.self_int,
+    aten.mul.Tensor,
+    aten.add.Tensor,
+    aten.div.Tensor,
+    aten.to.dtype,
+    aten._to_copy.default,
 }
 
 

@@ -1,9 +1,9 @@
 """tcomp: a verified graph-transformation compiler for PyTorch transformers.
 
-    import tcomp
-    fast = tcomp.optimize(model, (input_ids,), target="cpu")
-    fast(input_ids)            # same outputs, same structure
-    print(fast.report)         # what each pass did, under which contract, measured error
+import tcomp
+fast = tcomp.optimize(model, (input_ids,), target="cpu")
+fast(input_ids)            # same outputs, same structure
+print(fast.report)         # what each pass did, under which contract, measured error
 """
 
 from __future__ import annotations

@@ -40,13 +40,30 @@ class OptimizedModule(torch.nn.Module):
             return self.graph_module(*args, **kwargs)
         except Exception as exc:
             text = str(exc)
-            if any(s in text for s in ("Guard failed", "input tree spec", "Expected input", "tree_flatten_spec", "Trying to flatten")):
+            if any(
+                s in text
+                for s in (
+                    "Guard failed",
+                    "input tree spec",
+                    "Expected input",
+                    "tree_flatten_spec",
+                    "Trying to flatten",
+                )
+            ):
                 raise InputError(self._input_help(text)) from exc
             raise
 
     def _input_help(self, text: str) -> str:
-        static = {k: v for k, v in ((k, {d: s for d, s in dims.items() if s != "dynamic"}) for k, dims in self._dims.items()) if v}
-        msg = f"the inputs do not fit the graph tcomp captured for {self._model_name}: {text.splitlines()[0]}."
+        static = {
+            k: v
+            for k, v in (
+                (k, {d: s for d, s in dims.items() if s != "dynamic"}) for k, dims in self._dims.items()
+            )
+            if v
+        }
+        msg = (
+            f"the inputs do not fit the graph tcomp captured for {self._model_name}: {text.splitlines()[0]}."
+        )
         if static:
             msg += (
                 f" These input dims were fixed at capture time: {static} (a size of 1 in the example inputs, or "
@@ -81,7 +98,9 @@ def _normalize_inputs(example_inputs: Any, example_kwargs: dict | None) -> tuple
     else:
         args = (example_inputs,)
     if not args and not kwargs:
-        raise InputError("tcomp.optimize needs example inputs: optimize(model, (x,)) or optimize(model, {'input_ids': ids})")
+        raise InputError(
+            "tcomp.optimize needs example inputs: optimize(model, (x,)) or optimize(model, {'input_ids': ids})"
+        )
     return args, kwargs
 
 
@@ -123,7 +142,9 @@ def optimize(
 
         reference = Reference.build(model, args, kwargs, samples=verify_samples, seed=seed)
     result = run_pipeline(captured.gm, specs, reference=reference)
-    report = Report(model=type(model).__name__, target=tgt.name, passes=result.records, dynamic_dims=captured.dims)
+    report = Report(
+        model=type(model).__name__, target=tgt.name, passes=result.records, dynamic_dims=captured.dims
+    )
     report.sites = _sites(result.gm)
     if reference is not None:
         report.base_error = reference.base_error
@@ -149,43 +170,10 @@ def _pass_specs(passes: list[Any] | None, calibration: Any) -> list[tuple[str, d
 
 
 def _sites(gm: fx.GraphModule) -> list[dict[str, Any]]:
-    from tcomp import meta
-    from tcomp.graph import module_path, shape, source_line
     from tcomp.ops import attention_nodes
+    from tcomp.report import site_record
 
-    sites = []
-    for i, n in enumerate(attention_nodes(gm)):
-        q, k, v, bias, mask, scale, causal = n.args
-        sites.append(
-            {
-                "layer": i,
-                "node": n.name,
-                "module": n.meta.get(meta.ATTN_SOURCE) or module_path(n),
-                "spelling": n.meta.get(meta.ATTN_SPELLING, ""),
-                "source": source_line(n),
-                "q": [str(s) for s in shape(q)],
-                "k": [str(s) for s in shape(k)],
-                "bias": bias is not None,
-                "mask": mask is not None,
-                "scale": float(scale),
-                "causal": bool(causal),
-                "projections": _roles(n),
-            }
-        )
-    return sites
-
-
-def _roles(attn: fx.Node) -> str:
-    """e.g. "qkv fused" or "q, k, v separate" (from canonicalize's projection annotation)."""
-    from tcomp import meta
-
-    proj = attn.meta.get(meta.ATTN_PROJ) or {}
-    if not proj:
-        return ""
-    groups: dict[str, str] = {}
-    for role, name in proj.items():
-        groups[name] = groups.get(name, "") + role
-    return " + ".join(sorted(groups.values(), key=len, reverse=True))
+    return [site_record(n) for n in attention_nodes(gm)]
 
 
 def _add_cost(report: Report, gm: fx.GraphModule, captured: Captured, target: Target) -> None:

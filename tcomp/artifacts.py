@@ -62,7 +62,13 @@ def write(om: Any, folder: str | Path) -> Path:
             "target": rep.target,
             "versions": versions(),
             "passes": [
-                {"name": r.name, "contract": r.contract, "status": r.status, "rewrites": r.rewrites, "error": r.error}
+                {
+                    "name": r.name,
+                    "contract": r.contract,
+                    "status": r.status,
+                    "rewrites": r.rewrites,
+                    "error": r.error,
+                }
                 for r in rep.passes
             ],
             "attention_sites": len(rep.sites),

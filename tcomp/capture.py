@@ -51,7 +51,11 @@ def check_inputs(args: tuple, kwargs: dict) -> None:
     leaves, _ = pytree.tree_flatten_with_path((args, kwargs))
     for path, leaf in leaves:
         if not isinstance(leaf, _LEAF_TYPES):
-            where = _path_str(path).replace("[0]", "args", 1) if _path_str(path).startswith("[0]") else _path_str(path)
+            where = (
+                _path_str(path).replace("[0]", "args", 1)
+                if _path_str(path).startswith("[0]")
+                else _path_str(path)
+            )
             raise InputError(
                 f"example input {where} is a {type(leaf).__name__}; tcomp captures models whose inputs are "
                 "tensors, numbers, strings, None, or lists/tuples/dicts of them. Convert it to a tensor "
@@ -81,9 +85,9 @@ def _describe_failure(model: torch.nn.Module, exc: BaseException) -> str:
     where = user_frame(exc.__traceback__)
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
-    data_dep = isinstance(exc, torch.fx.experimental.symbolic_shapes.GuardOnDataDependentSymNode) or re.search(
-        r"data.dependent|GuardOnDataDependent|Could not guard on data-dependent", text
-    )
+    data_dep = isinstance(
+        exc, torch.fx.experimental.symbolic_shapes.GuardOnDataDependentSymNode
+    ) or re.search(r"data.dependent|GuardOnDataDependent|Could not guard on data-dependent", text)
     if data_dep:
         cause = (
             "the model branches in Python on the value of a tensor (data-dependent control flow), which a "
@@ -138,14 +142,20 @@ def capture(
     except Exception as exc:  # noqa: BLE001 - turned into a message that names the user's code
         raise CaptureError(_describe_failure(model, exc)) from exc
     gm = ep.module()
-    return Captured(gm=gm, exported=ep, example_args=args, example_kwargs=kwargs, dims=_dims_of(ep, args, kwargs, dynamic))
+    return Captured(
+        gm=gm, exported=ep, example_args=args, example_kwargs=kwargs, dims=_dims_of(ep, args, kwargs, dynamic)
+    )
 
 
-def _dims_of(ep: ExportedProgram, args: tuple, kwargs: dict, dynamic: bool) -> dict[str, dict[int, int | str]]:
+def _dims_of(
+    ep: ExportedProgram, args: tuple, kwargs: dict, dynamic: bool
+) -> dict[str, dict[int, int | str]]:
     """Which of dims 0/1 of each tensor input ended up symbolic in the captured graph."""
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
     user_inputs = [
-        n for n, s in zip(placeholders, ep.graph_signature.input_specs) if s.kind == torch.export.graph_signature.InputKind.USER_INPUT
+        n
+        for n, s in zip(placeholders, ep.graph_signature.input_specs)
+        if s.kind == torch.export.graph_signature.InputKind.USER_INPUT
     ]
     leaves, _ = pytree.tree_flatten_with_path((args, kwargs))
     tensor_leaves = [(p, x) for p, x in leaves if isinstance(x, torch.Tensor)]

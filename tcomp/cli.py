@@ -17,7 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="tcomp: a verified compiler for PyTorch transformers.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="tcomp: a verified compiler for PyTorch transformers."
+)
 console = Console()
 
 
@@ -37,7 +39,12 @@ def passes(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     import tcomp
 
     rows = [
-        {"name": p.name, "contract": p.contract.describe(), "default": p.default, "description": p.description}
+        {
+            "name": p.name,
+            "contract": p.contract.describe(),
+            "default": p.default,
+            "description": p.description,
+        }
         for p in tcomp.registered_passes().values()
     ]
     if as_json:
@@ -66,12 +73,30 @@ def inspect(
     try:
         loaded = load_spec(spec)
         with console.status("capturing and canonicalizing"):
-            om = tcomp.optimize(loaded.model, loaded.args, target=target, passes=["canonicalize"], verify=False, example_kwargs=loaded.kwargs)
+            om = tcomp.optimize(
+                loaded.model,
+                loaded.args,
+                target=target,
+                passes=["canonicalize"],
+                verify=False,
+                example_kwargs=loaded.kwargs,
+            )
     except TcompError as exc:
         _fail(exc)
     rep = om.report
     if as_json:
-        typer.echo(json.dumps({"model": loaded.name, "sites": rep.sites, "cost": rep.cost, "cost_symbolic": rep.cost_symbolic}, indent=2, default=str))
+        typer.echo(
+            json.dumps(
+                {
+                    "model": loaded.name,
+                    "sites": rep.sites,
+                    "cost": rep.cost,
+                    "cost_symbolic": rep.cost_symbolic,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
     rep.model = loaded.name
     console.print(rep.render())
@@ -98,7 +123,14 @@ def optimize(
     try:
         loaded = load_spec(spec)
         with console.status(f"optimizing {loaded.name} for {target}"):
-            om = tcomp.optimize(loaded.model, loaded.args, target=target, passes=names, verify=not no_verify, example_kwargs=loaded.kwargs)
+            om = tcomp.optimize(
+                loaded.model,
+                loaded.args,
+                target=target,
+                passes=names,
+                verify=not no_verify,
+                example_kwargs=loaded.kwargs,
+            )
         om.report.model = loaded.name
         manifest = om.save(output)
     except TcompError as exc:

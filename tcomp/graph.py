@@ -91,7 +91,9 @@ def module_type(node: fx.Node) -> str:
 
 def _clean_path(path: str) -> str:
     # export writes paths like "L['self'].encoder.layer[0]" or "encoder.layer.0"
-    return path.replace("L['self'].", "").replace("L['self']", "").replace("._modules['", ".").replace("']", "")
+    return (
+        path.replace("L['self'].", "").replace("L['self']", "").replace("._modules['", ".").replace("']", "")
+    )
 
 
 def source_line(node: fx.Node) -> str:

@@ -15,5 +15,9 @@ ATTN_SPELLING = "tcomp_attn_spelling"  # str: how the attention site was written
 ATTN_SOURCE = "tcomp_attn_source"  # str: module path of the attention site in the user's model
 ATTN_LAYER = "tcomp_attn_layer"  # int: index of the attention site in graph order (0-based)
 REWRITTEN_BY = "tcomp_rewritten_by"  # str: name of the pass that created the node
-ATTN_PROJ = "tcomp_attn_proj"  # on a tcomp.attention node: {"q"|"k"|"v": name of the linear/addmm that projects it}
-PROJ_ROLE = "tcomp_proj_role"  # on a linear/addmm node: "q", "k", "v" or a fused "qkv"/"kv"/"qk", and the site index
+ATTN_PROJ = (
+    "tcomp_attn_proj"  # on a tcomp.attention node: {"q"|"k"|"v": name of the linear/addmm that projects it}
+)
+PROJ_ROLE = (
+    "tcomp_proj_role"  # on a linear/addmm node: "q", "k", "v" or a fused "qkv"/"kv"/"qk", and the site index
+)

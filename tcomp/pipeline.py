@@ -51,9 +51,13 @@ class Contract:
 
     def __post_init__(self) -> None:
         if self.exactness is Exactness.BOUNDED and not (self.bound and self.tolerance is not None):
-            raise PassError("a BOUNDED contract needs `bound` (the statement) and `tolerance` (what is checked)")
+            raise PassError(
+                "a BOUNDED contract needs `bound` (the statement) and `tolerance` (what is checked)"
+            )
         if self.exactness is Exactness.EMPIRICAL and not (self.metric and self.tolerance is not None):
-            raise PassError("an EMPIRICAL contract needs `metric` (what is measured) and `tolerance` (its threshold)")
+            raise PassError(
+                "an EMPIRICAL contract needs `metric` (what is measured) and `tolerance` (its threshold)"
+            )
 
     def describe(self) -> str:
         s = self.exactness.value
@@ -118,11 +122,15 @@ def register_pass(
     if not isinstance(contract, Contract):
         raise PassError(f"pass {name!r}: contract must be a tcomp.Contract")
     if default and contract.exactness.approximate:
-        raise PassError(f"pass {name!r} is approximate ({contract.exactness.value}); it cannot run by default")
+        raise PassError(
+            f"pass {name!r} is approximate ({contract.exactness.value}); it cannot run by default"
+        )
 
     def deco(fn: PassFn) -> PassFn:
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = Pass(name, fn, contract, tuple(after), tuple(before), default, doc[0] if doc else "")
+        _REGISTRY[name] = Pass(
+            name, fn, contract, tuple(after), tuple(before), default, doc[0] if doc else ""
+        )
         return fn
 
     return deco
@@ -294,4 +302,7 @@ def _check(contract: Contract, rec: PassRecord, outs, prev_out, reference, bitwi
         rec.tolerance = contract.tolerance
     if rec.error <= rec.tolerance:
         return True, ""
-    return False, f"{ex.value} contract broken: relative error {rec.error:.3g} > tolerance {rec.tolerance:.3g}"
+    return (
+        False,
+        f"{ex.value} contract broken: relative error {rec.error:.3g} > tolerance {rec.tolerance:.3g}",
+    )

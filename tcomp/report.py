@@ -57,17 +57,37 @@ class Report:
         for col in ("pass", "contract", "status", "rewrites", "rel. error", "tolerance", "reason"):
             t.add_column(col)
         for r in self.passes:
-            t.add_row(r.name, r.contract, r.status, str(r.rewrites), _fmt(r.error), _fmt(r.tolerance), r.reason)
+            t.add_row(
+                r.name, r.contract, r.status, str(r.rewrites), _fmt(r.error), _fmt(r.tolerance), r.reason
+            )
         con.print(t)
         if self.sites:
             s = Table(title=f"attention sites ({len(self.sites)})")
-            for col in ("#", "module", "spelling", "q shape", "k shape", "bias", "mask", "causal", "scale", "proj"):
+            for col in (
+                "#",
+                "module",
+                "spelling",
+                "q shape",
+                "k shape",
+                "bias",
+                "mask",
+                "causal",
+                "scale",
+                "proj",
+            ):
                 s.add_column(col)
             for site in self.sites:
                 s.add_row(
-                    str(site.get("layer")), site.get("module", ""), site.get("spelling", ""),
-                    "×".join(site.get("q", [])), "×".join(site.get("k", [])),
-                    _yn(site.get("bias")), _yn(site.get("mask")), _yn(site.get("causal")), f"{site.get('scale', 0):.4g}", site.get("projections", ""),
+                    str(site.get("layer")),
+                    site.get("module", ""),
+                    site.get("spelling", ""),
+                    "×".join(site.get("q", [])),
+                    "×".join(site.get("k", [])),
+                    _yn(site.get("bias")),
+                    _yn(site.get("mask")),
+                    _yn(site.get("causal")),
+                    f"{site.get('scale', 0):.4g}",
+                    site.get("projections", ""),
                 )
             con.print(s)
         if self.cost:
@@ -84,6 +104,39 @@ class Report:
 
     def __str__(self) -> str:
         return self.render()
+
+
+def site_record(attn: Any) -> dict[str, Any]:
+    """The report's description of one ``tcomp.attention`` node: where it is in the user's model,
+    how it was spelled, shapes, bias/mask/causal/scale and its q/k/v projections."""
+    from tcomp import meta
+    from tcomp.graph import module_path, shape, source_line
+
+    q, k, _v, bias, mask, scale, causal = attn.args
+    return {
+        "layer": attn.meta.get(meta.ATTN_LAYER),
+        "node": attn.name,
+        "module": attn.meta.get(meta.ATTN_SOURCE) or module_path(attn),
+        "spelling": attn.meta.get(meta.ATTN_SPELLING, ""),
+        "source": source_line(attn),
+        "q": [str(s) for s in shape(q)],
+        "k": [str(s) for s in shape(k)],
+        "bias": bias is not None,
+        "mask": mask is not None,
+        "scale": float(scale),
+        "causal": bool(causal),
+        "projections": _projections(attn),
+    }
+
+
+def _projections(attn: Any) -> str:
+    """e.g. "qkv" (one fused projection) or "q + k + v" (from canonicalize's annotation)."""
+    from tcomp import meta
+
+    groups: dict[str, str] = {}
+    for role, name in (attn.meta.get(meta.ATTN_PROJ) or {}).items():
+        groups[name] = groups.get(name, "") + role
+    return " + ".join(sorted(groups.values(), key=len, reverse=True))
 
 
 def _fmt(x: Any) -> str:

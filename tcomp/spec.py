@@ -29,18 +29,24 @@ def load_spec(spec: str, seed: int = 0) -> Loaded:
         try:
             factory = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as exc:
-            raise InputError(f"cannot load {spec!r}: {exc}. Use package.module:factory with the package importable.") from exc
+            raise InputError(
+                f"cannot load {spec!r}: {exc}. Use package.module:factory with the package importable."
+            ) from exc
         return _from_object(spec, factory())
     name = zoo.default() if spec == "default" else spec
     if name not in zoo.ZOO:
-        raise InputError(f"unknown model {spec!r}; zoo models: {', '.join(zoo.names())}, or package.module:factory")
+        raise InputError(
+            f"unknown model {spec!r}; zoo models: {', '.join(zoo.names())}, or package.module:factory"
+        )
     entry = zoo.get(name, seed=seed)
     return Loaded(name, entry.model, tuple(entry.example_inputs), dict(entry.example_kwargs))
 
 
 def _from_object(name: str, obj: Any) -> Loaded:
     if hasattr(obj, "model") and hasattr(obj, "example_inputs"):
-        return Loaded(name, obj.model, tuple(obj.example_inputs), dict(getattr(obj, "example_kwargs", {}) or {}))
+        return Loaded(
+            name, obj.model, tuple(obj.example_inputs), dict(getattr(obj, "example_kwargs", {}) or {})
+        )
     if isinstance(obj, tuple) and obj and isinstance(obj[0], torch.nn.Module):
         model, rest = obj[0], obj[1:]
         args = rest[0] if rest else ()

@@ -104,7 +104,9 @@ class Reference:
     base_error: float  # the original model's error vs float64, in its own dtype
 
     @classmethod
-    def build(cls, model: torch.nn.Module, args: tuple, kwargs: dict, *, samples: int = 2, seed: int = 0) -> Reference:
+    def build(
+        cls, model: torch.nn.Module, args: tuple, kwargs: dict, *, samples: int = 2, seed: int = 0
+    ) -> Reference:
         inputs = sample_inputs(args, kwargs, samples, seed)
         ref_model = reference_model(model)
         with torch.no_grad():

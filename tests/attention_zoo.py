@@ -88,13 +88,27 @@ class Attn(nn.Module):
         s = self.spec
         mask = None
         if keep is not None:
-            mask = keep if s.mask != "additive" else torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-inf"))
+            mask = (
+                keep
+                if s.mask != "additive"
+                else torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-inf"))
+            )
         if bias is not None:
-            add = bias if mask is None else (bias.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else bias + mask)
+            add = (
+                bias
+                if mask is None
+                else (bias.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else bias + mask)
+            )
             mask = add
         gqa = s.kv_heads != s.heads
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.drop.p if self.training else 0.0, is_causal=s.causal and mask is None, enable_gqa=gqa
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.drop.p if self.training else 0.0,
+            is_causal=s.causal and mask is None,
+            enable_gqa=gqa,
         )
 
     def _mask(self, scores, keep):
@@ -107,7 +121,9 @@ class Attn(nn.Module):
             return scores.masked_fill(keep.logical_not(), torch.finfo(scores.dtype).min)
         if kind == "where":
             return torch.where(keep, scores, torch.tensor(float("-inf"), dtype=scores.dtype))
-        return scores + torch.zeros(keep.shape, dtype=scores.dtype).masked_fill(~keep, torch.finfo(scores.dtype).min)
+        return scores + torch.zeros(keep.shape, dtype=scores.dtype).masked_fill(
+            ~keep, torch.finfo(scores.dtype).min
+        )
 
 
 class Stack(nn.Module):

@@ -29,7 +29,9 @@ def test_registry_refuses_approximate_passes_without_bound_or_metric():
     with pytest.raises(PassError, match="EMPIRICAL"):
         Contract(Exactness.EMPIRICAL, metric="cosine")
     with pytest.raises(PassError, match="default"):
-        register_pass("test.approx_default", Contract(Exactness.EMPIRICAL, metric="rel", tolerance=0.1), default=True)
+        register_pass(
+            "test.approx_default", Contract(Exactness.EMPIRICAL, metric="rel", tolerance=0.1), default=True
+        )
     with pytest.raises(PassError, match="lowercase"):
         register_pass("Test.Bad", tcomp.pipeline.EXACT)
     with pytest.raises(PassError, match="unknown pass"):
@@ -63,9 +65,16 @@ def test_broken_pass_is_rolled_back_with_reason():
     model, args = _model()
     cap = capture(model, args)
     ref = Reference.build(model, args, {})
-    res = run_pipeline(cap.gm, ["canonicalize", "test.scale_output", "test.raises", "test.identity_exact"], reference=ref)
+    res = run_pipeline(
+        cap.gm, ["canonicalize", "test.scale_output", "test.raises", "test.identity_exact"], reference=ref
+    )
     status = {r.name: r.status for r in res.records}
-    assert status == {"canonicalize": "applied", "test.scale_output": "rolled_back", "test.raises": "rolled_back", "test.identity_exact": "applied"}
+    assert status == {
+        "canonicalize": "applied",
+        "test.scale_output": "rolled_back",
+        "test.raises": "rolled_back",
+        "test.identity_exact": "applied",
+    }
     broken = res.records[1]
     assert "contract broken" in broken.reason and broken.error > broken.tolerance
     assert "boom" in res.records[2].reason

@@ -26,8 +26,10 @@ def _canonicalize(model, args):
 
 def _leftover_attention_ops(gm):
     return [
-        n for n in gm.graph.nodes
-        if n.op == "call_function" and n.target in (aten.softmax.int, aten._softmax.default, aten.scaled_dot_product_attention.default)
+        n
+        for n in gm.graph.nodes
+        if n.op == "call_function"
+        and n.target in (aten.softmax.int, aten._softmax.default, aten.scaled_dot_product_attention.default)
     ]
 
 
@@ -47,7 +49,12 @@ def specs(draw):
     )
 
 
-@given(spec=specs(), seq=st.sampled_from([1, 2, 3, 5, 8, 13]), batch=st.sampled_from([1, 2, 3]), seed=st.integers(0, 2**16))
+@given(
+    spec=specs(),
+    seq=st.sampled_from([1, 2, 3, 5, 8, 13]),
+    batch=st.sampled_from([1, 2, 3]),
+    seed=st.integers(0, 2**16),
+)
 def test_every_spelling_becomes_one_attention_per_layer(spec, seq, batch, seed):
     model = build(spec, layers=2, seed=seed)
     args = inputs(spec, batch, seq, padded=spec.mask is not None, seed=seed)

@@ -89,8 +89,22 @@ def test_llama_repeat_kv_becomes_gqa(impl):
 
 
 @pytest.mark.hf
-@pytest.mark.parametrize(("arch", "expected"), [("gpt2", "qkv"), ("bert", "q + k + v"), ("llama", "q + k + v")])
+@pytest.mark.parametrize(
+    ("arch", "expected"), [("gpt2", "qkv"), ("bert", "q + k + v"), ("llama", "q + k + v")]
+)
 def test_projections_stay_recognisable(arch, expected):
     case = make(arch, "sdpa")
     fast = tcomp.optimize(case.model, case.kwargs, verify=False)
     assert {s["projections"] for s in fast.report.sites} == {expected}
+
+
+@pytest.mark.hf
+def test_decoder_cache_is_disabled_on_the_copy():
+    case = make("gpt2", "sdpa", pad=False)
+    kw = {"input_ids": case.kwargs["input_ids"]}  # no use_cache=False from the user
+    case.model.config.use_cache = True  # as a pretrained decoder ships
+    fast = tcomp.optimize(case.model, kw)
+    assert case.model.config.use_cache is True  # the user's model keeps its setting
+    assert len(attention_nodes(fast.graph_module)) == case.n_attention_layers
+    out = fast(**kw)
+    assert getattr(out, "past_key_values", None) is None
