@@ -32,7 +32,7 @@ class OptimizedModule(torch.nn.Module):
         self.graph_module = gm
         self.report = report
         self.target = target
-        self._dims = captured.dims
+        self._static_dims = {k: v for k, v in captured.static_dims.items() if v}
         self._model_name = report.model
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -54,13 +54,7 @@ class OptimizedModule(torch.nn.Module):
             raise
 
     def _input_help(self, text: str) -> str:
-        static = {
-            k: v
-            for k, v in (
-                (k, {d: s for d, s in dims.items() if s != "dynamic"}) for k, dims in self._dims.items()
-            )
-            if v
-        }
+        static = self._static_dims
         msg = (
             f"the inputs do not fit the graph tcomp captured for {self._model_name}: {text.splitlines()[0]}."
         )

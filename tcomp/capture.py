@@ -51,13 +51,8 @@ def check_inputs(args: tuple, kwargs: dict) -> None:
     leaves, _ = pytree.tree_flatten_with_path((args, kwargs))
     for path, leaf in leaves:
         if not isinstance(leaf, _LEAF_TYPES):
-            where = (
-                _path_str(path).replace("[0]", "args", 1)
-                if _path_str(path).startswith("[0]")
-                else _path_str(path)
-            )
             raise InputError(
-                f"example input {where} is a {type(leaf).__name__}; tcomp captures models whose inputs are "
+                f"example input {input_name(path)} is a {type(leaf).__name__}; tcomp captures models whose inputs are "
                 "tensors, numbers, strings, None, or lists/tuples/dicts of them. Convert it to a tensor "
                 "(for text: tokenize first) or wrap the model in a module that takes tensors."
             )
@@ -128,23 +123,28 @@ def capture(
     specs = _dynamic_spec(work, args, kwargs) if dynamic else None
     try:
         with torch.no_grad():
-            try:
-                ep = torch.export.export(work, args, kwargs, strict=False, dynamic_shapes=specs)
-            except Exception:
-                if not dynamic:
-                    raise
-                # Some models refuse dynamic dims in ways AUTO cannot absorb; say so only if the
-                # static capture works (otherwise the static error is the more useful one).
-                torch.export.export(work, args, kwargs, strict=False)
-                raise
-    except CaptureError:
-        raise
+            ep = torch.export.export(work, args, kwargs, strict=False, dynamic_shapes=specs)
     except Exception as exc:  # noqa: BLE001 - turned into a message that names the user's code
+        if dynamic and _exports_statically(work, args, kwargs):
+            raise CaptureError(
+                f"{type(model).__name__} cannot be captured with dynamic batch and sequence dims "
+                f"({_describe_failure(model, exc)}). It can be captured with static shapes: call "
+                "tcomp.optimize(..., dynamic=False); the optimized module then accepts only the example sizes."
+            ) from exc
         raise CaptureError(_describe_failure(model, exc)) from exc
     gm = ep.module()
     return Captured(
         gm=gm, exported=ep, example_args=args, example_kwargs=kwargs, dims=_dims_of(ep, args, kwargs, dynamic)
     )
+
+
+def _exports_statically(work: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
+    try:
+        with torch.no_grad():
+            torch.export.export(work, args, kwargs, strict=False)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _dims_of(
@@ -165,7 +165,14 @@ def _dims_of(
         shape = node.meta[meta.VAL].shape
         info: dict[int, int | str] = {}
         for d in range(min(2, x.dim())):
-            info[d] = "dynamic" if isinstance(shape[d], torch.SymInt) else int(shape[d])
+            size = shape[d]
+            expr = size.node.expr if isinstance(size, torch.SymInt) else None
+            # a SymInt whose expression is a number was specialized by the model's code
+            info[d] = (
+                "dynamic"
+                if expr is not None and not expr.is_number
+                else int(expr if expr is not None else size)
+            )
         out[input_name(path)] = info
     return out
 

@@ -74,3 +74,26 @@ def test_unknown_target_and_pass():
         tcomp.optimize(Plain(), (torch.randn(2, 3, 8),), target="tpu")
     with pytest.raises(tcomp.PassError, match="unknown pass"):
         tcomp.optimize(Plain(), (torch.randn(2, 3, 8),), passes=["attention.nope"])
+
+
+class FixedSeq(torch.nn.Module):
+    """Reshapes with a hard-coded sequence length of 3: dynamic sequence dims cannot hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        n = x.shape[1]
+        table = torch.arange(3 * 8, dtype=x.dtype).view(3, 8)
+        torch._check(n == 3)  # noqa: SLF001 - the model's own assumption
+        return self.lin(x) + table
+
+
+def test_model_that_cannot_be_dynamic_says_so():
+    m = FixedSeq()
+    x = torch.randn(2, 3, 8)
+    fast = tcomp.optimize(m, (x,))  # Dim.AUTO lets export specialize the dim instead of failing
+    assert fast.report.dynamic_dims["args[0]"] == {0: "dynamic", 1: 3}
+    with pytest.raises(InputError, match="fixed at capture time"):
+        fast(torch.randn(2, 4, 8))
