@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tcomp import ops  # noqa: F401 - registers the tcomp dialect (torch.ops.tcomp.*)
 from tcomp.api import OptimizedModule, optimize
+from tcomp.backend import Backend, register_backend
 from tcomp.errors import CaptureError, InputError, PassError, TcompError
 from tcomp.pipeline import Contract, Exactness, PassResult, register_pass, registered_passes
 from tcomp.targets import Target, get_target
@@ -17,6 +18,7 @@ from tcomp.targets import Target, get_target
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backend",
     "CaptureError",
     "Contract",
     "Exactness",
@@ -29,9 +31,11 @@ __all__ = [
     "__version__",
     "get_target",
     "optimize",
+    "register_backend",
     "register_pass",
     "registered_passes",
 ]
 
 # The face wires up the pass packages: importing them registers every pass.
+from tcomp import backends as _backends  # noqa: E402, F401
 from tcomp import passes as _passes  # noqa: E402, F401

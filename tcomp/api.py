@@ -10,7 +10,7 @@ import torch.fx as fx
 
 from tcomp.capture import Captured, capture
 from tcomp.errors import InputError
-from tcomp.pipeline import default_pipeline, get_pass, run_pipeline
+from tcomp.pipeline import Pass, default_pipeline, get_pass, run_pipeline
 from tcomp.report import Report
 from tcomp.targets import Target, get_target
 
@@ -19,6 +19,7 @@ PassSpec = "str | tuple[str, dict[str, Any]]"
 
 def _load_plugins() -> None:
     """Registration happens when the faces import the pass and backend packages."""
+    import tcomp.backends  # noqa: F401
     import tcomp.ops  # noqa: F401
     import tcomp.passes  # noqa: F401
 
@@ -106,6 +107,7 @@ def optimize(
     verify: bool = True,
     calibration: Any = None,
     *,
+    backend: str | None = None,
     example_kwargs: dict | None = None,
     dynamic: bool = True,
     verify_samples: int = 2,
@@ -121,6 +123,8 @@ def optimize(
     * ``verify``: check every pass against its contract on float64 references of the example inputs
       and ``verify_samples - 1`` fresh random draws; a pass that breaks its contract is rolled back.
     * ``calibration``: data for passes that need statistics, handed to those that take it.
+    * ``backend``: ``"triton"`` or ``"eager"``; None takes the target's default. Lowering is verified
+      like a pass (FP_EQUIVALENT); ops a backend cannot run stay on the eager reference.
     * ``dynamic``: keep batch and sequence dims dynamic (the default).
 
     The user's model is never modified.
@@ -129,6 +133,9 @@ def optimize(
     tgt = get_target(target)
     args, kwargs = _normalize_inputs(example_inputs, example_kwargs)
     specs = _pass_specs(passes, calibration)
+    lowering = _lowering(backend or tgt.default_backend, tgt)
+    if lowering is not None:
+        specs.append(lowering)
     captured = capture(model, args, kwargs, dynamic=dynamic)
     reference = None
     if verify:
@@ -163,11 +170,39 @@ def _pass_specs(passes: list[Any] | None, calibration: Any) -> list[tuple[str, d
     return specs
 
 
+def _lowering(name: str, target: Target) -> Pass | None:
+    """The backend's lowering as a verified pipeline step (none for the eager reference)."""
+    from functools import partial
+
+    from tcomp.backend import get_backend
+    from tcomp.pipeline import FP_EQUIVALENT
+
+    b = get_backend(name)
+    if b.name == "eager":
+        return None
+    return Pass(
+        f"lower.{b.name}",
+        partial(b.lower, target=target.name),
+        FP_EQUIVALENT,
+        description=f"lower to {b.name}",
+    )
+
+
 def _sites(gm: fx.GraphModule) -> list[dict[str, Any]]:
-    from tcomp.ops import attention_nodes
+    """Every attention site canonicalize found, whether still on the reference op or lowered."""
+    from tcomp import meta
+    from tcomp.ops import is_attention
     from tcomp.report import site_record
 
-    return [site_record(n) for n in attention_nodes(gm)]
+    sites = []
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and meta.ATTN_LAYER in n.meta:
+            rec = site_record(n)
+            rec["runs_on"] = (
+                "eager" if is_attention(n) else getattr(n.target, "__module__", "").rsplit(".", 2)[-2]
+            )
+            sites.append(rec)
+    return sites
 
 
 def _add_cost(report: Report, gm: fx.GraphModule, captured: Captured, target: Target) -> None:

@@ -218,7 +218,7 @@ class PipelineResult:
 
 def run_pipeline(
     gm: fx.GraphModule,
-    passes: list[str | tuple[str, dict[str, Any]]],
+    passes: list[str | Pass | tuple[str, dict[str, Any]]],
     *,
     reference: Any | None = None,
     progress: Callable[[str], None] | None = None,
@@ -233,13 +233,14 @@ def run_pipeline(
     from tcomp.verify import bitwise_equal
 
     debug = os.environ.get("TCOMP_DEBUG", "") not in ("", "0")
-    specs = [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in passes]
+    specs = [(p, {}) if isinstance(p, (str, Pass)) else (p[0], dict(p[1])) for p in passes]
     current = gm
     snapshots = [("captured", gm.code)]
     records: list[PassRecord] = []
     prev_out = reference.run(current) if reference is not None else None
     for name, options in specs:
-        p = get_pass(name)
+        p = name if isinstance(name, Pass) else get_pass(name)
+        name = p.name
         rec = PassRecord(name, p.contract.describe(), p.contract.exactness.value, "applied")
         if progress:
             progress(name)

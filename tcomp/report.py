@@ -74,6 +74,7 @@ class Report:
                 "causal",
                 "scale",
                 "proj",
+                "runs on",
             ):
                 s.add_column(col)
             for site in self.sites:
@@ -88,6 +89,7 @@ class Report:
                     _yn(site.get("causal")),
                     f"{site.get('scale', 0):.4g}",
                     site.get("projections", ""),
+                    site.get("runs_on", ""),
                 )
             con.print(s)
         if self.cost:

@@ -26,6 +26,13 @@ def to_dtype(tree: Any, dtype: torch.dtype) -> Any:
     return pytree.tree_map(lambda x: x.to(dtype) if _is_float(x) else x, tree)
 
 
+def _cpu64(tree: Any) -> Any:
+    """Inputs for the float64 CPU reference: every tensor on the CPU, floats in float64."""
+    return to_dtype(
+        pytree.tree_map(lambda x: x.cpu() if isinstance(x, torch.Tensor) else x, tree), torch.float64
+    )
+
+
 def float_leaves(tree: Any) -> list[torch.Tensor]:
     return [x for x in pytree.tree_leaves(tree) if _is_float(x)]
 
@@ -110,7 +117,7 @@ class Reference:
         inputs = sample_inputs(args, kwargs, samples, seed)
         ref_model = reference_model(model)
         with torch.no_grad():
-            outs = [ref_model(*to_dtype(a, torch.float64), **to_dtype(k, torch.float64)) for a, k in inputs]
+            outs = [ref_model(*_cpu64(a), **_cpu64(k)) for a, k in inputs]
         del ref_model
         model_copy = copy.deepcopy(model).eval()
         with torch.no_grad():

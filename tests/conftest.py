@@ -6,6 +6,12 @@ from __future__ import annotations
 import os
 
 import torch
+
+# Without a GPU the Triton kernels run under Triton's interpreter on CPU tensors. It is read when a
+# kernel is defined, so it is set before any test can generate one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(

@@ -1,0 +1,56 @@
+"""The Triton backend: generated kernels for the dialect (``tcomp.attention`` so far).
+
+Kernels are generated as source text (``attention_template.render``), cached on disk and launched
+from ``runtime``. Without a GPU they run under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU
+tensors, which is how CI tests them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from tcomp.backend import Backend, register_backend
+from tcomp.graph import val
+
+
+class TritonBackend(Backend):
+    name = "triton"
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tcomp.ops  # noqa: F401 - the dialect must be registered to key on it
+        from tcomp.backends.triton import runtime
+
+        self.impls[torch.ops.tcomp.attention.default] = (_check_attention, runtime.attention)
+
+    def available(self) -> str | None:
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed (pip install 'tcomp[triton]')"
+        return None
+
+    def launch_kwargs(self, target: str) -> dict[str, Any]:
+        return {"target": target}
+
+
+def _check_attention(node: fx.Node) -> str | None:
+    from tcomp.backends.triton.codegen import interpreting
+    from tcomp.backends.triton.runtime import SUPPORTED_DTYPES
+
+    q, k, v = (val(a) for a in node.args[:3])
+    if any(x is None for x in (q, k, v)) or q.dim() != 4:
+        return "needs 4-D q/k/v with known shapes"
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {q.dtype} (supported: fp16, bf16, fp32)"
+    if q.device.type != "cuda" and not interpreting():
+        return f"tensors on {q.device.type}: Triton needs CUDA (or TRITON_INTERPRET=1)"
+    d, dv = q.shape[-1], v.shape[-1]
+    if not (isinstance(d, int) and isinstance(dv, int)) or max(d, dv) > 256:
+        return "head dim must be static and at most 256"
+    return None
+
+
+register_backend(TritonBackend())

@@ -1,0 +1,35 @@
+"""Launch configurations of the generated kernels per target: block sizes, warps, stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AttnConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    p = lo
+    while p < n:
+        p *= 2
+    return p
+
+
+def attention_config(target: str, head_dim: int, n: int, m: int, interpreting: bool) -> AttnConfig:
+    """Tiles for one attention launch. Under the interpreter (CPU tests) the cost grows with the
+    number of programs, so tiles are as large as the sequence allows; on GPUs they follow the
+    FlashAttention-2 shapes that fit Hopper/Ampere shared memory for the head dim."""
+    if interpreting:
+        return AttnConfig(min(64, _pow2(n)), min(64, _pow2(m)), 4, 1)
+    if target in ("h100", "h200"):
+        if head_dim <= 64:
+            return AttnConfig(128, 64, 4, 3)
+        return AttnConfig(128, 64, 8, 2)
+    if target.startswith("a100"):
+        return AttnConfig(128, 64, 4 if head_dim <= 64 else 8, 2)
+    return AttnConfig(64, 64, 4, 2)

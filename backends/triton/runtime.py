@@ -1,0 +1,51 @@
+"""Launching the generated attention kernel: ``attention(q, k, v, bias, mask, scale, causal)``
+with the exact semantics of ``tcomp.attention`` (see tcomp/ops.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from tcomp.backends.triton import attention_template as tmpl
+from tcomp.backends.triton.codegen import interpreting, load
+from tcomp.backends.triton.configs import _pow2, attention_config
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def kernel_for(spec: tmpl.AttnKernelSpec):
+    return load(tmpl.render(spec), spec.name)
+
+
+def _strides4(t: torch.Tensor | None, shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    if t is None:
+        return (0, 0, 0, 0)
+    return tuple(t.expand(shape).stride())  # broadcast dims get stride 0: no copy
+
+
+def attention(q, k, v, bias, mask, scale: float, causal: bool, target: str = "h200") -> torch.Tensor:
+    b, h, n, d = q.shape
+    hk, m, dv = k.shape[1], k.shape[2], v.shape[3]
+    out = torch.empty((b, h, n, dv), dtype=q.dtype, device=q.device)
+    if n == 0 or b * h == 0:
+        return out
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    spec = tmpl.AttnKernelSpec(bias is not None, mask is not None, bool(causal), q.dtype == torch.float32)
+    kern = kernel_for(spec)
+    full = (b, h, n, m)
+    bias_t = bias.expand(full) if bias is not None else q
+    mask_t = mask.expand(full) if mask is not None else q
+    cfg = attention_config(target, d, n, m, interpreting())
+    grid = (triton_cdiv(n, cfg.block_m), b * h)
+    kern[grid](
+        q, k, v, bias_t, mask_t, out,
+        *q.stride(), *k.stride(), *v.stride(),
+        *_strides4(bias, full), *_strides4(mask, full), *out.stride(),
+        h, n, m, d, dv, h // hk, float(scale) * tmpl.LOG2E,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return out
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
