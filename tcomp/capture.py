@@ -122,8 +122,10 @@ def capture(
     _disable_hf_cache(work)
     specs = _dynamic_spec(work, args, kwargs) if dynamic else None
     try:
-        with torch.no_grad():
-            ep = torch.export.export(work, args, kwargs, strict=False, dynamic_shapes=specs)
+        # Exported with grad mode on: under no_grad, nn.TransformerEncoderLayer and
+        # nn.MultiheadAttention take their fused "fast path" (one opaque op per layer) in some torch
+        # versions (2.11), which hides the attention from canonicalize.
+        ep = torch.export.export(work, args, kwargs, strict=False, dynamic_shapes=specs)
     except Exception as exc:  # noqa: BLE001 - turned into a message that names the user's code
         if dynamic and _exports_statically(work, args, kwargs):
             raise CaptureError(
@@ -140,8 +142,7 @@ def capture(
 
 def _exports_statically(work: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
     try:
-        with torch.no_grad():
-            torch.export.export(work, args, kwargs, strict=False)
+        torch.export.export(work, args, kwargs, strict=False)
         return True
     except Exception:  # noqa: BLE001
         return False
