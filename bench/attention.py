@@ -30,6 +30,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=65536)
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--target", default="h200")
+    ap.add_argument(
+        "--sweep", action="store_true", help="time every launch config at N=4096 first and use the best"
+    )
     args = ap.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     import triton
@@ -37,18 +40,62 @@ def main() -> None:
 
     from tcomp.backends.triton.runtime import attention as tcomp_attention
 
+    from tcomp.backends.triton.configs import AttnConfig
+
+    best: dict[tuple[int, bool], AttnConfig | None] = {}
+    sweep = []
+    if args.sweep:
+        for d in (64, 128):
+            for causal in (False, True):
+                n = 4096
+                b = max(1, args.tokens // n)
+                q, k, v = (
+                    torch.randn(b, args.heads, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3)
+                )
+                timings = []
+                for bm in (64, 128):
+                    for bn in (32, 64, 128):
+                        for w in (4, 8):
+                            for st in (2, 3, 4):
+                                cfg = AttnConfig(bm, bn, w, st)
+                                try:
+                                    t = do_bench(
+                                        lambda cfg=cfg: tcomp_attention(
+                                            q, k, v, None, None, 0.1, causal, config=cfg
+                                        )
+                                    )
+                                except Exception as exc:  # noqa: BLE001 - out of shared memory etc.
+                                    print(f"  {cfg}: {type(exc).__name__}")
+                                    continue
+                                timings.append((t, cfg))
+                                sweep.append({"d": d, "causal": causal, "config": cfg.__dict__, "ms": t})
+                timings.sort(key=lambda x: x[0])
+                best[(d, causal)] = timings[0][1]
+                print(
+                    f"sweep D={d} causal={causal}: best {timings[0][1]} {timings[0][0]:.3f} ms; "
+                    f"runner-up {timings[1][1]} {timings[1][0]:.3f} ms",
+                    flush=True,
+                )
+
     rows = []
     for d in (64, 128):
         for causal in (False, True):
+            cfg = best.get((d, causal))
             for n in (int(s) for s in args.seqs.split(",")):
                 b, h = max(1, args.tokens // n), args.heads
                 q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
                 scale = d**-0.5
-                ours = tcomp_attention(q, k, v, None, None, scale, causal, target=args.target)
+                ours = tcomp_attention(q, k, v, None, None, scale, causal, target=args.target, config=cfg)
                 ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
                 err = ((ours.float() - ref.float()).norm() / ref.float().norm()).item()
-                t_ours = do_bench(lambda: tcomp_attention(q, k, v, None, None, scale, causal, target=args.target))
-                t_sdpa = do_bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale))
+                t_ours = do_bench(
+                    lambda: tcomp_attention(
+                        q, k, v, None, None, scale, causal, target=args.target, config=cfg
+                    )
+                )
+                t_sdpa = do_bench(
+                    lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+                )
                 fl = flops(b, h, n, d, causal)
                 row = {
                     "d": d, "causal": causal, "n": n, "batch": b, "heads": h,
@@ -66,8 +113,13 @@ def main() -> None:
         "benchmark": "attention_fwd_bf16",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(),
-        "versions": {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "python": platform.python_version(),
+        },
         "rows": rows,
+        "sweep": sweep,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

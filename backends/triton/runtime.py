@@ -7,7 +7,7 @@ import torch
 
 from tcomp.backends.triton import attention_template as tmpl
 from tcomp.backends.triton.codegen import interpreting, load
-from tcomp.backends.triton.configs import _pow2, attention_config
+from tcomp.backends.triton.configs import AttnConfig, _pow2, attention_config
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -22,7 +22,9 @@ def _strides4(t: torch.Tensor | None, shape: tuple[int, int, int, int]) -> tuple
     return tuple(t.expand(shape).stride())  # broadcast dims get stride 0: no copy
 
 
-def attention(q, k, v, bias, mask, scale: float, causal: bool, target: str = "h200") -> torch.Tensor:
+def attention(
+    q, k, v, bias, mask, scale: float, causal: bool, target: str = "h200", config: AttnConfig | None = None
+) -> torch.Tensor:
     b, h, n, d = q.shape
     hk, m, dv = k.shape[1], k.shape[2], v.shape[3]
     out = torch.empty((b, h, n, dv), dtype=q.dtype, device=q.device)
@@ -34,7 +36,7 @@ def attention(q, k, v, bias, mask, scale: float, causal: bool, target: str = "h2
     full = (b, h, n, m)
     bias_t = bias.expand(full) if bias is not None else q
     mask_t = mask.expand(full) if mask is not None else q
-    cfg = attention_config(target, d, n, m, interpreting())
+    cfg = config or attention_config(target, d, n, m, interpreting())
     grid = (triton_cdiv(n, cfg.block_m), b * h)
     kern[grid](
         q, k, v, bias_t, mask_t, out,
@@ -42,6 +44,7 @@ def attention(q, k, v, bias, mask, scale: float, causal: bool, target: str = "h2
         *_strides4(bias, full), *_strides4(mask, full), *out.stride(),
         h, n, m, d, dv, h // hk, float(scale) * tmpl.LOG2E,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv),
+        EVEN_M=n % cfg.block_m == 0, EVEN_D=d == _pow2(d) and dv == _pow2(dv),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out
