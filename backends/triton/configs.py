@@ -27,9 +27,11 @@ def attention_config(target: str, head_dim: int, n: int, m: int, interpreting: b
     if interpreting:
         return AttnConfig(min(64, _pow2(n)), min(64, _pow2(m)), 4, 1)
     if target in ("h100", "h200"):
+        # best of a 36-config sweep on the H200 at N=4096, bf16 (bench/attention.py --sweep,
+        # bench/results/attention-h200.json), causal and not alike
         if head_dim <= 64:
-            return AttnConfig(128, 64, 4, 3)
-        return AttnConfig(128, 64, 8, 2)
+            return AttnConfig(128, 64, 8, 3)
+        return AttnConfig(128, 128, 8, 3)
     if target.startswith("a100"):
         return AttnConfig(128, 64, 4 if head_dim <= 64 else 8, 2)
     return AttnConfig(64, 64, 4, 2)
