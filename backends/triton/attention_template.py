@@ -20,10 +20,17 @@ class AttnKernelSpec:
     has_mask: bool
     causal: bool
     ieee: bool  # fp32 inputs: full-precision dot products (no tf32)
+    fold_scale: bool = True  # scale > 0: max(s) * scale == max(s * scale), fold it into exp2
 
     @property
     def name(self) -> str:
-        flags = (("b", self.has_bias), ("m", self.has_mask), ("c", self.causal), ("i", self.ieee))
+        flags = (
+            ("b", self.has_bias),
+            ("m", self.has_mask),
+            ("c", self.causal),
+            ("i", self.ieee),
+            ("s", not self.fold_scale),
+        )
         return "tcomp_attn_fwd_" + ("".join(c for c, on in flags if on) or "plain")
 
     @property
@@ -107,7 +114,9 @@ def _loop(spec: AttnKernelSpec, lo: str, hi: str, masked: bool) -> str:
             f"{i}    v = tl.load(v_base + cols[:, None] * svn, mask=offs_dv[None, :] < DV, other=0.0)",
         ]
     dot = ', input_precision="ieee"' if spec.ieee else ""
-    lines.append(f"{i}s = tl.dot(q, k{dot}) * qk_scale")
+    # without a bias the scale is folded into the exponent (one FMA per score, as FlashAttention does)
+    scaled = spec.has_bias or spec.has_mask or masked or not spec.fold_scale
+    lines.append(f"{i}s = tl.dot(q, k{dot})" + (" * qk_scale" if scaled else ""))
     tile_ok = "row_ok[:, None] & col_ok[None, :]" if masked else "row_ok[:, None]"
     if spec.has_bias:
         lines.append(
@@ -122,7 +131,10 @@ def _loop(spec: AttnKernelSpec, lo: str, hi: str, masked: bool) -> str:
             keep.append("(cols[None, :] <= offs_m[:, None])")
     if keep:
         lines.append(f"{i}s = tl.where({' & '.join(keep)}, s, float('-inf'))")
-    lines.append(f"{i}m_new = tl.maximum(m_i, tl.max(s, 1))")
+    if scaled:
+        lines.append(f"{i}m_new = tl.maximum(m_i, tl.max(s, 1))")
+    else:
+        lines.append(f"{i}m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)")
     if spec.safe:
         lines += [
             f"{i}m_use = tl.where(m_new == float('-inf'), 0.0, m_new)",
@@ -130,7 +142,8 @@ def _loop(spec: AttnKernelSpec, lo: str, hi: str, masked: bool) -> str:
             f"{i}alpha = tl.exp2(m_i - m_use)",
         ]
     else:
-        lines += [f"{i}p = tl.exp2(s - m_new[:, None])", f"{i}alpha = tl.exp2(m_i - m_new)"]
+        arg = "s - m_new[:, None]" if scaled else "s * qk_scale - m_new[:, None]"
+        lines += [f"{i}p = tl.exp2({arg})", f"{i}alpha = tl.exp2(m_i - m_new)"]
     lines += [
         f"{i}l_i = l_i * alpha + tl.sum(p, 1)",
         f"{i}acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None]{dot})",
@@ -157,7 +170,9 @@ def render(spec: AttnKernelSpec) -> str:
     else:
         bounds = "    hi = M\n    full_hi = (M // BLOCK_N) * BLOCK_N"
     finish = (
-        "    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]" if spec.safe else "    out = acc / l_i[:, None]"
+        "    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]"
+        if spec.safe
+        else "    out = acc / l_i[:, None]"
     )
     return HEADER + KERNEL.format(
         name=spec.name,

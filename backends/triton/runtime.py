@@ -31,7 +31,9 @@ def attention(
     if n == 0 or b * h == 0:
         return out
     k, v = k.to(q.dtype), v.to(q.dtype)
-    spec = tmpl.AttnKernelSpec(bias is not None, mask is not None, bool(causal), q.dtype == torch.float32)
+    spec = tmpl.AttnKernelSpec(
+        bias is not None, mask is not None, bool(causal), q.dtype == torch.float32, scale > 0
+    )
     kern = kernel_for(spec)
     full = (b, h, n, m)
     bias_t = bias.expand(full) if bias is not None else q

@@ -61,6 +61,15 @@ def test_odd_head_dims_and_value_dim(dtype):
     _check(2, 2, 1, 13, 17, 24, 40, True, True, True, dtype, 0)
 
 
+@pytest.mark.parametrize("scale", [-0.3, 0.0])
+def test_non_positive_scale(scale):
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 20, 16, generator=g) for _ in range(3))
+    got = triton_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), None, None, scale, False)
+    ref = REF(q.double(), k.double(), v.double(), None, None, scale, False)
+    assert ((got.double().cpu() - ref).norm() / ref.norm()).item() < 1e-5
+
+
 def test_fully_masked_rows_are_zero():
     q, k, v = (torch.randn(1, 1, 4, 16, device=DEVICE) for _ in range(3))
     mask = torch.ones(1, 1, 4, 4, dtype=torch.bool, device=DEVICE)
