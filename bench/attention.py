@@ -38,9 +38,8 @@ def main() -> None:
     import triton
     from triton.testing import do_bench
 
-    from tcomp.backends.triton.runtime import attention as tcomp_attention
-
     from tcomp.backends.triton.configs import AttnConfig
+    from tcomp.backends.triton.runtime import attention as tcomp_attention
 
     best: dict[tuple[int, bool], AttnConfig | None] = {}
     sweep = []
