@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tcomp import ops  # noqa: F401 - registers the tcomp dialect (torch.ops.tcomp.*)
 from tcomp.api import OptimizedModule, optimize
+from tcomp.artifacts import load
 from tcomp.backend import Backend, register_backend
 from tcomp.errors import CaptureError, InputError, PassError, TcompError
 from tcomp.pipeline import Contract, Exactness, PassResult, register_pass, registered_passes
@@ -30,6 +31,7 @@ __all__ = [
     "TcompError",
     "__version__",
     "get_target",
+    "load",
     "optimize",
     "register_backend",
     "register_pass",

@@ -1,9 +1,11 @@
 """Artifact folders: what ``tcomp optimize -o DIR`` and ``OptimizedModule.save(DIR)`` write.
 
-Written now: ``report.json`` / ``report.txt`` (the per-pass report), ``graph_before.txt`` /
-``graph_after.txt`` (the captured and the rewritten graph) and ``manifest.json`` (versions,
-target, passes with contracts and measured errors, sha256 of every file). Runnable artifacts
-(kernels, weights as safetensors, a runner) come with the backends.
+A folder holds ``report.json`` / ``report.txt`` (the per-pass report), ``graph_before.txt`` /
+``graph_after.txt``, ``runner.py`` (the rewritten graph as generated PyTorch source),
+``weights.safetensors``, ``kernels/`` (the generated Triton sources, when any were compiled) and
+``manifest.json`` (versions, target, passes with contracts and measured errors, input/output tree
+specs, sha256 of every file). ``load(folder)`` checks every hash and runs the runner: no pickle,
+no need for the original model's code.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+
+from tcomp.errors import InputError
+from tcomp.runner import emit, specs_of, tensors_of
 
 
 def _sha256(path: Path) -> str:
@@ -54,7 +60,16 @@ def write(om: Any, folder: str | Path) -> Path:
         (tmp / "report.txt").write_text(rep.render())
         (tmp / "graph_before.txt").write_text(snapshots[0][1] if snapshots else "")
         (tmp / "graph_after.txt").write_text(om.graph_module.code)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        runner_src, names = emit(om.graph_module)
+        (tmp / "runner.py").write_text(runner_src)
+        save_file(_dedup(tensors_of(om.graph_module, names)), str(tmp / "weights.safetensors"))
+        kernels = _kernel_sources()
+        if kernels:
+            (tmp / "kernels").mkdir()
+            for name, text in kernels.items():
+                (tmp / "kernels" / name).write_text(text)
+        in_spec, out_spec = specs_of(om.graph_module)
+        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "format": "tcomp-artifact/1",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -72,6 +87,8 @@ def write(om: Any, folder: str | Path) -> Path:
                 for r in rep.passes
             ],
             "attention_sites": len(rep.sites),
+            "in_spec": in_spec,
+            "out_spec": out_spec,
             "files": files,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
@@ -89,8 +106,73 @@ def check(folder: str | Path) -> list[str]:
     folder = Path(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     bad = []
-    for name, digest in manifest["files"].items():
+    for name, digest in manifest["files"].items():  # names are relative paths
         p = folder / name
         if not p.exists() or _sha256(p) != digest:
             bad.append(name)
     return bad
+
+
+def _kernel_sources() -> dict[str, str]:
+    try:
+        from tcomp.backends.triton.codegen import generated_sources
+    except ImportError:  # pragma: no cover - backends not installed
+        return {}
+    return generated_sources()
+
+
+def _dedup(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors sharing memory (tied embeddings): give each its own copy."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for name, t in tensors.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        t = t.detach()
+        out[name] = t.clone().contiguous() if key in seen or not t.is_contiguous() else t
+        seen.add(key)
+    return out
+
+
+class LoadedModule(torch.nn.Module):
+    """A saved artifact, running from its generated runner: same call structure as the original."""
+
+    def __init__(self, program: torch.nn.Module, in_spec: Any, out_spec: Any, manifest: dict) -> None:
+        super().__init__()
+        self.program = program
+        self.manifest = manifest
+        self._in_spec, self._out_spec = in_spec, out_spec
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        import torch.fx._pytree as fx_pytree
+        import torch.utils._pytree as pytree
+
+        flat = fx_pytree.tree_flatten_spec((args, kwargs), self._in_spec) if self._in_spec else list(args)
+        out = self.program(*flat)
+        return pytree.tree_unflatten(list(out), self._out_spec) if self._out_spec else out
+
+
+def load(folder: str | Path, device: str | torch.device = "cpu") -> LoadedModule:
+    """Run a saved artifact folder. Refuses a folder whose files do not match the manifest's hashes."""
+    import importlib.util
+
+    import torch.utils._pytree as pytree
+
+    folder = Path(folder)
+    if not (folder / "manifest.json").exists():
+        raise InputError(f"{folder} is not a tcomp artifact folder (no manifest.json)")
+    bad = check(folder)
+    if bad:
+        raise InputError(
+            f"refusing to load {folder}: these files do not match the manifest's sha256: {', '.join(bad)}"
+        )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    spec = importlib.util.spec_from_file_location(
+        f"tcomp_runner_{abs(hash(str(folder)))}", folder / "runner.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tensors = load_file(str(folder / "weights.safetensors"), device=str(device))
+    program = mod.Program(tensors).eval()
+    in_spec = pytree.treespec_loads(manifest["in_spec"]) if manifest.get("in_spec") else None
+    out_spec = pytree.treespec_loads(manifest["out_spec"]) if manifest.get("out_spec") else None
+    return LoadedModule(program, in_spec, out_spec, manifest)

@@ -107,7 +107,14 @@ def test_optimize_report_is_json_and_names_sites(tmp_path):
     text = str(fast.report)
     assert "canonicalize" in text and "blocks.1" in text
     manifest = json.loads(open(fast.save(tmp_path / "art")).read())
-    assert set(manifest["files"]) == {"report.json", "report.txt", "graph_before.txt", "graph_after.txt"}
+    assert {
+        "report.json",
+        "report.txt",
+        "graph_before.txt",
+        "graph_after.txt",
+        "runner.py",
+        "weights.safetensors",
+    } <= set(manifest["files"])
     assert "tcomp.attention" in (tmp_path / "art" / "graph_after.txt").read_text()
     from tcomp.artifacts import check
 

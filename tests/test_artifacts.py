@@ -1,0 +1,72 @@
+"""Artifact folders: save writes the runner, weights (safetensors), kernels and a manifest with
+hashes; tcomp.load runs it without the original model's code and refuses tampered files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import tcomp
+from tcomp import models as zoo
+from tcomp.errors import InputError
+
+
+def test_save_load_roundtrip_other_sizes(tmp_path):
+    e = zoo.get("gpt-alibi")
+    fast = tcomp.optimize(e.model, e.example_inputs, example_kwargs=e.example_kwargs)
+    fast.save(tmp_path / "a")
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert {"runner.py", "weights.safetensors", "report.json", "graph_after.txt"} <= set(manifest["files"])
+    assert "import pickle" not in (tmp_path / "a" / "runner.py").read_text()
+    loaded = tcomp.load(tmp_path / "a")
+    args, kwargs = e.make_inputs(3, 13, 4)
+    with torch.no_grad():
+        want, got = e.model(*args, **kwargs), loaded(*args, **kwargs)
+    assert ((got - want).norm() / want.norm()).item() < 1e-5
+
+
+def test_load_refuses_tampered_files(tmp_path):
+    e = zoo.get("bert")
+    tcomp.optimize(e.model, e.example_inputs, example_kwargs=e.example_kwargs, verify=False).save(
+        tmp_path / "a"
+    )
+    w = tmp_path / "a" / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="weights.safetensors"):
+        tcomp.load(tmp_path / "a")
+    with pytest.raises(InputError, match="not a tcomp artifact"):
+        tcomp.load(tmp_path)
+
+
+def test_hf_model_output_structure_survives(tmp_path):
+    pytest.importorskip("transformers")
+    from tests.hf_zoo import make
+
+    case = make("bert", "sdpa")
+    tcomp.optimize(case.model, case.kwargs, verify=False).save(tmp_path / "a")
+    loaded = tcomp.load(tmp_path / "a")
+    with torch.no_grad():
+        want, got = case.model(**case.kwargs), loaded(**case.kwargs)
+    assert type(got) is type(want)
+    assert torch.allclose(got.last_hidden_state, want.last_hidden_state, atol=1e-5)
+
+
+def test_triton_lowered_artifact_carries_kernels(tmp_path):
+    pytest.importorskip("triton")
+    e = zoo.get("bert", batch=2, seq=12)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = e.model.to(dev)
+    args = tuple(a.to(dev) for a in e.example_inputs)
+    kwargs = {k: v.to(dev) for k, v in e.example_kwargs.items()}
+    fast = tcomp.optimize(model, args, target="h200", example_kwargs=kwargs)
+    assert fast.report["lower.triton"].status == "applied"
+    fast.save(tmp_path / "a")
+    kernels = list((tmp_path / "a" / "kernels").glob("*.py"))
+    assert kernels and "@triton.jit" in kernels[0].read_text()
+    loaded = tcomp.load(tmp_path / "a", device=dev)
+    with torch.no_grad():
+        assert torch.allclose(loaded(*args, **kwargs), model(*args, **kwargs), atol=1e-5)
