@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, settings
 settings.register_profile(
     "ci", max_examples=40, deadline=None, derandomize=False, suppress_health_check=[HealthCheck.too_slow]
 )
+# GPU runs: every new shape class compiles a kernel (seconds each), so fewer examples
+settings.register_profile("gpu", max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
     "thorough", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
