@@ -9,6 +9,7 @@ are listed in ``Captured.static_dims``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import re
@@ -122,10 +123,8 @@ def capture(
     _disable_hf_cache(work)
     specs = _dynamic_spec(work, args, kwargs) if dynamic else None
     try:
-        # Exported with grad mode on: under no_grad, nn.TransformerEncoderLayer and
-        # nn.MultiheadAttention take their fused "fast path" (one opaque op per layer) in some torch
-        # versions (2.11), which hides the attention from canonicalize.
-        ep = torch.export.export(work, args, kwargs, strict=False, dynamic_shapes=specs)
+        with _no_mha_fastpath():
+            ep = torch.export.export(work, args, kwargs, strict=False, dynamic_shapes=specs)
     except Exception as exc:  # noqa: BLE001 - turned into a message that names the user's code
         if dynamic and _exports_statically(work, args, kwargs):
             raise CaptureError(
@@ -140,9 +139,27 @@ def capture(
     )
 
 
+@contextlib.contextmanager
+def _no_mha_fastpath():
+    """nn.TransformerEncoderLayer and nn.MultiheadAttention may take a fused "fast path" in eval
+    mode (one opaque op per layer, seen under torch 2.11's export), which hides the attention from
+    canonicalize. Switch it off while capturing; the setting is restored afterwards."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
+
+
 def _exports_statically(work: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
     try:
-        torch.export.export(work, args, kwargs, strict=False)
+        with _no_mha_fastpath():
+            torch.export.export(work, args, kwargs, strict=False)
         return True
     except Exception:  # noqa: BLE001
         return False
