@@ -117,6 +117,7 @@ def _from_sdpa(gm: fx.GraphModule, node: fx.Node) -> dict:
         out = _emit(gm.graph, node, q, k, v, bias, mask, float(scale), is_causal)
     node.replace_all_uses_with(out)
     remove_dead(gm.graph, [node])
+    _relax_views(out)
     return site_record(out)
 
 
@@ -144,6 +145,7 @@ def _from_chain(gm: fx.GraphModule, softmax: fx.Node) -> dict:
     pv = ch.pv
     pv.replace_all_uses_with(out)
     remove_dead(graph, [pv])
+    _relax_views(out)
     return site_record(attn)
 
 
@@ -187,6 +189,29 @@ def _gqa(k: fx.Node, v: fx.Node) -> tuple[fx.Node, fx.Node]:
     """Hand the op the un-repeated k/v when both repeat their heads the same way (GQA/MQA)."""
     (k0, nk), (v0, nv) = _unrepeat(k), _unrepeat(v)
     return (k0, v0) if nk == nv > 1 else (k, v)
+
+
+_LAYOUT = {
+    aten.permute.default,
+    aten.transpose.int,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.expand.default,
+}
+_VIEWS = {aten.view.default, aten._unsafe_view.default}
+
+
+def _relax_views(out: fx.Node, depth: int = 4) -> None:
+    """The captured graph may ``view`` the attention output in a way that only its original
+    strides allowed (SDPA's output layout differs across torch versions and devices). Downstream
+    views become reshapes: the same values, a copy only where a view is impossible."""
+    for user in list(out.users):
+        if user.op != "call_function":
+            continue
+        if user.target in _VIEWS:
+            user.target = aten.reshape.default
+        if depth > 0 and user.target in _LAYOUT | {aten.reshape.default}:
+            _relax_views(user, depth - 1)
 
 
 def _emit(graph, origin, q, k, v, bias, mask, scale, causal) -> fx.Node:
