@@ -35,6 +35,24 @@ class TritonBackend(Backend):
     def launch_kwargs(self, target: str) -> dict[str, Any]:
         return {"target": target}
 
+    def lower(self, gm: fx.GraphModule, target: str = ""):
+        """Attention sites to the generated attention kernel, then elementwise chains (and the
+        LayerNorm ending one) to generated fused kernels."""
+        from tcomp.backends.triton.codegen import interpreting
+        from tcomp.backends.triton.fusion import fuse
+
+        result = super().lower(gm, target)
+        devices = {
+            v.device.type
+            for n in gm.graph.nodes
+            if n.op == "placeholder" and isinstance(v := val(n), torch.Tensor)
+        }
+        if self.available() is None and ("cuda" in devices or interpreting()):
+            fused, notes = fuse(gm)
+            result.rewrites += fused
+            result.notes += [f"fused {fused} elementwise/LayerNorm groups into generated kernels"] + notes
+        return result
+
 
 def _check_attention(node: fx.Node) -> str | None:
     from tcomp.backends.triton.codegen import interpreting

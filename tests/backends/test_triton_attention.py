@@ -94,7 +94,8 @@ def test_optimize_lowers_attention_to_triton():
     kwargs = {k: v.to(DEVICE) for k, v in e.example_kwargs.items()}
     fast = tcomp.optimize(model, args, target="h200", example_kwargs=kwargs)
     rec = fast.report["lower.triton"]
-    assert rec.status == "applied" and rec.rewrites == e.n_attention_layers, (rec.reason, rec.notes)
+    assert rec.status == "applied", (rec.reason, rec.notes)
+    assert sum(s["runs_on"] == "triton" for s in fast.report.sites) == e.n_attention_layers
     assert rec.error <= rec.tolerance
     assert not attention_nodes(fast.graph_module)  # every site runs the generated kernel
     assert "triton" in fast.graph_module.code

@@ -1,0 +1,284 @@
+"""Fusion of elementwise chains (and a LayerNorm that ends one) into generated Triton kernels.
+
+``find_groups`` walks the graph and grows groups of elementwise ATen ops whose intermediate values
+have no other user; a group may end in ``aten.layer_norm`` over the last dim. Each group becomes
+one node calling ``run_fused(desc, *inputs)``: ``desc`` is a small text description of the group
+(the kernel's source is rendered from it, cached, and can be regenerated from the saved graph).
+
+Inputs of a group must be the full output shape (contiguous), a vector along the last dim, or a
+number; anything else keeps the group on the eager reference. Arithmetic is fp32 throughout.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from tcomp.graph import shape, val
+
+aten = torch.ops.aten
+
+# aten op -> Triton expression over its operands {a}, {b} (fp32 values)
+UNARY = {
+    aten.relu.default: "tl.maximum({a}, 0.0)",
+    aten.gelu.default: "0.5 * {a} * (1.0 + tl.math.erf({a} * 0.7071067811865476))",
+    aten.silu.default: "{a} * tl.sigmoid({a})",
+    aten.sigmoid.default: "tl.sigmoid({a})",
+    aten.neg.default: "-{a}",
+    aten.exp.default: "tl.exp({a})",
+}
+BINARY = {
+    aten.add.Tensor: "{a} + {b}",
+    aten.sub.Tensor: "{a} - {b}",
+    aten.mul.Tensor: "{a} * {b}",
+    aten.div.Tensor: "{a} / {b}",
+}
+IDENTITY = {aten.clone.default, aten.contiguous.default, aten.alias.default}
+CASTS = {aten.to.dtype, aten._to_copy.default}
+
+
+def _elementwise(n: fx.Node) -> bool:
+    if n.op != "call_function":
+        return False
+    t = n.target
+    if t is aten.gelu.default and n.kwargs.get("approximate", "none") != "none":
+        return False
+    if t in BINARY and n.kwargs.get("alpha", 1) != 1:
+        return False
+    if t is aten.dropout.default:
+        return len(n.args) > 2 and (n.args[2] is False or n.args[1] == 0)
+    if t in CASTS:
+        v = val(n)
+        return isinstance(v, torch.Tensor) and v.is_floating_point() and set(n.kwargs) <= {"dtype"}
+    return t in UNARY or t in BINARY or t in IDENTITY
+
+
+def _layer_norm_ok(n: fx.Node) -> bool:
+    if n.op != "call_function" or n.target is not aten.layer_norm.default:
+        return False
+    norm_shape = n.args[1]
+    s = shape(n.args[0])
+    return (
+        s is not None
+        and len(norm_shape) == 1
+        and isinstance(s[-1], int)
+        and norm_shape[0] == s[-1]
+        and s[-1] <= 16384
+    )
+
+
+def find_groups(gm: fx.GraphModule) -> list[list[fx.Node]]:
+    """Maximal single-consumer chains/trees of elementwise ops, optionally ending in a LayerNorm."""
+    group_of: dict[fx.Node, list[fx.Node]] = {}
+    groups: list[list[fx.Node]] = []
+    for n in gm.graph.nodes:
+        is_ln = _layer_norm_ok(n)
+        if not (_elementwise(n) or is_ln) or not isinstance(val(n), torch.Tensor):
+            continue
+        merged: list[fx.Node] = [n]
+        for inp in n.all_input_nodes if not is_ln else [n.args[0]]:
+            g = group_of.get(inp)
+            if (
+                g is not None
+                and g in groups
+                and len(inp.users) == 1
+                and g[-1] is inp
+                and _same(shape(inp), shape(n))
+            ):
+                groups.remove(g)
+                merged = g + merged
+        if merged[-1].target is aten.layer_norm.default and len(merged) == 1:
+            continue  # a lone LayerNorm gains nothing from fusion
+        groups.append(merged)
+        for m in merged:
+            group_of[m] = merged
+        if is_ln:
+            for m in merged:
+                group_of.pop(m)  # nothing fuses after a LayerNorm (its output is a reduction)
+    return [g for g in groups if len(g) >= 2]
+
+
+def _same(a: tuple | None, b: tuple | None) -> bool:
+    return (
+        a is not None and b is not None and len(a) == len(b) and all(str(x) == str(y) for x, y in zip(a, b))
+    )
+
+
+def describe(group: list[fx.Node]) -> tuple[str, list[Any]] | None:
+    """``(desc, inputs)`` for a group, or None when an input has a layout the kernel does not take."""
+    out_shape = shape(group[-1] if group[-1].target is not aten.layer_norm.default else group[-1].args[0])
+    inside = set(group)
+    inputs: list[Any] = []
+    kinds: list[str] = []
+    names: dict[Any, str] = {}
+    steps: list[list[Any]] = []
+
+    def ref(x: Any) -> Any:
+        if isinstance(x, fx.Node) and x in inside:
+            return names[x]
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            return float(x)
+        if not isinstance(x, fx.Node):
+            raise ValueError("unsupported argument")
+        if x not in names:
+            s = shape(x)
+            if _same(s, out_shape):
+                kind = "full"
+            elif s is not None and len(s) == 1 and str(s[0]) == str(out_shape[-1]):
+                kind = "row"
+            elif s is not None and all(str(d) == "1" for d in s):
+                kind = "scalar"
+            else:
+                raise ValueError("unsupported broadcast")
+            names[x] = f"x{len(inputs)}"
+            inputs.append(x)
+            kinds.append(kind)
+        return names[x]
+
+    try:
+        for i, n in enumerate(group):
+            t = n.target
+            if t is aten.layer_norm.default:
+                w, b = (n.args[2] if len(n.args) > 2 else None), (n.args[3] if len(n.args) > 3 else None)
+                eps = n.args[4] if len(n.args) > 4 else 1e-5
+                step = [
+                    "ln",
+                    ref(n.args[0]),
+                    ref(w) if w is not None else None,
+                    ref(b) if b is not None else None,
+                    float(eps),
+                ]
+            elif t in UNARY:
+                step = ["u", str(t), ref(n.args[0])]
+            elif t in BINARY:
+                step = ["b", str(t), ref(n.args[0]), ref(n.args[1])]
+            else:  # identity, cast, dropout in eval: the value passes through (fp32 inside the kernel)
+                step = ["id", ref(n.args[0])]
+            names[n] = f"t{i}"
+            steps.append(step)
+    except ValueError:
+        return None
+    if not any(k == "full" for k in kinds):
+        return None
+    out_dtype = str(val(group[-1]).dtype).replace("torch.", "")
+    return json.dumps({"kinds": kinds, "steps": steps, "out": out_dtype}, separators=(",", ":")), inputs
+
+
+_EXPR = {str(k): v for k, v in {**UNARY, **BINARY}.items()}
+
+
+@functools.cache
+def render(desc: str) -> tuple[str, str]:
+    """Source text and kernel name for a group description."""
+    import hashlib
+
+    d = json.loads(desc)
+    name = "tcomp_fused_" + hashlib.sha256(desc.encode()).hexdigest()[:12]
+    ln = d["steps"][-1][0] == "ln"
+    args = ", ".join(f"X{i}" for i in range(len(d["kinds"])))
+    lines = [
+        "# Generated by tcomp (backends/triton/fusion.py). Do not edit.",
+        f"# group: {desc}",
+        "import triton",
+        "import triton.language as tl",
+        "",
+        "",
+        "@triton.jit",
+        f"def {name}({args}, OUT, NUMEL, COLS, BLOCK: tl.constexpr):",
+    ]
+    body = []
+    if ln:
+        body += [
+            "row = tl.program_id(0)",
+            "cols = tl.arange(0, BLOCK)",
+            "ok = cols < COLS",
+            "offs = row * COLS + cols",
+        ]
+    else:
+        body += [
+            "offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
+            "ok = offs < NUMEL",
+            "cols = offs % COLS",
+        ]
+    for i, kind in enumerate(d["kinds"]):
+        idx = {"full": "offs", "row": "cols", "scalar": "offs * 0"}[kind]
+        body.append(f"x{i} = tl.load(X{i} + {idx}, mask=ok, other=0.0).to(tl.float32)")
+    for i, step in enumerate(d["steps"]):
+        op = step[0]
+        if op == "u":
+            body.append(f"t{i} = " + _EXPR[step[1]].format(a=f"({_arg(step[2])})"))
+        elif op == "b":
+            body.append(f"t{i} = " + _EXPR[step[1]].format(a=f"({_arg(step[2])})", b=f"({_arg(step[3])})"))
+        elif op == "id":
+            body.append(f"t{i} = {_arg(step[1])}")
+        else:  # layer norm over the row
+            _, x, w, b, eps = step
+            body += [
+                f"xs = tl.where(ok, {_arg(x)}, 0.0)",
+                "mean = tl.sum(xs, 0) / COLS",
+                "xc = tl.where(ok, xs - mean, 0.0)",
+                "var = tl.sum(xc * xc, 0) / COLS",
+                f"t{i} = xc * tl.rsqrt(var + {eps!r})",
+            ]
+            if w is not None:
+                body.append(f"t{i} = t{i} * {_arg(w)}")
+            if b is not None:
+                body.append(f"t{i} = t{i} + {_arg(b)}")
+    last = len(d["steps"]) - 1
+    body.append(f"tl.store(OUT + offs, t{last}.to(OUT.dtype.element_ty), mask=ok)")
+    lines += ["    " + b for b in body]
+    return "\n".join(lines) + "\n", name
+
+
+def _arg(x: Any) -> str:
+    return repr(float(x)) if isinstance(x, (int, float)) else str(x)
+
+
+def run_fused(desc: str, *inputs: torch.Tensor) -> torch.Tensor:
+    """Run a fused group (the target of fused nodes in lowered graphs)."""
+    from tcomp.backends.triton.codegen import interpreting, load
+
+    d = json.loads(desc)
+    src, name = render(desc)
+    kern = load(src, name)
+    full = next(x for x, k in zip(inputs, d["kinds"]) if k == "full")
+    args = [x.contiguous() if k == "full" else x for x, k in zip(inputs, d["kinds"])]
+    out = torch.empty(full.shape, dtype=getattr(torch, d["out"]), device=full.device)
+    numel, cols = full.numel(), full.shape[-1] if full.dim() else 1
+    if numel == 0:
+        return out
+    if d["steps"][-1][0] == "ln":
+        block = 1 << max(4, (cols - 1).bit_length())
+        grid = (numel // cols,)
+        warps = 4 if block <= 2048 else 8
+    else:
+        block = 4096 if interpreting() else 1024
+        grid = ((numel + block - 1) // block,)
+        warps = 4
+    kern[grid](*args, out, numel, cols, BLOCK=block, num_warps=warps)
+    return out
+
+
+def fuse(gm: fx.GraphModule) -> tuple[int, list[str]]:
+    """Replace every fusable group of ``gm`` by a ``run_fused`` node; returns (groups fused, notes)."""
+    fused, notes = 0, []
+    for group in find_groups(gm):
+        d = describe(group)
+        if d is None:
+            notes.append(f"{group[-1].name}: group of {len(group)} ops stays eager (input layout)")
+            continue
+        desc, inputs = d
+        last = group[-1]
+        with gm.graph.inserting_before(last):
+            node = gm.graph.call_function(run_fused, (desc, *inputs))
+        node.meta.update({k: v for k, v in last.meta.items()})
+        last.replace_all_uses_with(node)
+        for n in reversed(group):
+            gm.graph.erase_node(n)
+        fused += 1
+    gm.recompile()
+    return fused, notes

@@ -1,0 +1,91 @@
+"""Fusion of elementwise chains (optionally ending in LayerNorm) into generated Triton kernels:
+groups are found, run_fused nodes replace them, and the result stays FP_EQUIVALENT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+pytest.importorskip("triton")
+
+import tcomp  # noqa: E402
+from tcomp.backends.triton.fusion import run_fused  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+OPS = ["add_bias", "mul_scalar", "gelu", "relu", "silu", "sigmoid", "residual", "sub_row", "div_scalar"]
+
+
+class Chain(torch.nn.Module):
+    def __init__(self, ops: list[str], layer_norm: bool, c: int):
+        super().__init__()
+        self.ops, self.ln_on = ops, layer_norm
+        self.lin = torch.nn.Linear(c, c)
+        self.bias = torch.nn.Parameter(torch.randn(c))
+        self.ln = torch.nn.LayerNorm(c)
+
+    def forward(self, x):
+        h = self.lin(x)
+        for op in self.ops:
+            h = {
+                "add_bias": lambda t: t + self.bias,
+                "mul_scalar": lambda t: t * 1.7,
+                "gelu": F.gelu,
+                "relu": F.relu,
+                "silu": F.silu,
+                "sigmoid": torch.sigmoid,
+                "residual": lambda t: t + x,
+                "sub_row": lambda t: t - self.bias,
+                "div_scalar": lambda t: t / 3.0,
+            }[op](h)
+        return self.ln(h) if self.ln_on else h
+
+
+def _fused_nodes(gm):
+    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target is run_fused]
+
+
+@given(
+    ops=st.lists(st.sampled_from(OPS), min_size=1, max_size=5), layer_norm=st.booleans(),
+    c=st.sampled_from([8, 24, 64]), n=st.integers(2, 9), seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_random_chains_fuse_and_stay_equivalent(ops, layer_norm, c, n, seed):
+    if len(ops) + layer_norm < 2:
+        ops = ops + ["gelu"]
+    torch.manual_seed(seed)
+    model = Chain(ops, layer_norm, c).eval().to(DEVICE)
+    x = torch.randn(2, n, c, device=DEVICE)
+    fast = tcomp.optimize(model, (x,), target="h200")
+    rec = fast.report["lower.triton"]
+    assert rec.status == "applied", (rec.reason, rec.notes)
+    assert len(_fused_nodes(fast.graph_module)) == 1
+    assert rec.error <= rec.tolerance
+    y = torch.randn(3, n + 2, c, device=DEVICE)
+    with torch.no_grad():
+        assert torch.allclose(fast(y), model(y), rtol=1e-4, atol=1e-4)
+
+
+def test_residual_layer_norm_group_structure():
+    torch.manual_seed(0)
+    model = Chain(["add_bias", "gelu", "residual"], True, 32).eval().to(DEVICE)
+    fast = tcomp.optimize(model, (torch.randn(2, 5, 32, device=DEVICE),), target="h200")
+    (node,) = _fused_nodes(fast.graph_module)
+    desc = node.args[0]
+    assert '"ln"' in desc and "gelu" in desc and "add.Tensor" in desc
+    ops = {str(n.target) for n in fast.graph_module.graph.nodes if n.op == "call_function"}
+    assert "aten.layer_norm.default" not in ops and "aten.gelu.default" not in ops
+    assert "aten.linear.default" in ops  # matmuls are not part of elementwise fusion
+
+
+def test_unsupported_broadcast_stays_eager():
+    class Bcast(torch.nn.Module):
+        def forward(self, x, y):
+            return F.gelu(x + y) * 2.0  # y broadcasts over the batch dim: not a row vector
+
+    x, y = torch.randn(2, 4, 8, device=DEVICE), torch.randn(1, 4, 8, device=DEVICE)
+    fast = tcomp.optimize(Bcast(), (x, y), target="h200")
+    assert not _fused_nodes(fast.graph_module)
+    assert any("stays eager" in n for n in fast.report["lower.triton"].notes)
+    assert torch.allclose(fast(x, y), Bcast()(x, y))
