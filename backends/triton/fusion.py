@@ -238,13 +238,20 @@ def _arg(x: Any) -> str:
     return repr(float(x)) if isinstance(x, (int, float)) else str(x)
 
 
+@functools.cache
+def _compiled(desc: str, interp: bool) -> tuple[dict, Any]:
+    """Parsed description and compiled kernel, once per process (run_fused is on the hot path)."""
+    from tcomp.backends.triton.codegen import load
+
+    src, name = render(desc)
+    return json.loads(desc), load(src, name)
+
+
 def run_fused(desc: str, *inputs: torch.Tensor) -> torch.Tensor:
     """Run a fused group (the target of fused nodes in lowered graphs)."""
-    from tcomp.backends.triton.codegen import interpreting, load
+    from tcomp.backends.triton.codegen import interpreting
 
-    d = json.loads(desc)
-    src, name = render(desc)
-    kern = load(src, name)
+    d, kern = _compiled(desc, interpreting())
     full = next(x for x, k in zip(inputs, d["kinds"]) if k == "full")
     args = [x.contiguous() if k == "full" else x for x, k in zip(inputs, d["kinds"])]
     out = torch.empty(full.shape, dtype=getattr(torch, d["out"]), device=full.device)

@@ -3,6 +3,8 @@ with the exact semantics of ``tcomp.attention`` (see tcomp/ops.py)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from tcomp.backends.triton import attention_template as tmpl
@@ -12,7 +14,9 @@ from tcomp.backends.triton.configs import AttnConfig, _pow2, attention_config
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def kernel_for(spec: tmpl.AttnKernelSpec):
+@functools.cache
+def kernel_for(spec: tmpl.AttnKernelSpec, interp: bool):
+    """The compiled kernel for ``spec`` (rendered and hashed once per process, not per call)."""
     return load(tmpl.render(spec), spec.name)
 
 
@@ -34,7 +38,7 @@ def attention(
     spec = tmpl.AttnKernelSpec(
         bias is not None, mask is not None, bool(causal), q.dtype == torch.float32, scale > 0
     )
-    kern = kernel_for(spec)
+    kern = kernel_for(spec, interpreting())
     full = (b, h, n, m)
     bias_t = bias.expand(full) if bias is not None else q
     mask_t = mask.expand(full) if mask is not None else q
