@@ -9,13 +9,10 @@ Prints TFLOP/s and the ratio tcomp/SDPA; writes JSON with device, versions and d
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from results_io import write_results
 
 
 def flops(b: int, h: int, n: int, d: int, causal: bool) -> float:
@@ -35,7 +32,6 @@ def main() -> None:
     )
     args = ap.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
-    import triton
     from triton.testing import do_bench
 
     from tcomp.backends.triton.configs import AttnConfig
@@ -108,21 +104,7 @@ def main() -> None:
                     f"sdpa {row['sdpa_tflops']:6.1f}  ratio {row['ratio']:.2f}  err {err:.1e}",
                     flush=True,
                 )
-    result = {
-        "benchmark": "attention_fwd_bf16",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(),
-        "versions": {
-            "torch": torch.__version__,
-            "triton": triton.__version__,
-            "python": platform.python_version(),
-        },
-        "rows": rows,
-        "sweep": sweep,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, "attention_fwd_bf16", rows, sweep=sweep)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,11 @@ Also reports the compile time: tcomp.optimize + first run, and torch.compile's f
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
-import platform
 import time
-from pathlib import Path
 
 import torch
+from results_io import write_results
 
 
 def build(name: str):
@@ -59,7 +56,6 @@ def main() -> None:
     ap.add_argument("--models", default="bert,vit")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
-    import triton
 
     import tcomp
 
@@ -101,20 +97,7 @@ def main() -> None:
         )
         model = fast = compiled = None  # free GPU memory before the next model
         torch.cuda.empty_cache()
-    result = {
-        "benchmark": "e2e_inference_bf16",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(),
-        "versions": {
-            "torch": torch.__version__,
-            "triton": triton.__version__,
-            "python": platform.python_version(),
-        },
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, "e2e_inference_bf16", rows)
 
 
 if __name__ == "__main__":
