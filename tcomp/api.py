@@ -133,7 +133,7 @@ def optimize(
     tgt = get_target(target)
     args, kwargs = _normalize_inputs(example_inputs, example_kwargs)
     specs = _pass_specs(passes, calibration)
-    lowering = _lowering(backend or tgt.default_backend, tgt)
+    lowering = lowering_step(backend or tgt.default_backend, tgt)
     if lowering is not None:
         specs.append(lowering)
     captured = capture(model, args, kwargs, dynamic=dynamic)
@@ -170,7 +170,7 @@ def _pass_specs(passes: list[Any] | None, calibration: Any) -> list[tuple[str, d
     return specs
 
 
-def _lowering(name: str, target: Target) -> Pass | None:
+def lowering_step(name: str, target: Target) -> Pass | None:
     """The backend's lowering as a verified pipeline step (none for the eager reference)."""
     from functools import partial
 

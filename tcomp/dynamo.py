@@ -1,0 +1,193 @@
+"""``torch.compile(model, backend="tcomp")``: the torch.compile face of tcomp.
+
+Dynamo hands the backend a torch-level fx graph. The backend reaches tcomp's IR (ATen ops, as
+torch.export produces them) through AOTAutograd's inference graph, with two ops kept whole the
+way torch.export keeps them: ``aten.scaled_dot_product_attention``, ``aten.linear`` and
+``aten.matmul``. They are CompositeImplicitAutograd ops, which AOTAutograd would otherwise decompose
+at dispatch -- SDPA into the device-specific ``aten._scaled_dot_product_flash_attention_for_cpu``
+(which canonicalize does not read), linear into ``t`` + ``addmm``, matmul into
+``expand/clone/_unsafe_view/bmm`` chains the chain reader does not follow. Kept whole, explicit
+``softmax(q @ k^T * s) @ v`` code reads ``matmul -> mul -> _softmax -> matmul`` as in export graphs.
+Keeping them uses torch.export's private helpers; where those are missing the ops decompose and
+the report's notes say so.
+
+The inference graph then runs the ``canonicalize`` pass (every attention spelling becomes one
+``torch.ops.tcomp.attention`` node) and, when ``options={"backend": ...}`` names a backend other
+than ``"eager"``, that backend's lowering. Each compiled graph leaves a :class:`DynamoReport` in
+:data:`REPORTS` (attention sites found, pass records, notes).
+
+Training graphs (grad enabled and an input or parameter requiring grad) are compiled by
+AOTAutograd unchanged: the preserved ops have no autograd formula inside AOTAutograd's trace and
+the dialect op has no backward, so they are neither kept whole nor rewritten; the report says so.
+
+Registration: importing this module registers the backend under the name ``"tcomp"``; the
+``torch_dynamo_backends`` entry point ``tcomp = "tcomp.dynamo:tcomp_backend"`` makes
+``torch.compile(m, backend="tcomp")`` work without the import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+__all__ = ["REPORTS", "DynamoReport", "clear_reports", "reports", "tcomp_backend"]
+
+aten = torch.ops.aten
+
+# CompositeImplicitAutograd ops kept as single nodes in the AOTAutograd graph (as torch.export does)
+PRESERVED_OPS = (aten.scaled_dot_product_attention.default, aten.linear.default, aten.matmul.default)
+
+
+@dataclass
+class DynamoReport:
+    """What the backend did to one graph Dynamo handed it."""
+
+    graph_id: int
+    mode: str  # "inference" (canonicalized) | "training" (compiled by AOTAutograd unchanged)
+    backend: str  # lowering backend asked for ("eager": none)
+    attention_sites: int = 0  # tcomp.attention nodes after canonicalize
+    spellings: list[str] = field(default_factory=list)  # per site: "sdpa" | "decomposed"
+    sites: list[dict[str, Any]] = field(default_factory=list)
+    preserved: list[str] = field(default_factory=list)  # ops kept whole in the ATen graph
+    passes: list[dict[str, Any]] = field(default_factory=list)  # PassRecord.to_dict() per step
+    notes: list[str] = field(default_factory=list)
+    aten_code: str = ""  # the ATen graph as AOTAutograd produced it (before canonicalize)
+    code: str = ""  # the graph that runs
+
+
+REPORTS: list[DynamoReport] = []
+
+
+def reports() -> list[DynamoReport]:
+    """The reports of every graph compiled since the last :func:`clear_reports`."""
+    return list(REPORTS)
+
+
+def clear_reports() -> None:
+    REPORTS.clear()
+
+
+@contextlib.contextmanager
+def _preserve_ops():
+    """Keep ``PRESERVED_OPS`` whole while AOTAutograd traces (torch.export's own mechanism).
+    Private torch API: if it is missing, the ops decompose and the report notes it."""
+    try:
+        from torch._export.utils import _special_op_to_preserve_cia
+        from torch.export.exported_program import _override_composite_implicit_decomp
+    except ImportError:  # pragma: no cover - depends on the torch version
+        yield False
+        return
+    with _override_composite_implicit_decomp({op: _special_op_to_preserve_cia for op in PRESERVED_OPS}):
+        yield True
+
+
+def _needs_grad(gm: fx.GraphModule, example_inputs: list) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    tensors = [x for x in example_inputs if isinstance(x, torch.Tensor)]
+    tensors += list(gm.parameters())
+    return any(t.requires_grad for t in tensors)
+
+
+def _options(options: dict[str, Any] | None, extra: dict[str, Any]) -> dict[str, Any]:
+    opts = dict(options or {})
+    opts.update({k: v for k, v in extra.items() if k != "mode"})
+    unknown = set(opts) - {"backend", "target", "passes"}
+    if unknown:
+        raise TypeError(f"tcomp backend: unknown option(s) {sorted(unknown)}; known: backend, target, passes")
+    return opts
+
+
+def tcomp_backend(gm: fx.GraphModule, example_inputs: list, **options: Any):
+    """A ``torch.compile`` backend: AOTAutograd inference graph -> canonicalize -> (lowering).
+
+    Options (``torch.compile(m, backend="tcomp", options={...})`` or keyword arguments when called
+    directly): ``backend`` (``"eager"``, the default, runs the canonicalized graph; ``"triton"`` ...
+    lowers with that tcomp backend), ``target`` (for the lowering, default ``"cpu"``) and ``passes``
+    (extra exact / FP-equivalent passes run after canonicalize, default none).
+    """
+    from torch._functorch.aot_autograd import aot_module_simplified, make_boxed_func
+
+    import tcomp.backends  # noqa: F401 - registers the lowering backends
+    import tcomp.ops  # noqa: F401 - registers torch.ops.tcomp.attention
+    import tcomp.passes  # noqa: F401 - registers canonicalize and the other passes
+
+    opts = _options(options.pop("options", None), options)
+    backend = opts.get("backend") or "eager"
+    report = DynamoReport(graph_id=len(REPORTS), mode="inference", backend=backend)
+    REPORTS.append(report)
+
+    def nop(fx_gm: fx.GraphModule, _inputs):
+        report.code = fx_gm.code
+        return make_boxed_func(fx_gm)
+
+    if _needs_grad(gm, example_inputs):
+        report.mode = "training"
+        report.notes.append("grad is enabled: graph compiled by AOTAutograd unchanged (inference only)")
+        return aot_module_simplified(gm, example_inputs, fw_compiler=nop, bw_compiler=nop)
+
+    def inference_compiler(aten_gm: fx.GraphModule, _inputs):
+        return make_boxed_func(_rewrite(aten_gm, report, opts))
+
+    with _preserve_ops() as ok:
+        compiled = aot_module_simplified(
+            gm, example_inputs, fw_compiler=inference_compiler, inference_compiler=inference_compiler
+        )
+    if ok:
+        report.preserved = [str(op) for op in PRESERVED_OPS]
+    else:
+        report.notes.append("this torch cannot keep SDPA/linear whole; they were decomposed")
+    return compiled
+
+
+def _rewrite(aten_gm: fx.GraphModule, report: DynamoReport, opts: dict[str, Any]) -> fx.GraphModule:
+    from tcomp import meta
+    from tcomp.ops import attention_nodes
+    from tcomp.pipeline import run_pipeline
+
+    report.aten_code = aten_gm.code
+    specs: list[Any] = [("canonicalize", {})]
+    specs += [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in opts.get("passes") or ()]
+    lowering = _lowering(report.backend, opts.get("target") or "cpu")
+    if lowering is not None:
+        specs.append(lowering)
+    result = run_pipeline(aten_gm, specs)
+    report.passes = [r.to_dict() for r in result.records]
+    for r in result.records:
+        report.notes += [f"{r.name}: {n}" for n in r.notes]
+        if r.status == "rolled_back":
+            report.notes.append(f"{r.name} rolled back: {r.reason}")
+    canon = next((r for r in result.records if r.name == "canonicalize"), None)
+    report.sites = list(canon.sites) if canon is not None else []
+    # count from the graph that runs: sites still on the reference op or lowered by a backend
+    report.attention_sites = sum(
+        1 for n in result.gm.graph.nodes if n.op == "call_function" and meta.ATTN_LAYER in n.meta
+    )
+    report.spellings = [n.meta.get(meta.ATTN_SPELLING, "") for n in attention_nodes(result.gm)]
+    report.code = result.gm.code
+    return result.gm
+
+
+def _lowering(name: str, target: str):
+    from tcomp.api import lowering_step
+    from tcomp.targets import get_target
+
+    return lowering_step(name, get_target(target))
+
+
+def _register() -> None:
+    """Register under "tcomp" unless the ``torch_dynamo_backends`` entry point is loading this
+    module (torch registers the entry point's function itself and refuses a duplicate name)."""
+    from torch._dynamo import register_backend
+    from torch._dynamo.backends import registry
+
+    if "tcomp" in registry._COMPILER_FNS or registry._BACKENDS.get("tcomp") is not None:
+        return
+    register_backend(name="tcomp")(tcomp_backend)
+
+
+_register()
