@@ -14,8 +14,6 @@ from tcomp.pipeline import Pass, default_pipeline, get_pass, run_pipeline
 from tcomp.report import Report
 from tcomp.targets import Target, get_target
 
-PassSpec = "str | tuple[str, dict[str, Any]]"
-
 
 def _load_plugins() -> None:
     """Registration happens when the faces import the pass and backend packages."""
@@ -28,9 +26,17 @@ class OptimizedModule(torch.nn.Module):
     """An ``nn.Module`` running the rewritten graph. Same call signature and output structure as
     the original model; ``.report`` says what was done, ``.graph_module`` is the graph."""
 
-    def __init__(self, gm: fx.GraphModule, report: Report, target: Target, captured: Captured):
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        report: Report,
+        target: Target,
+        captured: Captured,
+        snapshots: list[tuple[str, str]] | None = None,
+    ):
         super().__init__()
         self.graph_module = gm
+        self.snapshots = snapshots or []  # (stage, graph code) per applied pass, "captured" first
         self.report = report
         self.target = target
         self._static_dims = {k: v for k, v in captured.static_dims.items() if v}
@@ -150,10 +156,8 @@ def optimize(
     if reference is not None:
         report.base_error = reference.base_error
         report.final_error = reference.error(result.gm)
-    _add_cost(report, result.gm, captured, tgt)
-    om = OptimizedModule(result.gm, report, tgt, captured)
-    om.snapshots = result.snapshots
-    return om
+    _add_cost(report, result.gm, tgt)
+    return OptimizedModule(result.gm, report, tgt, captured, result.snapshots)
 
 
 def _pass_specs(passes: list[Any] | None, calibration: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -205,7 +209,7 @@ def _sites(gm: fx.GraphModule) -> list[dict[str, Any]]:
     return sites
 
 
-def _add_cost(report: Report, gm: fx.GraphModule, captured: Captured, target: Target) -> None:
+def _add_cost(report: Report, gm: fx.GraphModule, target: Target) -> None:
     from tcomp.cost import cost_summary
 
     report.cost, report.cost_symbolic = cost_summary(gm, target)
