@@ -129,7 +129,7 @@ def optimize(
     * ``verify``: check every pass against its contract on float64 references of the example inputs
       and ``verify_samples - 1`` fresh random draws; a pass that breaks its contract is rolled back.
     * ``calibration``: data for passes that need statistics, handed to those that take it.
-    * ``backend``: ``"triton"`` or ``"eager"``; None takes the target's default. Lowering is verified
+    * ``backend``: ``"triton"``, ``"onnxruntime"`` or ``"eager"``; None takes the target's default. Lowering is verified
       like a pass (FP_EQUIVALENT); ops a backend cannot run stay on the eager reference.
     * ``dynamic``: keep batch and sequence dims dynamic (the default).
 
