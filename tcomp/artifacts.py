@@ -150,6 +150,14 @@ class LoadedModule(torch.nn.Module):
         out = self.program(*flat)
         return pytree.tree_unflatten(list(out), self._out_spec) if self._out_spec else out
 
+    def run_named(self, named: dict[str, Any]) -> Any:
+        """Call with every tensor input by name (the model's parameter names), whether the model
+        took it positionally or as a keyword -- what `tcomp run` does with a safetensors file."""
+        import torch.utils._pytree as pytree
+
+        out = self.program(**named)
+        return pytree.tree_unflatten(list(out), self._out_spec) if self._out_spec else out
+
 
 def load(folder: str | Path, device: str | torch.device = "cpu") -> LoadedModule:
     """Run a saved artifact folder. Refuses a folder whose files do not match the manifest's hashes."""

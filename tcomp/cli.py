@@ -3,6 +3,8 @@
     tcomp passes                                  registered passes with their contracts
     tcomp inspect SPEC                            attention sites, spelling, shapes, cost by sequence length
     tcomp optimize SPEC --target T [--passes P] -o DIR   optimize and write the artifact folder
+    tcomp verify DIR [--model SPEC]               re-check hashes (and outputs against the source model)
+    tcomp run DIR --input FILE [-o OUT]           run an artifact on inputs stored as safetensors
 
 Exit codes: 0 success, 1 a pass was rolled back (output still written), 2 bad input or capture failure.
 """
@@ -142,6 +144,83 @@ def optimize(
         console.print(f"wrote {output} (manifest: {manifest})")
     if any(r.status == "rolled_back" for r in om.report.passes):
         raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    folder: str = typer.Argument(..., help="artifact folder written by tcomp optimize"),
+    model: str = typer.Option("", "--model", help="source model SPEC to compare outputs against"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Re-check an artifact: every file against the manifest's sha256 and, given the source model,
+    the artifact's outputs against it (relative error on the model's example inputs)."""
+    import tcomp
+    from tcomp.artifacts import check
+    from tcomp.errors import TcompError
+    from tcomp.spec import load_spec
+    from tcomp.verify import rel_error
+
+    _quiet()
+    result: dict = {"folder": folder}
+    try:
+        result["bad_files"] = check(folder)
+        if result["bad_files"]:
+            raise TcompError(f"files do not match the manifest: {', '.join(result['bad_files'])}")
+        loaded = tcomp.load(folder)
+        if model:
+            src = load_spec(model)
+            import torch
+
+            with torch.no_grad():
+                result["rel_error"] = rel_error(
+                    loaded(*src.args, **src.kwargs), src.model(*src.args, **src.kwargs)
+                )
+    except (TcompError, FileNotFoundError) as exc:
+        _fail(exc)
+    ok = result.get("rel_error", 0.0) <= 1e-4
+    if as_json:
+        typer.echo(json.dumps({**result, "ok": ok}))
+    else:
+        console.print(
+            "hashes ok; "
+            + (
+                f"relative error vs source {result['rel_error']:.3g}"
+                if "rel_error" in result
+                else "no source model given"
+            )
+        )
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    folder: str = typer.Argument(..., help="artifact folder written by tcomp optimize"),
+    inputs: str = typer.Option(..., "--input", help="safetensors file of named inputs (keyword arguments)"),
+    output: str = typer.Option("", "-o", "--output", help="write the output tensors here (safetensors)"),
+) -> None:
+    """Run an artifact on inputs stored as safetensors; print output shapes, optionally save them."""
+    import torch.utils._pytree as pytree
+    from safetensors.torch import load_file, save_file
+
+    import tcomp
+    from tcomp.errors import TcompError
+
+    _quiet()
+    try:
+        loaded = tcomp.load(folder)
+        kwargs = load_file(inputs)
+        out = loaded.run_named(kwargs)
+    except (TcompError, FileNotFoundError) as exc:
+        _fail(exc)
+    leaves, _ = pytree.tree_flatten_with_path(out)
+    tensors = {
+        pytree.keystr(p) or "output": t.detach().contiguous() for p, t in leaves if hasattr(t, "shape")
+    }
+    for name, t in tensors.items():
+        console.print(f"{name}: {tuple(t.shape)} {t.dtype}")
+    if output:
+        save_file(tensors, output)
 
 
 if __name__ == "__main__":  # pragma: no cover

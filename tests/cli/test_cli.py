@@ -44,3 +44,32 @@ def test_bad_spec_exit_code():
     assert res.exit_code == 2 and "unknown model" in res.output
     res = runner.invoke(app, ["inspect", "nosuchpkg.mod:factory"])
     assert res.exit_code == 2 and "cannot load" in res.output
+
+
+def test_verify_and_run_an_artifact(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tcomp import models as zoo
+
+    out = tmp_path / "art"
+    assert runner.invoke(app, ["optimize", "bert", "-o", str(out)]).exit_code == 0
+    res = runner.invoke(app, ["verify", str(out), "--model", "bert", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["ok"] and d["rel_error"] < 1e-5
+    e = zoo.get("bert")  # the same weights as the artifact's (seed 0)
+    args, kwargs = e.make_inputs(3, 9, 3)  # another batch size and length
+    save_file({"input_ids": args[0], **kwargs}, str(tmp_path / "in.safetensors"))
+    res = runner.invoke(
+        app,
+        ["run", str(out), "--input", str(tmp_path / "in.safetensors"), "-o", str(tmp_path / "o.safetensors")],
+    )
+    assert res.exit_code == 0, res.output
+    got = next(iter(load_file(str(tmp_path / "o.safetensors")).values()))
+    with torch.no_grad():
+        want = e.model(*args, **kwargs)
+    assert torch.allclose(got, want, atol=1e-5)
+    (out / "runner.py").write_text("# tampered\n")
+    res = runner.invoke(app, ["verify", str(out)])
+    assert res.exit_code == 2 and "runner.py" in res.output
