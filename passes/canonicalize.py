@@ -46,8 +46,6 @@ SDPA = aten.scaled_dot_product_attention.default
 @register_pass("canonicalize", FP_EQUIVALENT, default=True)
 def canonicalize(gm: fx.GraphModule) -> PassResult:
     """Rewrite every attention site to ``tcomp.attention`` (FP_EQUIVALENT)."""
-    import tcomp.ops  # noqa: F401 - registers torch.ops.tcomp.attention
-
     result = PassResult(gm)
     # metadata assertions left by .to() calls hold by construction and would keep dead chains alive
     for n in [

@@ -155,7 +155,7 @@ def optimize(
     report.sites = _sites(result.gm)
     if reference is not None:
         report.base_error = reference.base_error
-        report.final_error = reference.error(result.gm)
+        report.final_error = result.final_error
     _add_cost(report, result.gm, tgt)
     return OptimizedModule(result.gm, report, tgt, captured, result.snapshots)
 

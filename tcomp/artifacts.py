@@ -63,7 +63,7 @@ def write(om: Any, folder: str | Path) -> Path:
         runner_src, names = emit(om.graph_module)
         (tmp / "runner.py").write_text(runner_src)
         save_file(_dedup(tensors_of(om.graph_module, names)), str(tmp / "weights.safetensors"))
-        kernels = _kernel_sources()
+        kernels = _kernel_sources(om.graph_module)
         if kernels:
             (tmp / "kernels").mkdir()
             for name, text in kernels.items():
@@ -113,12 +113,12 @@ def check(folder: str | Path) -> list[str]:
     return bad
 
 
-def _kernel_sources() -> dict[str, str]:
+def _kernel_sources(gm: Any) -> dict[str, str]:
     try:
-        from tcomp.backends.triton.codegen import generated_sources
+        from tcomp.backends.triton import kernel_sources
     except ImportError:  # pragma: no cover - backends not installed
         return {}
-    return generated_sources()
+    return kernel_sources(gm)
 
 
 def _dedup(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -81,14 +81,6 @@ def module_path(node: fx.Node) -> str:
     return _clean_path(path)
 
 
-def module_type(node: fx.Node) -> str:
-    stack = node.meta.get(meta.NN_MODULE_STACK) or {}
-    if not stack:
-        return ""
-    _, typ = list(stack.values())[-1]
-    return getattr(typ, "__name__", str(typ).rsplit(".", 1)[-1].rstrip("'>"))
-
-
 def _clean_path(path: str) -> str:
     # export writes paths like "L['self'].encoder.layer[0]" or "encoder.layer.0"
     return (
@@ -101,9 +93,3 @@ def source_line(node: fx.Node) -> str:
     trace = node.meta.get(meta.STACK_TRACE) or ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
     return lines[-1] if lines else ""
-
-
-def where(node: fx.Node) -> str:
-    """Human-readable location of a node: module path and source line."""
-    parts = [p for p in (module_path(node), source_line(node)) if p]
-    return " | ".join(parts) or node.name

@@ -20,6 +20,7 @@ from typing import Any
 import torch.fx as fx
 
 from tcomp.errors import PassError
+from tcomp.verify import bitwise_equal
 
 
 class Exactness(enum.Enum):
@@ -214,6 +215,7 @@ class PipelineResult:
     gm: fx.GraphModule
     records: list[PassRecord]
     snapshots: list[tuple[str, str]]  # (stage name, graph code) -- "captured" first
+    final_error: float | None = None  # error of ``gm`` vs the float64 reference, when verified
 
 
 def run_pipeline(
@@ -230,65 +232,60 @@ def run_pipeline(
     the original's own error times a small factor; BOUNDED/EMPIRICAL -> error within the contract's
     tolerance. A failing or raising pass is rolled back and recorded with the reason.
     """
-    from tcomp.verify import bitwise_equal
-
     debug = os.environ.get("TCOMP_DEBUG", "") not in ("", "0")
     specs = [(p, {}) if isinstance(p, (str, Pass)) else (p[0], dict(p[1])) for p in passes]
     current = gm
     snapshots = [("captured", gm.code)]
     records: list[PassRecord] = []
     prev_out = reference.run(current) if reference is not None else None
-    for name, options in specs:
-        p = name if isinstance(name, Pass) else get_pass(name)
-        name = p.name
-        rec = PassRecord(name, p.contract.describe(), p.contract.exactness.value, "applied")
+    for spec, options in specs:
+        p = spec if isinstance(spec, Pass) else get_pass(spec)
         if progress:
-            progress(name)
+            progress(p.name)
         t0 = time.perf_counter()
-        try:
-            result = p(copy_graph_module(current), **options)
-            result.gm.graph.lint()
-            result.gm.recompile()
-        except Exception as exc:  # noqa: BLE001 - a failing pass is rolled back, never fatal
-            rec.status, rec.reason = "rolled_back", f"pass raised {type(exc).__name__}: {exc}"
-            rec.seconds = time.perf_counter() - t0
-            records.append(rec)
-            continue
-        rec.rewrites, rec.notes, rec.sites = result.rewrites, list(result.notes), list(result.sites)
-        if result.rewrites == 0:
-            rec.status, rec.reason = "skipped", "nothing to rewrite"
-            rec.seconds = time.perf_counter() - t0
-            records.append(rec)
-            continue
-        if reference is not None:
-            try:
-                outs = reference.run(result.gm)
-                rec.error = max(_err(o, r) for o, r in zip(outs, reference.outputs))
-                ok, why = _check(p.contract, rec, outs, prev_out, reference, bitwise_equal)
-            except Exception as exc:  # noqa: BLE001
-                ok, why = False, f"the rewritten graph failed to run: {type(exc).__name__}: {exc}"
-            if not ok:
-                rec.status, rec.reason = "rolled_back", why
-                rec.seconds = time.perf_counter() - t0
-                records.append(rec)
-                continue
-            prev_out = outs
-        current = result.gm
-        snapshots.append((name, current.code))
-        if debug:
-            print(f"[tcomp] after {name}:\n{current.graph}")
+        rec, new_gm, outs = _apply(p, options, current, reference, prev_out)
         rec.seconds = time.perf_counter() - t0
         records.append(rec)
-    return PipelineResult(current, records, snapshots)
+        if new_gm is None:
+            continue
+        current, prev_out = new_gm, outs if outs is not None else prev_out
+        snapshots.append((p.name, current.code))
+        if debug:
+            print(f"[tcomp] after {p.name}:\n{current.graph}")
+    final = reference.error_of(prev_out) if reference is not None else None
+    return PipelineResult(current, records, snapshots, final)
 
 
-def _err(out: Any, ref: Any) -> float:
-    from tcomp.verify import rel_error
+def _apply(p: Pass, options: dict, current: fx.GraphModule, reference: Any, prev_out: Any):
+    """Run one pass on a copy of ``current`` and check it: ``(record, new graph or None if not
+    applied, its outputs on the reference inputs or None if unverified)``."""
+    rec = PassRecord(p.name, p.contract.describe(), p.contract.exactness.value, "applied")
+    try:
+        result = p(copy_graph_module(current), **options)
+        result.gm.graph.lint()
+        result.gm.recompile()
+    except Exception as exc:  # noqa: BLE001 - a failing pass is rolled back, never fatal
+        rec.status, rec.reason = "rolled_back", f"pass raised {type(exc).__name__}: {exc}"
+        return rec, None, None
+    rec.rewrites, rec.notes, rec.sites = result.rewrites, list(result.notes), list(result.sites)
+    if result.rewrites == 0:
+        rec.status, rec.reason = "skipped", "nothing to rewrite"
+        return rec, None, None
+    if reference is None:
+        return rec, result.gm, None
+    try:
+        outs = reference.run(result.gm)
+        rec.error = reference.error_of(outs)
+        ok, why = _check(p.contract, rec, outs, prev_out, reference)
+    except Exception as exc:  # noqa: BLE001
+        ok, why = False, f"the rewritten graph failed to run: {type(exc).__name__}: {exc}"
+    if not ok:
+        rec.status, rec.reason = "rolled_back", why
+        return rec, None, None
+    return rec, result.gm, outs
 
-    return rel_error(out, ref)
 
-
-def _check(contract: Contract, rec: PassRecord, outs, prev_out, reference, bitwise_equal) -> tuple[bool, str]:
+def _check(contract: Contract, rec: PassRecord, outs, prev_out, reference) -> tuple[bool, str]:
     ex = contract.exactness
     if not math.isfinite(rec.error):
         return False, "output is NaN/inf or changed structure"

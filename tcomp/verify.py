@@ -132,7 +132,11 @@ class Reference:
 
     def error(self, fn: Callable) -> float:
         """Worst relative error of ``fn`` over the reference inputs."""
-        return max(rel_error(o, r) for o, r in zip(self.run(fn), self.outputs))
+        return self.error_of(self.run(fn))
+
+    def error_of(self, outs: list[Any]) -> float:
+        """Worst relative error of outputs already computed on the reference inputs."""
+        return max(rel_error(o, r) for o, r in zip(outs, self.outputs))
 
     def fp_tolerance(self, factor: float = 4.0) -> float:
         """FP_EQUIVALENT tolerance: a small multiple of the original's own error in its dtype,

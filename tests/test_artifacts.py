@@ -65,8 +65,12 @@ def test_triton_lowered_artifact_carries_kernels(tmp_path):
     fast = tcomp.optimize(model, args, target="h200", example_kwargs=kwargs)
     assert fast.report["lower.triton"].status == "applied"
     fast.save(tmp_path / "a")
-    kernels = list((tmp_path / "a" / "kernels").glob("*.py"))
-    assert kernels and "@triton.jit" in kernels[0].read_text()
+    kernels = {p.name: p.read_text() for p in (tmp_path / "a" / "kernels").glob("*.py")}
+    assert all("@triton.jit" in text for text in kernels.values())
+    # exactly the kernels this graph launches: the masked fp32 attention and its fused groups
+    assert "tcomp_attn_fwd_mi.py" in kernels
+    assert {n for n in kernels if n.startswith("tcomp_attn_fwd_")} == {"tcomp_attn_fwd_mi.py"}
+    assert any(n.startswith("tcomp_fused_") for n in kernels)
     loaded = tcomp.load(tmp_path / "a", device=dev)
     with torch.no_grad():
         assert torch.allclose(loaded(*args, **kwargs), model(*args, **kwargs), atol=1e-5)

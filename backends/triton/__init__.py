@@ -71,4 +71,26 @@ def _check_attention(node: fx.Node) -> str | None:
     return None
 
 
+def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
+    """Source text of every generated kernel a lowered graph launches (file name -> text): the
+    attention specialisations its attention nodes select and the kernels of its fused groups."""
+    from tcomp.backends.triton import attention_template as tmpl
+    from tcomp.backends.triton import fusion, runtime
+
+    out = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_function":
+            continue
+        if n.target is runtime.attention:
+            q, _k, _v, bias, mask, scale, causal = n.args[:7]
+            spec = tmpl.AttnKernelSpec(
+                bias is not None, mask is not None, bool(causal), val(q).dtype == torch.float32, scale > 0
+            )
+            out[f"{spec.name}.py"] = tmpl.render(spec)
+        elif n.target is fusion.run_fused:
+            src, name = fusion.render(n.args[0])
+            out[f"{name}.py"] = src
+    return out
+
+
 register_backend(TritonBackend())

@@ -1,6 +1,5 @@
 """Compiling generated Triton source: the text is written to an on-disk cache keyed by its hash and
-the versions that compile it, imported as a module, and the kernel object returned. The same text
-goes into artifact folders."""
+the versions that compile it, imported as a module, and the kernel object returned."""
 
 from __future__ import annotations
 
@@ -47,12 +46,3 @@ def load(source: str, name: str) -> object:
         spec.loader.exec_module(mod)
         _LOADED[key] = mod
     return getattr(mod, name)
-
-
-def generated_sources() -> dict[str, str]:
-    """Every kernel source compiled in this process (file name -> text), for artifacts."""
-    out = {}
-    for mod in _LOADED.values():
-        path = Path(mod.__file__)
-        out[path.name] = path.read_text()
-    return out
