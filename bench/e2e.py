@@ -4,7 +4,9 @@ bf16 on the GPU, in the same run. Models are Hugging Face configs with random we
 * BERT-base (12 layers, 768 hidden, 12 heads), batch 32, seq 512 -> sequences/s
 * ViT-B/16 (224x224), batch 256 -> images/s
 
-Also reports the compile time: tcomp.optimize + first run, and torch.compile's first run.
+Variants: tcomp (CUDA graphs, its default on GPU targets), tcomp without CUDA graphs, Inductor
+(default mode) and Inductor mode="reduce-overhead" (its CUDA-graph mode). Also reports the compile
+time of each: building it plus the calls until it runs at steady state.
 
     python bench/e2e.py [--out bench/results/e2e-h200.json] [--models bert,vit]
 """
@@ -67,35 +69,49 @@ def main() -> None:
         full, small = cuda(full), cuda(small)
         row = {"model": name, "batch": batch}
         with torch.no_grad():
-            row["eager_s"] = timed(lambda: model(**full))
-            t = time.perf_counter()
-            fast = tcomp.optimize(model, small, target="h200")  # verified on small inputs, dynamic dims
-            fast(**full)
-            torch.cuda.synchronize()
-            row["tcomp_compile_s"] = time.perf_counter() - t
-            row["tcomp_passes"] = {r.name: r.status for r in fast.report.passes}
             ref = model(**full).last_hidden_state.float()
-            out = fast(**full).last_hidden_state.float()
-            row["tcomp_rel_err_vs_eager"] = ((out - ref).norm() / ref.norm()).item()
-            row["tcomp_s"] = timed(lambda: fast(**full))
-            compiled = torch.compile(model)
-            t = time.perf_counter()
-            compiled(**full)
-            torch.cuda.synchronize()
-            row["inductor_compile_s"] = time.perf_counter() - t
-            row["inductor_s"] = timed(lambda: compiled(**full))
-        for k in ("eager", "tcomp", "inductor"):
+            row["eager_s"] = timed(lambda: model(**full))
+            variants = {
+                # name: (build, calls until steady state); compile time = build + those calls
+                "tcomp": (lambda: tcomp.optimize(model, small, target="h200"), 2),  # CUDA graphs (default)
+                "tcomp_nograph": (lambda: tcomp.optimize(model, small, target="h200", cudagraphs=False), 1),
+                "inductor": (lambda: torch.compile(model), 1),
+                "inductor_ro": (lambda: torch.compile(model, mode="reduce-overhead"), 3),
+            }
+            for key, (make, calls) in variants.items():
+                t = time.perf_counter()
+                fn = make()
+                for _ in range(calls):
+                    fn(**full)
+                torch.cuda.synchronize()
+                row[f"{key}_compile_s"] = time.perf_counter() - t
+                out = fn(**full).last_hidden_state.float()
+                row[f"{key}_rel_err_vs_eager"] = ((out - ref).norm() / ref.norm()).item()
+                row[f"{key}_s"] = timed(lambda: fn(**full))  # noqa: B023 - fn is used inside this iteration
+                if key.startswith("tcomp"):
+                    row[f"{key}_passes"] = {r.name: r.status for r in fn.report.passes}
+                    row[f"{key}_cudagraphs"] = fn.cudagraphs
+                fn = out = None
+                torch._dynamo.reset()
+                torch.cuda.empty_cache()
+        names = ["eager", *variants]
+        for k in names:
             row[f"{k}_per_s"] = batch / row[f"{k}_s"]
-        row["tcomp_vs_inductor"] = row["inductor_s"] / row["tcomp_s"]
-        row["tcomp_vs_eager"] = row["eager_s"] / row["tcomp_s"]
+        for k in ("inductor", "inductor_ro", "eager"):
+            row[f"tcomp_vs_{k}"] = row[f"{k}_s"] / row["tcomp_s"]
         rows.append(row)
         print(
-            f"{name}: eager {row['eager_per_s']:.0f}/s  tcomp {row['tcomp_per_s']:.0f}/s  inductor {row['inductor_per_s']:.0f}/s  "
-            f"tcomp/inductor {row['tcomp_vs_inductor']:.2f}  compile: tcomp {row['tcomp_compile_s']:.1f}s "
-            f"inductor {row['inductor_compile_s']:.1f}s  err {row['tcomp_rel_err_vs_eager']:.1e}",
+            f"{name}: "
+            + "  ".join(f"{k} {row[f'{k}_per_s']:.0f}/s" for k in names)
+            + "  | tcomp vs inductor {:.2f}, vs inductor reduce-overhead {:.2f}, vs eager {:.2f}".format(
+                row["tcomp_vs_inductor"], row["tcomp_vs_inductor_ro"], row["tcomp_vs_eager"]
+            )
+            + "  | compile s: "
+            + "  ".join(f"{k} {row[f'{k}_compile_s']:.1f}" for k in variants)
+            + f"  | err tcomp {row['tcomp_rel_err_vs_eager']:.1e}",
             flush=True,
         )
-        model = fast = compiled = None  # free GPU memory before the next model
+        model = None  # free GPU memory before the next model
         torch.cuda.empty_cache()
     write_results(args.out, "e2e_inference_bf16", rows)
 

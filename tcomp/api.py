@@ -33,6 +33,7 @@ class OptimizedModule(torch.nn.Module):
         target: Target,
         captured: Captured,
         snapshots: list[tuple[str, str]] | None = None,
+        cudagraphs: bool = False,
     ):
         super().__init__()
         self.graph_module = gm
@@ -41,10 +42,15 @@ class OptimizedModule(torch.nn.Module):
         self.target = target
         self._static_dims = {k: v for k, v in captured.static_dims.items() if v}
         self._model_name = report.model
+        self._runner = None
+        if cudagraphs:
+            from tcomp.cudagraphs import CudaGraphRunner
+
+            self._runner = CudaGraphRunner(gm, lambda: [*gm.parameters(), *gm.buffers()])
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return self.graph_module(*args, **kwargs)
+            return (self._runner or self.graph_module)(*args, **kwargs)
         except Exception as exc:
             text = str(exc)
             if any(
@@ -74,6 +80,18 @@ class OptimizedModule(torch.nn.Module):
         else:
             msg += " Call it with the same argument structure (positional/keyword, which tensors) as the example inputs."
         return msg
+
+    def _apply(self, fn, *args, **kwargs):  # .to()/.cuda()/.half(): recorded CUDA graphs read old storage
+        if self._runner is not None:
+            self._runner.reset()
+        return super()._apply(fn, *args, **kwargs)
+
+    @property
+    def cudagraphs(self) -> str:
+        """Whether forward replays CUDA graphs: "on", "off", or why capture was given up."""
+        if self._runner is None:
+            return "off"
+        return self._runner.disabled or "on"
 
     def save(self, folder: str) -> str:
         """Write the artifact folder (report, graphs, manifest with hashes); returns the manifest path."""
@@ -118,6 +136,7 @@ def optimize(
     dynamic: bool = True,
     verify_samples: int = 2,
     seed: int = 0,
+    cudagraphs: bool | None = None,
 ) -> OptimizedModule:
     """Capture ``model`` on ``example_inputs``, rewrite it with ``passes`` and return a module that
     runs the result.
@@ -132,6 +151,8 @@ def optimize(
     * ``backend``: ``"triton"``, ``"onnxruntime"`` or ``"eager"``; None takes the target's default. Lowering is verified
       like a pass (FP_EQUIVALENT); ops a backend cannot run stay on the eager reference.
     * ``dynamic``: keep batch and sequence dims dynamic (the default).
+    * ``cudagraphs``: replay the lowered graph as CUDA graphs, one per input shape, for CUDA inputs
+      in inference (outputs are returned as fresh tensors). None: on for GPU targets.
 
     The user's model is never modified.
     """
@@ -157,7 +178,8 @@ def optimize(
         report.base_error = reference.base_error
         report.final_error = result.final_error
     _add_cost(report, result.gm, tgt)
-    return OptimizedModule(result.gm, report, tgt, captured, result.snapshots)
+    use_graphs = tgt.kind == "gpu" if cudagraphs is None else cudagraphs
+    return OptimizedModule(result.gm, report, tgt, captured, result.snapshots, cudagraphs=use_graphs)
 
 
 def _pass_specs(passes: list[Any] | None, calibration: Any) -> list[tuple[str, dict[str, Any]]]:

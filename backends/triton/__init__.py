@@ -36,10 +36,12 @@ class TritonBackend(Backend):
         return {"target": target}
 
     def lower(self, gm: fx.GraphModule, target: str = ""):
-        """Attention sites to the generated attention kernel, then elementwise chains (and the
-        LayerNorm ending one) to generated fused kernels."""
+        """Attention sites to the generated attention kernel, linear layers with an epilogue
+        (activation, residual) to the fused GEMM, then elementwise chains (and the LayerNorm ending
+        one) to generated fused kernels."""
         from tcomp.backends.triton.codegen import interpreting
         from tcomp.backends.triton.fusion import fuse
+        from tcomp.backends.triton.gemm import fuse_epilogues
 
         result = super().lower(gm, target)
         devices = {
@@ -48,6 +50,9 @@ class TritonBackend(Backend):
             if n.op == "placeholder" and isinstance(v := val(n), torch.Tensor)
         }
         if self.available() is None and ("cuda" in devices or interpreting()):
+            gemms = fuse_epilogues(gm, target)
+            result.rewrites += gemms
+            result.notes.append(f"fused the epilogue of {gemms} linear layers into GEMM launches")
             fused, notes = fuse(gm)
             result.rewrites += fused
             result.notes += [f"fused {fused} elementwise/LayerNorm groups into generated kernels"] + notes
@@ -75,7 +80,7 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
     """Source text of every generated kernel a lowered graph launches (file name -> text): the
     attention specialisations its attention nodes select and the kernels of its fused groups."""
     from tcomp.backends.triton import attention_template as tmpl
-    from tcomp.backends.triton import fusion, runtime
+    from tcomp.backends.triton import fusion, gemm, runtime
 
     out = {}
     for n in gm.graph.nodes:
@@ -87,6 +92,10 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
                 bias is not None, mask is not None, bool(causal), val(q).dtype == torch.float32, scale > 0
             )
             out[f"{spec.name}.py"] = tmpl.render(spec)
+        elif n.target is gemm.linear:
+            x, _w, bias, residual, act = n.args[:5]
+            spec = gemm.tmpl.GemmSpec(bias is not None, act, residual is not None, val(x).dtype == torch.float32)
+            out[f"{spec.name}.py"] = gemm.tmpl.render(spec)
         elif n.target is fusion.run_fused:
             src, name = fusion.render(n.args[0])
             out[f"{name}.py"] = src

@@ -8,6 +8,7 @@ import functools
 import torch
 
 from tcomp.backends.triton import attention_template as tmpl
+from tcomp.backends.triton import autotune
 from tcomp.backends.triton.codegen import interpreting, load
 from tcomp.backends.triton.configs import AttnConfig, _pow2, attention_config
 
@@ -31,7 +32,9 @@ def attention(
 ) -> torch.Tensor:
     b, h, n, d = q.shape
     hk, m, dv = k.shape[1], k.shape[2], v.shape[3]
-    out = torch.empty((b, h, n, dv), dtype=q.dtype, device=q.device)
+    # (b, n, h, dv) in memory, like SDPA's flash output: the usual transpose(1, 2).reshape(b, n, h * dv)
+    # that follows is then a view, not a copy (canonicalize turned views after attention into reshapes)
+    out = torch.empty((b, n, h, dv), dtype=q.dtype, device=q.device).transpose(1, 2)
     if n == 0 or b * h == 0:
         return out
     k, v = k.to(q.dtype), v.to(q.dtype)
@@ -42,31 +45,60 @@ def attention(
     full = (b, h, n, m)
     bias_t = bias.expand(full) if bias is not None else q
     mask_t = mask.expand(full) if mask is not None else q
-    key = (spec, d, dv, q.dtype, target)
-    candidates = (
-        [config]
-        if config is not None
-        else _fitting.get(key) or fallbacks(attention_config(target, d, n, m, interpreting()))
-    )
-    for i, cfg in enumerate(candidates):
+
+    def launch(cfg: AttnConfig) -> torch.Tensor:
         grid = (triton_cdiv(n, cfg.block_m), b * h)
+        kern[grid](
+            q, k, v, bias_t, mask_t, out,
+            *q.stride(), *k.stride(), *v.stride(),
+            *_strides4(bias, full), *_strides4(mask, full), *out.stride(),
+            h, n, m, d, dv, h // hk, float(scale) * tmpl.LOG2E,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv),
+            EVEN_M=n % cfg.block_m == 0, EVEN_D=d == _pow2(d) and dv == _pow2(dv),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+        return out
+
+    if config is not None:
+        return launch(config)
+    default = attention_config(target, d, n, m, interpreting())
+    if autotune.enabled():
+        cands = {_name(c): c for c in candidates(default)}
+        # the number of (batch, head) programs is part of the key: tiles timed on the small verification
+        # batch are the wrong choice for a large one (measured: ViT-B/16 at batch 256, 5x slower)
+        key = f"attn|{spec.name}|bh{_pow2(b * h)}|d{d}|dv{dv}|n{_pow2(n)}|m{_pow2(m)}|{q.dtype}|{target}"
+        best = autotune.choose(
+            key, {k: functools.partial(launch, c) for k, c in cands.items()}, _name(default)
+        )
+        return launch(cands[best])
+    key = (spec, d, dv, q.dtype, target)
+    ladder = _fitting.get(key) or fallbacks(default)
+    for i, cfg in enumerate(ladder):
         try:
-            kern[grid](
-                q, k, v, bias_t, mask_t, out,
-                *q.stride(), *k.stride(), *v.stride(),
-                *_strides4(bias, full), *_strides4(mask, full), *out.stride(),
-                h, n, m, d, dv, h // hk, float(scale) * tmpl.LOG2E,
-                BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv),
-                EVEN_M=n % cfg.block_m == 0, EVEN_D=d == _pow2(d) and dv == _pow2(dv),
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            )  # fmt: skip
+            launch(cfg)
         except Exception as exc:  # triton.runtime.errors.OutOfResources, imported lazily
-            if type(exc).__name__ != "OutOfResources" or i == len(candidates) - 1:
+            if type(exc).__name__ != "OutOfResources" or i == len(ladder) - 1:
                 raise
             continue
         _fitting[key] = [cfg]
         return out
     return out
+
+
+def _name(c: AttnConfig) -> str:
+    return f"{c.block_m}x{c.block_n}_w{c.num_warps}_s{c.num_stages}"
+
+
+def candidates(default: AttnConfig) -> list[AttnConfig]:
+    """What the autotuner times on a GPU: the target's default, its smaller fallbacks, and the
+    FlashAttention-2 tile shapes around it."""
+    extra = [
+        AttnConfig(128, 64, 4, 3),
+        AttnConfig(128, 128, 8, 2),
+        AttnConfig(64, 64, 4, 3),
+        AttnConfig(64, 128, 4, 3),
+    ]
+    return list(dict.fromkeys([default, *extra, *fallbacks(default)]))
 
 
 _fitting: dict[tuple, list[AttnConfig]] = {}  # first config that fit in shared memory, per kernel shape

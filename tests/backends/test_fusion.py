@@ -22,12 +22,13 @@ class Chain(torch.nn.Module):
     def __init__(self, ops: list[str], layer_norm: bool, c: int):
         super().__init__()
         self.ops, self.ln_on = ops, layer_norm
-        self.lin = torch.nn.Linear(c, c)
+        self.w = torch.nn.Parameter(torch.randn(c, c) / c**0.5)  # a matmul, not a linear: a linear's
+        # epilogue would go to the fused GEMM (tests/backends/test_gemm.py), not to these groups
         self.bias = torch.nn.Parameter(torch.randn(c))
         self.ln = torch.nn.LayerNorm(c)
 
     def forward(self, x):
-        h = self.lin(x)
+        h = x @ self.w
         for op in self.ops:
             h = {
                 "add_bias": lambda t: t + self.bias,
@@ -76,7 +77,7 @@ def test_residual_layer_norm_group_structure():
     assert '"ln"' in desc and "gelu" in desc and "add.Tensor" in desc
     ops = {str(n.target) for n in fast.graph_module.graph.nodes if n.op == "call_function"}
     assert "aten.layer_norm.default" not in ops and "aten.gelu.default" not in ops
-    assert "aten.linear.default" in ops  # matmuls are not part of elementwise fusion
+    assert "aten.matmul.default" in ops  # matmuls are not part of elementwise fusion
 
 
 def test_unsupported_broadcast_stays_eager():
@@ -89,3 +90,49 @@ def test_unsupported_broadcast_stays_eager():
     assert not _fused_nodes(fast.graph_module)
     assert any("stays eager" in n for n in fast.report["lower.triton"].notes)
     assert torch.allclose(fast(x, y), Bcast()(x, y))
+
+
+class PreLN(torch.nn.Module):
+    """``h = x + a; y = ln(h)`` with ``h`` used again after the LayerNorm (pre-LN residual stream)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(c, c) / c**0.5)
+        self.ln = torch.nn.LayerNorm(c)
+
+    def forward(self, x, a):
+        h = x + a
+        y = self.ln(h)
+        return h + y @ self.w
+
+
+@given(c=st.sampled_from([8, 48, 96]), n=st.integers(2, 9), seed=st.integers(0, 2**16))
+def test_residual_used_after_layer_norm_is_a_second_output(c, n, seed):
+    torch.manual_seed(seed)
+    model = PreLN(c).eval().to(DEVICE)
+    x, a = torch.randn(2, n, c, device=DEVICE), torch.randn(2, n, c, device=DEVICE)
+    fast = tcomp.optimize(model, (x, a), target="h200")
+    rec = fast.report["lower.triton"]
+    assert rec.status == "applied" and rec.error <= rec.tolerance, (rec.reason, rec.notes)
+    (node,) = _fused_nodes(fast.graph_module)
+    assert '"extra"' in node.args[0] and len(node.users) == 2  # two getitems: LN output and the sum
+    ops = {str(n.target) for n in fast.graph_module.graph.nodes if n.op == "call_function"}
+    assert "aten.layer_norm.default" not in ops
+    y, b = torch.randn(3, n + 1, c, device=DEVICE), torch.randn(3, n + 1, c, device=DEVICE)
+    with torch.no_grad():
+        assert torch.allclose(fast(y, b), model(y, b), rtol=1e-4, atol=1e-4)
+
+
+def test_user_between_sum_and_layer_norm_keeps_the_sum_out_of_the_group():
+    class Between(PreLN):
+        def forward(self, x, a):
+            h = x + a
+            z = h @ self.w  # uses h before the LayerNorm: the sum cannot be an output stored after it
+            return self.ln(h) + z
+
+    model = Between(16).eval().to(DEVICE)
+    x, a = torch.randn(2, 5, 16, device=DEVICE), torch.randn(2, 5, 16, device=DEVICE)
+    fast = tcomp.optimize(model, (x, a), target="h200")
+    assert all('"extra"' not in n.args[0] for n in _fused_nodes(fast.graph_module))
+    with torch.no_grad():
+        assert torch.allclose(fast(x, a), model(x, a), rtol=1e-4, atol=1e-4)

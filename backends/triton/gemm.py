@@ -1,0 +1,199 @@
+"""Linear layers with their epilogue: lowering and launch.
+
+``fuse_epilogues`` finds ``aten.linear`` followed by an activation (GELU, SiLU, ReLU) and/or a
+residual add, each the only user of the one before, and replaces the chain by one ``linear`` node.
+``linear`` then runs either the generated Triton GEMM with the epilogue fused
+(``gemm_template``) or cuBLAS followed by the epilogue in PyTorch, whichever the autotuner timed
+faster for this shape on this GPU (``autotune.choose``; cached on disk). Plain linears without an
+epilogue stay on ``aten.linear`` (cuBLAS), which nothing here beats.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from tcomp.backends.triton import autotune
+from tcomp.backends.triton import gemm_template as tmpl
+from tcomp.backends.triton.codegen import interpreting, load
+from tcomp.graph import shape, val
+
+aten = torch.ops.aten
+_ACT_OF = {op: name for name, op in tmpl.ACTIVATION_OPS.items()}
+_TORCH_ACT = {"none": lambda y: y, "relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    num_warps: int
+    num_stages: int
+
+    @property
+    def name(self) -> str:
+        c = self
+        return f"triton_{c.block_m}x{c.block_n}x{c.block_k}_g{c.group_m}_w{c.num_warps}_s{c.num_stages}"
+
+
+# Hopper/Ampere candidates (the shapes Triton's matmul tutorial and Inductor's mm configs favour)
+GPU_CONFIGS = [
+    GemmConfig(128, 256, 64, 8, 8, 3),
+    GemmConfig(128, 128, 64, 8, 8, 3),
+    GemmConfig(128, 128, 64, 8, 4, 4),
+    GemmConfig(256, 128, 64, 8, 8, 3),
+    GemmConfig(64, 256, 32, 8, 4, 4),
+    GemmConfig(128, 64, 64, 8, 4, 4),
+]
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, 1 << (max(n, 1) - 1).bit_length())
+
+
+def interpreter_config(m: int, n: int, k: int) -> GemmConfig:
+    """Few, large programs: the interpreter's cost grows with their number."""
+    return GemmConfig(min(64, _pow2(m)), min(64, _pow2(n)), min(64, _pow2(k)), 8, 4, 1)
+
+
+@functools.cache
+def kernel_for(spec: tmpl.GemmSpec, interp: bool):
+    return load(tmpl.render(spec), spec.name)
+
+
+def reference(x, w, bias, residual, activation: str):
+    """What the chain computes in eager PyTorch (cuBLAS, then the epilogue)."""
+    y = _TORCH_ACT[activation](F.linear(x, w, bias))
+    return y if residual is None else y + residual
+
+
+def linear(x, w, bias=None, residual=None, activation: str = "none", target: str = "h200"):
+    """``act(x @ w.T + bias) + residual`` on the faster of the fused Triton kernel and cuBLAS."""
+    n, k = w.shape
+    a = x.reshape(-1, k)
+    m = a.shape[0]
+    spec = tmpl.GemmSpec(bias is not None, activation, residual is not None, x.dtype == torch.float32)
+    if m == 0:
+        return reference(x, w, bias, residual, activation)
+    res = residual.reshape(m, n) if residual is not None else None
+
+    def launch(cfg: GemmConfig) -> torch.Tensor:
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        grid = (triton_cdiv(m, cfg.block_m) * triton_cdiv(n, cfg.block_n),)
+        kernel_for(spec, interpreting())[grid](
+            a, w, bias if bias is not None else a, res if res is not None else a, out, m, n, k,
+            *a.stride(), *w.stride(), *(res.stride() if res is not None else (0, 0)), *out.stride(),
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+            EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+        return out.view(*x.shape[:-1], n)
+
+    if interpreting():
+        return launch(interpreter_config(m, n, k))
+    configs = {c.name: c for c in GPU_CONFIGS}
+    candidates = {"cublas": lambda: reference(x, w, bias, residual, activation)}
+    candidates.update({name: functools.partial(launch, c) for name, c in configs.items()})
+    key = f"gemm|{spec.name}|m{_pow2(m)}|n{n}|k{k}|{x.dtype}|{target}"
+    choice = autotune.choose(key, candidates, default="cublas")
+    return candidates[choice]()
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+# ---- lowering ---------------------------------------------------------------------------------
+
+
+def _only_user(n: fx.Node) -> fx.Node | None:
+    return next(iter(n.users)) if len(n.users) == 1 else None
+
+
+def _passes_through(n: fx.Node) -> bool:
+    """Eval-mode dropout and copies: the value goes on unchanged."""
+    if n.target is aten.dropout.default:
+        return len(n.args) > 2 and (n.args[2] is False or n.args[1] == 0)
+    return n.target in (aten.clone.default, aten.alias.default)
+
+
+def _chain(lin: fx.Node) -> tuple[str, fx.Node | None, list[fx.Node]] | None:
+    """(activation, residual, nodes replaced) for the epilogue after ``lin``, or None if there is none."""
+    nodes, act, residual = [lin], "none", None
+    cur = lin
+    while (u := _only_user(cur)) is not None and u.op == "call_function" and _passes_through(u):
+        nodes.append(u)
+        cur = u
+    u = _only_user(cur)
+    if u is not None and u.op == "call_function" and u.target in _ACT_OF:
+        if u.target is aten.gelu.default and u.kwargs.get("approximate", "none") != "none":
+            u = None
+        else:
+            act = _ACT_OF[u.target]
+            nodes.append(u)
+            cur = u
+            u = _only_user(cur)
+    if u is not None and u.op == "call_function" and u.target is aten.add.Tensor and u.kwargs.get("alpha", 1) == 1:
+        other = u.args[1] if u.args[0] is cur else u.args[0]
+        ln_next = (nxt := _only_user(u)) is not None and nxt.target is aten.layer_norm.default
+        if (
+            isinstance(other, fx.Node)
+            and _same_layout(other, cur)
+            and not (act == "none" and ln_next)  # a residual add before a LayerNorm fuses better with it
+        ):
+            residual = other
+            nodes.append(u)
+    if act == "none" and residual is None:
+        return None
+    return act, residual, nodes
+
+
+def _same_layout(a: fx.Node, b: fx.Node) -> bool:
+    va, vb = val(a), val(b)
+    return (
+        isinstance(va, torch.Tensor)
+        and isinstance(vb, torch.Tensor)
+        and va.dtype == vb.dtype
+        and [str(s) for s in va.shape] == [str(s) for s in vb.shape]
+    )
+
+
+def _supported(lin: fx.Node) -> bool:
+    x, w = val(lin.args[0]), val(lin.args[1])
+    if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor) or w.dim() != 2:
+        return False
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or w.dtype != x.dtype:
+        return False
+    if x.device.type != "cuda" and not interpreting():
+        return False
+    k = shape(lin.args[1])[1]
+    return isinstance(k, int) and isinstance(shape(lin.args[1])[0], int)
+
+
+def fuse_epilogues(gm: fx.GraphModule, target: str) -> int:
+    """Replace each linear+epilogue chain by one ``linear`` node; returns how many."""
+    count = 0
+    for lin in list(gm.graph.nodes):
+        if lin.op != "call_function" or lin.target is not aten.linear.default or not _supported(lin):
+            continue
+        found = _chain(lin)
+        if found is None:
+            continue
+        act, residual, nodes = found
+        x, w = lin.args[0], lin.args[1]
+        bias = lin.args[2] if len(lin.args) > 2 else lin.kwargs.get("bias")
+        last = nodes[-1]
+        with gm.graph.inserting_before(last):
+            new = gm.graph.call_function(linear, (x, w, bias, residual, act), {"target": target})
+        new.meta.update(last.meta)  # value, source line and module of the chain's result
+        last.replace_all_uses_with(new)
+        for n in reversed(nodes):
+            gm.graph.erase_node(n)
+        count += 1
+    gm.recompile()
+    return count
