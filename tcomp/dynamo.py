@@ -40,6 +40,8 @@ aten = torch.ops.aten
 
 # CompositeImplicitAutograd ops kept as single nodes in the AOTAutograd graph (as torch.export does)
 PRESERVED_OPS = (aten.scaled_dot_product_attention.default, aten.linear.default, aten.matmul.default)
+# nn.MultiheadAttention's inference fast path: fused ops that hide the attention from canonicalize
+FASTPATH_OPS = (aten._native_multi_head_attention.default, aten._transformer_encoder_layer_fwd.default)
 
 
 @dataclass
@@ -150,6 +152,13 @@ def _rewrite(aten_gm: fx.GraphModule, report: DynamoReport, opts: dict[str, Any]
     from tcomp.pipeline import run_pipeline
 
     report.aten_code = aten_gm.code
+    fused = sorted({str(n.target) for n in aten_gm.graph.nodes if n.target in FASTPATH_OPS})
+    if fused:
+        report.notes.append(
+            f"nn.MultiheadAttention/TransformerEncoderLayer fast path traced ({', '.join(fused)}): its attention "
+            "is one fused op tcomp cannot see or rewrite; call torch.backends.mha.set_fastpath_enabled(False) "
+            "before compiling, or use tcomp.optimize, which turns the fast path off while capturing"
+        )
     specs: list[Any] = [("canonicalize", {})]
     specs += [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in opts.get("passes") or ()]
     lowering = _lowering(report.backend, opts.get("target") or "cpu")

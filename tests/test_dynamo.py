@@ -131,3 +131,23 @@ def test_registered_and_entry_point():
         "assert fn is tcomp.dynamo.tcomp_backend\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_mha_fast_path_is_named_with_the_way_out(fresh_dynamo):
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        assert torch.allclose(torch.compile(layer, backend="tcomp")(x), layer(x), atol=1e-5)
+    rep = td.reports()[-1]
+    assert rep.attention_sites == 0
+    assert any("set_fastpath_enabled(False)" in n and "_transformer_encoder_layer_fwd" in n for n in rep.notes)
+    torch._dynamo.reset()
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            assert torch.allclose(torch.compile(layer, backend="tcomp")(x), layer(x), atol=1e-5)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+    rep = td.reports()[-1]
+    assert rep.attention_sites == 1 and not any("fast path" in n for n in rep.notes)
