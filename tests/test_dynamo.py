@@ -140,7 +140,9 @@ def test_mha_fast_path_is_named_with_the_way_out(fresh_dynamo):
         assert torch.allclose(torch.compile(layer, backend="tcomp")(x), layer(x), atol=1e-5)
     rep = td.reports()[-1]
     assert rep.attention_sites == 0
-    assert any("set_fastpath_enabled(False)" in n and "_transformer_encoder_layer_fwd" in n for n in rep.notes)
+    assert any(
+        "set_fastpath_enabled(False)" in n and "_transformer_encoder_layer_fwd" in n for n in rep.notes
+    )
     torch._dynamo.reset()
     was = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
