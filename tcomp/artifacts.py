@@ -136,18 +136,25 @@ def _dedup(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class LoadedModule(torch.nn.Module):
     """A saved artifact, running from its generated runner: same call structure as the original."""
 
-    def __init__(self, program: torch.nn.Module, in_spec: Any, out_spec: Any, manifest: dict) -> None:
+    def __init__(
+        self, program: torch.nn.Module, in_spec: Any, out_spec: Any, manifest: dict, cudagraphs: bool = False
+    ) -> None:
         super().__init__()
         self.program = program
         self.manifest = manifest
         self._in_spec, self._out_spec = in_spec, out_spec
+        self._run = program
+        if cudagraphs:  # replayed per input signature, as OptimizedModule does (tcomp/cudagraphs.py)
+            from tcomp.cudagraphs import CudaGraphRunner
+
+            self._run = CudaGraphRunner(program, lambda: [*program.parameters(), *program.buffers()])
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         import torch.fx._pytree as fx_pytree
         import torch.utils._pytree as pytree
 
         flat = fx_pytree.tree_flatten_spec((args, kwargs), self._in_spec) if self._in_spec else list(args)
-        out = self.program(*flat)
+        out = self._run(*flat)
         return pytree.tree_unflatten(list(out), self._out_spec) if self._out_spec else out
 
     def run_named(self, named: dict[str, Any]) -> Any:
@@ -159,8 +166,11 @@ class LoadedModule(torch.nn.Module):
         return pytree.tree_unflatten(list(out), self._out_spec) if self._out_spec else out
 
 
-def load(folder: str | Path, device: str | torch.device = "cpu") -> LoadedModule:
-    """Run a saved artifact folder. Refuses a folder whose files do not match the manifest's hashes."""
+def load(
+    folder: str | Path, device: str | torch.device = "cpu", cudagraphs: bool | None = None
+) -> LoadedModule:
+    """Run a saved artifact folder. Refuses a folder whose files do not match the manifest's hashes.
+    ``cudagraphs``: replay CUDA graphs per input shape (None: on when ``device`` is a GPU)."""
     import importlib.util
 
     import torch.utils._pytree as pytree
@@ -183,4 +193,5 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> LoadedModule
     program = mod.Program(tensors).eval()
     in_spec = pytree.treespec_loads(manifest["in_spec"]) if manifest.get("in_spec") else None
     out_spec = pytree.treespec_loads(manifest["out_spec"]) if manifest.get("out_spec") else None
-    return LoadedModule(program, in_spec, out_spec, manifest)
+    graphs = torch.device(device).type == "cuda" if cudagraphs is None else cudagraphs
+    return LoadedModule(program, in_spec, out_spec, manifest, cudagraphs=graphs)

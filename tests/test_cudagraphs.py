@@ -72,3 +72,19 @@ def test_grad_mode_with_trainable_params_runs_directly():
     for _ in range(3):
         fast(x)
     assert not fast._runner.graphs
+
+
+@cuda
+def test_loaded_artifact_replays_graphs(tmp_path):
+    torch.manual_seed(0)
+    m = Block().eval().cuda()
+    fast = tcomp.optimize(m, (torch.randn(2, 8, 32, device="cuda"),), target="h200")
+    fast.save(str(tmp_path / "a"))
+    loaded = tcomp.load(str(tmp_path / "a"), device="cuda")
+    x = torch.randn(4, 12, 32, device="cuda")
+    with torch.no_grad():
+        outs = [loaded(x) for _ in range(3)]
+        ref = m(x)
+    for y in outs:
+        assert torch.allclose(y, ref, rtol=1e-3, atol=1e-3)
+    assert len(loaded._run.graphs) == 1
