@@ -94,7 +94,9 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
             out[f"{spec.name}.py"] = tmpl.render(spec)
         elif n.target is gemm.linear:
             x, _w, bias, residual, act = n.args[:5]
-            spec = gemm.tmpl.GemmSpec(bias is not None, act, residual is not None, val(x).dtype == torch.float32)
+            spec = gemm.tmpl.GemmSpec(
+                bias is not None, act, residual is not None, val(x).dtype == torch.float32
+            )
             out[f"{spec.name}.py"] = gemm.tmpl.render(spec)
         elif n.target is fusion.run_fused:
             src, name = fusion.render(n.args[0])

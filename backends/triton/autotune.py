@@ -51,25 +51,29 @@ def choose(key: str, candidates: dict[str, Callable[[], Any]], default: str) -> 
     if entry is not None and entry.get("best") in candidates:
         _MEMO[full] = entry["best"]
         return entry["best"]
-    times = timings(candidates)
+    failed: dict[str, str] = {}
+    times = timings(candidates, failed)
     best = min(times, key=times.get) if times else default
-    _write(full, {"best": best, "ms": times})
+    _write(full, {"best": best, "ms": times} | ({"failed": failed} if failed else {}))
     _MEMO[full] = best
     return best
 
 
-def timings(candidates: dict[str, Callable[[], Any]]) -> dict[str, float]:
-    """Median milliseconds per launch of each candidate that runs (one that needs more shared memory
-    than the device has is left out)."""
+def timings(
+    candidates: dict[str, Callable[[], Any]], failed: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Median milliseconds per launch of each candidate that runs. One that fails (more shared
+    memory than the device has, a feature this GPU or Triton lacks) is left out and its error kept
+    in ``failed`` (written to the cache, so it can be read there)."""
     from triton.testing import do_bench
 
     times = {}
     for name, fn in candidates.items():
         try:
             times[name] = float(do_bench(fn, warmup=10, rep=40, return_mode="median"))
-        except Exception as exc:  # triton.runtime.errors.OutOfResources, imported lazily
-            if type(exc).__name__ != "OutOfResources":
-                raise
+        except Exception as exc:  # noqa: BLE001 - any failure rules the candidate out
+            if failed is not None:
+                failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return times
 
 

@@ -11,7 +11,7 @@ epilogue stay on ``aten.linear`` (cuBLAS), which nothing here beats.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.fx as fx
@@ -35,11 +35,13 @@ class GemmConfig:
     group_m: int
     num_warps: int
     num_stages: int
+    tma: bool = False  # the persistent tensor-descriptor variant (Hopper)
 
     @property
     def name(self) -> str:
         c = self
-        return f"triton_{c.block_m}x{c.block_n}x{c.block_k}_g{c.group_m}_w{c.num_warps}_s{c.num_stages}"
+        kind = "tma" if c.tma else "triton"
+        return f"{kind}_{c.block_m}x{c.block_n}x{c.block_k}_g{c.group_m}_w{c.num_warps}_s{c.num_stages}"
 
 
 # Hopper/Ampere candidates (the shapes Triton's matmul tutorial and Inductor's mm configs favour)
@@ -50,6 +52,12 @@ GPU_CONFIGS = [
     GemmConfig(256, 128, 64, 8, 8, 3),
     GemmConfig(64, 256, 32, 8, 4, 4),
     GemmConfig(128, 64, 64, 8, 4, 4),
+]
+HOPPER_CONFIGS = [
+    GemmConfig(128, 256, 64, 8, 8, 3, tma=True),
+    GemmConfig(128, 128, 64, 8, 8, 4, tma=True),
+    GemmConfig(128, 128, 64, 8, 4, 4, tma=True),
+    GemmConfig(256, 128, 64, 8, 8, 3, tma=True),
 ]
 
 
@@ -64,7 +72,37 @@ def interpreter_config(m: int, n: int, k: int) -> GemmConfig:
 
 @functools.cache
 def kernel_for(spec: tmpl.GemmSpec, interp: bool):
+    if spec.tma:
+        _descriptor_scratch()
     return load(tmpl.render(spec), spec.name)
+
+
+def _descriptor_scratch() -> None:
+    """Tensor descriptors made inside a kernel need global scratch memory from an allocator."""
+    import triton
+
+    def alloc(size: int, alignment: int, stream):
+        return torch.empty(size, device="cuda", dtype=torch.int8)
+
+    if torch.cuda.is_available():
+        triton.set_allocator(alloc)
+
+
+def tma_ok(*tensors: torch.Tensor | None) -> bool:
+    """Tensor descriptors need unit last strides and 16-byte aligned bases and rows."""
+    for t in tensors:
+        if t is None:
+            continue
+        size = t.element_size()
+        if t.stride(-1) != 1 or (t.stride(0) * size) % 16 or t.data_ptr() % 16:
+            return False
+    return True
+
+
+def num_programs() -> int:
+    if torch.cuda.is_available() and not interpreting():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return 4
 
 
 def reference(x, w, bias, residual, activation: str):
@@ -73,8 +111,17 @@ def reference(x, w, bias, residual, activation: str):
     return y if residual is None else y + residual
 
 
-def linear(x, w, bias=None, residual=None, activation: str = "none", target: str = "h200"):
-    """``act(x @ w.T + bias) + residual`` on the faster of the fused Triton kernel and cuBLAS."""
+def linear(
+    x,
+    w,
+    bias=None,
+    residual=None,
+    activation: str = "none",
+    target: str = "h200",
+    config: GemmConfig | None = None,
+):
+    """``act(x @ w.T + bias) + residual`` on the faster of the fused Triton kernel and cuBLAS
+    (``config`` forces one Triton configuration)."""
     n, k = w.shape
     a = x.reshape(-1, k)
     m = a.shape[0]
@@ -85,7 +132,17 @@ def linear(x, w, bias=None, residual=None, activation: str = "none", target: str
 
     def launch(cfg: GemmConfig) -> torch.Tensor:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-        grid = (triton_cdiv(m, cfg.block_m) * triton_cdiv(n, cfg.block_n),)
+        tiles = triton_cdiv(m, cfg.block_m) * triton_cdiv(n, cfg.block_n)
+        if cfg.tma:
+            progs = min(tiles, num_programs())
+            kernel_for(replace(spec, tma=True), interpreting())[(progs,)](
+                a, w, bias if bias is not None else a, res if res is not None else a, out, m, n, k,
+                a.stride(0), w.stride(0), *(res.stride() if res is not None else (0, 0)), out.stride(0),
+                BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+                NUM_PROGRAMS=progs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            )  # fmt: skip
+            return out.view(*x.shape[:-1], n)
+        grid = (tiles,)
         kernel_for(spec, interpreting())[grid](
             a, w, bias if bias is not None else a, res if res is not None else a, out, m, n, k,
             *a.stride(), *w.stride(), *(res.stride() if res is not None else (0, 0)), *out.stride(),
@@ -94,9 +151,17 @@ def linear(x, w, bias=None, residual=None, activation: str = "none", target: str
         )  # fmt: skip
         return out.view(*x.shape[:-1], n)
 
+    if config is not None:
+        return launch(config)
     if interpreting():
         return launch(interpreter_config(m, n, k))
     configs = {c.name: c for c in GPU_CONFIGS}
+    if (
+        target in ("h100", "h200")
+        and torch.cuda.get_device_capability(x.device)[0] >= 9
+        and tma_ok(a, w, res)
+    ):
+        configs.update({c.name: c for c in HOPPER_CONFIGS})
     candidates = {"cublas": lambda: reference(x, w, bias, residual, activation)}
     candidates.update({name: functools.partial(launch, c) for name, c in configs.items()})
     key = f"gemm|{spec.name}|m{_pow2(m)}|n{n}|k{k}|{x.dtype}|{target}"
@@ -138,7 +203,12 @@ def _chain(lin: fx.Node) -> tuple[str, fx.Node | None, list[fx.Node]] | None:
             nodes.append(u)
             cur = u
             u = _only_user(cur)
-    if u is not None and u.op == "call_function" and u.target is aten.add.Tensor and u.kwargs.get("alpha", 1) == 1:
+    if (
+        u is not None
+        and u.op == "call_function"
+        and u.target is aten.add.Tensor
+        and u.kwargs.get("alpha", 1) == 1
+    ):
         other = u.args[1] if u.args[0] is cur else u.args[0]
         ln_next = (nxt := _only_user(u)) is not None and nxt.target is aten.layer_norm.default
         if (

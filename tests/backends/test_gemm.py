@@ -68,8 +68,17 @@ class MLP(torch.nn.Module):
     def __init__(self, c: int = 32, act: str = "gelu"):
         super().__init__()
         self.ln = torch.nn.LayerNorm(c)
-        self.up, self.down, self.out = torch.nn.Linear(c, 4 * c), torch.nn.Linear(4 * c, c), torch.nn.Linear(c, c)
-        self.act = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu, "tanh": lambda t: F.gelu(t, approximate="tanh")}[act]
+        self.up, self.down, self.out = (
+            torch.nn.Linear(c, 4 * c),
+            torch.nn.Linear(4 * c, c),
+            torch.nn.Linear(c, c),
+        )
+        self.act = {
+            "gelu": F.gelu,
+            "silu": F.silu,
+            "relu": F.relu,
+            "tanh": lambda t: F.gelu(t, approximate="tanh"),
+        }[act]
         self.ln2 = torch.nn.LayerNorm(c)
 
     def forward(self, x):
@@ -127,7 +136,7 @@ def test_autotune_times_once_and_caches_on_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(autotune, "device_key", lambda: "testdev")
     calls = []
 
-    def fake_timings(cands):
+    def fake_timings(cands, failed=None):
         calls.append(sorted(cands))
         return {name: 0.5 if name == "fast" else 2.0 for name in cands}
 
@@ -162,3 +171,26 @@ def test_autotuned_linear_gelu_bf16_large():
     out = gemm.linear(x, w, b, None, "gelu", target="h200")
     ref = gemm.reference(x.double(), w.double(), b.double(), None, "gelu")
     assert rel(out, ref) < 16 * eps(torch.bfloat16)
+
+
+@given(
+    m=st.integers(1, 140), n=st.sampled_from([8, 24, 72]), k=st.sampled_from([8, 40, 64]),
+    act=st.sampled_from(["none", "gelu"]), residual=st.booleans(), dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_persistent_tensor_descriptor_variant(m, n, k, act, residual, dtype, seed):
+    """The Hopper variant (persistent programs, TMA descriptors) computes the same thing; rows are
+    multiples of 16 bytes as the launcher requires."""
+    g = torch.Generator().manual_seed(seed)
+    x, w, b = (
+        torch.randn(m, k, generator=g),
+        torch.randn(n, k, generator=g) / k**0.5,
+        torch.randn(n, generator=g),
+    )
+    r = torch.randn(m, n, generator=g) if residual else None
+    dev = [t.to(DEVICE, dtype) if t is not None else None for t in (x, w, b, r)]
+    assert gemm.tma_ok(dev[0], dev[1], dev[3])
+    cfg = gemm.GemmConfig(64, 64, 32, 8, 4, 1 if DEVICE == "cpu" else 3, tma=True)
+    out = gemm.linear(*dev, act, config=cfg)
+    rounded = gemm.reference(*(t.double().cpu() if t is not None else None for t in dev), act)
+    assert rel(out.cpu(), rounded) <= 8 * eps(dtype) + 1e-6
