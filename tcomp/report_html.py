@@ -623,8 +623,10 @@ def _labels(b: Box) -> tuple[str, str]:
     return _short(b.key, 18), _ops_label(b.nodes)
 
 
-def _tooltip(band: str, box: Box) -> str:
-    lines = [f"{band} / {box.key}" if box.kind == "ops" else f"{band}: {box.key}", f"{len(box.nodes)} nodes"]
+def _tooltip(box: Box) -> str:
+    paths = sorted({_path(n) for n in box.nodes} - {""})
+    where = paths[0] if len(paths) == 1 else f"{len(paths)} modules" if paths else "top level"
+    lines = [f"{box.key} in {where}" if box.kind == "attention" else where, f"{len(box.nodes)} nodes"]
     for n in box.nodes[:24]:
         s = shape(n)
         dims = "×".join(map(str, s)) if s is not None else ""
@@ -704,13 +706,12 @@ def graph_svg(pic: Picture) -> str:
     for i, b in enumerate(pic.boxes):
         x, y = pos[i]
         cls = ["gnode", b.kind] + (["rewritten"] if b.rewritten else [])
-        band = pic.bands[b.band]
         line1, line2 = _labels(b)
         mark = f" ✎{len(b.rewritten)}" if b.rewritten and b.kind != "attention" else ""
         out.append(
             f"<g class='{' '.join(cls)}' data-box='{i}' data-nodes='{len(b.nodes)}' "
             f"data-rewritten='{len(b.rewritten)}' data-key='{_e(b.key)}' tabindex='0'>"
-            f"<title>{_e(_tooltip(band, b))}</title>"
+            f"<title>{_e(_tooltip(b))}</title>"
             f"<rect x='{x}' y='{y}' width='{BOX_W}' height='{BOX_H}' rx='5'/>"
             f"<text x='{x + 6}' y='{y + 14}' class='l1'>{_e(line1)}{_e(mark)}</text>"
             f"<text x='{x + 6}' y='{y + 27}' class='l2'>{_e(_short(line2, 22, keep_end=False))}</text></g>"
@@ -771,7 +772,7 @@ tr.status-rolled_back{background:#fff1f0}tr.status-skipped{color:#6b7680}td.why{
 .plots{display:flex;flex-wrap:wrap;gap:14px}.plot{background:#fff;border:1px solid #e3e8ee;border-radius:6px}
 .plot .frame{fill:none;stroke:#c9d1d9}.plot .grid{stroke:#eef1f4}.plot .tick{font-size:10px;fill:#5a6570}.plot .ptitle{font-size:12px;font-weight:600}
 .graphwrap{overflow:auto;max-height:1400px;border:1px solid #e3e8ee;border-radius:6px;margin-top:6px}
-#graph-svg text{font-family:'DejaVu Sans',sans-serif}.bandbg{fill:#f9fafb}.bandbg.odd{fill:#f1f4f7}
+#graph-svg{max-width:100%;height:auto;display:block}#graph-svg text{font-family:'DejaVu Sans',sans-serif}.bandbg{fill:#f9fafb}.bandbg.odd{fill:#f1f4f7}
 .bandtitle{font-size:11px;font-weight:600;fill:#37474f}.bandhead{font-weight:400;font-size:10px;fill:#78868f}
 .edge{fill:none;stroke:#9aa;stroke-width:1.1}.edge.far{stroke:#c3cad1;stroke-width:.9}
 .gnode rect{fill:#fff;stroke:#90a4ae;stroke-width:1}.gnode .l1{font-size:10.5px;fill:#1d2329}.gnode .l2{font-size:9.5px;fill:#5a6570}
