@@ -38,6 +38,7 @@ SEQS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)  # sequence lengths of the co
 MAX_COLS = 10  # columns of boxes per band before submodules are collapsed further (then wrapped)
 DETAIL_NODES = 40  # graphs with at most this many drawn nodes get one box per node
 BOX_W, BOX_H, COL_W, ROW_H, BAND_LABEL_W, BAND_GAP = 114, 34, 124, 44, 104, 16
+L1, L2 = 16, 19  # characters that fit a box's first (10.5 px) and second (9.5 px) line
 
 
 def _e(x: Any) -> str:
@@ -142,7 +143,9 @@ def _passes_section(records: Sequence[Any]) -> str:
     rows = []
     for i, r in enumerate(records):
         notes = "".join(f"<li>{_e(n)}</li>" for n in r.notes)
-        why = _e(r.reason) + (f"<details><summary>{len(r.notes)} notes</summary><ul>{notes}</ul></details>" if notes else "")
+        why = _e(r.reason) + (
+            f"<details><summary>{len(r.notes)} notes</summary><ul>{notes}</ul></details>" if notes else ""
+        )
         rows.append(
             f"<tr class='status-{_e(r.status)}' data-pass='{_e(r.name)}'><td>{i + 1}</td>"
             f"<td class='name'>{_e(r.name)}</td><td>{_e(r.contract)}</td><td>{_e(r.exactness)}</td>"
@@ -157,8 +160,19 @@ def _passes_section(records: Sequence[Any]) -> str:
         "A pass that breaks its contract, or raises, is rolled back.</p>"
         + _table(
             "pass-table",
-            ("#", "pass", "contract", "exactness", "status", "rewrites", "measured error", "bound",
-             "error / bound", "seconds", "reason / notes"),
+            (
+                "#",
+                "pass",
+                "contract",
+                "exactness",
+                "status",
+                "rewrites",
+                "measured error",
+                "bound",
+                "error / bound",
+                "seconds",
+                "reason / notes",
+            ),
             rows,
             "no passes ran",
         )  # fmt: skip
@@ -209,7 +223,11 @@ def _sites_section(sites: Sequence[dict[str, Any]]) -> str:
             s.get("runs_on", ""),
             _source(s.get("source", "")),
         ]
-        rows.append(f"<tr data-node='{_e(s.get('node', ''))}'>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+        rows.append(
+            f"<tr data-node='{_e(s.get('node', ''))}'>"
+            + "".join(f"<td>{_e(c)}</td>" for c in cells)
+            + "</tr>"
+        )
     return (
         f"<section id='sites'><h2>Attention sites ({len(sites)})</h2>"
         + _table("site-table", _SITE_COLS, rows, "no attention site in this graph")
@@ -286,7 +304,9 @@ def _cost_section(report: Any, before: Any, after: Any, target: Any, seqs: Seque
         parts.append("</div>")
         parts.append(_cost_table(drawn))
     if report.cost_symbolic:
-        parts.append("<details><summary>symbolic totals of the final graph (B batch, N sequence)</summary><ul>")
+        parts.append(
+            "<details><summary>symbolic totals of the final graph (B batch, N sequence)</summary><ul>"
+        )
         parts += [f"<li><b>{_e(k)}</b>: <code>{_e(v)}</code></li>" for k, v in report.cost_symbolic.items()]
         parts.append("</ul></details>")
     parts.append("</section>")
@@ -358,7 +378,9 @@ def line_plot(title: str, xs: Sequence[float], series: Sequence[tuple[str, Seque
         out.append(f"<line x1='{left}' x2='{w - right}' y1='{py(y):.1f}' y2='{py(y):.1f}' class='grid'/>")
         out.append(f"<text x='{left - 4}' y='{py(y) + 3:.1f}' class='tick' text-anchor='end'>{y:.3g}</text>")
     for x in xs:
-        out.append(f"<text x='{px(x):.1f}' y='{h - bottom + 13}' class='tick' text-anchor='middle'>{x}</text>")
+        out.append(
+            f"<text x='{px(x):.1f}' y='{h - bottom + 13}' class='tick' text-anchor='middle'>{x}</text>"
+        )
     out.append(f"<text x='{w / 2}' y='{h - 6}' class='tick' text-anchor='middle'>sequence length</text>")
     for i, (label, ys) in enumerate(series):
         color, dash = _SERIES_STYLE.get(label, ("#6a1b9a", ""))
@@ -455,7 +477,9 @@ def build_picture(after: fx.GraphModule, before: fx.GraphModule | None = None) -
     nodes = [n for n in after.graph.nodes if _drawn(n)]
     paths = {n: _path(n) for n in nodes}
     common = _common_prefix([p for p in paths.values() if p])
-    rel = {n: p[len(common) :].lstrip(".") if common and p.startswith(common) else p for n, p in paths.items()}
+    rel = {
+        n: p[len(common) :].lstrip(".") if common and p.startswith(common) else p for n, p in paths.items()
+    }
     rewritten = rewritten_nodes(after, before)
     removed = 0
     if before is not None:
@@ -606,21 +630,22 @@ def _short(text: str, n: int = 19, keep_end: bool = True) -> str:
 
 
 def _labels(b: Box) -> tuple[str, str]:
-    """The two text lines of a box: what it is, then which ops it holds."""
-    if b.kind == "input":
-        return "input", b.nodes[0].name
-    if b.kind == "output":
-        return "output", ""
+    """The two text lines of a box (what it is, then which ops it holds), cut to fit the box."""
+    if b.kind in ("input", "output"):
+        return b.kind, _short(b.nodes[0].name if b.kind == "input" else "", L2, keep_end=False)
     if b.kind == "attention":
         n = b.nodes[0]
         args = n.args if is_attention(n) else ()
         facts = [w for w, on in zip(("bias", "mask", "causal"), (3, 4, 6)) if len(args) > on and args[on]]
-        return b.key, ", ".join(facts) or _op_name(n)
+        return _short(b.key, L1), _short(", ".join(facts) or _op_name(n), L2, keep_end=False)
+    mark = f" ✎{len(b.rewritten)}" if b.rewritten else ""
     if len(b.nodes) == 1 and b.key == b.nodes[0].name:  # node by node
-        return b.key, _op_name(b.nodes[0])
-    if b.key == "·":  # ops of the band's own module, outside its submodules
-        return _short(_ops_label(b.nodes), 16, keep_end=False), ""
-    return _short(b.key, 18), _ops_label(b.nodes)
+        first, second = b.key, _op_name(b.nodes[0])
+    elif b.key == "·":  # ops of the band's own module, outside its submodules
+        return _short(_ops_label(b.nodes), L1 - len(mark), keep_end=False) + mark, ""
+    else:
+        first, second = b.key, _ops_label(b.nodes)
+    return _short(first, L1 - len(mark)) + mark, _short(second, L2, keep_end=False)
 
 
 def _tooltip(box: Box) -> str:
@@ -652,31 +677,33 @@ def _band_title(title: str) -> str:
     )
 
 
-def graph_svg(pic: Picture) -> str:
-    """The picture as one ``<svg>``: bands top to bottom, boxes by generation left to right."""
-    band_rows: dict[int, tuple[int, int]] = {}  # band -> (columns used, rows used) after wrapping
+def _layout(pic: Picture) -> tuple[list[tuple[int, int]], list[int], list[int], int, int]:
+    """Top-left corner of every box, top and height of every band, width and height of the
+    picture. A band of more than :data:`MAX_COLS` generations wraps onto further rows."""
+    n = len(pic.bands)
+    rows, wraps, cols = [1] * n, [1] * n, 1
     for b in pic.boxes:
         wrap, col = divmod(b.gen, MAX_COLS)
-        cols, rows = band_rows.get(b.band, (0, 0))
-        band_rows[b.band] = (max(cols, col + 1), max(rows, wrap))
-    band_height = {}  # band -> (wraps, rows per wrap)
-    for bi in range(len(pic.bands)):
-        per = 1 + max((b.row for b in pic.boxes if b.band == bi), default=0)
-        wraps = 1 + band_rows.get(bi, (0, 0))[1]
-        band_height[bi] = (wraps, per)
-    y0, band_y = 10, {}
-    for bi in range(len(pic.bands)):
-        wraps, per = band_height[bi]
-        band_y[bi] = y0
-        y0 += wraps * per * ROW_H + BAND_GAP
-    width = BAND_LABEL_W + MAX_COLS * COL_W if pic.boxes else 200
-    width = min(width, BAND_LABEL_W + max((c for c, _ in band_rows.values()), default=1) * COL_W + 10)
-    height = y0 + 10
-    pos = {}
-    for i, b in enumerate(pic.boxes):
+        rows[b.band], wraps[b.band], cols = (
+            max(rows[b.band], b.row + 1),
+            max(wraps[b.band], wrap + 1),
+            max(cols, col + 1),
+        )
+    heights = [w * r * ROW_H for w, r in zip(wraps, rows)]
+    tops, y = [], 10
+    for h in heights:
+        tops.append(y)
+        y += h + BAND_GAP
+    pos = []
+    for b in pic.boxes:
         wrap, col = divmod(b.gen, MAX_COLS)
-        per = band_height[b.band][1]
-        pos[i] = (BAND_LABEL_W + col * COL_W, band_y[b.band] + (wrap * per + b.row) * ROW_H)
+        pos.append((BAND_LABEL_W + col * COL_W, tops[b.band] + (wrap * rows[b.band] + b.row) * ROW_H))
+    return pos, tops, heights, BAND_LABEL_W + cols * COL_W + 6, y + 10
+
+
+def graph_svg(pic: Picture) -> str:
+    """The picture as one ``<svg>``: bands top to bottom, boxes by generation left to right."""
+    pos, tops, heights, width, height = _layout(pic)
     out = [
         f"<svg id='graph-svg' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
         f"viewBox='0 0 {width} {height}' role='img'><title>rewritten graph</title>"
@@ -684,11 +711,10 @@ def graph_svg(pic: Picture) -> str:
         "orient='auto-start-reverse'><path d='M0,0 L8,4 L0,8 z' fill='#9aa'/></marker></defs>"
     ]
     for bi, title in enumerate(pic.bands):
-        wraps, per = band_height[bi]
-        y = band_y[bi]
+        y = tops[bi]
         out.append(
             f"<g class='band' data-band='{_e(title)}'><rect x='2' y='{y - 5}' width='{width - 4}' "
-            f"height='{wraps * per * ROW_H + 10 - 4}' rx='6' class='bandbg {'odd' if bi % 2 else ''}'/>"
+            f"height='{heights[bi] + 6}' rx='6' class='bandbg {'odd' if bi % 2 else ''}'/>"
             f"<text x='10' y='{y + BOX_H / 2 + 4}' class='bandtitle'><title>{_e(title)}</title>"
             f"{_band_title(title)}</text></g>"
         )
@@ -707,14 +733,13 @@ def graph_svg(pic: Picture) -> str:
         x, y = pos[i]
         cls = ["gnode", b.kind] + (["rewritten"] if b.rewritten else [])
         line1, line2 = _labels(b)
-        mark = f" ✎{len(b.rewritten)}" if b.rewritten and b.kind != "attention" else ""
         out.append(
             f"<g class='{' '.join(cls)}' data-box='{i}' data-nodes='{len(b.nodes)}' "
             f"data-rewritten='{len(b.rewritten)}' data-key='{_e(b.key)}' tabindex='0'>"
             f"<title>{_e(_tooltip(b))}</title>"
             f"<rect x='{x}' y='{y}' width='{BOX_W}' height='{BOX_H}' rx='5'/>"
-            f"<text x='{x + 6}' y='{y + 14}' class='l1'>{_e(line1)}{_e(mark)}</text>"
-            f"<text x='{x + 6}' y='{y + 27}' class='l2'>{_e(_short(line2, 22, keep_end=False))}</text></g>"
+            f"<text x='{x + 6}' y='{y + 14}' class='l1'>{_e(line1)}</text>"
+            f"<text x='{x + 6}' y='{y + 27}' class='l2'>{_e(line2)}</text></g>"
         )
     out.append("</svg>")
     return "".join(out)
@@ -742,8 +767,7 @@ def _graph_section(after: fx.GraphModule | None, before: fx.GraphModule | None) 
         "<span class='sw io'></span>input / output <span class='sw ops'></span>unchanged ops</div>"
     )
     return (
-        head
-        + f"<p class='muted' id='graph-facts' data-sites='{n_sites}' data-rewritten='{pic.rewritten}'>"
+        head + f"<p class='muted' id='graph-facts' data-sites='{n_sites}' data-rewritten='{pic.rewritten}'>"
         f"{_count(after)} nodes (weights not drawn), {how}"
         + (f" (module paths below <code>{_e(pic.prefix)}</code>)" if pic.prefix else "")
         + f"; {n_sites} attention sites; {_e(diff)}. "

@@ -52,7 +52,9 @@ class Page(HTMLParser):
 
     def find(self, tag: str, **attrs: str) -> list[dict[str, str]]:
         return [
-            a for t, a in self.tags if t == tag and all(a.get(k.replace("_", "-")) == v for k, v in attrs.items())
+            a
+            for t, a in self.tags
+            if t == tag and all(a.get(k.replace("_", "-")) == v for k, v in attrs.items())
         ]
 
     def with_class(self, tag: str, *classes: str) -> list[dict[str, str]]:
@@ -171,7 +173,9 @@ def test_artifact_manifest_hashes_report_and_still_loads(artifact):
     assert manifest["files"]["report.html"] == hashlib.sha256(html).hexdigest()
     assert check(folder) == []
     text = html.decode()
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), "report.html must not fetch anything"
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), (
+        "report.html must not fetch anything"
+    )
     assert "<link" not in text and "@import" not in text
     e = zoo.get("bert")
     loaded = tcomp.load(folder)
@@ -188,7 +192,9 @@ def test_artifact_manifest_hashes_report_and_still_loads(artifact):
 
 # -- the generator without a browser -------------------------------------------------------------
 
-_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from("<>&\"'/"), min_size=1, max_size=30)
+_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from("<>&\"'/"), min_size=1, max_size=30
+)
 
 
 @given(name=_TEXT, reason=_TEXT, note=_TEXT, module=_TEXT)
@@ -222,7 +228,10 @@ def test_rolled_back_pass_row_shows_reason_and_error_over_bound():
     ok = PassRecord("canonicalize", "fp_equivalent", "fp_equivalent", "applied", 2, 1e-7, 2e-6)
     html = render_html(Report(model="m", target="cpu", passes=[ok, rec]))
     page = Page(html)
-    assert [r["class"] for r in page.find("tr") if "data-pass" in r] == ["status-applied", "status-rolled_back"]
+    assert [r["class"] for r in page.find("tr") if "data-pass" in r] == [
+        "status-applied",
+        "status-rolled_back",
+    ]
     assert "bounded contract broken: relative error 0.02 > tolerance 0.001" in page.texts
     assert page.with_class("td", "num", "over") and page.with_class("td", "num", "ok")
     assert page.with_class("div", "card", "bad")  # the "rolled back" card turns red
@@ -256,7 +265,9 @@ def test_small_graph_node_by_node_and_rewritten_by_mark():
     x = torch.randn(2, 5, 16)
     om = tcomp.optimize(TinyAttention().eval(), (x,), verify=False)
     gm = om.graph_module
-    lin = next(n for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.linear.default)
+    lin = next(
+        n for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.linear.default
+    )
     lin.meta[meta.REWRITTEN_BY] = "test.mark"
     pic = build_picture(gm, om.captured.gm)
     assert not pic.collapsed
