@@ -251,6 +251,7 @@ class CostSeries:
     label: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     problem: str = ""  # why there are no rows
+    fixed: bool = False  # the graph's sequence length is fixed: one row, no curve
 
     def values(self, key: str, kind: str = "all") -> list[float]:
         return [r[key] for r in self.rows if r["kind"] == kind]
@@ -265,10 +266,11 @@ def cost_series(gm: fx.GraphModule | None, label: str, target: Any, seqs: Sequen
     sites = graph_cost(gm, all_input_symbols(gm))
     if not sites:
         return CostSeries(label, problem="no node of this graph has a cost formula")
-    if all(SEQ not in s.cost.free_symbols for s in sites):
-        seqs = seqs[:1]
+    fixed = all(SEQ not in s.cost.free_symbols for s in sites)
     try:
-        return CostSeries(label, cost_table(sites, target, seqs=seqs, batch=1))
+        return CostSeries(
+            label, cost_table(sites, target, seqs=seqs[:1] if fixed else seqs, batch=1), fixed=fixed
+        )
     except ValueError as exc:
         return CostSeries(label, problem=str(exc))
 
@@ -296,12 +298,15 @@ def _cost_section(report: Any, before: Any, after: Any, target: Any, seqs: Seque
         )
     if len(drawn) == 2:
         parts.append(_change_line(*drawn))
-    if drawn:
+    if any(s.fixed for s in drawn):
+        parts.append("<p class='muted'>The model fixes its sequence length: cost at that size only.</p>")
+    elif drawn:
         xs = [r["seq"] for r in drawn[0].rows if r["kind"] == "all"]
         parts.append("<div class='plots'>")
         for key, title in _METRICS:
             parts.append(line_plot(title, xs, [(s.label, s.values(key)) for s in drawn]))
         parts.append("</div>")
+    if drawn:
         parts.append(_cost_table(drawn))
     if report.cost_symbolic:
         parts.append(
@@ -315,12 +320,12 @@ def _cost_section(report: Any, before: Any, after: Any, target: Any, seqs: Seque
 
 def _change_line(before: CostSeries, after: CostSeries) -> str:
     """After vs before at the longest sequence length, one ratio per metric."""
-    n = before.values("seq")[-1]
+    where = "At the model's fixed size" if before.fixed else f"At N = {before.values('seq')[-1]}"
     ratios = []
     for key, title in _METRICS:
         b, a = before.values(key)[-1], after.values(key)[-1]
         ratios.append(f"{title.split(' (')[0]} {b:.4g} → {a:.4g} (×{a / b:.3g})" if b else f"{title}: –")
-    return f"<p id='cost-change'>At N = {n}: " + "; ".join(_e(r) for r in ratios) + ".</p>"
+    return f"<p id='cost-change'>{where}: " + "; ".join(_e(r) for r in ratios) + ".</p>"
 
 
 def _uncosted_sites(gm: fx.GraphModule | None) -> int:
@@ -460,12 +465,20 @@ def _path(n: fx.Node) -> str:
 
 
 def _band_key(rel: str) -> str:
-    """Top-level block of a module path: up to the first numbered component, else the first one."""
+    """The numbered block a module path lies in (``encoder.layer.3``), "" outside any."""
     parts = rel.split(".") if rel else []
     for i, p in enumerate(parts):
         if p.isdigit():
             return ".".join(parts[: i + 1])
-    return parts[0] if parts else ""
+    return ""
+
+
+def _band_title(key: str, members: Sequence[fx.Node], rel: dict[fx.Node, str]) -> str:
+    """A numbered block is named by its path; a run outside the blocks by its modules."""
+    if key:
+        return key
+    names = list(dict.fromkeys(rel[n].split(".")[0] for n in members if rel[n]))
+    return ", ".join(names[:3]) + (", …" if len(names) > 3 else "") if names else "(model)"
 
 
 def _is_site(n: fx.Node) -> bool:
@@ -486,18 +499,18 @@ def build_picture(after: fx.GraphModule, before: fx.GraphModule | None = None) -
         new = {_signature(n) for n in after.graph.nodes}
         removed = sum(1 for n in before.graph.nodes if n.op.startswith("call_") and _signature(n) not in new)
     detail = len(nodes) <= DETAIL_NODES
-    bands: list[str] = []
+    keys: list[str] = []
     band_nodes: list[list[fx.Node]] = []
     for n in nodes:  # contiguous runs of graph order: edges between bands only go forward
-        b = _band_key(rel[n])
-        title = b or "(model)"
-        if not bands or bands[-1] != title:
-            bands.append(title)
+        key = _band_key(rel[n])
+        if not keys or keys[-1] != key:
+            keys.append(key)
             band_nodes.append([])
         band_nodes[-1].append(n)
+    bands = [_band_title(k, members, rel) for k, members in zip(keys, band_nodes)]
     boxes: list[Box] = []
     for bi, members in enumerate(band_nodes):
-        boxes += _band_boxes(bi, members, rel, _band_key(rel[members[0]]), detail)
+        boxes += _band_boxes(bi, members, rel, keys[bi], detail)
     owner = {n: i for i, b in enumerate(boxes) for n in b.nodes}
     edges = {
         (owner[a], owner[n]) for n in nodes for a in n.all_input_nodes if a in owner and owner[a] != owner[n]
@@ -663,17 +676,22 @@ def _tooltip(box: Box) -> str:
     return "\n".join(lines)
 
 
-def _band_title(title: str) -> str:
-    """Long titles on two lines: ``encoder.`` above ``layer.3``."""
-    head, _, tail = title.rpartition(".")
-    if len(title) <= 12 or not head:
-        return _e(_short(title, 14))
-    head, _, mid = head.rpartition(".")
-    if not head:
-        return _e(_short(title, 14))
-    return (
-        f"<tspan x='10' dy='-6' class='bandhead'>{_e(_short(head + '.', 16))}</tspan>"
-        f"<tspan x='10' dy='13'>{_e(_short(mid + '.' + tail, 14))}</tspan>"
+def _band_label(title: str) -> str:
+    """The band's title in up to three lines: ``encoder.`` (muted) above ``layer.3``, or one
+    module per line."""
+    head = ""
+    if ", " in title:
+        lines = title.split(", ")[:3]
+    elif len(title) > 12 and title.count(".") >= 2:
+        head, mid, tail = title.rsplit(".", 2)
+        lines = [head + ".", f"{mid}.{tail}"]
+    else:
+        lines = [title]
+    return "".join(
+        f"<tspan x='10' dy='{-6 * (len(lines) - 1) if i == 0 else 13}'"
+        + (" class='bandhead'" if head and i == 0 else "")
+        + f">{_e(_short(line, 14))}</tspan>"
+        for i, line in enumerate(lines)
     )
 
 
@@ -716,7 +734,7 @@ def graph_svg(pic: Picture) -> str:
             f"<g class='band' data-band='{_e(title)}'><rect x='2' y='{y - 5}' width='{width - 4}' "
             f"height='{heights[bi] + 6}' rx='6' class='bandbg {'odd' if bi % 2 else ''}'/>"
             f"<text x='10' y='{y + BOX_H / 2 + 4}' class='bandtitle'><title>{_e(title)}</title>"
-            f"{_band_title(title)}</text></g>"
+            f"{_band_label(title)}</text></g>"
         )
     for a, b in sorted(pic.edges):
         (xa, ya), (xb, yb) = pos[a], pos[b]

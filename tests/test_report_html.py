@@ -324,3 +324,15 @@ def test_line_plot_points_follow_the_values(ys):
             assert ya < yb
     assert all(28 - 1e-6 <= y <= 240 - 38 + 1e-6 for _, y in pts)
     assert "t <&>" in page.texts
+
+
+def test_fixed_sequence_length_gets_no_curve():
+    e = zoo.get("vit")  # images: the token count is fixed by the patch grid
+    om = tcomp.optimize(e.model, e.example_inputs, example_kwargs=e.example_kwargs, verify=False)
+    before = cost_series(om.captured.gm, "before", "cpu")
+    assert before.fixed and len(before.values("seq")) == 1 and before.values("gflops")[0] > 0
+    page = Page(render_html(om.report, om.graph_module, om.captured.gm))
+    assert not page.find("polyline")
+    assert any("fixes its sequence length" in t for t in page.texts)
+    assert any(t.startswith("At the model's fixed size: GFLOPs") for t in page.texts)
+    assert len(page.with_class("g", "gnode", "attention")) == e.n_attention_layers
