@@ -7,10 +7,11 @@ no plotting dependency, deterministic bytes, a ``<title>`` tooltip per point) an
 rewritten graph with attention sites and rewritten regions highlighted.
 
 The picture. Real models have hundreds of nodes, so nodes are collapsed by where they came from in
-the user's model (:func:`tcomp.graph.module_path`): one horizontal *band* per top-level block (a
-numbered layer such as ``encoder.layer.3``, or a first-level module such as ``embeddings``; a band
-is a contiguous run of graph order, so its edges only go forward), and inside a band one box per
-submodule, as deep as fits :data:`MAX_COLS` columns. Attention sites, inputs and the output always
+the user's model (:func:`tcomp.graph.module_path`): one horizontal *band* per numbered block
+(``encoder.layer.3``) and per run of nodes between blocks (named by their modules, e.g.
+``embeddings``); a band is a contiguous run of graph order, so edges between bands only go forward.
+Inside a band, one box per submodule, as deep as fits :data:`MAX_COLS` columns (runs of one
+submodule are merged while the boxes stay acyclic). Weights and size arithmetic are not drawn. Attention sites, inputs and the output always
 get their own box. Boxes are laid out left to right by topological generation (networkx), so
 parallel branches (q, k, v projections) sit above each other. Every box has a ``<title>`` tooltip
 listing the fx nodes it holds. Graphs of at most :data:`DETAIL_NODES` nodes are drawn node by node.
