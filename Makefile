@@ -19,6 +19,7 @@ run: $(STAMP)
 	$(BIN)/tcomp optimize default --target cpu -o artifacts/default
 
 test: $(STAMP)
+	bash scripts/ensure_chromium.sh
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -n 2 -q
 
 test-thorough: $(STAMP)

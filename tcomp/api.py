@@ -38,6 +38,7 @@ class OptimizedModule(torch.nn.Module):
         super().__init__()
         self.graph_module = gm
         self.snapshots = snapshots or []  # (stage, graph code) per applied pass, "captured" first
+        self.captured = captured  # the graph before the passes: report.html compares its cost and nodes
         self.report = report
         self.target = target
         self._static_dims = {k: v for k, v in captured.static_dims.items() if v}

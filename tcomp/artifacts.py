@@ -1,6 +1,7 @@
 """Artifact folders: what ``tcomp optimize -o DIR`` and ``OptimizedModule.save(DIR)`` write.
 
-A folder holds ``report.json`` / ``report.txt`` (the per-pass report), ``graph_before.txt`` /
+A folder holds ``report.json`` / ``report.txt`` (the per-pass report), ``report.html`` (the same
+as one self-contained page with the cost plot and a picture of the graph), ``graph_before.txt`` /
 ``graph_after.txt``, ``runner.py`` (the rewritten graph as generated PyTorch source),
 ``weights.safetensors``, ``kernels/`` (the generated Triton sources, when any were compiled) and
 ``manifest.json`` (versions, target, passes with contracts and measured errors, input/output tree
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tcomp.errors import InputError
+from tcomp.report_html import render_module
 from tcomp.runner import emit, specs_of, tensors_of
 
 
@@ -58,6 +60,7 @@ def write(om: Any, folder: str | Path) -> Path:
         snapshots = getattr(om, "snapshots", [])
         (tmp / "report.json").write_text(rep.to_json())
         (tmp / "report.txt").write_text(rep.render())
+        (tmp / "report.html").write_text(render_module(om), encoding="utf-8")
         (tmp / "graph_before.txt").write_text(snapshots[0][1] if snapshots else "")
         (tmp / "graph_after.txt").write_text(om.graph_module.code)
         runner_src, names = emit(om.graph_module)
