@@ -11,6 +11,9 @@ import torch
 # kernel is defined, so it is set before any test can generate one.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# no autotuning in tests: timing ~10 configurations per new shape makes GPU property tests crawl;
+# tests force the configurations they check, and test_gemm opts in where the autotuner is the subject
+os.environ.setdefault("TCOMP_AUTOTUNE", "0")
 
 from hypothesis import HealthCheck, settings
 
