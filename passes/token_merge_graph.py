@@ -53,6 +53,17 @@ def _only_user(n: fx.Node) -> fx.Node | None:
     return next(iter(n.users)) if len(n.users) == 1 else None
 
 
+def _norm_of(add: fx.Node) -> fx.Node | None:
+    """The LayerNorm output ``add`` alone feeds (``native_layer_norm``'s getitem 0 in AOT graphs)."""
+    ln = _only_user(add)
+    if ln is not None and ln.target is aten.native_layer_norm.default:
+        outs = [u for u in ln.users if u.target is operator.getitem and u.args[1] == 0]
+        ln = outs[0] if len(outs) == 1 else None
+    elif ln is not None and ln.target not in LAYER_NORMS:
+        ln = None
+    return ln
+
+
 def merge_point(attn: fx.Node) -> fx.Node:
     """The residual stream between the attention and the MLP of ``attn``'s block."""
     n = attn
@@ -67,8 +78,8 @@ def merge_point(attn: fx.Node) -> fx.Node:
     add = _only_user(n)
     if add is None or add.target is not aten.add.Tensor or n not in add.args:
         raise NotABlock("the output projection does not feed a residual add")
-    ln = _only_user(add)
-    if ln is not None and ln.target in LAYER_NORMS and len(ln.users) >= 2:
+    ln = _norm_of(add)
+    if ln is not None and len(ln.users) >= 2:
         return ln  # post-LN (BERT)
     if len(add.users) >= 2:
         return add  # pre-LN (ViT)
@@ -94,8 +105,8 @@ def block_output(point: fx.Node) -> fx.Node:
         if u.target is aten.add.Tensor and point in u.args:
             other = u.args[1] if u.args[0] is point else u.args[0]
             if isinstance(other, fx.Node) and _descends(other, point):
-                ln = _only_user(u)
-                return ln if ln is not None and ln.target in LAYER_NORMS else u
+                ln = _norm_of(u)
+                return ln if ln is not None else u
     raise NotABlock("no MLP residual add after the merge point")
 
 

@@ -113,15 +113,16 @@ def merge_plan(
     dev, work = k.device, _work_dtype(k)
     metric = k.to(work).mean(1)
     metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(work).tiny)
+    prot_idx = [i % n for i in protected]  # python ints: no host-to-device copy (a sync on GPUs)
     prot = torch.zeros(n, dtype=torch.bool, device=dev)
-    prot_idx = torch.tensor([i % n for i in protected], dtype=torch.long, device=dev)
-    prot[prot_idx] = True
+    for i in prot_idx:
+        prot[i] = True
     p = len(protected)
     order = torch.argsort(torch.arange(n, device=dev) + n * prot.long(), stable=True)
     rest = order[: n - p]
     a_idx, b_idx = rest[0::2], rest[1::2]
     na, nb = a_idx.numel(), b_idx.numel()
-    if r > nb or len(set(prot_idx.tolist())) != p:
+    if r > nb or len(set(prot_idx)) != p:
         raise ValueError(
             f"tcomp.token_merge: cannot remove r={r} of {n} tokens with {p} protected "
             f"(at most {(n - p) // 2}; protected indices must be distinct)"
@@ -142,7 +143,8 @@ def merge_plan(
     unmerged_pos = p + torch.cumsum((~merged).long(), dim=1) - 1
     a_new = torch.where(merged, p + (na - r) + dst, unmerged_pos)
     assign = torch.empty(b, n, dtype=torch.long, device=dev)
-    assign[:, prot_idx] = torch.arange(p, device=dev)
+    for j, i in enumerate(prot_idx):
+        assign[:, i] = j
     assign[:, a_idx] = a_new
     assign[:, b_idx] = p + (na - r) + torch.arange(nb, device=dev)
     weight = torch.ones(b, n, dtype=work, device=dev) if size is None else size.to(work)

@@ -65,3 +65,20 @@ def test_pipeline_verifies_the_merge_against_its_contract():
     res = run_pipeline(cap.gm, ["canonicalize", ("tokens.merge", {"r": 2})], reference=ref)
     rec = res.records[-1]
     assert rec.status == "applied" and 0 < rec.error <= rec.tolerance
+
+
+@pytest.mark.parametrize("name", ["vit", "bert"])
+def test_torch_compile_backend_merges_like_export(name):
+    """``torch.compile(m, backend="tcomp", options={"passes": [("tokens.merge", ...)]})`` rewrites
+    the AOTAutograd graph (native_layer_norm there) the same way as the exported one."""
+    import tcomp.dynamo
+
+    e, gm, ref = _merged(name, 2, depth=2)
+    tcomp.dynamo.clear_reports()
+    compiled = torch.compile(e.model, backend="tcomp", options={"passes": [("tokens.merge", {"r": 2})]})
+    with torch.no_grad():
+        out = compiled(*e.example_inputs, **e.example_kwargs)
+    rec = next(p for p in tcomp.dynamo.reports()[-1].passes if p["name"] == "tokens.merge")
+    assert rec["status"] == "applied" and rec["rewrites"] == 2
+    assert rel_error(out, ref) < 1e-5
+    torch._dynamo.reset()
