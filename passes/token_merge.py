@@ -202,11 +202,12 @@ def _weighted_means(gm: fx.GraphModule, size: fx.Node) -> None:
         if rank != 3 or [d % rank for d in dims] != [1]:
             continue
         keepdim = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+        call = graph.call_function  # fake values come later, from reshape_tokens
         with graph.inserting_before(n):
-            total = add_node(graph, aten.sum.dim_IntList, (size, [1], True))
-            w = add_node(graph, aten.unsqueeze.default, (add_node(graph, aten.div.Tensor, (size, total)), -1))
-            xw = add_node(graph, aten.mul.Tensor, (x, add_node(graph, aten.to.dtype, (w, val(x).dtype))))
-            out = add_node(graph, aten.sum.dim_IntList, (xw, [1], keepdim))
+            total = call(aten.sum.dim_IntList, (size, [1], True))
+            w = call(aten.unsqueeze.default, (call(aten.div.Tensor, (size, total)), -1))
+            xw = call(aten.mul.Tensor, (x, call(aten.to.dtype, (w, val(x).dtype))))
+            out = call(aten.sum.dim_IntList, (xw, [1], keepdim))
         n.replace_all_uses_with(out)
         graph.erase_node(n)
 
