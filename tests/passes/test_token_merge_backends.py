@@ -45,7 +45,7 @@ def test_triton_backend_runs_proportional_attention(name):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
-@pytest.mark.parametrize("name", ["vit", "bert"])
+@pytest.mark.parametrize("name", ["bert"])  # padding mask, dynamic sequence length
 def test_onnxruntime_backend_exports_the_merge(name):
     import tcomp.backends  # noqa: F401
 
@@ -67,7 +67,7 @@ def test_pipeline_verifies_the_merge_against_its_contract():
     assert rec.status == "applied" and 0 < rec.error <= rec.tolerance
 
 
-@pytest.mark.parametrize("name", ["vit", "bert"])
+@pytest.mark.parametrize("name", ["bert"])  # post-LN: native_layer_norm in the AOT graph
 def test_torch_compile_backend_merges_like_export(name):
     """``torch.compile(m, backend="tcomp", options={"passes": [("tokens.merge", ...)]})`` rewrites
     the AOTAutograd graph (native_layer_norm there) the same way as the exported one."""
