@@ -38,6 +38,8 @@ EXAMPLE_INPUTS_ATTR = "_tcomp_example_inputs"  # optional flat tuple of real ten
 ONNX_BUFFER = "_onnx_model"
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
+# further dialect ops' ONNX translations: {op overload: factory of the onnxscript function}
+TRANSLATIONS: dict[Any, Any] = {}
 
 
 # --------------------------------------------------------------------------- runtime
@@ -399,7 +401,10 @@ def export_onnx(gm: fx.GraphModule, *, optimize: bool = True, fused: bool = Fals
         flat,
         args,
         dynamo=True,
-        custom_translation_table={torch.ops.tcomp.attention.default: _attention_onnx(fused)},
+        custom_translation_table={
+            torch.ops.tcomp.attention.default: _attention_onnx(fused),
+            **{o: make() for o, make in TRANSLATIONS.items()},
+        },
         dynamic_shapes=dynamic_shapes(gm),
         input_names=ph_names,
         optimize=optimize,
@@ -418,3 +423,5 @@ def export_onnx(gm: fx.GraphModule, *, optimize: bool = True, fused: bool = Fals
 
 
 register_backend(OnnxRuntimeBackend())
+
+from tcomp.backends import onnx_token_merge  # noqa: E402,F401 - registers tcomp.token_merge's translation

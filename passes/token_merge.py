@@ -1,0 +1,223 @@
+"""``tokens.merge``: token merging (ToMe, Bolya et al. 2023) as a graph rewrite of encoder models.
+
+In each chosen block, between attention and MLP, ``tcomp.token_merge`` pairs tokens by bipartite
+soft matching on the attention keys (cosine similarity of the keys averaged over heads) and merges
+the ``r`` most similar pairs by size-weighted average, tracking how many original tokens each one
+stands for. Every later attention becomes *proportional*: ``log(size)`` is added to the logits of
+each key (an additive (B, 1, 1, N) bias of ``tcomp.attention``), so a merged token weighs what its
+originals weighed together. Shapes stay static: ``r`` per block is fixed when the pass runs
+(:mod:`tcomp.passes.token_merge_schedule`).
+
+* Protected tokens (``protected``, default ``(0,)``: CLS) are never merged and never merged into;
+  they move to the front in the order given, so ``x[:, 0]`` stays the CLS token.
+* Padding: when a site's mask/bias is computed from a (B, N) padding-mask input, merging knows which
+  tokens are padding: padding only merges with padding (first: it is free), real tokens only with
+  real tokens, merged padding stays masked in every later attention.
+* Outputs (``outputs``): ``"unmerge"`` (default) restores the original token count after the last
+  block (each original token takes the value of the token it was merged into, through a source map
+  composed of each step's ``assign``), so output shapes never change; CLS pooling reads the CLS
+  token's own value and mean pooling over the original tokens equals the size-weighted mean over
+  merged ones (exactly). ``"merged"`` leaves the final norm/pooling/head on the merged tokens (no
+  gather) and is refused when an output would change shape; ``aten.mean`` over the token axis
+  becomes the size-weighted mean there.
+
+Contract: EMPIRICAL. ``r = 0`` everywhere rewrites nothing (EXACT, the identity). Merging exact
+duplicate tokens with proportional attention is lossless (FP_EQUIVALENT; the property test in
+tests/passes/test_token_merge.py). Precondition: at run time every block still has the tokens its
+``r`` needs (``N_l >= 2 r_l + protected``; the schedule is resolved on the example inputs' length).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+
+from tcomp import meta
+from tcomp.errors import PassError
+from tcomp.graph import add_node, dead_code, module_path, shape, val
+from tcomp.ops import attention_nodes
+from tcomp.passes.token_merge_graph import (
+    NotABlock,
+    block_output,
+    merge_point,
+    padding_keep,
+    reshape_tokens,
+)
+from tcomp.passes.token_merge_schedule import resolve
+from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
+
+aten = torch.ops.aten
+TOKEN_MERGE = torch.ops.tcomp.token_merge.default
+
+CONTRACT = Contract(
+    Exactness.EMPIRICAL,
+    metric="relative error of the outputs vs the unmerged float64 reference",
+    tolerance=0.35,
+    preconditions="encoder blocks (attention -> residual -> MLP), key-padding masks only, "
+    "run-time sequence length >= the example's",
+)
+
+
+def _hint(d) -> int:
+    if isinstance(d, int):
+        return d
+    return int(d.node.hint if d.node.hint is not None else d.node.shape_env.size_hint(d.node.expr))
+
+
+@register_pass("tokens.merge", CONTRACT, after=("canonicalize",))
+def token_merge(
+    gm: fx.GraphModule,
+    *,
+    r: int | list[int] | None = None,
+    inflect: float = 0.0,
+    keep: float | None = None,
+    protected: tuple[int, ...] | list[int] = (0,),
+    prop_attn: bool = True,
+    outputs: str = "unmerge",
+) -> PassResult:
+    """Merge similar tokens between attention and MLP of encoder blocks (EMPIRICAL; r = 0: EXACT)."""
+    if outputs not in ("unmerge", "merged"):
+        raise PassError(f"tokens.merge: outputs={outputs!r}; use 'unmerge' (default) or 'merged'")
+    result = PassResult(gm)
+    sites = attention_nodes(gm)
+    if not sites:
+        result.notes.append("no tcomp.attention sites (run canonicalize first)")
+        return result
+    points: list[fx.Node | None] = []
+    for attn in sites:
+        try:
+            points.append(merge_point(attn))
+        except NotABlock as why:
+            points.append(None)
+            result.notes.append(f"site {_where(attn)}: no merging ({why})")
+    first_ok = next((p for p in points if p is not None), None)
+    if first_ok is None:
+        return result
+    tokens = shape(first_ok)[:2]
+    protected = [int(i) for i in protected]
+    schedule = resolve(len(sites), _hint(tokens[1]), len(protected), r=r, inflect=inflect, keep=keep)
+    schedule = [ri if p is not None else 0 for ri, p in zip(schedule, points)]
+    if not any(schedule):
+        result.notes.append("r = 0 at every site: graph unchanged")
+        return result
+    first = next(i for i, ri in enumerate(schedule) if ri)
+    try:
+        if points[-1] is None:
+            raise NotABlock("the last attention site is not in a block, so there is no place to unmerge")
+        end = block_output(points[-1])
+        pad = None
+        for i in range(first, len(sites)):
+            found = padding_keep(sites[i], tokens)
+            pad = pad if found is None else found
+    except NotABlock as why:
+        result.notes.append(f"not merged: {why}")
+        return result
+    old_vals = {n: val(n) for n in gm.graph.nodes}
+    first_node = _rewrite(gm, sites, points, schedule, end, pad, protected, prop_attn, outputs)
+    try:
+        reshape_tokens(gm, first_node, old_vals)
+        if outputs == "merged":
+            _check_outputs(gm, old_vals)
+    except NotABlock as why:
+        raise PassError(f"tokens.merge: {why}; try outputs='unmerge' or fewer merged layers") from why
+    dead_code(gm.graph)
+    gm.graph.lint()
+    gm.recompile()
+    n = _hint(tokens[1])
+    for i, (attn, ri) in enumerate(zip(sites, schedule)):
+        result.sites.append({"site": i, "source": attn.meta.get(meta.ATTN_SOURCE, ""), "tokens": n, "r": ri})
+        n -= ri
+    result.rewrites = sum(1 for ri in schedule if ri)
+    result.notes.append(
+        f"schedule r={schedule} on {_hint(tokens[1])} example tokens: {n} left after the last block; "
+        f"protected {protected}; padding {'from input ' + pad.name if pad is not None else 'none'}; "
+        f"proportional attention {'on' if prop_attn else 'off'}; outputs {outputs}"
+    )
+    return result
+
+
+def _where(n: fx.Node) -> str:
+    return n.meta.get(meta.ATTN_SOURCE) or module_path(n) or n.name
+
+
+def _after(n: fx.Node):
+    return n.graph.inserting_before(n.next)
+
+
+def _rewrite(gm, sites, points, schedule, end, pad, protected, prop_attn, outputs) -> fx.Node:
+    """Insert the merges, the proportional/padding attention arguments and the unmerge; returns
+    the first inserted node (shapes from there on are recomputed by the caller)."""
+    graph = gm.graph
+    keep = None
+    if pad is not None:
+        with _after(pad):
+            keep = add_node(graph, aten.ne.Scalar, (pad, 0))
+    size = src_map = bias = mask = first_node = None
+    prot = list(protected)
+    for attn, point, ri in zip(sites, points, schedule):
+        if first_node is not None:
+            q, k, v, _b, _m, scale, causal = attn.args[:7]
+            attn.args = (q, k, v, bias, mask, scale, causal)
+        if not ri:
+            continue
+        with _after(point):
+            merged = add_node(graph, TOKEN_MERGE, (point, attn.args[1], size, keep, ri, prot))
+            x, size, new_keep, assign = (add_node(graph, operator.getitem, (merged, j)) for j in range(4))
+            keep = new_keep if pad is not None else None
+            src_map = (
+                assign if src_map is None else add_node(graph, aten.gather.default, (assign, 1, src_map))
+            )
+            bias = _per_key(graph, add_node(graph, aten.log.default, (size,))) if prop_attn else None
+            mask = _per_key(graph, keep) if keep is not None else None
+        point.replace_all_uses_with(x, delete_user_cb=lambda u, m=merged: u is not m)
+        first_node = first_node or merged
+        prot = list(range(len(protected)))
+    if outputs == "unmerge":
+        with _after(end):
+            idx = add_node(graph, aten.unsqueeze.default, (src_map, -1))
+            idx = add_node(graph, aten.expand.default, (idx, [-1, -1, shape(end)[-1]]))
+            full = add_node(graph, aten.gather.default, (end, 1, idx))
+        end.replace_all_uses_with(full, delete_user_cb=lambda u: u is not full)
+    else:
+        _weighted_means(gm, size)
+    return first_node
+
+
+def _per_key(graph: fx.Graph, t: fx.Node) -> fx.Node:
+    """(B, N) -> (B, 1, 1, N): one value per key, broadcast over heads and queries."""
+    return add_node(graph, aten.unsqueeze.default, (add_node(graph, aten.unsqueeze.default, (t, 1)), 1))
+
+
+def _weighted_means(gm: fx.GraphModule, size: fx.Node) -> None:
+    """``outputs="merged"``: means over the token axis of merged tokens become size-weighted."""
+    graph = gm.graph
+    nodes = list(graph.nodes)
+    for n in nodes[nodes.index(size) :]:
+        if n.op != "call_function" or n.target is not aten.mean.dim:
+            continue
+        x, dims = n.args[0], n.args[1]
+        rank = len(shape(x) or ())
+        if rank != 3 or [d % rank for d in dims] != [1]:
+            continue
+        keepdim = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+        call = graph.call_function  # fake values come later, from reshape_tokens
+        with graph.inserting_before(n):
+            total = call(aten.sum.dim_IntList, (size, [1], True))
+            w = call(aten.unsqueeze.default, (call(aten.div.Tensor, (size, total)), -1))
+            xw = call(aten.mul.Tensor, (x, call(aten.to.dtype, (w, val(x).dtype))))
+            out = call(aten.sum.dim_IntList, (xw, [1], keepdim))
+        n.replace_all_uses_with(out)
+        graph.erase_node(n)
+
+
+def _check_outputs(gm: fx.GraphModule, old_vals: dict) -> None:
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    for leaf in torch.utils._pytree.tree_leaves(out.args[0]):
+        if isinstance(leaf, fx.Node) and isinstance(val(leaf), torch.Tensor):
+            before, after = old_vals.get(leaf), val(leaf)
+            if before is not None and tuple(map(str, before.shape)) != tuple(map(str, after.shape)):
+                raise NotABlock(
+                    f"output {leaf.name} is token-level ({tuple(before.shape)} -> {tuple(after.shape)})"
+                )
