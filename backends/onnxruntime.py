@@ -11,6 +11,11 @@ The ONNX bytes are stored on the GraphModule as a uint8 buffer (``_onnx_model``)
 runner, so a pickled or reloaded GraphModule recreates its session from them; sessions are cached
 per process in ``_SESSIONS`` keyed by the sha256 of the bytes.
 
+With ``fused=True`` the backend emits ORT's com.microsoft contrib kernels where the graph has
+them: ``tcomp.attention`` as ``MultiHeadAttention``, and, rewritten on the fx graph first
+(``onnxruntime_fusions.py``), residual add + LayerNorm as ``SkipLayerNormalization`` and linear
+bias + GELU as ``BiasGelu`` (erf) / ``FastGelu`` (tanh) -- float32 sites only.
+
 Attention translation (trace-only onnxscript function, specialised in Python on the call's
 arguments): bias None or additive float, mask None or bool (True = keep), causal (top-left),
 GQA/MQA (k/v heads expanded), any static scale. Fully-masked rows give zeros (NaN rows from

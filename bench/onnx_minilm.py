@@ -57,11 +57,36 @@ def session(model_bytes: bytes):
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
+def op_time_shares(model_bytes: bytes, feed: dict, runs: int = 4) -> dict[str, float]:
+    """Share of ORT kernel time per op type (ORT's profiler, ``runs`` calls after one warm-up)."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
+    sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    feed = {k: v for k, v in feed.items() if k in {i.name for i in sess.get_inputs()}}
+    for _ in range(runs + 1):
+        sess.run(None, feed)
+    totals: dict[str, float] = {}
+    for ev in json.loads(Path(sess.end_profiling()).read_text()):
+        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+            op = ev["args"]["op_name"]
+            totals[op] = totals.get(op, 0.0) + ev["dur"]
+    whole = sum(totals.values())
+    return {k: round(v / whole, 4) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=8, help="timed calls per variant per round")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls per variant per round")
+    ap.add_argument("--profile", action="store_true", help="record ORT's kernel time share per op type")
     ap.add_argument(
         "--out", default=str(Path(__file__).resolve().parent / "results" / "onnx-minilm-cpu.json")
     )
@@ -126,6 +151,7 @@ def main() -> None:
             lambda: s_opt.run(None, feed_o),
             s_opt.run(None, feed_o)[0],
             fused=fused_ops,
+            op_time_shares=op_time_shares(opt.model.SerializeToString(), feed) if a.profile else None,
         )
     except Exception as exc:  # noqa: BLE001 - optional path
         print(f"transformers optimizer skipped: {type(exc).__name__}: {exc}")
@@ -155,6 +181,9 @@ def main() -> None:
                 om(ids, attention_mask=am),
                 lowering=rec.status,
                 lowering_notes=rec.notes,
+                op_time_shares=(
+                    op_time_shares(bytes(om.graph_module._onnx_model.numpy()), feed) if a.profile else None
+                ),
                 rel_error_vs_fp64=rec.error,
                 compile_s=compile_s,
             )

@@ -39,7 +39,7 @@ def _quiet() -> None:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
+    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)  # one line, whatever the width
     raise typer.Exit(2)
 
 

@@ -34,6 +34,6 @@ def test_bad_paths_exit_2(tmp_path):
         (str(tmp_path / "folder"), "config.json"),
         (str(bad), "cannot load it as a torch.export program"),
     ):
-        res = runner.invoke(app, ["inspect", spec], env={"COLUMNS": "300"})
+        res = runner.invoke(app, ["inspect", spec])
         assert res.exit_code == 2, (spec, res.output)
         assert words in res.output and len(res.output.strip().splitlines()) == 1, res.output
