@@ -11,6 +11,11 @@ The ONNX bytes are stored on the GraphModule as a uint8 buffer (``_onnx_model``)
 runner, so a pickled or reloaded GraphModule recreates its session from them; sessions are cached
 per process in ``_SESSIONS`` keyed by the sha256 of the bytes.
 
+With ``fused=True`` the backend emits ORT's com.microsoft contrib kernels where the graph has
+them: ``tcomp.attention`` as ``MultiHeadAttention``, and, rewritten on the fx graph first
+(``onnxruntime_fusions.py``), residual add + LayerNorm as ``SkipLayerNormalization`` and linear
+bias + GELU as ``BiasGelu`` (erf) / ``FastGelu`` (tanh) -- float32 sites only.
+
 Attention translation (trace-only onnxscript function, specialised in Python on the call's
 arguments): bias None or additive float, mask None or bool (True = keep), causal (top-left),
 GQA/MQA (k/v heads expanded), any static scale. Fully-masked rows give zeros (NaN rows from
@@ -30,6 +35,7 @@ import torch
 import torch.fx as fx
 
 from tcomp.backend import Backend, register_backend
+from tcomp.backends.onnxruntime_fusions import fuse_epilogues
 from tcomp.graph import val
 from tcomp.pipeline import PassResult
 
@@ -154,37 +160,88 @@ def _attention_onnx(fused: bool = False):
 
 
 class _MsftOps:
-    """``MultiHeadAttention`` of the com.microsoft domain, with a hand-written schema (onnx does not
-    ship ORT's contrib schemas and the exporter needs one to build the node)."""
+    """ORT's com.microsoft contrib ops the backend emits, with hand-written schemas (onnx does not
+    ship ORT's contrib schemas and the exporter needs one to build a node). Only the inputs,
+    outputs and attributes tcomp uses are declared; ORT checks the node against its full schema."""
 
     def __init__(self) -> None:
-        from onnx.defs import OpSchema
-        from onnxscript.values import Op, Opset
-
-        P = OpSchema.FormalParameter
-        opt = OpSchema.FormalParameterOption.Optional
-        names = ["query", "key", "value", "bias", "key_padding_mask", "attention_bias"]
-        inputs = [
-            P(
-                n,
-                "T" if n != "key_padding_mask" else "M",
-                param_option=opt if i else OpSchema.FormalParameterOption.Single,
-            )
-            for i, n in enumerate(names)
-        ]
-        schema = OpSchema(
+        f32 = ["tensor(float)", "tensor(float16)"]
+        self.MultiHeadAttention = _contrib_op(
             "MultiHeadAttention",
-            "com.microsoft",
-            1,
-            inputs=inputs,
-            outputs=[P("output", "T")],
-            type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int32)"], "")],
-            attributes=[
-                OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, ""),
-                OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, ""),
-            ],
+            ["query", "key", "value", "bias?", "key_padding_mask?:M", "attention_bias?"],
+            {"num_heads": "INT", "scale": "FLOAT"},
+            {"T": f32, "M": ["tensor(int32)"]},
         )
-        self.MultiHeadAttention = Op(Opset("com.microsoft", 1), "MultiHeadAttention", schema)
+        self.SkipLayerNormalization = _contrib_op(
+            "SkipLayerNormalization",
+            ["input", "skip", "gamma", "beta?", "bias?"],
+            {"epsilon": "FLOAT"},
+            {"T": f32},
+        )
+        self.BiasGelu = _contrib_op("BiasGelu", ["A", "B"], {}, {"T": f32})
+        self.FastGelu = _contrib_op("FastGelu", ["X", "bias?"], {}, {"T": f32})
+
+
+def _contrib_op(name: str, inputs: list[str], attrs: dict[str, str], types: dict[str, list[str]]) -> Any:
+    """An onnxscript ``Op`` of the com.microsoft domain. ``inputs``: ``"name"``, ``"name?"``
+    (optional), ``"name:M"`` (type constraint M instead of T); one output "output" of type T."""
+    from onnx.defs import OpSchema
+    from onnxscript.values import Op, Opset
+
+    P, Opt = OpSchema.FormalParameter, OpSchema.FormalParameterOption
+    params = []
+    for spec in inputs:
+        spec, _, tc = spec.partition(":")
+        optional = spec.endswith("?")
+        params.append(P(spec.rstrip("?"), tc or "T", param_option=Opt.Optional if optional else Opt.Single))
+    schema = OpSchema(
+        name,
+        "com.microsoft",
+        1,
+        inputs=params,
+        outputs=[P("output", "T")],
+        type_constraints=[(k, v, "") for k, v in types.items()],
+        attributes=[OpSchema.Attribute(a, getattr(OpSchema.AttrType, t), "") for a, t in attrs.items()],
+    )
+    return Op(Opset("com.microsoft", 1), name, schema)
+
+
+def _epilogue_onnx() -> dict:
+    """Translations of the fused-epilogue dialect ops (``backends/onnxruntime_fusions.py``) into
+    their com.microsoft kernels."""
+    from onnxscript import FLOAT
+
+    msft = _MsftOps()
+
+    def tcomp_bias_gelu(x: FLOAT, bias: FLOAT, approximate: str = "none") -> FLOAT:
+        if approximate == "none":
+            return msft.BiasGelu(x, bias)  # exact erf GELU
+        return msft.FastGelu(x, bias)  # the tanh formula, as aten.gelu(approximate="tanh")
+
+    def tcomp_skip_layer_norm(
+        x: FLOAT,
+        skip: FLOAT,
+        weight: FLOAT,
+        bias: FLOAT | None = None,
+        residual_bias: FLOAT | None = None,
+        eps: float = 1e-5,
+    ) -> FLOAT:
+        return msft.SkipLayerNormalization(x, skip, weight, bias, residual_bias, epsilon=float(eps))
+
+    tcomp_bias_gelu.__annotations__ = {"x": FLOAT, "bias": FLOAT, "approximate": str, "return": FLOAT}
+    tcomp_skip_layer_norm.__annotations__ = {
+        "x": FLOAT,
+        "skip": FLOAT,
+        "weight": FLOAT,
+        "bias": FLOAT | None,
+        "residual_bias": FLOAT | None,
+        "eps": float,
+        "return": FLOAT,
+    }
+    return {
+        torch.ops.tcomp.bias_gelu.default: tcomp_bias_gelu,
+        torch.ops.tcomp.skip_layer_norm.default: tcomp_skip_layer_norm,
+    }
 
 
 def _mha(op, msft, q, k, v, bias, mask, scale, causal, h, d, dv):
@@ -244,7 +301,9 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, fused: bool = False) -> None:
         super().__init__()
-        self.fused = fused  # com.microsoft.MultiHeadAttention instead of standard ops
+        # com.microsoft contrib ops: MultiHeadAttention instead of standard ops, and the fused
+        # epilogues SkipLayerNormalization and BiasGelu/FastGelu (backends/onnxruntime_fusions.py)
+        self.fused = fused
         import tcomp.ops  # noqa: F401 - the dialect must be registered to key on it
 
     def available(self) -> str | None:
@@ -261,6 +320,7 @@ class OnnxRuntimeBackend(Backend):
             return result
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         out_node = next(n for n in gm.graph.nodes if n.op == "output")
+        fusions = fuse_epilogues(gm) if self.fused else {}
         onnx_bytes, input_names = export_onnx(gm, fused=self.fused)
         key = hashlib.sha256(onnx_bytes).hexdigest()
         _session(key, onnx_bytes)
@@ -301,6 +361,11 @@ class OnnxRuntimeBackend(Backend):
             + ("as com.microsoft.MultiHeadAttention" if self.fused else "as MatMul/Softmax/Where")
             + ") and run by an onnxruntime InferenceSession (ORT_ENABLE_ALL)"
         )
+        if fusions:
+            result.notes.append(
+                f"{fusions['skip_layer_norm']} residual add + LayerNorm as com.microsoft.SkipLayerNormalization, "
+                f"{fusions['bias_gelu']} linear bias + GELU as com.microsoft.BiasGelu/FastGelu"
+            )
         return result
 
 
@@ -404,6 +469,7 @@ def export_onnx(gm: fx.GraphModule, *, optimize: bool = True, fused: bool = Fals
         custom_translation_table={
             torch.ops.tcomp.attention.default: _attention_onnx(fused),
             **{o: make() for o, make in TRANSLATIONS.items()},
+            **_epilogue_onnx(),
         },
         dynamic_shapes=dynamic_shapes(gm),
         input_names=ph_names,

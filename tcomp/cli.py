@@ -5,15 +5,20 @@
     tcomp optimize SPEC --target T [--passes P] -o DIR   optimize and write the artifact folder
     tcomp verify DIR [--model SPEC]               re-check hashes (and outputs against the source model)
     tcomp run DIR --input FILE [-o OUT]           run an artifact on inputs stored as safetensors
+    tcomp bench SPEC --target T                   median latency: tcomp vs eager vs torch.compile
 
-Exit codes: 0 success, 1 a pass was rolled back (output still written), 2 bad input or capture failure.
+Exit codes: 0 success, 1 a pass was rolled back or a bench variant failed (output still written),
+2 bad input or capture failure.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import statistics
+import time
 import warnings
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -23,6 +28,9 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="tcomp: a verified compiler for PyTorch transformers."
 )
 console = Console()
+SPEC_HELP = (
+    "zoo name (e.g. bert, minilm, default), package.module:factory, a .pt2 file or a Hugging Face folder"
+)
 
 
 def _quiet() -> None:
@@ -31,7 +39,7 @@ def _quiet() -> None:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
+    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)  # one line, whatever the width
     raise typer.Exit(2)
 
 
@@ -62,7 +70,7 @@ def passes(as_json: bool = typer.Option(False, "--json", help="machine-readable 
 
 @app.command()
 def inspect(
-    spec: str = typer.Argument(..., help="zoo name (e.g. bert, minilm, default) or package.module:factory"),
+    spec: str = typer.Argument(..., help=SPEC_HELP),
     target: str = typer.Option("cpu", help="target for the roofline: cpu, a100, h100, h200"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -108,7 +116,7 @@ def inspect(
 
 @app.command()
 def optimize(
-    spec: str = typer.Argument(..., help="zoo name (e.g. bert, minilm, default) or package.module:factory"),
+    spec: str = typer.Argument(..., help=SPEC_HELP),
     target: str = typer.Option("cpu", help="cpu, a100, h100, h200"),
     passes: str = typer.Option("", help="comma-separated pass names (default: the target's exact pipeline)"),
     output: str = typer.Option(..., "-o", "--output", help="artifact folder to write"),
@@ -221,6 +229,152 @@ def run(
         console.print(f"{name}: {tuple(t.shape)} {t.dtype}")
     if output:
         save_file(tensors, output)
+
+
+@app.command()
+def bench(
+    spec: str = typer.Argument(..., help=SPEC_HELP),
+    target: str = typer.Option("cpu", help="cpu, a100, h100, h200 (GPU targets run on CUDA when present)"),
+    backend: str = typer.Option("", help="backend for tcomp (default: the target's)"),
+    iters: int = typer.Option(20, min=1, help="timed calls per variant per round"),
+    warmup: int = typer.Option(3, min=0, help="untimed calls per variant per round"),
+    rounds: int = typer.Option(3, min=1, help="rounds; the variants are timed interleaved, round by round"),
+    no_compile: bool = typer.Option(False, "--no-compile", help="leave torch.compile (inductor) out"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Median latency on the spec's example inputs: tcomp (the target's backend, exact passes)
+    against eager and torch.compile (inductor), with ratios and each output's error vs eager."""
+    import torch
+
+    import tcomp
+    from tcomp.errors import TcompError
+    from tcomp.spec import load_spec
+    from tcomp.targets import get_target
+
+    _quiet()
+    try:
+        tgt = get_target(target)
+        loaded = load_spec(spec)
+        model, args, kwargs = loaded.model.eval(), loaded.args, loaded.kwargs
+        if tgt.kind == "gpu" and torch.cuda.is_available():
+            model, (args, kwargs) = model.cuda(), _to_device((args, kwargs), "cuda")
+        variants: dict[str, Any] = {"eager": model}
+        setup: dict[str, float] = {"eager": 0.0}
+        with console.status(f"optimizing {loaded.name} for {tgt.name}"):
+            t0 = time.perf_counter()
+            om = tcomp.optimize(model, args, target=tgt, backend=backend or None, example_kwargs=kwargs)
+            setup["tcomp"], variants["tcomp"] = time.perf_counter() - t0, om
+    except TcompError as exc:
+        _fail(exc)
+    failed: dict[str, str] = {}
+    if not no_compile:
+        variants["torch.compile"] = torch.compile(model)  # compiled on the first (warm-up) call
+    with torch.no_grad():
+        outs = {}
+        for name in list(variants):
+            t0 = time.perf_counter()
+            try:
+                outs[name] = variants[name](*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - reported as a failed variant, never fatal
+                failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                del variants[name]
+                continue
+            setup[name] = setup.get(name, 0.0) + time.perf_counter() - t0
+        with console.status(f"timing {', '.join(variants)}"):
+            times = _time_interleaved(variants, args, kwargs, iters=iters, warmup=warmup, rounds=rounds)
+    result = _bench_result(loaded.name, tgt.name, om, times, outs, setup, failed)
+    result.update(iters=iters, warmup=warmup, rounds=rounds)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        _bench_table(result)
+    if failed or any(r.status == "rolled_back" for r in om.report.passes):
+        raise typer.Exit(1)
+
+
+def _to_device(tree: Any, device: str) -> Any:
+    import torch.utils._pytree as pytree
+
+    return pytree.tree_map(lambda x: x.to(device) if hasattr(x, "to") else x, tree)
+
+
+def _time_interleaved(variants: dict, args: tuple, kwargs: dict, *, iters: int, warmup: int, rounds: int):
+    """{variant: [ms per timed call]}, every variant timed in each round (load hits them alike)."""
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            for i in range(warmup + iters):
+                sync()
+                t0 = time.perf_counter()
+                fn(*args, **kwargs)
+                sync()
+                if i >= warmup:
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _bench_result(model: str, target: str, om: Any, times: dict, outs: dict, setup: dict, failed: dict):
+    from tcomp.verify import rel_error
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = []
+    for name, ms in med.items():
+        rows.append(
+            {
+                "name": name,
+                "median_ms": ms,
+                "min_ms": min(times[name]),
+                "vs_eager": med["eager"] / ms,  # > 1: faster than eager
+                "vs_torch_compile": med["torch.compile"] / ms if "torch.compile" in med else None,
+                "rel_error_vs_eager": rel_error(outs[name], outs["eager"]),
+                "setup_s": setup[name],
+            }
+        )
+    rows += [{"name": k, "error": v} for k, v in failed.items()]
+    lowering = [r for r in om.report.passes if r.name.startswith("lower.")]
+    return {
+        "model": model,
+        "target": target,
+        "backend": lowering[0].name.removeprefix("lower.") if lowering else "eager",
+        "passes": [{"name": r.name, "status": r.status, "error": r.error} for r in om.report.passes],
+        "rows": rows,
+    }
+
+
+def _bench_table(result: dict) -> None:
+    t = Table(title=f"{result['model']} on {result['target']} (tcomp backend: {result['backend']})")
+    for col in (
+        "variant",
+        "median ms",
+        "min ms",
+        "vs eager",
+        "vs torch.compile",
+        "rel. error vs eager",
+        "setup s",
+    ):
+        t.add_column(col, justify="left" if col == "variant" else "right")
+    for r in result["rows"]:
+        if "error" in r:
+            t.add_row(r["name"], "[red]failed[/red]", "", "", "", r["error"], "")
+            continue
+        vs_tc = r["vs_torch_compile"]
+        t.add_row(
+            r["name"],
+            f"{r['median_ms']:.3f}",
+            f"{r['min_ms']:.3f}",
+            f"{r['vs_eager']:.2f}x",
+            "" if vs_tc is None else f"{vs_tc:.2f}x",
+            f"{r['rel_error_vs_eager']:.2e}",
+            f"{r['setup_s']:.1f}",
+        )
+    console.print(t)
+    console.print(
+        f"median of {result['rounds']} x {result['iters']} calls per variant, timed interleaved; "
+        "ratios > 1 mean faster; setup = optimize / first-call compile time"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
