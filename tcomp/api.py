@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -138,6 +139,7 @@ def optimize(
     verify_samples: int = 2,
     seed: int = 0,
     cudagraphs: bool | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> OptimizedModule:
     """Capture ``model`` on ``example_inputs``, rewrite it with ``passes`` and return a module that
     runs the result.
@@ -154,6 +156,7 @@ def optimize(
     * ``dynamic``: keep batch and sequence dims dynamic (the default).
     * ``cudagraphs``: replay the lowered graph as CUDA graphs, one per input shape, for CUDA inputs
       in inference (outputs are returned as fresh tensors). None: on for GPU targets.
+    * ``progress``: called with the name of each step as it starts (capture, reference, each pass).
 
     The user's model is never modified.
     """
@@ -164,13 +167,16 @@ def optimize(
     lowering = lowering_step(backend or tgt.default_backend, tgt)
     if lowering is not None:
         specs.append(lowering)
+    step = progress or (lambda _name: None)
+    step("capture")
     captured = capture(model, args, kwargs, dynamic=dynamic)
     reference = None
     if verify:
         from tcomp.verify import Reference
 
+        step("float64 reference")
         reference = Reference.build(model, args, kwargs, samples=verify_samples, seed=seed)
-    result = run_pipeline(captured.gm, specs, reference=reference)
+    result = run_pipeline(captured.gm, specs, reference=reference, progress=progress)
     report = Report(
         model=type(model).__name__, target=tgt.name, passes=result.records, dynamic_dims=captured.dims
     )

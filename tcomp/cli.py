@@ -13,6 +13,7 @@ Exit codes: 0 success, 1 a pass was rolled back or a bench variant failed (outpu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import statistics
@@ -36,6 +37,23 @@ SPEC_HELP = (
 def _quiet() -> None:
     logging.getLogger("torch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+
+
+@contextlib.contextmanager
+def _steps(title: str, quiet: bool = False):
+    """A progress line on stderr (spinner, current step, elapsed time) for long work; yields the
+    callback that names each step as it starts. Nothing is drawn with --json or off a terminal."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    err = Console(stderr=True)
+    if quiet or not err.is_terminal:
+        yield lambda _name: None
+        return
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
+    ) as bar:
+        task = bar.add_task(title)
+        yield lambda name: bar.update(task, description=f"{title}: {name}")
 
 
 def _fail(exc: Exception) -> None:
@@ -132,7 +150,7 @@ def optimize(
     names = [p.strip() for p in passes.split(",") if p.strip()] or None
     try:
         loaded = load_spec(spec)
-        with console.status(f"optimizing {loaded.name} for {target}"):
+        with _steps(f"optimizing {loaded.name} for {target}", quiet=as_json) as step:
             om = tcomp.optimize(
                 loaded.model,
                 loaded.args,
@@ -140,6 +158,7 @@ def optimize(
                 passes=names,
                 verify=not no_verify,
                 example_kwargs=loaded.kwargs,
+                progress=step,
             )
         om.report.model = loaded.name
         manifest = om.save(output)

@@ -137,3 +137,13 @@ def test_debug_prints_graph_per_pass(monkeypatch, capsys):
     monkeypatch.setenv("TCOMP_DEBUG", "1")
     tcomp.optimize(model, args, verify=False)
     assert "[tcomp] after canonicalize" in capsys.readouterr().out
+
+
+def test_optimize_names_each_step_as_it_starts():
+    steps = []
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU()).eval()
+    tcomp.optimize(m, (torch.randn(2, 8),), target="cpu", progress=steps.append)
+    assert steps[:3] == ["capture", "float64 reference", "canonicalize"]
+    steps.clear()
+    tcomp.optimize(m, (torch.randn(2, 8),), target="cpu", verify=False, progress=steps.append)
+    assert steps == ["capture", "canonicalize"]
