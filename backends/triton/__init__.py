@@ -28,7 +28,7 @@ class TritonBackend(Backend):
         self.impls[torch.ops.tcomp.attention.default] = (_check_attention, runtime.attention)
         from tcomp.backends.triton import linear_attention as lin  # tcomp.linear_attention (issue 5)
 
-        self.impls[torch.ops.tcomp.linear_attention.default] = (lin.check, lin.linear_attention)
+        self.impls[torch.ops.tcomp.linear_attention.default] = (_check_attention, lin.linear_attention)
 
     def available(self) -> str | None:
         if importlib.util.find_spec("triton") is None:
