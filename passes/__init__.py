@@ -3,4 +3,5 @@
 from tcomp.passes import (
     canonicalize,  # noqa: F401
     linear_attention,  # noqa: F401
+    softmax_free,  # noqa: F401
 )
