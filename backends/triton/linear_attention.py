@@ -18,6 +18,7 @@ only with a mask); ``codegen.load`` compiles it once per process.
 from __future__ import annotations
 
 import functools
+import textwrap
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +36,7 @@ import triton.language as tl
 
 @dataclass(frozen=True)
 class LinSpec:
-    kind: str  # "state" | "readout" | "causal"
+    kind: str  # "state" | "readout" | "causal" (sequential over chunks) | "chunk" (parallel over chunks)
     has_mask: bool
     ieee: bool
 
@@ -116,17 +117,17 @@ def {name}(
 CAUSAL = """
 @triton.jit
 def {name}(
-    Q, K, V, MSK, O,
+    Q, K, V, MSK, O, S, Z,
     sqb, sqh, sqn, sqf,
     skb, skh, skn, skf,
     svb, svh, svn, svd,
     smb, smn,
     sob, soh, son, sod,
-    H, N, F, DV, N_REP,
+    ss0, ss1, ss2, sz0, sz1,
+    H, N, F, DV, N_REP, BHK,
     BLOCK_C: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    pid_d = tl.program_id(1)
+{pids}
     b = pid_bh // H
     h = pid_bh % H
     hk = h // N_REP
@@ -135,28 +136,43 @@ def {name}(
     offs_dv = pid_d * BLOCK_DV + tl.arange(0, BLOCK_DV)
     f_ok = offs_f < F
     dv_ok = offs_dv < DV
-    kv = tl.zeros([BLOCK_F, BLOCK_DV], tl.float32)
-    z = tl.zeros([BLOCK_F], tl.float32)
+{state}
     tri = offs_c[None, :] <= offs_c[:, None]
-    for start in range(0, N, BLOCK_C):
-        rows = start + offs_c
-        ok = rows < N
-{key_ok}
-        q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + offs_f[None, :] * sqf,
-                    mask=ok[:, None] & f_ok[None, :], other=0.0).to(tl.float32)
-        k = tl.load(K + b * skb + hk * skh + rows[:, None] * skn + offs_f[None, :] * skf,
-                    mask=key_ok[:, None] & f_ok[None, :], other=0.0).to(tl.float32)
-        v = tl.load(V + b * svb + hk * svh + rows[:, None] * svn + offs_dv[None, :] * svd,
-                    mask=ok[:, None] & dv_ok[None, :], other=0.0).to(tl.float32)
-        s = tl.where(tri, tl.dot(q, tl.trans(k){dot}), 0.0)
-        num = tl.dot(s, v{dot}) + tl.dot(q, kv{dot})
-        den = tl.sum(s, 1) + tl.sum(q * z[None, :], 1)
-        out = tl.where(den[:, None] > 0.0, num / tl.where(den > 0.0, den, 1.0)[:, None], 0.0)
-        tl.store(O + b * sob + h * soh + rows[:, None] * son + offs_dv[None, :] * sod,
-                 out.to(O.dtype.element_ty), mask=ok[:, None] & dv_ok[None, :])
-        kv = tl.dot(tl.trans(k), v, kv{dot})
-        z += tl.sum(k, 0)
+{body}
 """
+
+# one chunk: rows [start, start + BLOCK_C) given the state (kv, z) of every earlier key
+CHUNK = """
+rows = start + offs_c
+ok = rows < N
+{key_ok}
+q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + offs_f[None, :] * sqf,
+            mask=ok[:, None] & f_ok[None, :], other=0.0).to(tl.float32)
+k = tl.load(K + b * skb + hk * skh + rows[:, None] * skn + offs_f[None, :] * skf,
+            mask=key_ok[:, None] & f_ok[None, :], other=0.0).to(tl.float32)
+v = tl.load(V + b * svb + hk * svh + rows[:, None] * svn + offs_dv[None, :] * svd,
+            mask=ok[:, None] & dv_ok[None, :], other=0.0).to(tl.float32)
+s = tl.where(tri, tl.dot(q, tl.trans(k){dot}), 0.0)
+num = tl.dot(s, v{dot}) + tl.dot(q, kv{dot})
+den = tl.sum(s, 1) + tl.sum(q * z[None, :], 1)
+out = tl.where(den[:, None] > 0.0, num / tl.where(den > 0.0, den, 1.0)[:, None], 0.0)
+tl.store(O + b * sob + h * soh + rows[:, None] * son + offs_dv[None, :] * sod,
+         out.to(O.dtype.element_ty), mask=ok[:, None] & dv_ok[None, :])
+"""
+
+SEQUENTIAL_PIDS = """    pid_bh = tl.program_id(0)
+    pid_d = tl.program_id(1)"""
+SEQUENTIAL_STATE = """    kv = tl.zeros([BLOCK_F, BLOCK_DV], tl.float32)
+    z = tl.zeros([BLOCK_F], tl.float32)"""
+SEQUENTIAL_UPDATE = """kv = tl.dot(tl.trans(k), v, kv{dot})
+z += tl.sum(k, 0)"""
+PARALLEL_PIDS = """    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_d = tl.program_id(2)
+    start = pid_c * BLOCK_C"""
+PARALLEL_STATE = """    kv_base = pid_c * ss0 + (b * (H // N_REP) + hk) * ss1
+    kv = tl.load(S + kv_base + offs_f[:, None] * ss2 + offs_dv[None, :])
+    z = tl.load(Z + pid_c * sz0 + (b * (H // N_REP) + hk) * sz1 + offs_f)"""
 
 
 def render(spec: LinSpec) -> str:
@@ -173,10 +189,18 @@ def render(spec: LinSpec) -> str:
     if spec.kind == "readout":
         return HEADER + READOUT.format(name=spec.name, dot=dot)
     if spec.has_mask:
-        key_ok = f"{i}key_ok = ok & (tl.load(MSK + b * smb + rows * smn, mask=ok, other=0) != 0)"
+        key_ok = "key_ok = ok & (tl.load(MSK + b * smb + rows * smn, mask=ok, other=0) != 0)"
     else:
-        key_ok = f"{i}key_ok = ok"
-    return HEADER + CAUSAL.format(name=spec.name, key_ok=key_ok, dot=dot)
+        key_ok = "key_ok = ok"
+    body = CHUNK.format(key_ok=key_ok, dot=dot).strip("\n")
+    if spec.kind == "causal":  # one program walks the whole sequence
+        body = "    for start in range(0, N, BLOCK_C):\n" + textwrap.indent(
+            body + "\n" + SEQUENTIAL_UPDATE.format(dot=dot), i
+        )
+        return HEADER + CAUSAL.format(name=spec.name, pids=SEQUENTIAL_PIDS, state=SEQUENTIAL_STATE, body=body)
+    # "chunk": one program per chunk, reading the prefix state of the chunks before it
+    body = textwrap.indent(body, "    ")
+    return HEADER + CAUSAL.format(name=spec.name, pids=PARALLEL_PIDS, state=PARALLEL_STATE, body=body)
 
 
 @functools.cache
@@ -184,8 +208,10 @@ def kernel_for(spec: LinSpec, interp: bool):
     return load(render(spec), spec.name)
 
 
-def specs_for(q_dtype: torch.dtype, has_mask: bool, causal: bool) -> list[LinSpec]:
+def specs_for(q_dtype: torch.dtype, has_mask: bool, causal: bool, parallel: bool = False) -> list[LinSpec]:
     ieee = q_dtype == torch.float32
+    if causal and parallel:
+        return [LinSpec("state", has_mask, ieee), LinSpec("chunk", has_mask, ieee)]
     if causal:
         return [LinSpec("causal", has_mask, ieee)]
     return [LinSpec("state", has_mask, ieee), LinSpec("readout", False, ieee)]
@@ -200,9 +226,10 @@ def _splits(b_hk: int, m: int, block_n: int, interp: bool) -> int:
 
 
 def linear_attention(q, k, v, key_mask, causal: bool, target: str = "h200", block: int | None = None,
-                     splits: int | None = None):  # fmt: skip
+                     splits: int | None = None, parallel: bool | None = None):  # fmt: skip
     """``tcomp.linear_attention`` on the generated kernels (same arguments and result); ``block``
-    and ``splits`` (sequence splits of the state reduction) override the defaults."""
+    ``splits`` (sequence splits of the state reduction) and ``parallel`` (causal: one program per
+    chunk over prefix states instead of one per head walking the chunks) override the defaults."""
     b, h, n, f = q.shape
     hk, m, dv = k.shape[1], k.shape[2], v.shape[3]
     out = torch.empty((b, h, n, dv), dtype=q.dtype, device=q.device)
@@ -214,16 +241,35 @@ def linear_attention(q, k, v, key_mask, causal: bool, target: str = "h200", bloc
     has_mask = key_mask is not None
     msk = key_mask.to(torch.bool).expand(b, m).to(torch.int8) if has_mask else q
     sm = tuple(msk.stride()) if has_mask else (0, 0)
-    specs = specs_for(q.dtype, has_mask, causal)
     if causal:
         bc = block or (min(64, _pow2(n)) if interp else 64)
         block_dv = bdv if interp else min(bdv, 32)
-        grid = (b * h, -(-dv // block_dv))
-        kernel_for(specs[0], interp)[grid](
-            q, k, v, msk, out, *q.stride(), *k.stride(), *v.stride(), *sm, *out.stride(),
-            h, n, f, dv, h // hk, BLOCK_C=bc, BLOCK_F=bf, BLOCK_DV=block_dv,
+        dv_blocks = -(-dv // block_dv)
+        if parallel is None:  # few (batch, head) pairs, long sequences: one program per chunk
+            parallel = not interp and b * h * dv_blocks < 528
+        specs = specs_for(q.dtype, has_mask, True, parallel)
+        args = (*q.stride(), *k.stride(), *v.stride(), *sm, *out.stride())
+        if not parallel:
+            kernel_for(specs[0], interp)[(b * h, dv_blocks)](
+                q, k, v, msk, out, q, q, *args, 0, 0, 0, 0, 0,
+                h, n, f, dv, h // hk, b * hk, BLOCK_C=bc, BLOCK_F=bf, BLOCK_DV=block_dv,
+            )  # fmt: skip
+            return out
+        nc = -(-n // bc)
+        state = torch.empty((nc, b * hk, bf, bdv), dtype=torch.float32, device=q.device)
+        z = torch.empty((nc, b * hk, bf), dtype=torch.float32, device=q.device)
+        kernel_for(specs[0], interp)[(nc, b * hk)](
+            k, v, msk, state, z, *k.stride(), *v.stride(), *sm, hk, n, f, dv, bc,
+            BLOCK_N=bc, BLOCK_F=bf, BLOCK_DV=bdv,
+        )  # fmt: skip
+        state = state.cumsum(0).sub_(state)  # exclusive prefix: the state before each chunk
+        z = z.cumsum(0).sub_(z)
+        kernel_for(specs[1], interp)[(nc, b * h, dv_blocks)](
+            q, k, v, msk, out, state, z, *args, *state.stride()[:3], *z.stride()[:2],
+            h, n, f, dv, h // hk, b * hk, BLOCK_C=bc, BLOCK_F=bf, BLOCK_DV=block_dv,
         )  # fmt: skip
         return out
+    specs = specs_for(q.dtype, has_mask, False)
     bn = block or (min(128, _pow2(m)) if interp else 64)
     splits = splits or _splits(b * hk, m, bn, interp)
     per = -(-m // splits)
@@ -246,4 +292,7 @@ def linear_attention(q, k, v, key_mask, causal: bool, target: str = "h200", bloc
 def sources(node: fx.Node) -> dict[str, str]:
     """File name -> source of the kernels a lowered node launches (for artifacts)."""
     q, _k, _v, key_mask, causal = node.args[:5]
-    return {f"{s.name}.py": render(s) for s in specs_for(val(q).dtype, key_mask is not None, bool(causal))}
+    specs = specs_for(val(q).dtype, key_mask is not None, bool(causal))
+    if causal:  # the launcher picks the sequential or the chunk-parallel form by shape
+        specs += specs_for(val(q).dtype, key_mask is not None, True, parallel=True)
+    return {f"{s.name}.py": render(s) for s in specs}

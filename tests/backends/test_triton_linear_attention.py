@@ -34,27 +34,31 @@ def problems(draw):
     return q, k, v, mask
 
 
-@settings(max_examples=12)
+@settings(max_examples=16)
 @given(
-    problems(), st.booleans(), st.sampled_from([torch.float32, torch.float16]), st.sampled_from([None, 16])
-)
-def test_kernels_match_float64_reference(prob, causal, dtype, block):
-    """``block=16``: many chunks / key blocks, and the state reduction split three ways."""
+    problems(), st.booleans(), st.sampled_from([torch.float32, torch.float16]), st.sampled_from([None, 16]),
+    st.booleans(),
+)  # fmt: skip
+def test_kernels_match_float64_reference(prob, causal, dtype, block, parallel):
+    """``block=16``: many chunks / key blocks, and the state reduction split three ways;
+    ``parallel``: the causal chunk-parallel form (prefix states) instead of the sequential one."""
     q, k, v, mask = (t.to(dtype) if t is not None and t.is_floating_point() else t for t in prob)
-    out = lin.linear_attention(q, k, v, mask, causal, block=block, splits=3 if block else None)
+    out = lin.linear_attention(
+        q, k, v, mask, causal, block=block, splits=3 if block else None, parallel=parallel
+    )
     ref = reference(q, k, v, mask, causal)
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert (out.double() - ref).norm() <= TOL[dtype] * max(ref.norm(), 1e-6)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_fully_masked_rows_are_zero(causal):
+@pytest.mark.parametrize("causal,parallel", [(False, None), (True, False), (True, True)])
+def test_fully_masked_rows_are_zero(causal, parallel):
     q, k, v = torch.rand(1, 2, 5, 16), torch.rand(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
     mask = torch.zeros(1, 5, dtype=torch.bool)
-    out = lin.linear_attention(q, k, v, mask, causal)
+    out = lin.linear_attention(q, k, v, mask, causal, parallel=parallel)
     assert torch.equal(out, torch.zeros_like(out))
     mask[0, 3] = True
-    out = lin.linear_attention(q, k, v, mask, causal)
+    out = lin.linear_attention(q, k, v, mask, causal, parallel=parallel)
     assert torch.isfinite(out).all() and (out[0, :, 3:] != 0).any()
     if causal:
         assert torch.equal(out[0, :, :3], torch.zeros_like(out[0, :, :3]))  # no visible key yet
