@@ -78,7 +78,7 @@ def fidelity(e: torch.Tensor, e0: torch.Tensor) -> tuple[float, float]:
 
 def configs(steps: int) -> list[tuple[str, str, dict, bool]]:
     """(row name, pass, options, uses calibration)."""
-    hh = {"feature_map": "hedgehog", "steps": steps}
+    hh = {"feature_map": "hedgehog", "steps": steps, "feature_dim": 64}
     return [
         ("elu1 all layers", "attention.linear", {"feature_map": "elu1"}, False),
         ("relu all layers", "attention.linear", {"feature_map": "relu"}, False),
@@ -86,11 +86,12 @@ def configs(steps: int) -> list[tuple[str, str, dict, bool]]:
         ("favor m=256 all layers", "attention.linear", {"feature_map": "favor", "num_features": 256}, False),
         ("favor m=1024 all layers", "attention.linear", {"feature_map": "favor", "num_features": 1024}, False),
         ("hedgehog uncalibrated all layers", "attention.linear", {"feature_map": "hedgehog"}, False),
-        ("hedgehog calibrated all layers", "attention.linear", hh, True),
-        ("hedgehog calibrated, layer 0 kept softmax", "attention.linear", {**hh, "keep": [0]}, True),
-        ("hedgehog calibrated, layers 0,5 kept softmax", "attention.linear", {**hh, "keep": [0, 5]}, True),
-        ("hedgehog calibrated, layers=auto (max_error 0.2)", "attention.linear",
-         {**hh, "layers": "auto", "max_error": 0.2}, True),
+        ("hedgehog d'=32 calibrated all layers", "attention.linear", {**hh, "feature_dim": 32}, True),
+        ("hedgehog d'=64 calibrated all layers", "attention.linear", hh, True),
+        ("hedgehog d'=64 calibrated, layer 0 kept softmax", "attention.linear", {**hh, "keep": [0]}, True),
+        ("hedgehog d'=64 calibrated, layers 0,5 kept softmax", "attention.linear", {**hh, "keep": [0, 5]}, True),
+        ("hedgehog d'=64 calibrated, layers=auto (max_error 0.15)", "attention.linear",
+         {**hh, "layers": "auto", "max_error": 0.15}, True),
         ("elu1, layers=auto (max_error 0.35)", "attention.linear",
          {"feature_map": "elu1", "layers": "auto", "max_error": 0.35}, True),
         ("softmax_free m=16 calibrated all layers", "attention.softmax_free", {"landmarks": 16}, True),

@@ -101,15 +101,22 @@ class FeatureMap:
 
 
 def make_feature_map(name: str, scale: float, head_dim: int, heads: int, kv_heads: int, *,
-                     num_features: int = 256, seed: int = 0) -> FeatureMap:  # fmt: skip
+                     num_features: int = 256, seed: int = 0, feature_dim: int | None = None) -> FeatureMap:  # fmt: skip
     if name not in FEATURE_MAPS:
         raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {name!r}")
     if name == "favor":
         w = favor_matrix(head_dim, num_features, seed)
         return FeatureMap(name, scale, w, w)
     if name == "hedgehog":
-        eye = torch.eye(head_dim, dtype=torch.float32) * math.sqrt(scale)
-        return FeatureMap(name, scale, eye.repeat(heads, 1, 1), eye.repeat(kv_heads, 1, 1))
+        # identity on the first head_dim outputs (softmax of +-sqrt(s) x), small random extra ones
+        fd = feature_dim or head_dim
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.randn(head_dim, fd, generator=gen) / math.sqrt(head_dim)
+        n = min(head_dim, fd)
+        w[:n, :n] = torch.eye(n)
+        w[:, n:] *= 0.1
+        w = w * math.sqrt(scale)
+        return FeatureMap(name, scale, w.repeat(heads, 1, 1), w.repeat(kv_heads, 1, 1))
     return FeatureMap(name, scale)
 
 

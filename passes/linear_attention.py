@@ -3,7 +3,8 @@
 Options (``("attention.linear", {...})``):
 
 * ``feature_map``: ``"elu1"`` (default), ``"relu"``, ``"favor"``, ``"hedgehog"`` (passes/feature_maps.py).
-* ``num_features`` / ``seed``: FAVOR+ random features (default 256, seed 0).
+* ``num_features`` / ``seed``: FAVOR+ random features (default 256, seed 0); ``feature_dim``:
+  outputs of each hedgehog linear map (default: the head dim; features are twice that).
 * ``layers``: None (every site), a list of site indices to convert, or ``"auto"``: convert the
   sites whose measured attention-output error on the calibration data is at most ``max_error``
   (default 0.35); ``keep``: site indices that stay softmax (the hybrid MASFormer/LoLCATs use).
@@ -82,6 +83,7 @@ def linear_attention(
     lr: float = 0.01,
     max_error: float = 0.35,
     tolerance: float | None = None,
+    feature_dim: int | None = None,
 ) -> PassResult:
     """Rewrite softmax attention to linear attention with a feature map (favor BOUNDED, else EMPIRICAL)."""
     result = PassResult(gm)
@@ -107,7 +109,7 @@ def linear_attention(
         qv, kv = s.q.meta["val"], s.k.meta["val"]
         maps[s.node.name] = make_feature_map(
             feature_map, s.scale, int(qv.shape[-1]), int(qv.shape[1]), int(kv.shape[1]),
-            num_features=num_features, seed=seed + s.layer,
+            num_features=num_features, seed=seed + s.layer, feature_dim=feature_dim,
         )  # fmt: skip
     if feature_map == "hedgehog" and samples:
         fit_all(maps, samples, steps, lr)
