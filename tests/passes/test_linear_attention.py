@@ -255,3 +255,18 @@ def test_contract_depends_on_the_feature_map():
         cap = capture(model, inputs(spec, 2, 4, padded=False))
         gm = run_pipeline(cap.gm, ["canonicalize"]).gm
         p.fn(gm, layers="auto")
+
+
+def test_artifact_round_trip_keeps_feature_map_weights(tmp_path):
+    from tcomp.artifacts import load
+
+    spec = AttnSpec(spelling="sdpa", mask="bool", heads=2, head_dim=8)
+    model = build(spec, layers=1, seed=6)
+    args = inputs(spec, 2, 8, padded=True)
+    om = tcomp.optimize(
+        model, args, passes=[("attention.linear", {"feature_map": "hedgehog", "steps": 5, "tolerance": 10.0})],
+        calibration=_calibration(spec, 1), verify=False,
+    )  # fmt: skip
+    om.save(str(tmp_path / "art"))
+    loaded = load(tmp_path / "art")
+    assert torch.equal(loaded(*args), om(*args))
