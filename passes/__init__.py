@@ -1,3 +1,8 @@
 """tcomp's passes, one per file. Importing this package registers them all."""
 
-from tcomp.passes import canonicalize, token_merge  # noqa: F401
+from tcomp.passes import (  # noqa: F401
+    canonicalize,
+    linear_attention,
+    softmax_free,
+    token_merge,
+)

@@ -96,6 +96,11 @@ class Pass:
     before: tuple[str, ...] = ()
     default: bool = False  # part of the default pipeline (only exact / FP-equivalent passes may be)
     description: str = ""
+    contract_for: Callable[[dict], Contract] | None = None  # contract that depends on the options
+
+    def contract_of(self, options: dict) -> Contract:
+        """The contract this pass promises under ``options`` (e.g. per feature map)."""
+        return self.contract_for(options) if self.contract_for is not None else self.contract
 
     def __call__(self, gm: fx.GraphModule, **options: Any) -> PassResult:
         return self.fn(gm, **options)
@@ -111,6 +116,7 @@ def register_pass(
     after: tuple[str, ...] = (),
     before: tuple[str, ...] = (),
     default: bool = False,
+    contract_for: Callable[[dict], Contract] | None = None,
 ) -> Callable[[PassFn], PassFn]:
     """Decorator registering ``fn(gm, **options) -> PassResult`` as pass ``name``.
 
@@ -130,7 +136,7 @@ def register_pass(
     def deco(fn: PassFn) -> PassFn:
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = Pass(
-            name, fn, contract, tuple(after), tuple(before), default, doc[0] if doc else ""
+            name, fn, contract, tuple(after), tuple(before), default, doc[0] if doc else "", contract_for
         )
         return fn
 
@@ -259,7 +265,8 @@ def run_pipeline(
 def _apply(p: Pass, options: dict, current: fx.GraphModule, reference: Any, prev_out: Any):
     """Run one pass on a copy of ``current`` and check it: ``(record, new graph or None if not
     applied, its outputs on the reference inputs or None if unverified)``."""
-    rec = PassRecord(p.name, p.contract.describe(), p.contract.exactness.value, "applied")
+    contract = p.contract_of(options)
+    rec = PassRecord(p.name, contract.describe(), contract.exactness.value, "applied")
     try:
         result = p(copy_graph_module(current), **options)
         result.gm.graph.lint()
@@ -276,7 +283,7 @@ def _apply(p: Pass, options: dict, current: fx.GraphModule, reference: Any, prev
     try:
         outs = reference.run(result.gm)
         rec.error = reference.error_of(outs)
-        ok, why = _check(p.contract, rec, outs, prev_out, reference)
+        ok, why = _check(contract, rec, outs, prev_out, reference)
     except Exception as exc:  # noqa: BLE001
         ok, why = False, f"the rewritten graph failed to run: {type(exc).__name__}: {exc}"
     if not ok:

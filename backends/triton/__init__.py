@@ -27,6 +27,9 @@ class TritonBackend(Backend):
         from tcomp.backends.triton import runtime
 
         self.impls[torch.ops.tcomp.attention.default] = (_check_attention, runtime.attention)
+        from tcomp.backends.triton import linear_attention as lin  # tcomp.linear_attention (issue 5)
+
+        self.impls[torch.ops.tcomp.linear_attention.default] = (_check_attention, lin.linear_attention)
 
     def available(self) -> str | None:
         if importlib.util.find_spec("triton") is None:
@@ -82,6 +85,7 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
     attention specialisations its attention nodes select and the kernels of its fused groups."""
     from tcomp.backends.triton import attention_template as tmpl
     from tcomp.backends.triton import fusion, gemm, runtime
+    from tcomp.backends.triton import linear_attention as lin
 
     out = {}
     for n in gm.graph.nodes:
@@ -102,6 +106,8 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
             if n.kwargs.get("target") in ("h100", "h200"):  # the autotuner may pick the Hopper variant
                 tma = dataclasses.replace(spec, tma=True)
                 out[f"{tma.name}.py"] = gemm.tmpl.render(tma)
+        elif n.target is lin.linear_attention:
+            out.update(lin.sources(n))
         elif n.target is fusion.run_fused:
             src, name = fusion.render(n.args[0])
             out[f"{name}.py"] = src
