@@ -2,7 +2,8 @@
 
 A compiled model represents "no value" as the zero vector, so the evaluator carries ``None``
 the same way: a categorical Aggregate that selects nothing gives ``None``, a categorical Map or
-SequenceMap of ``None`` gives ``None``, a numerical one gives ``0`` and a Select never holds for it.
+SequenceMap of ``None`` gives ``None``, a numerical one gives ``0``, and a selector entry that reads
+a ``None`` key or query (through any ``&``, ``|``, ``~``) is unselected.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tcomp.rasp.language import (
     walk,
 )
 
-Matrix = list[list[bool]]  # [query][key]
+Matrix = list[list[bool | None]]  # [query][key]; None where a key or query value read is None
 
 
 def evaluate(program: SOp, inputs: Sequence[Any]) -> list[Any]:
@@ -62,20 +63,22 @@ def _step(e: Expr, env: dict[int, Any], xs: list, n: int) -> Any:
         ]
     if isinstance(e, Select):
         keys, queries = env[e.keys.id], env[e.queries.id]
-        return [[e.holds(k, q) for k in keys] for q in queries]
+        return [[None if k is None or q is None else e.holds(k, q) for k in keys] for q in queries]
     if isinstance(e, SelectorOr):
-        a, b = env[e.a.id], env[e.b.id]
-        return [[x or y for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
+        return _combine(env[e.a.id], env[e.b.id], lambda x, y: x or y)
     if isinstance(e, SelectorAnd):
-        a, b = env[e.a.id], env[e.b.id]
-        return [[x and y for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
+        return _combine(env[e.a.id], env[e.b.id], lambda x, y: x and y)
     if isinstance(e, SelectorNot):
-        return [[not x for x in row] for row in env[e.a.id]]
+        return [[None if x is None else not x for x in row] for row in env[e.a.id]]
     if isinstance(e, Aggregate):
         return aggregate(env[e.selector.id], env[e.x.id], e.numerical)
     if isinstance(e, SelectorWidth):
-        return [sum(row) for row in env[e.selector.id]]
+        return [sum(bool(s) for s in row) for row in env[e.selector.id]]
     raise TypeError(f"cannot evaluate {e!r}")
+
+
+def _combine(a: Matrix, b: Matrix, op) -> Matrix:
+    return [[None if x is None or y is None else op(x, y) for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
 
 
 def aggregate(matrix: Matrix, values: list, numerical: bool) -> list:

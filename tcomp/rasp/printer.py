@@ -40,16 +40,20 @@ class _Lists:
 
     def Select(self, keys, queries, predicate):
         holds = self._CMP[predicate] if isinstance(predicate, str) else (lambda k, q: (k, q) in predicate)
-        return [[k is not None and q is not None and holds(k, q) for k in keys] for q in queries]
+        # None marks an entry that reads a missing value: it is never selected
+        return [[None if k is None or q is None else holds(k, q) for k in keys] for q in queries]
+
+    def _both(self, a, b, op):
+        return [[None if x is None or y is None else op(x, y) for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
 
     def And(self, a, b):
-        return [[x and y for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
+        return self._both(a, b, lambda x, y: x and y)
 
     def Or(self, a, b):
-        return [[x or y for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
+        return self._both(a, b, lambda x, y: x or y)
 
     def Not(self, a):
-        return [[not x for x in row] for row in a]
+        return [[None if x is None else not x for x in row] for row in a]
 
     def Aggregate(self, selector, x, numerical=False):
         out = []
@@ -62,7 +66,7 @@ class _Lists:
         return out
 
     def SelectorWidth(self, selector):
-        return [sum(row) for row in selector]
+        return [sum(bool(s) for s in row) for row in selector]
 
 
 def program(tokens):
