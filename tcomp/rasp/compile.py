@@ -59,17 +59,17 @@ class Layout:
 
 
 class Attention(nn.Module):
-    """Heads in parallel: scores ``beta * (x Wq)(x Wk)^T``, outputs ``softmax(.) (x Wv) Wo``."""
+    """Heads in parallel: scores ``(x Wq)(x Wk)^T`` (the sharpness is in ``Wq``), outputs
+    ``softmax(.) (x Wv) Wo``."""
 
-    def __init__(self, wq: Tensor, wk: Tensor, wv: Tensor, wo: Tensor, beta: float = BETA):
+    def __init__(self, wq: Tensor, wk: Tensor, wv: Tensor, wo: Tensor):
         super().__init__()
         self.wq, self.wk, self.wv, self.wo = (nn.Parameter(w, requires_grad=False) for w in (wq, wk, wv, wo))
-        self.beta = beta
 
     def forward(self, x: Tensor) -> Tensor:
         x4 = x.unsqueeze(1)  # (B, 1, N, D)
         q, k, v = x4 @ self.wq, x4 @ self.wk, x4 @ self.wv  # (B, H, N, d)
-        o = F.scaled_dot_product_attention(q, k, v, scale=self.beta)
+        o = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         return (o @ self.wo).sum(1)
 
 
@@ -138,8 +138,11 @@ def compile_program(program: L.SOp, vocab: list, max_len: int, *, beta: float = 
     sets = L.value_sets(prog, vocab, max_len)
     order = [e for e in L.walk(prog) if isinstance(e, L.SOp)]
     layout = Layout()
+    layout.add(L.tokens.id, "tokens", _sorted_vocab(vocab))
+    layout.add(L.indices.id, "indices", list(range(max_len)))
     for e in order:
-        layout.add(e.id, e.name, None if e.numerical else sets[e.id])
+        if e.id not in layout.blocks:
+            layout.add(e.id, e.name, None if e.numerical else sets[e.id])
     widths = {
         e.id: layout.add(-e.id - 1, f"{e.name}_inv", None) for e in order if isinstance(e, L.SelectorWidth)
     }
@@ -166,10 +169,15 @@ def compile_program(program: L.SOp, vocab: list, max_len: int, *, beta: float = 
     return model.eval()
 
 
+def _sorted_vocab(vocab: list) -> list:
+    return L.value_sets(L.tokens, vocab, 1)[L.tokens.id]
+
+
 def _schedule(order: list[L.SOp]) -> dict[int, int]:
     """Sublayer after which each sequence is in the residual stream: -1 embeddings, 2l attention
     of layer l, 2l + 1 its MLP."""
     ready: dict[int, int] = {}
+    tables: set[tuple[int, frozenset]] = set()
     for e in order:
         if isinstance(e, (L.Tokens, L.Indices)):
             ready[e.id] = -1
@@ -185,7 +193,12 @@ def _schedule(order: list[L.SOp]) -> dict[int, int]:
             deps += [e.selector.keys, e.selector.queries]
         after = max(ready[d.id] for d in deps)
         if isinstance(e, (L.Map, L.SequenceMap)):
-            ready[e.id] = after + 1 if after % 2 == 0 else after + 2  # next MLP sublayer
+            s = after + 1 if after % 2 == 0 else after + 2  # next MLP sublayer
+            reads = frozenset(d.id for d in deps)
+            while (s, reads) in tables:  # one table per set of inputs in an MLP: extraction tells them apart
+                s += 2
+            tables.add((s, reads))
+            ready[e.id] = s
         else:
             attn = after + 1 if after % 2 == 1 else after + 2  # next attention sublayer
             ready[e.id] = attn + 1 if isinstance(e, L.SelectorWidth) else attn
@@ -195,11 +208,12 @@ def _schedule(order: list[L.SOp]) -> dict[int, int]:
 def _embeddings(layout: Layout, vocab: list, max_len: int) -> tuple[Tensor, Tensor]:
     tok = torch.zeros(len(vocab) + 1, layout.size)
     tok[len(vocab), BOS] = 1.0
-    for i, b in enumerate(layout.blocks[L.tokens.id].dims if L.tokens.id in layout.blocks else []):
-        tok[i, b] = 1.0
+    toks = layout.blocks[L.tokens.id]
+    for i, t in enumerate(vocab):
+        tok[i, toks.dims[toks.values.index(t)]] = 1.0
     pos = torch.zeros(max_len + 1, layout.size)
     pos[:, ONE] = 1.0
-    for i, b in enumerate(layout.blocks[L.indices.id].dims if L.indices.id in layout.blocks else []):
+    for i, b in enumerate(layout.blocks[L.indices.id].dims):
         pos[i + 1, b] = 1.0
     return tok, pos
 
@@ -294,7 +308,7 @@ def _stack_heads(heads: list[tuple], D: int, beta: float) -> Attention:
     for i, (q, k, v, o) in enumerate(heads):
         wq[i, :, : q.shape[1]], wk[i, :, : k.shape[1]] = q, k
         wv[i, :, : v.shape[1]], wo[i, : o.shape[0]] = v, o
-    return Attention(wq, wk, wv, wo, beta)
+    return Attention(wq * beta, wk, wv, wo)
 
 
 def _stack_mlps(mlps: list[tuple], D: int) -> MLP:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from tcomp import rasp
@@ -49,9 +50,12 @@ def programs(draw, vocab=VOCAB, max_len=MAX_LEN, max_ops=5):
         sets.update(L.value_sets(e, vocab, max_len))
         if e.numerical:
             num.append(e)
-        elif len(sets[e.id]) > 0:
+        elif len(sets[e.id]) > 1:  # a one-value variable has one dim: it reads back as numerical
             cat.append(e)
+        else:
+            continue
         last = e
+    assume(last is not L.tokens)
     rasp.validate(last, vocab, max_len)
     return last
 
