@@ -143,6 +143,9 @@ class _Reader:
         dims = [d for d in dims if d not in (self.one, self.bos)]
         if not dims:
             return None
+        written = [d for d in dims if d in self.by_dim]
+        if written and len(written) < len(dims):
+            dims = written  # dims nothing writes are zero everywhere: reading them adds nothing
         if len(dims) == 1 and dims[0] not in self.by_dim and dims[0] not in self.widths:
             # a dim nothing writes holds 0 everywhere (e.g. a numerical Map whose table is all zeros)
             zero = L.Map(lambda v: 0, L.indices, numerical=True, name=f"zero_{dims[0]}")
@@ -309,6 +312,7 @@ class _Reader:
                 return
             self._table(L.Map, table, [sw], outs, where, name)
             return
+        ins = [d for d in ins if d in self.by_dim or d in self.widths] or ins  # unwritten dims are always 0
         readers: list[Var] = []
         for d in ins:
             v = self.by_dim.get(d)
