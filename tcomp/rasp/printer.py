@@ -16,8 +16,6 @@ from typing import Any
 from tcomp.rasp import language as L
 
 _PRELUDE = '''
-import sys
-
 
 class _Lists:
     """Runs ``build`` on concrete lists (the RASP semantics of tcomp.rasp.evaluate)."""
@@ -110,10 +108,10 @@ def to_source(program: L.SOp, vocab: Iterable[Hashable], max_len: int, *, doc: s
         names[e.id] = var
         body.append(f"    {var} = {_expr(e, names, sets)}")
     body.append(f"    return {names[program.id]}")
-    header = f'"""{doc or "RASP program " + program.name}\n\nPrinted by tcomp.rasp; runs on its own: python this_file.py 1 2 3\n"""\n'
+    header = f'# ruff: noqa: E501 - generated tables\n"""{doc or "RASP program " + program.name}\n\nPrinted by tcomp.rasp; runs on its own: python this_file.py 1 2 3\n"""\n'
     return (
         header
-        + f"\nVOCAB = {vocab!r}\nMAX_LEN = {max_len}\nOUTPUT = {program.encoding!r}\n\n\ndef build(r):\n"
+        + f"\nimport sys\n\nVOCAB = {vocab!r}\nMAX_LEN = {max_len}\nOUTPUT = {program.encoding!r}\n\n\ndef build(r):\n"
         + "\n".join(body)
         + "\n"
         + _PRELUDE
