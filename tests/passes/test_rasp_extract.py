@@ -47,7 +47,7 @@ def test_library_round_trip(prog):
     round_trip(prog, 4)
 
 
-@settings(max_examples=20)
+@settings(max_examples=15)
 @given(programs())
 def test_random_program_round_trip(prog):
     round_trip(prog, 3)
