@@ -3,6 +3,7 @@
 from tcomp.passes import (  # noqa: F401
     canonicalize,
     linear_attention,
+    rasp_extract,
     softmax_free,
     token_merge,
 )

@@ -396,5 +396,14 @@ def _bench_table(result: dict) -> None:
     )
 
 
+def _add_rasp() -> None:
+    from tcomp.rasp.cli import rasp_app
+
+    app.add_typer(rasp_app, name="rasp", help="RASP programs: extract from weights, compile to weights, run")
+
+
+_add_rasp()
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

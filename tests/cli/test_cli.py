@@ -73,3 +73,11 @@ def test_verify_and_run_an_artifact(tmp_path):
     (out / "runner.py").write_text("# tampered\n")
     res = runner.invoke(app, ["verify", str(out)])
     assert res.exit_code == 2 and "runner.py" in res.output
+
+
+def test_rasp_commands_hang_under_the_main_command(tmp_path):
+    prog = tmp_path / "p.py"
+    res = runner.invoke(app, ["rasp", "--help"])
+    assert res.exit_code == 0 and all(c in res.output for c in ("extract", "compile", "run"))
+    res = runner.invoke(app, ["rasp", "run", str(prog), "1 2"])
+    assert res.exit_code == 2  # no such program file: a clear error, not a traceback

@@ -1,0 +1,457 @@
+"""Transformer Programs (after Friedman, Wettig and Chen 2023, arXiv 2306.01128): a transformer
+constrained so that, once trained, it *is* a RASP program.
+
+The residual stream is a list of categorical variables, one one-hot block of ``K`` values each
+(``tokens``, ``indices``, then one per head and MLP). Every choice is a Gumbel-softmax over a
+finite set (hard, straight-through when ``hard=True``; argmax at evaluation):
+
+* a *categorical head* picks a query variable and a value variable; its predicate maps each query
+  value to one key position (keys are ``indices``, so at most one key is selected; none -> BOS,
+  the zero vector) and copies the value there;
+* a *width head* picks a query and a key variable and a 0/1 predicate matrix; it writes how many
+  keys each query selects (SelectorWidth);
+* a *categorical MLP* picks two variables and a lookup table (pair of values -> value).
+
+``TransformerProgram.discrete()`` returns the trained model as a :class:`ProgramModule`: plain
+weights in the form ``tcomp.rasp.extract`` reads (one-hot embeddings, hard attention heads,
+lookup-table MLPs), with the same predictions as the discrete model. Plain PyTorch; a trainer and
+the tasks of the paper are below.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+BETA = 100.0  # attention sharpness of the exported heads
+
+# --------------------------------------------------------------------------------------- tasks
+
+
+def _sort(xs, v):
+    return sorted(xs)
+
+
+def _reverse(xs, v):
+    return xs[::-1]
+
+
+def _hist(xs, v):
+    return [xs.count(x) for x in xs]
+
+
+def _double_hist(xs, v):
+    h = [xs.count(x) for x in xs]
+    return [sum(1 for y in set(xs) if xs.count(y) == c) for c in h]
+
+
+def _most_freq(xs, v):
+    order = sorted(set(xs), key=lambda t: (-xs.count(t), xs.index(t)))
+    return [order[i] if i < len(order) else v for i in range(len(xs))]  # v pads
+
+
+def _dyck(pairs):
+    def label(xs, v):
+        out, stack = [], []
+        ok = True
+        for t in xs:
+            if t < pairs:
+                stack.append(t)
+            elif stack and stack[-1] == t - pairs:
+                stack.pop()
+            else:
+                ok = False
+            out.append(0 if not ok else (2 if not stack else 1))  # F(alse) / P(ending) / T(rue)
+        return out
+
+    return label
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    vocab: int  # input token values 0..vocab-1
+    max_len: int
+    label: object  # (tokens, vocab) -> target sequence
+    classes: int
+    paper_accuracy: float | None = (
+        None  # Friedman et al. 2023 (arXiv 2306.01128) Table 1; not transcribed yet
+    )
+
+
+# sort etc.: vocab 8, length 8 (as the paper); Dyck: bracket pairs as tokens, length 16
+TASKS = {
+    "reverse": Task("reverse", 8, 8, _reverse, 8),
+    "hist": Task("hist", 8, 8, _hist, 9),
+    "double-hist": Task("double-hist", 8, 8, _double_hist, 9),
+    "sort": Task("sort", 8, 8, _sort, 8),
+    "most-freq": Task("most-freq", 8, 8, _most_freq, 9),
+    "dyck-1": Task("dyck-1", 2, 16, _dyck(1), 3),
+    "dyck-2": Task("dyck-2", 4, 16, _dyck(2), 3),
+}
+
+
+def make_data(task: Task, n: int, seed: int, fixed_len: bool = True) -> tuple[Tensor, Tensor]:
+    """``n`` random inputs (length ``max_len``) and their targets."""
+    rng = random.Random(seed)
+    xs, ys = [], []
+    for _ in range(n):
+        seq = [rng.randrange(task.vocab) for _ in range(task.max_len)]
+        xs.append(seq)
+        ys.append(task.label(seq, task.vocab))
+    return torch.tensor(xs), torch.tensor(ys)
+
+
+# --------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class ProgramConfig:
+    vocab: int = 8
+    max_len: int = 8
+    classes: int = 9
+    layers: int = 2
+    cat_heads: int = 1
+    width_heads: int = 1
+    mlps: int = 1
+
+    @property
+    def K(self) -> int:  # noqa: N802 - values per variable
+        return max(self.vocab, self.max_len + 1, self.classes)
+
+
+NOISE = {
+    "gumbel": 0.1
+}  # scale of the Gumbel noise while training (0: plain annealed softmax); train() sets it
+
+
+def _choose(logits: Tensor, tau: float, hard: bool, training: bool) -> Tensor:
+    if not training:
+        return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
+    u = torch.rand_like(logits).clamp(1e-9, 1 - 1e-9)
+    soft = torch.softmax((logits - NOISE["gumbel"] * torch.log(-torch.log(u))) / tau, -1)
+    if not hard:
+        return soft
+    return F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype) - soft.detach() + soft
+
+
+class TransformerProgram(nn.Module):
+    """The trainable constrained transformer; ``forward(tokens)`` -> logits (B, N, classes)."""
+
+    def __init__(self, cfg: ProgramConfig):
+        super().__init__()
+        self.cfg, K, N = cfg, cfg.K, cfg.max_len
+        self.tau, self.hard = 1.0, False
+        n_vars = 2
+        self.heads, self.widths, self.mlps = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
+        self.plan: list[
+            list[tuple[str, int, int]]
+        ] = []  # per layer: (kind, parameter index, variables before)
+        for _ in range(cfg.layers):
+            layer = []
+            before = n_vars
+            for _ in range(cfg.cat_heads):  # [query var | value var | predicate K x N]
+                self.heads.append(nn.Parameter(torch.randn(2 * before + K * N) * 0.1))
+                layer.append(("cat", len(self.heads) - 1, before))
+                n_vars += 1
+            for _ in range(cfg.width_heads):  # [query var | key var | predicate K x K]
+                self.widths.append(nn.Parameter(torch.randn(2 * before + K * K) * 0.1))
+                layer.append(("width", len(self.widths) - 1, before))
+                n_vars += 1
+            before = n_vars
+            for _ in range(cfg.mlps):  # [var a | var b | table K*K x K]
+                self.mlps.append(nn.Parameter(torch.randn(2 * before + K * K * K) * 0.1))
+                layer.append(("mlp", len(self.mlps) - 1, before))
+                n_vars += 1
+            self.plan.append(layer)
+        self.n_vars = n_vars
+        self.readout = nn.Parameter(torch.linspace(0.0, 1.0, n_vars))  # leaning towards the last variable
+
+    # parts of the flat parameter vectors
+    def _split(self, p: Tensor, before: int, rest: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
+        return p[:before], p[before : 2 * before], p[2 * before :].view(*rest)
+
+    def choices(self) -> dict:
+        """The discrete program: every argmax choice (used by ``discrete``)."""
+        K, N = self.cfg.K, self.cfg.max_len
+        out = {"layers": []}
+        for layer in self.plan:
+            items = []
+            for kind, i, before in layer:
+                if kind == "cat":
+                    q, v, pred = self._split(self.heads[i], before, (K, N))
+                    items.append(("cat", int(q.argmax()), int(v.argmax()), pred.argmax(-1).tolist()))
+                elif kind == "width":
+                    q, k, pred = self._split(self.widths[i], before, (K, K))
+                    items.append(("width", int(q.argmax()), int(k.argmax()), (pred > 0).tolist()))
+                else:
+                    a, b, table = self._split(self.mlps[i], before, (K * K, K))
+                    items.append(("mlp", int(a.argmax()), int(b.argmax()), table.argmax(-1).tolist()))
+            out["layers"].append(items)
+        out["output"] = int(self.readout.argmax())
+        return out
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        cfg, K, N = self.cfg, self.cfg.K, self.cfg.max_len
+        B, n = tokens.shape
+        train, tau, hard = self.training, self.tau, self.hard
+        zero = torch.zeros(B, 1, K)
+        xs = [
+            torch.cat([zero, F.one_hot(tokens, K).float()], 1),
+            torch.cat([zero, F.one_hot(torch.arange(n), K).float().expand(B, n, K)], 1),
+        ]
+        not_bos = torch.ones(1, n + 1, 1)
+        not_bos[:, 0] = 0
+        for layer in self.plan:
+            new = []
+            for kind, i, before in layer:
+                stack = torch.stack(xs[:before], -1)  # (B, n+1, K, before)
+                if kind == "cat":
+                    ql, vl, pl = self._split(self.heads[i], before, (K, N))
+                    q = stack @ _choose(ql, tau, hard, train)
+                    v = stack @ _choose(vl, tau, hard, train)
+                    pred = _choose(pl, tau, hard, train)[
+                        :, :n
+                    ]  # query value -> key position (past the end: BOS)
+                    score = BETA / 4 * (q @ pred)  # (B, n+1, n) over real keys
+                    bos = torch.full((B, n + 1, 1), BETA / 8) + BETA * (1 - not_bos)
+                    logits = torch.cat([bos, score], -1)
+                    att = torch.softmax(logits, -1) if train else F.one_hot(logits.argmax(-1), n + 1).float()
+                    new.append(att[..., 1:] @ v[:, 1:])
+                elif kind == "width":
+                    ql, kl, pl = self._split(self.widths[i], before, (K, K))
+                    q = stack @ _choose(ql, tau, hard, train)
+                    k = stack @ _choose(kl, tau, hard, train)
+                    if train:
+                        u = torch.rand_like(pl).clamp(1e-6, 1 - 1e-6)
+                        pred = torch.sigmoid((pl + NOISE["gumbel"] * (torch.log(u) - torch.log1p(-u))) / tau)
+                    else:
+                        pred = (pl > 0).float()
+                    w = (q @ pred @ k[:, 1:].transpose(1, 2)).sum(-1, keepdim=True)  # (B, n+1, 1)
+                    c = torch.arange(K).float()
+                    new.append(torch.softmax(-((w - c) ** 2) / (0.5 if train else 1e-4), -1) * not_bos)
+            xs = xs + new
+            new = []
+            for kind, i, before in layer:
+                if kind != "mlp":
+                    continue
+                stack = torch.stack(xs[:before], -1)
+                al, bl, tl = self._split(self.mlps[i], before, (K * K, K))
+                a = stack @ _choose(al, tau, hard, train)
+                b = stack @ _choose(bl, tau, hard, train)
+                pair = (a.unsqueeze(-1) * b.unsqueeze(-2)).flatten(-2)  # (B, n+1, K*K)
+                new.append(pair @ _choose(tl, tau, hard, train))
+            xs = xs + new
+        out = torch.stack(xs, -1) @ _choose(self.readout, tau, hard, train)
+        return 10.0 * out[:, 1:, : cfg.classes]
+
+    def discrete(self) -> ProgramModule:
+        return to_module(self.choices(), self.cfg)
+
+
+# ------------------------------------------------------------------------ the discrete weights
+
+
+class ProgramModule(nn.Module):
+    """Transformer Program weights in the family ``tcomp.rasp.extract`` reads: ``forward(tokens)``
+    -> the output variable's one-hot block (B, N, classes); argmax is the prediction."""
+
+    def __init__(self, emb_t: Tensor, emb_p: Tensor, layers: list[dict[str, Tensor]], unembed: Tensor):
+        super().__init__()
+        self.embed_tokens = nn.Parameter(emb_t, requires_grad=False)
+        self.embed_positions = nn.Parameter(emb_p, requires_grad=False)
+        self.layers = nn.ModuleList()
+        for w in layers:
+            layer = nn.Module()
+            layer.attn, layer.mlp = nn.Module(), nn.Module()
+            for k in ("wq", "wk", "wv", "wo"):
+                setattr(layer.attn, k, nn.Parameter(w[k], requires_grad=False))
+            for k in ("w1", "b1", "w2"):
+                setattr(layer.mlp, k, nn.Parameter(w[k], requires_grad=False))
+            self.layers.append(layer)
+        self.unembed = nn.Parameter(unembed, requires_grad=False)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        bos = torch.full_like(tokens[:, :1], self.embed_tokens.shape[0] - 1)
+        ids = torch.cat([bos, tokens], dim=1)
+        x = F.embedding(ids, self.embed_tokens) + self.embed_positions[: ids.shape[1]]
+        for layer in self.layers:
+            a = layer.attn
+            x4 = x.unsqueeze(1)
+            o = F.scaled_dot_product_attention(x4 @ a.wq, x4 @ a.wk, x4 @ a.wv, scale=1.0)
+            x = x + (o @ a.wo).sum(1)
+            m = layer.mlp
+            x = x + torch.relu(x @ m.w1 + m.b1) @ m.w2
+        return x[:, 1:] @ self.unembed
+
+
+def to_module(choices: dict, cfg: ProgramConfig) -> ProgramModule:
+    """Weights computing the discrete program ``choices`` (see ``TransformerProgram.choices``)."""
+    K, N, V = cfg.K, cfg.max_len, cfg.vocab
+    sizes = [V, N]  # real values of each variable (tokens, indices, then K each)
+    n_widths = sum(1 for layer in choices["layers"] for it in layer if it[0] == "width")
+    n_vars = 2 + sum(len(layer) for layer in choices["layers"])
+    D = 2 + V + N + K * (n_vars - 2) + n_widths
+    starts = [2, 2 + V]
+    nxt = 2 + V + N
+    temp = D - n_widths
+    emb_t, emb_p = torch.zeros(V + 1, D), torch.zeros(N + 1, D)
+    emb_t[V, 1] = 1.0
+    emb_t[torch.arange(V), 2 + torch.arange(V)] = 1.0
+    emb_p[:, 0] = 1.0
+    emb_p[1 + torch.arange(N), 2 + V + torch.arange(N)] = 1.0
+    layers = []
+    for layer in choices["layers"]:
+        heads, units = [], []
+        for it in layer:
+            if it[0] == "mlp":
+                continue
+            starts.append(nxt)
+            sizes.append(sizes[it[2]] if it[0] == "cat" else N + 1)  # values it can hold
+            nxt += K
+            out = starts[-1]
+            if it[0] == "cat":
+                _, qv, vv, pred = it
+                wq, wk = torch.zeros(D, K + 2), torch.zeros(D, K + 2)
+                for a in range(sizes[qv]):
+                    wq[starts[qv] + a, a] = BETA
+                    if pred[a] < N:
+                        wk[starts[1] + pred[a], a] = 1.0
+                wq[0, K], wk[1, K] = BETA, 0.5
+                wq[1, K + 1], wk[1, K + 1] = BETA, 2.0
+                wv, wo = torch.zeros(D, K), torch.zeros(K, D)
+                for j in range(sizes[vv]):
+                    wv[starts[vv] + j, j], wo[j, out + j] = 1.0, 1.0
+                heads.append((wq, wk, wv, wo))
+            else:
+                _, qv, kv, pred = it
+                wq, wk = torch.zeros(D, K + 2), torch.zeros(D, K + 2)
+                for a in range(sizes[qv]):
+                    wq[starts[qv] + a, a] = BETA
+                    for b in range(sizes[kv]):
+                        wk[starts[kv] + b, a] = float(pred[a][b])
+                wq[0, K], wk[1, K] = BETA, 1.0
+                wq[1, K + 1], wk[1, K + 1] = BETA, 2.0
+                wv, wo = torch.zeros(D, K), torch.zeros(K, D)
+                wv[1, 0], wo[0, temp] = 1.0, 1.0
+                heads.append((wq, wk, wv, wo))
+                units += _width_units(temp, out, N, D)
+                temp += 1
+        # width decoders are MLP units; the tables may read their outputs, so they get a layer of their own
+        layers.append(_layer(heads, units, D, K))
+        heads, units = [], []
+        for it in layer:
+            if it[0] != "mlp":
+                continue
+            _, av, bv, table = it
+            starts.append(nxt)
+            sizes.append(K)
+            out, nxt = nxt, nxt + K
+            for a, b in itertools.product(range(sizes[av]), range(sizes[bv])):
+                w1 = torch.zeros(D)
+                w1[starts[av] + a] += 1.0
+                w1[starts[bv] + b] += 1.0
+                w2 = torch.zeros(D)
+                w2[out + table[a * K + b]] = 1.0
+                units.append((w1, -1.0, w2))
+        layers.append(_layer(heads, units, D, K))
+    unembed = torch.zeros(D, cfg.classes)
+    o = choices["output"]
+    for j in range(min(cfg.classes, sizes[o])):
+        unembed[starts[o] + j, j] = 1.0
+    return ProgramModule(emb_t, emb_p, layers, unembed).eval()
+
+
+def _width_units(inv: int, out: int, M: int, D: int) -> list[tuple[Tensor, float, Tensor]]:
+    """Decode ``1/(w+1)`` in dim ``inv`` to one-hot ``w`` at ``out`` (steps ``[w <= k]``)."""
+    slope = 4.0 * M * (M + 1)
+    units = []
+    for k in range(M):
+        thr = (1 / (k + 1) + 1 / (k + 2)) / 2
+        for off, sign in ((0.5, 1.0), (-0.5, -1.0)):
+            w1, w2 = torch.zeros(D), torch.zeros(D)
+            w1[inv], w1[1] = slope, -2 * slope
+            w2[out + k], w2[out + k + 1] = sign, -sign
+            units.append((w1, -slope * thr + off, w2))
+    w1, w2 = torch.zeros(D), torch.zeros(D)
+    w1[0], w1[1], w2[out + M] = 1.0, -2.0, 1.0
+    units.append((w1, 0.0, w2))
+    return units
+
+
+def _layer(heads: list[tuple], units: list[tuple], D: int, K: int) -> dict[str, Tensor]:
+    H = max(1, len(heads))
+    w = {
+        "wq": torch.zeros(H, D, K + 2),
+        "wk": torch.zeros(H, D, K + 2),
+        "wv": torch.zeros(H, D, K),
+        "wo": torch.zeros(H, K, D),
+    }
+    for i, h in enumerate(heads):
+        for k, t in zip(("wq", "wk", "wv", "wo"), h):
+            w[k][i] = t
+    n = max(1, len(units))
+    w["w1"], w["b1"], w["w2"] = torch.zeros(D, n), torch.zeros(n), torch.zeros(n, D)
+    for u, (a, b, c) in enumerate(units):
+        w["w1"][:, u], w["b1"][u], w["w2"][u] = a, b, c
+    return w
+
+
+# ------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    model: TransformerProgram
+    accuracy: float  # of the discrete model on the test set
+    steps: int
+    seed: int
+
+
+def predict(out: Tensor) -> Tensor:
+    """Predicted classes from a model's output block: the hot dim, 0 where no dim is hot (no value)."""
+    return torch.where(out.amax(-1) > 0.5, out.argmax(-1), 0)
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    with torch.no_grad():
+        return float((predict(model(x)) == y).float().mean())
+
+
+def train(
+    task: str | Task,
+    *,
+    seed: int = 0,
+    steps: int = 1000,
+    batch: int = 64,
+    lr: float = 0.1,
+    n_test: int = 500,
+    gumbel: float = 0.1,
+    **config: int,
+) -> TrainResult:
+    """Train a Transformer Program on ``task``: Adam, Gumbel-softmax choices (noise scaled by
+    ``gumbel``; full-scale noise trains poorly on CPU budgets) with the temperature annealed 3 -> 0.05."""
+    NOISE["gumbel"] = gumbel
+    t = TASKS[task] if isinstance(task, str) else task
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        cfg = ProgramConfig(vocab=t.vocab, max_len=t.max_len, classes=t.classes, **config)
+        model = TransformerProgram(cfg)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        x_train, y_train = make_data(t, steps * batch // 4 + batch, seed)
+        for step in range(steps):
+            model.train()
+            model.tau = 3.0 * (0.05 / 3.0) ** (step / max(1, steps - 1))
+            idx = torch.randint(0, len(x_train), (batch,))
+            loss = F.cross_entropy(model(x_train[idx]).flatten(0, 1), y_train[idx].flatten())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    x_test, y_test = make_data(t, n_test, seed + 10_000)
+    return TrainResult(model, accuracy(model, x_test, y_test), steps, seed)

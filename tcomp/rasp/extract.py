@@ -1,0 +1,353 @@
+"""Read a RASP program back out of the weights of a Transformer-Program-style model.
+
+The family (what ``tcomp.rasp.compile`` and ``tcomp.models.transformer_program`` build), found by
+parameter name in a captured graph:
+
+* ``embed_tokens`` (V+1, D) one-hot rows (the last one BOS), ``embed_positions`` (M+1, D) with a
+  column of ones (``one``) and one-hot rows 1..M (``indices``); every other dim starts at zero;
+* ``layers.{l}.attn.wq/wk/wv`` (H, D, d) and ``wo`` (H, d, D): each head reads its query from one
+  variable, its key from one, its value from one (or the ``bos`` dim: a SelectorWidth head) and
+  writes new dims; scores take two levels per query (selected / not), BOS in between (or level
+  with the selected ones for SelectorWidth);
+* ``layers.{l}.mlp.w1`` (D, h), ``b1`` (h), ``w2`` (h, D): ReLU units, grouped by the variable they
+  write, each group a lookup table of one or two categorical variables (or a width decoder);
+* ``unembed`` (D, k): the output variable.
+
+A variable with one dim is numerical, more dims are categorical (values: the dims). Anything else
+is refused with the weight that breaks the assumption.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from tcomp.errors import InputError
+from tcomp.rasp import language as L
+
+TOL = 1e-4
+GAP = 12.0  # score margin (in logits) to BOS: the losing keys keep < exp(-12) = 6e-6 of the attention
+
+
+class NotAProgram(InputError):
+    """The model is outside the Transformer-Program family; the message names the weight."""
+
+
+@dataclass
+class Var:
+    expr: L.SOp
+    dims: list[int]
+    labels: list  # value of each dim (categorical); [] for numerical
+
+
+@dataclass
+class Extracted:
+    program: L.SOp
+    vocab: list[int]  # token ids 0..V-1
+    max_len: int
+    n_variables: int  # variables found in the weights
+    n_used: int  # of those, the ones the output depends on (the rest is pruned)
+    heads: int = 0
+    mlps: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def weights_of(gm: fx.GraphModule) -> dict[str, Tensor]:
+    """The tensors a graph reads through ``get_attr`` (parameters and buffers), by name."""
+    out = {}
+    for n in gm.graph.nodes:
+        if n.op == "get_attr":
+            obj = gm
+            for part in n.target.split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, Tensor):
+                out[n.target] = obj.detach().to(torch.float64)
+    return out
+
+
+def extract(source: fx.GraphModule | dict[str, Tensor]) -> Extracted:
+    """The RASP program computed by a captured Transformer-Program-style model (or its weights)."""
+    w = (
+        weights_of(source)
+        if isinstance(source, fx.GraphModule)
+        else {k: v.double() for k, v in source.items()}
+    )
+    _require_family(w)
+    return _Reader(w).run()
+
+
+def _require_family(w: dict[str, Tensor]) -> None:
+    need = ["embed_tokens", "embed_positions", "unembed"]
+    missing = [k for k in need if k not in w]
+    if not missing:
+        return
+    why = [
+        f"no weight named {', '.join(missing)} (a Transformer Program has embed_tokens, embed_positions, "
+        "layers.N.attn.wq/wk/wv/wo, layers.N.mlp.w1/b1/w2 and unembed)"
+    ]
+    for name, t in w.items():
+        if t.dim() == 2 and t.shape[0] > 8 and "emb" in name:
+            counts = (t.abs() > TOL).sum(1)
+            r = int(counts.argmax())
+            if int(counts[r]) != 1:
+                why.append(
+                    f"{name}: row {r} has {int(counts[r])} nonzero entries, so tokens are not one-hot in a "
+                    "disentangled residual stream"
+                )
+                break
+    raise NotAProgram("not a Transformer Program: " + "; ".join(why))
+
+
+def _one_hot_rows(t: Tensor, name: str, rows: range) -> list[int]:
+    out = []
+    for r in rows:
+        nz = (t[r].abs() > TOL).nonzero().flatten().tolist()
+        if len(nz) != 1 or abs(float(t[r, nz[0]]) - 1) > TOL:
+            raise NotAProgram(f"{name} row {r} is not one-hot (nonzero at dims {nz[:8]})")
+        out.append(nz[0])
+    return out
+
+
+class _Reader:
+    def __init__(self, w: dict[str, Tensor]):
+        self.w = w
+        E, P = w["embed_tokens"], w["embed_positions"]
+        self.D = E.shape[1]
+        self.V, self.M = E.shape[0] - 1, P.shape[0] - 1
+        tok = _one_hot_rows(E, "embed_tokens", range(self.V))
+        (self.bos,) = _one_hot_rows(E, "embed_tokens", range(self.V, self.V + 1))
+        ones = [d for d in range(self.D) if bool(((P[:, d] - 1).abs() < TOL).all())]
+        if len(ones) != 1:
+            raise NotAProgram(
+                f"embed_positions has {len(ones)} all-ones columns; the family has exactly one ('one')"
+            )
+        self.one = ones[0]
+        Pi = P.clone()
+        Pi[:, self.one] = 0
+        pos = _one_hot_rows(Pi, "embed_positions (besides 'one')", range(1, self.M + 1))
+        self.vars: list[Var] = [
+            Var(L.tokens, tok, list(range(self.V))),
+            Var(L.indices, pos, list(range(self.M))),
+        ]
+        self.by_dim: dict[int, Var] = {d: v for v in self.vars for d in v.dims}
+        self.widths: dict[int, L.Select] = {}  # dim holding 1/(w+1) -> its selector
+        self.heads = self.mlps = 0
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _var_of(self, dims: list[int], where: str) -> Var | None:
+        dims = [d for d in dims if d not in (self.one, self.bos)]
+        if not dims:
+            return None
+        written = [d for d in dims if d in self.by_dim]
+        if written and len(written) < len(dims):
+            dims = written  # dims nothing writes are zero everywhere: reading them adds nothing
+        if len(dims) == 1 and dims[0] not in self.by_dim and dims[0] not in self.widths:
+            # a dim nothing writes holds 0 everywhere (e.g. a numerical Map whose table is all zeros)
+            zero = L.Map(lambda v: 0, L.indices, numerical=True, name=f"zero_{dims[0]}")
+            return self._new(zero, dims, [], where)
+        owners = {id(self.by_dim[d]) if d in self.by_dim else None for d in dims}
+        if None in owners:
+            raise NotAProgram(
+                f"{where} reads dims {[d for d in dims if d not in self.by_dim]} that nothing wrote"
+            )
+        if len(owners) != 1:
+            names = sorted({self.by_dim[d].expr.name for d in dims})
+            raise NotAProgram(
+                f"{where} reads several variables at once ({', '.join(names)}); a head reads one"
+            )
+        return self.by_dim[dims[0]]
+
+    def _new(self, expr: L.SOp, dims: list[int], labels: list, where: str) -> Var:
+        clash = [d for d in dims if d in self.by_dim or d in (self.one, self.bos) or d in self.widths]
+        if clash:
+            raise NotAProgram(f"{where} writes dims {clash} that already hold a variable (not disentangled)")
+        v = Var(expr, dims, labels)
+        self.vars.append(v)
+        self.by_dim.update({d: v for d in dims})
+        return v
+
+    def _basis(self, dims: list[int]) -> Tensor:
+        x = torch.zeros(self.D, dtype=torch.float64)
+        x[self.one] = 1.0
+        x[dims] = 1.0
+        return x
+
+    # -- reading ---------------------------------------------------------------------------------
+    def run(self) -> Extracted:
+        layer = 0
+        while f"layers.{layer}.attn.wq" in self.w:
+            self._attention(layer)
+            self._mlp(layer)
+            layer += 1
+        U = self.w["unembed"]
+        cols = [(U[:, j].abs() > TOL).nonzero().flatten().tolist() for j in range(U.shape[1])]
+        if any(len(c) != 1 for c in cols):
+            raise NotAProgram("unembed columns must each read one residual dim")
+        out = self._var_of([c[0] for c in cols], "unembed")
+        if out is None:
+            raise NotAProgram("unembed reads no variable")
+        prog = out.expr
+        if out.labels:
+            col_of = {c[0]: j for j, c in enumerate(cols)}
+            relabel = {lab: col_of.get(d) for d, lab in zip(out.dims, out.labels)}
+            if any(lab != col for lab, col in relabel.items()):
+                prog = L.Map(relabel.__getitem__, prog, name="output")
+        used = {e.id for e in L.walk(prog)}
+        n_used = sum(v.expr.id in used for v in self.vars)
+        return Extracted(prog, list(range(self.V)), self.M, len(self.vars), n_used, self.heads, self.mlps)
+
+    def _attention(self, layer: int) -> None:
+        p = f"layers.{layer}.attn."
+        wq, wk, wv, wo = (self.w[p + k] for k in ("wq", "wk", "wv", "wo"))
+        for h in range(wq.shape[0]):
+            where = f"{p}w*[{h}] (layer {layer} head {h})"
+            outs = (wo[h].abs() > TOL).any(0).nonzero().flatten().tolist()
+            if not outs:
+                continue  # an empty head
+            self.heads += 1
+            rows = lambda m: (m.abs() > TOL).any(1).nonzero().flatten().tolist()  # noqa: E731
+            qv = self._var_of(rows(wq[h]), where + " query") or self.vars[1]
+            kv = self._var_of(rows(wk[h]), where + " key") or self.vars[1]
+            vrows = rows(wv[h])
+            width = vrows == [self.bos]
+            sel = self._select(qv, kv, wq[h] @ wk[h].T, width, where)
+            ov = wv[h] @ wo[h]  # (D, D): value dims -> output dims
+            if width:
+                if len(outs) != 1:
+                    raise NotAProgram(f"{where}: a SelectorWidth head writes one dim, this one writes {outs}")
+                self.widths[outs[0]] = sel
+                continue
+            src = self._var_of(vrows, where + " value")
+            if src is None:
+                raise NotAProgram(f"{where} reads no value")
+            moved = {}
+            for d in src.dims:
+                tgt = (ov[d].abs() > TOL).nonzero().flatten().tolist()
+                if len(tgt) != 1 or abs(float(ov[d, tgt[0]]) - 1) > TOL:
+                    raise NotAProgram(f"{where}: value dim {d} is not copied to one output dim with weight 1")
+                moved[d] = tgt[0]
+            numerical = not src.labels
+            agg = L.Aggregate(sel, src.expr, numerical=numerical, name=f"aggregate_{layer}_{h}")
+            dims = [moved[d] for d in src.dims]
+            self._new(agg, dims, list(src.labels), where)
+
+    def _select(self, qv: Var, kv: Var, S: Tensor, width: bool, where: str) -> L.Select:
+        table: dict[tuple, bool] = {}
+        for qd, ql in zip(qv.dims, qv.labels or [0]):
+            q = self._basis([qd])
+            bos = float(q @ S[:, self.bos])
+            for kd, kl in zip(kv.dims, kv.labels or [0]):
+                s = float(q @ S[:, kd])
+                if width:
+                    ok = abs(s - bos) < TOL or s < bos - GAP
+                else:
+                    ok = s > bos + GAP or s < bos - GAP
+                if not ok:
+                    raise NotAProgram(
+                        f"{where}: score {s:.3g} of query value {ql} / key value {kl} is not clearly above or "
+                        f"below the BOS score {bos:.3g}; the head is not hard attention"
+                    )
+                table[kl, ql] = s > bos - TOL
+        true = frozenset(k for k, v in table.items() if v)
+        name = "select_" + "_".join(c for c in where.split("(")[1].split(")")[0].split() if c.isdigit())
+        for cmp in L.Comparison:  # a named comparison reads better than a table
+            if all(cmp(k, q) == v for (k, q), v in table.items()):
+                return L.Select(kv.expr, qv.expr, cmp, name=name)
+        return L.Select(kv.expr, qv.expr, lambda k, q, t=true: (k, q) in t, name=name)
+
+    def _mlp(self, layer: int) -> None:
+        p = f"layers.{layer}.mlp."
+        w1, b1, w2 = self.w[p + "w1"], self.w[p + "b1"], self.w[p + "w2"]
+        units = [u for u in range(w2.shape[0]) if bool((w2[u].abs() > TOL).any())]
+        # units reading the same variables form one table; units sharing an output dim too
+        groups: list[tuple[set[int], set[int]]] = []
+        by_key: dict[frozenset, int] = {}
+        for u in units:
+            ins = (w1[:, u].abs() > TOL).nonzero().flatten().tolist()
+            key = frozenset(
+                id(self.by_dim[d]) if d in self.by_dim else d for d in ins if d not in (self.one, self.bos)
+            )
+            dims = set((w2[u].abs() > TOL).nonzero().flatten().tolist())
+            if key and key in by_key:
+                groups[by_key[key]][0].add(u)
+                groups[by_key[key]][1].update(dims)
+            else:
+                by_key.setdefault(key, len(groups))
+                groups.append(({u}, dims))
+        merged: list[tuple[set[int], set[int]]] = []
+        for us, ds in groups:
+            for g in [g for g in merged if g[1] & ds]:
+                merged.remove(g)
+                us, ds = us | g[0], ds | g[1]
+            merged.append((us, ds))
+        groups = merged
+        for us, ds in sorted(groups, key=lambda g: min(g[1])):
+            self.mlps += 1
+            self._mlp_group(layer, sorted(us), sorted(ds), w1, b1, w2)
+
+    def _mlp_group(self, layer: int, us: list[int], outs: list[int], w1, b1, w2) -> None:
+        where = f"layers.{layer}.mlp units {us[:4]}{'...' if len(us) > 4 else ''}"
+        ins = sorted(
+            {d for u in us for d in (w1[:, u].abs() > TOL).nonzero().flatten().tolist()}
+            - {self.one, self.bos}
+        )
+
+        def run(dims: list[int], t: float | None = None) -> Tensor:
+            x = self._basis(dims)
+            if t is not None:
+                x[ins[0]] = t
+            return (torch.relu(x @ w1[:, us] + b1[us]) @ w2[us])[outs]
+
+        name = f"map_{layer}_{outs[0]}"
+        if len(ins) == 1 and ins[0] in self.widths:
+            sw = L.SelectorWidth(self.widths[ins[0]], name=f"width_{layer}_{outs[0]}")
+            table = {w: self._read(run([], 1.0 / (w + 1)), outs, where) for w in range(self.M + 1)}
+            if len(outs) > 1 and len(set(table.values())) == len(table) and None not in table.values():
+                self._new(sw, [outs[i] for i in table.values()], list(table), where)
+                return
+            self._table(L.Map, table, [sw], outs, where, name)
+            return
+        ins = [d for d in ins if d in self.by_dim or d in self.widths] or ins  # unwritten dims are always 0
+        readers: list[Var] = []
+        for d in ins:
+            v = self.by_dim.get(d)
+            if v is None:
+                raise NotAProgram(f"{where} reads dim {d} that nothing wrote")
+            if v not in readers:
+                readers.append(v)
+        if len(readers) not in (1, 2) or any(not v.labels for v in readers):
+            raise NotAProgram(
+                f"{where} reads {[v.expr.name for v in readers]}; a table MLP reads one or two categorical variables"
+            )
+        table = {}
+        for combo in itertools.product(*[list(zip(v.dims, v.labels)) for v in readers]):
+            key = tuple(lab for _, lab in combo)
+            table[key if len(key) > 1 else key[0]] = self._read(run([d for d, _ in combo]), outs, where)
+        self._table(
+            L.Map if len(readers) == 1 else L.SequenceMap, table, [v.expr for v in readers], outs, where, name
+        )
+
+    def _read(self, y: Tensor, outs: list[int], where: str) -> Any:
+        if len(outs) == 1:
+            return round(float(y[0]), 6)
+        hot = (y.abs() > TOL).nonzero().flatten().tolist()
+        if not hot:
+            return None
+        if len(hot) != 1 or abs(float(y[hot[0]]) - 1) > 1e-3:
+            raise NotAProgram(f"{where}: output {y.tolist()} is not one-hot; the MLP is not a lookup table")
+        return hot[0]
+
+    def _table(self, kind, table: dict, args: list[L.SOp], outs: list[int], where: str, name: str) -> None:
+        numerical = len(outs) == 1
+        if kind is L.Map:
+            expr = L.Map(lambda v, t=table: t[v], args[0], numerical=numerical, name=name)
+        else:
+            expr = L.SequenceMap(
+                lambda a, b, t=table: t[a, b], args[0], args[1], numerical=numerical, name=name
+            )
+        self._new(expr, outs, [] if numerical else list(range(len(outs))), where)

@@ -1,0 +1,262 @@
+"""RASP programs as immutable expression trees (Weiss et al. 2021, in tracr's flavour).
+
+``tokens`` and ``indices`` are the two inputs. ``Map`` / ``SequenceMap`` apply a function per
+position, ``Select`` builds a selector (which key positions each query position looks at) from a
+comparison of a key and a query sequence, ``Aggregate`` reads the selected values (categorical: the
+one selected value; numerical: their mean), ``SelectorWidth`` counts the selected keys.
+
+Every sequence is *categorical* (a finite value set, one-hot in a compiled model) or *numerical*
+(one real number). ``value_set`` gives the finite value sets a compiler needs.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+_ids = itertools.count()
+
+
+class Comparison(enum.Enum):
+    """Predicate of ``Select``: ``pred(key, query)`` (a query position selects the keys it holds for)."""
+
+    EQ = "=="
+    LT = "<"
+    LEQ = "<="
+    GT = ">"
+    GEQ = ">="
+    NEQ = "!="
+    TRUE = "true"
+    FALSE = "false"
+
+    def __call__(self, key: Any, query: Any) -> bool:
+        if key is None or query is None:
+            return False
+        return _COMPARE[self](key, query)
+
+
+_COMPARE: dict[Comparison, Callable[[Any, Any], bool]] = {
+    Comparison.EQ: lambda k, q: k == q,
+    Comparison.LT: lambda k, q: k < q,
+    Comparison.LEQ: lambda k, q: k <= q,
+    Comparison.GT: lambda k, q: k > q,
+    Comparison.GEQ: lambda k, q: k >= q,
+    Comparison.NEQ: lambda k, q: k != q,
+    Comparison.TRUE: lambda k, q: True,
+    Comparison.FALSE: lambda k, q: False,
+}
+
+
+class Expr:
+    """Base of every RASP expression; ``name`` labels it in printed programs and compiled models."""
+
+    def __init__(self, name: str | None = None):
+        self.id = next(_ids)
+        self.name = name or f"{type(self).__name__.lower()}_{self.id}"
+
+    @property
+    def children(self) -> tuple[Expr, ...]:
+        return ()
+
+    def named(self, name: str) -> Expr:
+        self.name = name
+        return self
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class SOp(Expr):
+    """A sequence operation: one value per position."""
+
+    numerical: bool = False
+
+    @property
+    def encoding(self) -> str:
+        return "numerical" if self.numerical else "categorical"
+
+
+class Tokens(SOp):
+    def __init__(self) -> None:
+        super().__init__("tokens")
+
+
+class Indices(SOp):
+    def __init__(self) -> None:
+        super().__init__("indices")
+
+
+tokens = Tokens()
+indices = Indices()
+
+
+class Map(SOp):
+    """``f(x)`` at every position. ``numerical=True`` makes the output a numerical sequence."""
+
+    def __init__(self, f: Callable[[Any], Any], x: SOp, *, numerical: bool = False, name: str | None = None):
+        super().__init__(name)
+        self.f, self.x, self.numerical = f, x, numerical
+
+    @property
+    def children(self) -> tuple[Expr, ...]:
+        return (self.x,)
+
+
+class SequenceMap(SOp):
+    """``f(x, y)`` at every position."""
+
+    def __init__(
+        self,
+        f: Callable[[Any, Any], Any],
+        x: SOp,
+        y: SOp,
+        *,
+        numerical: bool = False,
+        name: str | None = None,
+    ):
+        super().__init__(name)
+        self.f, self.x, self.y, self.numerical = f, x, y, numerical
+
+    @property
+    def children(self) -> tuple[Expr, ...]:
+        return (self.x, self.y)
+
+
+Predicate = Comparison | Callable[[Any, Any], bool]
+
+
+class Selector(Expr):
+    """A boolean matrix ``[query, key]``; combine with ``&``, ``|`` and ``~``."""
+
+    def __and__(self, other: Selector) -> Selector:
+        return SelectorAnd(self, other)
+
+    def __or__(self, other: Selector) -> Selector:
+        return SelectorOr(self, other)
+
+    def __invert__(self) -> Selector:
+        return SelectorNot(self)
+
+
+class Select(Selector):
+    """Query position ``i`` selects key position ``j`` iff ``predicate(keys[j], queries[i])``.
+
+    ``predicate`` is a ``Comparison`` or any ``f(key, query) -> bool`` (e.g. a table read from weights).
+    """
+
+    def __init__(self, keys: SOp, queries: SOp, predicate: Predicate, *, name: str | None = None):
+        super().__init__(name)
+        self.keys, self.queries, self.predicate = keys, queries, predicate
+
+    @property
+    def children(self) -> tuple[Expr, ...]:
+        return (self.keys, self.queries)
+
+    def holds(self, key: Any, query: Any) -> bool:
+        if key is None or query is None:
+            return False
+        return bool(self.predicate(key, query))
+
+
+class SelectorAnd(Selector):
+    def __init__(self, a: Selector, b: Selector, *, name: str | None = None):
+        super().__init__(name)
+        self.a, self.b = a, b
+
+    @property
+    def children(self) -> tuple[Expr, ...]:
+        return (self.a, self.b)
+
+
+class SelectorOr(SelectorAnd):
+    pass
+
+
+class SelectorNot(Selector):
+    def __init__(self, a: Selector, *, name: str | None = None):
+        super().__init__(name)
+        self.a = a
+
+    @property
+    def children(self) -> tuple[Expr, ...]:
+        return (self.a,)
+
+
+class Aggregate(SOp):
+    """Categorical: the value of the one selected key (``None`` when none is selected).
+    Numerical: the mean of the selected values (``0`` when none is selected)."""
+
+    def __init__(self, selector: Selector, x: SOp, *, numerical: bool = False, name: str | None = None):
+        super().__init__(name)
+        self.selector, self.x, self.numerical = selector, x, numerical
+
+    @property
+    def children(self) -> tuple[Expr, ...]:
+        return (self.selector, self.x)
+
+
+class SelectorWidth(SOp):
+    """How many keys each query selects (categorical, values ``0..max_len``)."""
+
+    def __init__(self, selector: Selector, *, name: str | None = None):
+        super().__init__(name)
+        self.selector = selector
+
+    @property
+    def children(self) -> tuple[Expr, ...]:
+        return (self.selector,)
+
+
+def walk(root: Expr) -> list[Expr]:
+    """Every expression under ``root`` in dependency order (children before parents), once each."""
+    out: list[Expr] = []
+    seen: set[int] = set()
+
+    def visit(e: Expr) -> None:
+        if e.id in seen:
+            return
+        seen.add(e.id)
+        for c in e.children:
+            visit(c)
+        out.append(e)
+
+    visit(root)
+    return out
+
+
+def _sorted(values: Iterable[Hashable]) -> list:
+    vals = [v for v in set(values) if v is not None]
+    try:
+        return sorted(vals)
+    except TypeError:
+        return sorted(vals, key=repr)
+
+
+def value_sets(root: Expr, vocab: Iterable[Hashable], max_len: int) -> dict[int, list]:
+    """Sorted value set of every categorical sequence under ``root`` (by expression id).
+
+    Numerical sequences get the values they may hold where that is finite (Map outputs); an
+    Aggregate of a numerical sequence gets ``None`` (means are not enumerated).
+    """
+    sets: dict[int, list | None] = {}
+    for e in walk(root):
+        if isinstance(e, Tokens):
+            sets[e.id] = _sorted(vocab)
+        elif isinstance(e, Indices):
+            sets[e.id] = list(range(max_len))
+        elif isinstance(e, Map):
+            sets[e.id] = _apply_all(lambda v, e=e: e.f(v), [(v,) for v in sets[e.x.id] or []])
+        elif isinstance(e, SequenceMap):
+            pairs = list(itertools.product(sets[e.x.id] or [], sets[e.y.id] or []))
+            sets[e.id] = _apply_all(lambda a, b, e=e: e.f(a, b), pairs)
+        elif isinstance(e, Aggregate):
+            sets[e.id] = None if e.numerical else sets[e.x.id]
+        elif isinstance(e, SelectorWidth):
+            sets[e.id] = list(range(max_len + 1))
+    return sets  # type: ignore[return-value]
+
+
+def _apply_all(f: Callable[..., Any], args: list[tuple]) -> list:
+    return _sorted(f(*a) for a in args)

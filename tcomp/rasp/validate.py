@@ -1,0 +1,142 @@
+"""Static checks that a RASP program compiles to weights that compute it exactly.
+
+tracr compiles some programs it cannot get right (a categorical Aggregate whose selector picks
+several keys silently averages one-hot vectors). Here each such program is refused with the
+expression and the reason. A categorical Aggregate must be *provably* at most one key per query:
+its selector (or one side of an ``&``) is ``Select(keys, queries, pred)`` where ``keys`` is unique
+per position and each query value matches at most one key value. Uniqueness is inferred:
+``indices`` is unique; an injective Map of a unique sequence is; an injective SequenceMap with a
+unique argument is; ``SelectorWidth(Select(u, u, <,<=,>,>=))`` of a unique ``u`` is (ranks).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from tcomp.errors import InputError
+from tcomp.rasp import language as L
+
+
+class ValidationError(InputError):
+    """A RASP program the compiler would get wrong; ``problems`` lists ``(expression, reason)``."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        lines = "\n".join(f"  {name}: {why}" for name, why in problems)
+        super().__init__(f"the RASP program cannot be compiled exactly:\n{lines}")
+
+
+@dataclass
+class Facts:
+    sets: dict[int, Any]
+    unique: dict[int, bool]
+
+
+_ORDER = {L.Comparison.LT, L.Comparison.LEQ, L.Comparison.GT, L.Comparison.GEQ}
+
+
+def problems(program: L.SOp, vocab: Iterable[Hashable], max_len: int) -> list[tuple[str, str]]:
+    """Every reason ``program`` cannot be compiled exactly (empty when it can)."""
+    vocab = list(vocab)
+    if max_len < 1:
+        return [(program.name, f"max_len must be at least 1, got {max_len}")]
+    try:
+        sets = L.value_sets(program, vocab, max_len)
+    except Exception as exc:  # noqa: BLE001 - a user function failed on a value of its input
+        return [(program.name, f"a function raised {type(exc).__name__}: {exc} on a value of its input")]
+    facts = Facts(sets, {})
+    out: list[tuple[str, str]] = []
+    for e in L.walk(program):
+        facts.unique[e.id] = _unique(e, facts)
+        out += [(e.name, why) for why in _check(e, facts)]
+    return out
+
+
+def validate(program: L.SOp, vocab: Iterable[Hashable], max_len: int) -> None:
+    """Raise ``ValidationError`` naming each expression the compiler would get wrong."""
+    found = problems(program, vocab, max_len)
+    if found:
+        raise ValidationError(found)
+
+
+def _check(e: L.Expr, f: Facts) -> list[str]:
+    why: list[str] = []
+    ins: list[L.Expr] = []
+    if isinstance(e, (L.Map, L.SequenceMap)):
+        ins = [e.x] + ([e.y] if isinstance(e, L.SequenceMap) else [])
+        for x in ins:
+            if getattr(x, "numerical", False):
+                why.append(
+                    f"reads numerical {x.name}; Map/SequenceMap become lookup-table MLPs over categorical inputs"
+                )
+        if not why and None in _outputs(e, f):
+            why.append("its function returns None, which the compiled model uses for 'no value'")
+        if not why and not e.numerical and not f.sets[e.id]:
+            why.append("has an empty value set")
+    elif isinstance(e, L.Select):
+        for x in (e.keys, e.queries):
+            if x.numerical:
+                why.append(f"compares numerical {x.name}; Select compares categorical sequences")
+    elif isinstance(e, L.Aggregate):
+        if e.numerical and not e.x.numerical:
+            why.append(
+                f"numerical Aggregate of categorical {e.x.name}; make it numerical (Map(..., numerical=True))"
+            )
+        if not e.numerical:
+            if e.x.numerical:
+                why.append(f"categorical Aggregate of numerical {e.x.name}; use numerical=True (a mean)")
+            reason = _at_most_one(e.selector, f)
+            if reason:
+                why.append(f"categorical Aggregate needs at most one selected key per query, but {reason}")
+    return why
+
+
+def _outputs(e: L.Map | L.SequenceMap, f: Facts) -> list:
+    if isinstance(e, L.Map):
+        return [e.f(v) for v in f.sets[e.x.id] or []]
+    return [e.f(a, b) for a, b in itertools.product(f.sets[e.x.id] or [], f.sets[e.y.id] or [])]
+
+
+def _injective(outs: list) -> bool:
+    return len(set(outs)) == len(outs)
+
+
+def _unique(e: L.Expr, f: Facts) -> bool:
+    """Is ``e`` provably different at every position of every input?"""
+    if isinstance(e, L.Indices):
+        return True
+    if isinstance(e, L.Map) and not e.numerical:
+        return f.unique.get(e.x.id, False) and _injective(_outputs(e, f))
+    if isinstance(e, L.SequenceMap) and not e.numerical:
+        either = f.unique.get(e.x.id, False) or f.unique.get(e.y.id, False)
+        return either and _injective(_outputs(e, f))
+    if isinstance(e, L.SelectorWidth) and isinstance(e.selector, L.Select):
+        s = e.selector
+        return s.keys is s.queries and s.predicate in _ORDER and f.unique.get(s.keys.id, False)
+    return False
+
+
+def _at_most_one(sel: L.Selector, f: Facts) -> str:
+    """'' when ``sel`` provably selects at most one key per query, else why not."""
+    if isinstance(sel, L.Select):
+        keys, queries = f.sets[sel.keys.id] or [], f.sets[sel.queries.id] or []
+        worst = max(([k for k in keys if sel.holds(k, q)] for q in queries), key=len, default=[])
+        if len(worst) == 0:
+            return ""
+        if len(worst) > 1:
+            return f"{sel.name} lets one query value match key values {worst[:6]}"
+        if not f.unique[sel.keys.id]:
+            return (
+                f"{sel.name}'s keys {sel.keys.name} are not provably unique per position "
+                "(unique: indices, injective maps of them, ranks SelectorWidth(Select(u, u, <)))"
+            )
+        return ""
+    if isinstance(sel, L.SelectorOr):
+        return f"{sel.name} is an 'or' of selectors"
+    if isinstance(sel, L.SelectorAnd):
+        ra, rb = _at_most_one(sel.a, f), _at_most_one(sel.b, f)
+        return "" if not ra or not rb else ra
+    return f"{sel.name} is a negated selector"

@@ -1,0 +1,81 @@
+"""Hypothesis strategies: random valid RASP programs over small vocabularies."""
+
+from __future__ import annotations
+
+from hypothesis import assume
+from hypothesis import strategies as st
+
+from tcomp import rasp
+from tcomp.rasp import language as L
+
+VOCAB = [0, 1, 2, 3]
+MAX_LEN = 5
+_CMPS = list(L.Comparison)
+
+
+@st.composite
+def programs(draw, vocab=VOCAB, max_len=MAX_LEN, max_ops=5):
+    """A random program: a tree of Map/SequenceMap/Select/Aggregate/SelectorWidth over tokens and
+    indices (value sets kept small), valid for ``rasp.validate``."""
+    cat: list[L.SOp] = [L.tokens, L.indices]
+    num: list[L.SOp] = []
+    sets = {L.tokens.id: list(vocab), L.indices.id: list(range(max_len))}
+    last: L.SOp = L.tokens
+    for _ in range(draw(st.integers(1, max_ops))):
+        kind = draw(st.sampled_from(["map", "seqmap", "agg", "width", "num"]))
+        x = draw(st.sampled_from(cat))
+        if kind == "map":
+            table = {v: draw(st.integers(0, 3)) for v in sets[x.id]}
+            e = L.Map(table.__getitem__, x)
+        elif kind == "seqmap":
+            y = draw(st.sampled_from(cat))
+            table = {(a, b): draw(st.integers(0, 3)) for a in sets[x.id] for b in sets[y.id]}
+            e = L.SequenceMap(lambda a, b, t=table: t[a, b], x, y)
+        elif kind == "width":
+            y = draw(st.sampled_from(cat))
+            e = L.SelectorWidth(_selector(draw, x, y, sets))
+        elif kind == "agg":
+            # keys unique per position (indices), each query value matching at most one key value
+            q = draw(st.sampled_from(cat))
+            target = {v: draw(st.one_of(st.none(), st.integers(0, max_len - 1))) for v in sets[q.id]}
+            sel = L.Select(L.indices, q, lambda k, qv, t=target: t[qv] == k)
+            if draw(st.booleans()):
+                sel = sel & _selector(draw, x, q, sets)
+            e = L.Aggregate(sel, draw(st.sampled_from(cat)))
+        else:
+            table = {v: draw(st.sampled_from([0, 1, 0.5, -2])) for v in sets[x.id]}
+            m = L.Map(table.__getitem__, x, numerical=True)
+            y = draw(st.sampled_from(cat))
+            e = L.Aggregate(_selector(draw, x, y, sets), m, numerical=True)
+        sets.update(L.value_sets(e, vocab, max_len))
+        if e.numerical:
+            num.append(e)
+        elif len(sets[e.id]) > 1:  # a one-value variable has one dim: it reads back as numerical
+            cat.append(e)
+        else:
+            continue
+        last = e
+    assume(last is not L.tokens)
+    rasp.validate(last, vocab, max_len)
+    return last
+
+
+def _selector(draw, keys, queries, sets):
+    def one():
+        if draw(st.booleans()):
+            return L.Select(keys, queries, draw(st.sampled_from(_CMPS)))
+        true = {(k, q) for k in sets[keys.id] for q in sets[queries.id] if draw(st.booleans())}
+        return L.Select(keys, queries, lambda k, q, t=frozenset(true): (k, q) in t)
+
+    s = one()
+    op = draw(st.sampled_from(["", "&", "|", "~"]))
+    if op == "&":
+        s = s & one()
+    elif op == "|":
+        s = s | one()
+    elif op == "~":
+        s = ~s
+    return s
+
+
+inputs = st.lists(st.sampled_from(VOCAB), min_size=1, max_size=MAX_LEN)

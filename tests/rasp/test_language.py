@@ -1,0 +1,71 @@
+"""The evaluator against plain-Python references, the printer against the evaluator, validation."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tcomp import rasp
+from tcomp.rasp import programs as P
+from tcomp.rasp.language import Aggregate, Comparison, Map, Select, SequenceMap, indices, tokens
+from tests.rasp.strategies import MAX_LEN, VOCAB, inputs, programs
+
+
+@given(inputs)
+def test_library_programs_match_python(xs):
+    assert rasp.evaluate(P.reverse(), xs) == xs[::-1]
+    assert rasp.evaluate(P.sort(MAX_LEN), xs) == sorted(xs)
+    assert rasp.evaluate(P.histogram(), xs) == [xs.count(x) for x in xs]
+    assert rasp.evaluate(P.length(), xs) == [len(xs)] * len(xs)
+    want = [sum(v == 1 for v in xs[: i + 1]) / (i + 1) for i in range(len(xs))]
+    assert rasp.evaluate(P.frac_prevs(1), xs) == pytest.approx(want)
+
+
+@given(programs(), st.lists(inputs, min_size=3, max_size=3))
+def test_printed_source_runs_standalone_and_reloads(prog, xss):
+    src = rasp.to_source(prog, VOCAB, MAX_LEN)
+    ns: dict = {"__name__": "printed"}
+    exec(compile(src, "printed", "exec"), ns)
+    reloaded, vocab, max_len = rasp.load_source(src)
+    assert (vocab, max_len) == (VOCAB, MAX_LEN)
+    for xs in xss:
+        want = rasp.evaluate(prog, xs)
+        assert ns["program"](xs) == want
+        assert rasp.evaluate(reloaded, xs) == want
+
+
+def test_selector_combinators():
+    a = Select(indices, indices, Comparison.LEQ)
+    b = Select(tokens, tokens, Comparison.EQ)
+    xs = [1, 2, 1]
+    m = rasp.evaluate_all((a & ~b) | b, xs)
+    env = rasp.evaluate_all(Aggregate((a & ~b) | b, Map(float, tokens, numerical=True), numerical=True), xs)
+    sel = [v for v in env.values() if isinstance(v, list) and v and isinstance(v[0], list)]
+    assert [[k <= q and xs[k] != xs[q] or xs[k] == xs[q] for k in range(3)] for q in range(3)] in sel
+    assert m
+
+
+def test_validation_rejects_ambiguous_categorical_aggregate():
+    bad = Aggregate(Select(tokens, tokens, Comparison.LT, name="smaller"), tokens, name="pick")
+    with pytest.raises(rasp.ValidationError) as err:
+        rasp.validate(bad, VOCAB, MAX_LEN)
+    assert err.value.problems[0][0] == "pick"
+    assert "smaller" in str(err.value) and "at most one" in str(err.value)
+    # same selector on unique keys with EQ is fine; EQ on tokens is not provably one-hot
+    rasp.validate(Aggregate(Select(indices, indices, Comparison.EQ), tokens), VOCAB, MAX_LEN)
+    not_unique = Aggregate(Select(tokens, tokens, Comparison.EQ), tokens)
+    assert "not provably unique" in rasp.problems(not_unique, VOCAB, MAX_LEN)[0][1]
+
+
+def test_validation_rejects_maps_of_numerical_and_mixed_aggregates():
+    num = Map(lambda x: x / 2, tokens, numerical=True, name="half")
+    assert "numerical half" in rasp.problems(Map(lambda v: v, num), VOCAB, MAX_LEN)[0][1]
+    sel = Select(indices, indices, Comparison.LEQ)
+    assert "numerical=True" in rasp.problems(Aggregate(sel, num), VOCAB, MAX_LEN)[0][1]
+    assert rasp.problems(SequenceMap(lambda a, b: None, tokens, indices), VOCAB, MAX_LEN)
+
+
+def test_library_programs_validate():
+    for p in (P.reverse(), P.sort(MAX_LEN), P.histogram(), P.length(), P.frac_prevs(1)):
+        rasp.validate(p, VOCAB, MAX_LEN)
