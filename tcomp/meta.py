@@ -21,3 +21,4 @@ ATTN_PROJ = (
 PROJ_ROLE = (
     "tcomp_proj_role"  # on a linear/addmm node: "q", "k", "v" or a fused "qkv"/"kv"/"qk", and the site index
 )
+QUANT = "tcomp_quant"  # on a linear_int8w/linear_int4w node: {"format", "source" module path, "max_err" in scales}
