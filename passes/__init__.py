@@ -1,4 +1,3 @@
 """tcomp's passes, one per file. Importing this package registers them all."""
 
-from tcomp.passes import canonicalize  # noqa: F401
-from tcomp.passes import quantize_int4_weight, quantize_int8_weight  # noqa: F401
+from tcomp.passes import canonicalize, quantize_int4_weight, quantize_int8_weight  # noqa: F401

@@ -98,7 +98,9 @@ def quantize_linears(
             sites.append({"site": path, "status": "skipped", "reason": str(exc)})
             continue
         if not err <= 0.5 + 1e-9:
-            sites.append({"site": path, "status": "skipped", "reason": f"weight error {err:.3g} scales > 1/2"})
+            sites.append(
+                {"site": path, "status": "skipped", "reason": f"weight error {err:.3g} scales > 1/2"}
+            )
             continue
         x, w_node = lin.args[0], lin.args[1]
         bias = lin.args[2] if len(lin.args) > 2 else lin.kwargs.get("bias")

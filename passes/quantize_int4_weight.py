@@ -27,7 +27,11 @@ CONTRACT = Contract(
 
 def _encode(w: torch.Tensor, group: int):
     p, s, z = quantize_int4(w, group)
-    return {"packed": p, "scales": s, "zeros": z}, (group,), max_weight_error(w, dequantize_int4(p, s, z, group), s)
+    return (
+        {"packed": p, "scales": s, "zeros": z},
+        (group,),
+        max_weight_error(w, dequantize_int4(p, s, z, group), s),
+    )
 
 
 @register_pass("quantize.int4_weight", CONTRACT, after=("canonicalize",))

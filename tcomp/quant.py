@@ -65,7 +65,9 @@ def unpack_int4(packed: Tensor) -> Tensor:
     return torch.stack((lo, hi), dim=-1).reshape(packed.shape[0], -1)
 
 
-def dequantize_int4(packed: Tensor, s: Tensor, z: Tensor, group: int, dtype: torch.dtype = torch.float64) -> Tensor:
+def dequantize_int4(
+    packed: Tensor, s: Tensor, z: Tensor, group: int, dtype: torch.dtype = torch.float64
+) -> Tensor:
     work = torch.promote_types(s.dtype, dtype)
     q = unpack_int4(packed).to(work)
     n, k = q.shape
@@ -77,5 +79,9 @@ def max_weight_error(w: Tensor, deq: Tensor, s: Tensor) -> float:
     """Largest ``|deq - w| / s`` over the weight (float64): at most 0.5 when the format holds."""
     w64, d64 = w.detach().to(torch.float64), deq.to(torch.float64)
     s64 = s.to(torch.float64)
-    per = s64[:, None].expand_as(w64) if s.dim() == 1 else s64.repeat_interleave(w.shape[1] // s.shape[1], dim=1)
+    per = (
+        s64[:, None].expand_as(w64)
+        if s.dim() == 1
+        else s64.repeat_interleave(w.shape[1] // s.shape[1], dim=1)
+    )
     return float(((d64 - w64).abs() / per).max()) if w.numel() else 0.0
