@@ -112,7 +112,7 @@ def quantize_linears(
                 gm.register_buffer(name, t)
                 a = gm.graph.get_attr(name)
                 if mode is not None:
-                    a.meta[meta.VAL] = mode.from_tensor(t)
+                    a.meta[meta.VAL] = mode.from_tensor(t, static_shapes=True)
                 attrs.append(a)
             new = add_node(gm.graph, op, (x, *attrs, *extra, bias))
         copy_source_meta(new, lin)

@@ -26,6 +26,10 @@ class TritonBackend(Backend):
         from tcomp.backends.triton import runtime
 
         self.impls[torch.ops.tcomp.attention.default] = (_check_attention, runtime.attention)
+        from tcomp.backends.triton import quant_gemm  # quantized linears (quant_gemm.py)
+
+        self.impls[torch.ops.tcomp.linear_int8w.default] = (quant_gemm.check, quant_gemm.linear_int8w)
+        self.impls[torch.ops.tcomp.linear_int4w.default] = (quant_gemm.check, quant_gemm.linear_int4w)
 
     def available(self) -> str | None:
         if importlib.util.find_spec("triton") is None:
@@ -80,7 +84,7 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
     """Source text of every generated kernel a lowered graph launches (file name -> text): the
     attention specialisations its attention nodes select and the kernels of its fused groups."""
     from tcomp.backends.triton import attention_template as tmpl
-    from tcomp.backends.triton import fusion, gemm, runtime
+    from tcomp.backends.triton import fusion, gemm, quant_gemm, runtime
 
     out = {}
     for n in gm.graph.nodes:
@@ -96,6 +100,8 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
             x, _w, bias, residual, act = n.args[:5]
             spec = gemm.tmpl.GemmSpec(bias is not None, act, residual is not None, val(x).dtype == torch.float32)
             out[f"{spec.name}.py"] = gemm.tmpl.render(spec)
+        elif (found := quant_gemm.kernel_name_and_source(n)) is not None:
+            out[found[0]] = found[1]
         elif n.target is fusion.run_fused:
             src, name = fusion.render(n.args[0])
             out[f"{name}.py"] = src
