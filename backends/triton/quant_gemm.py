@@ -47,6 +47,8 @@ def _launch(fmt, x, w, s, z, group, bias):
     if m == 0:
         return out.view(*x.shape[:-1], n)
     bm, bn, bk, warps, stages = _blocks(m, n, k)
+    if fmt == "int4":
+        bk = min(bk, group)  # a K tile never straddles a group (K % group == 0)
     sg = s.stride(1) if s.dim() == 2 else 0
     zz = z if z is not None else s
     grid = (triton_cdiv(m, bm) * triton_cdiv(n, bn),)

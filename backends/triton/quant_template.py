@@ -3,7 +3,8 @@
 One kernel per ``QuantGemmSpec``: the weight format (``int8``: int8 (N, K) codes with a scale per
 output channel; ``int4``: two 4-bit codes per byte along K with a scale and a zero point per group
 of K) and whether there is a bias. Dequantisation is fused into the main loop: each program loads
-int8 / uint8 weight tiles, unpacks nibbles, applies zero points and group scales and feeds
+int8 / uint8 weight tiles, unpacks nibbles (``tl.interleave`` of low and high halves), applies zero
+points and group scales (int4 tiles never straddle a group: BLOCK_K divides GROUP) and feeds
 ``tl.dot`` in the activation dtype with an fp32 accumulator. int8 per-channel scales factor out of
 the K sum, so they multiply the accumulator once, in the epilogue. fp32 inputs use ``ieee`` dots.
 """
@@ -33,13 +34,13 @@ _INT8_LOAD = """\
         w = q.to(a.dtype)"""
 
 _INT4_LOAD = """\
-        kk = k * BLOCK_K + rk
-        byte = tl.load(w_ptrs + (kk[:, None] // 2) * stride_wk, mask=kk[:, None] < K, other=0)
-        q = ((byte >> ((kk[:, None] % 2) * 4).to(tl.uint8)) & 0xF).to(tl.float32)
-        g = (kk[:, None] // GROUP) * stride_sg
-        s = tl.load(S + wn[None, :] * stride_sn + g, mask=kk[:, None] < K, other=0.0).to(tl.float32)
-        z = tl.load(Z + wn[None, :] * stride_zn + g, mask=kk[:, None] < K, other=0).to(tl.float32)
-        w = ((q - z) * s).to(a.dtype)"""
+        # BLOCK_K divides GROUP (and K): one scale/zero per column for the whole tile, no K mask
+        byte = tl.load(w_ptrs)
+        q = tl.trans(tl.interleave(byte & 0xF, byte >> 4)).to(tl.float32)
+        g = (k * BLOCK_K) // GROUP * stride_sg
+        s = tl.load(S + wn * stride_sn + g).to(tl.float32)
+        z = tl.load(Z + wn * stride_zn + g).to(tl.float32)
+        w = ((q - z[None, :]) * s[None, :]).to(a.dtype)"""
 
 
 def render(spec: QuantGemmSpec) -> str:
@@ -47,8 +48,11 @@ def render(spec: QuantGemmSpec) -> str:
         raise ValueError(f"unknown weight format {spec.fmt!r}; known: {FORMATS}")
     precision = ', input_precision="ieee"' if spec.ieee else ""
     load = _INT8_LOAD if spec.fmt == "int8" else _INT4_LOAD
-    w_ptrs = "W + wn[None, :] * stride_wn" + (" + rk[:, None] * stride_wk" if spec.fmt == "int8" else "")
-    advance = "        w_ptrs += BLOCK_K * stride_wk" if spec.fmt == "int8" else ""
+    if spec.fmt == "int8":
+        w_ptrs, step = "W + wn[None, :] * stride_wn + rk[:, None] * stride_wk", "BLOCK_K"
+    else:  # (BLOCK_N, BLOCK_K // 2) bytes, unpacked to (BLOCK_N, BLOCK_K) codes, transposed for the dot
+        w_ptrs = "W + wn[:, None] * stride_wn + tl.arange(0, BLOCK_K // 2)[None, :] * stride_wk"
+        step = "(BLOCK_K // 2)"
     epilogue = []
     if spec.fmt == "int8":
         epilogue.append("acc = acc * tl.load(S + wn * stride_sn).to(tl.float32)[None, :]")
@@ -91,7 +95,7 @@ def {spec.name}(
 {load}
         acc = tl.dot(a, w, acc{precision})
         a_ptrs += BLOCK_K * stride_ak
-{advance}
+        w_ptrs += {step} * stride_wk
 {body}
     ok = (rm[:, None] < M) & (rn[None, :] < N)
     tl.store(C + rm[:, None] * stride_cm + rn[None, :] * stride_cn, acc.to(C.dtype.element_ty), mask=ok)
