@@ -154,7 +154,9 @@ def main() -> None:
         print(f"{name:55s} cos {cos:.4f}  top1 {agree:.3f}  {rec.status} err {rec.error}  {seconds:.1f}s")
         rows.append(row)
         # written after every row: a long run interrupted keeps what it measured
-        write_results(a.out, "linear_minilm", rows, held_out=len(minilm.SENTENCES), calibration=len(CALIBRATION))
+        write_results(
+            a.out, "linear_minilm", rows, held_out=len(minilm.SENTENCES), calibration=len(CALIBRATION)
+        )
 
 
 if __name__ == "__main__":

@@ -21,5 +21,8 @@ ATTN_PROJ = (
 PROJ_ROLE = (
     "tcomp_proj_role"  # on a linear/addmm node: "q", "k", "v" or a fused "qkv"/"kv"/"qk", and the site index
 )
-LINEAR_FEATURE_MAP = "tcomp_linear_feature_map"  # on a tcomp.linear_attention node: {"feature_map": name, "layer": site index}
+LINEAR_FEATURE_MAP = (
+    "tcomp_linear_feature_map"  # on a tcomp.linear_attention node: {"feature_map": name, "layer": site index}
+)
 SOFT_LANDMARKS = "tcomp_soft_landmarks"  # on a softmax-free site's output node: number of landmarks and the Newton residual
+QUANT = "tcomp_quant"  # on a linear_int8w/linear_int4w node: {"format", "source" module path, "max_err" in scales}

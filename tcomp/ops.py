@@ -284,3 +284,39 @@ def is_linear_attention(node) -> bool:
         torch.ops.tcomp.linear_attention.default,
         torch.ops.tcomp.linear_attention,
     )
+
+
+# -- weight-only quantized linear layers (formats: tcomp/quant.py) -------------------------------
+# ``linear_int8w(x, qweight, scale, bias)``: x (..., K), qweight int8 (N, K), scale (N,);
+# ``linear_int4w(x, packed, scales, zeros, group, bias)``: packed uint8 (N, K/2), scales and uint8
+# zeros (N, K/group). Reference: dequantize, then ``F.linear`` in x's dtype. Output dtype of x.
+
+
+@torch.library.custom_op("tcomp::linear_int8w", mutates_args=())
+def linear_int8w(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+    """Reference weight-only int8 linear: ``x @ (qweight * scale[:, None]).T + bias``."""
+    from tcomp.quant import dequantize_int8
+
+    w = dequantize_int8(qweight, scale, x.dtype)
+    return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+@linear_int8w.register_fake
+def _linear_int8w_fake(x, qweight, scale, bias):
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+@torch.library.custom_op("tcomp::linear_int4w", mutates_args=())
+def linear_int4w(
+    x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group: int, bias: Tensor | None
+) -> Tensor:
+    """Reference weight-only int4 linear: dequantize the packed group-wise weight, then linear."""
+    from tcomp.quant import dequantize_int4
+
+    w = dequantize_int4(packed, scales, zeros, group, x.dtype)
+    return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+@linear_int4w.register_fake
+def _linear_int4w_fake(x, packed, scales, zeros, group, bias):
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))

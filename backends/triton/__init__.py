@@ -24,12 +24,13 @@ class TritonBackend(Backend):
     def __init__(self) -> None:
         super().__init__()
         import tcomp.ops  # noqa: F401 - the dialect must be registered to key on it
-        from tcomp.backends.triton import runtime
+        from tcomp.backends.triton import linear_attention as lin
+        from tcomp.backends.triton import quant_gemm, runtime
 
         self.impls[torch.ops.tcomp.attention.default] = (_check_attention, runtime.attention)
-        from tcomp.backends.triton import linear_attention as lin  # tcomp.linear_attention (issue 5)
-
         self.impls[torch.ops.tcomp.linear_attention.default] = (_check_attention, lin.linear_attention)
+        self.impls[torch.ops.tcomp.linear_int8w.default] = (quant_gemm.check, quant_gemm.linear_int8w)
+        self.impls[torch.ops.tcomp.linear_int4w.default] = (quant_gemm.check, quant_gemm.linear_int4w)
 
     def available(self) -> str | None:
         if importlib.util.find_spec("triton") is None:
@@ -84,7 +85,7 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
     """Source text of every generated kernel a lowered graph launches (file name -> text): the
     attention specialisations its attention nodes select and the kernels of its fused groups."""
     from tcomp.backends.triton import attention_template as tmpl
-    from tcomp.backends.triton import fusion, gemm, runtime
+    from tcomp.backends.triton import fusion, gemm, quant_gemm, runtime
     from tcomp.backends.triton import linear_attention as lin
 
     out = {}
@@ -108,6 +109,9 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
                 out[f"{tma.name}.py"] = gemm.tmpl.render(tma)
         elif n.target is lin.linear_attention:
             out.update(lin.sources(n))
+
+        elif (found := quant_gemm.kernel_name_and_source(n)) is not None:
+            out[found[0]] = found[1]
         elif n.target is fusion.run_fused:
             src, name = fusion.render(n.args[0])
             out[f"{name}.py"] = src

@@ -1,0 +1,126 @@
+"""Weight-only int8 / int4 linear layers on the GPU against bf16 cuBLAS (``F.linear``), in the same
+run: batch 1 and 16, each timed plainly (CUDA events, median) and as a CUDA-graph replay (launch
+gaps removed). Shapes (N x K of the weight): 28672x8192, 8192x28672, 4096x4096, 4096x11008,
+11008x4096. Writes bench/results/quant-linear-<gpu>.json.
+
+    python bench/quant_linear.py [--iters 200] [--groups 128] [--batches 1 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import write_results  # noqa: E402
+
+from tcomp import quant as Q  # noqa: E402
+from tcomp.backends.triton import quant_gemm  # noqa: E402
+
+SHAPES = [(28672, 8192), (8192, 28672), (4096, 4096), (4096, 11008), (11008, 4096)]
+
+
+def time_plain(fn, iters: int) -> float:
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def time_graph(fn, iters: int, per_graph: int = 20) -> float:
+    """Median ms of one call, replaying a CUDA graph of ``per_graph`` back-to-back calls."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(per_graph):
+            fn()
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(max(5, iters // per_graph)):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / per_graph)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench/quant_linear.py needs a CUDA GPU")
+    dev, dt = "cuda", torch.bfloat16
+    torch.manual_seed(0)
+    rows = []
+    for n, k in SHAPES:
+        w = torch.randn(n, k, device=dev, dtype=dt) * 0.02
+        q8, s8 = Q.quantize_int8(w)
+        p4, s4, z4 = Q.quantize_int4(w, args.group)
+        w8_ref = Q.dequantize_int8(q8, s8, torch.float32)
+        w4_ref = Q.dequantize_int4(p4, s4, z4, args.group, torch.float32)
+        for m in args.batches:
+            x = torch.randn(m, k, device=dev, dtype=dt)
+            cands = {
+                "bf16_cublas": lambda x=x, w=w: F.linear(x, w),
+                "int8_weight": lambda x=x: quant_gemm.linear_int8w(x, q8, s8),
+                f"int4_weight_g{args.group}": lambda x=x: quant_gemm.linear_int4w(x, p4, s4, z4, args.group),
+            }
+            # correctness in the same run: each kernel against the fp32 linear of its dequantized weight
+            errs = {}
+            for name, ref_w in (("int8_weight", w8_ref), (f"int4_weight_g{args.group}", w4_ref)):
+                ref = F.linear(x.float(), ref_w)
+                errs[name] = ((cands[name]().float() - ref).norm() / ref.norm()).item()
+            floor_ms = {
+                "bf16_cublas": n * k * 2 / 4.2e9,
+                "int8_weight": n * k / 4.2e9,
+                f"int4_weight_g{args.group}": n * k / 2 / 4.2e9,
+            }
+            for name, fn in cands.items():
+                plain, graphed = time_plain(fn, args.iters), time_graph(fn, args.iters)
+                rows.append(
+                    {
+                        "n": n, "k": k, "batch": m, "kernel": name, "plain_ms": plain, "graph_ms": graphed,
+                        "bandwidth_floor_ms": floor_ms[name], "rel_error_vs_dequantized": errs.get(name),
+                    }
+                )  # fmt: skip
+            base = {r["kernel"]: r for r in rows[-3:]}["bf16_cublas"]
+            for r in rows[-3:]:
+                r["speedup_plain"] = base["plain_ms"] / r["plain_ms"]
+                r["speedup_graph"] = base["graph_ms"] / r["graph_ms"]
+                print(
+                    f"{n:6d}x{k:<6d} b={m:<3d} {r['kernel']:18s} plain {r['plain_ms']:.4f} ms "
+                    f"graph {r['graph_ms']:.4f} ms (floor {r['bandwidth_floor_ms']:.4f}) "
+                    f"x{r['speedup_plain']:.2f}/x{r['speedup_graph']:.2f} err={r['rel_error_vs_dequantized']}"
+                )
+    name = torch.cuda.get_device_name().lower().replace(" ", "-")
+    out = Path(__file__).resolve().parent / "results" / f"quant-linear-{name}.json"
+    write_results(out, "quant_linear", rows, group=args.group)
+
+
+if __name__ == "__main__":
+    main()

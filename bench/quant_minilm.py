@@ -1,0 +1,81 @@
+"""Fidelity of the weight-quantization passes on the real all-MiniLM-L6-v2 (CPU, eager backend):
+sentence-embedding cosine to the fp32 model on models.minilm.SENTENCES, nearest-neighbour
+retrieval agreement, the pipeline's measured relative error, and the artifact's weight file size.
+Writes bench/results/quant-minilm-cpu.json.
+
+    python bench/quant_minilm.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import write_results  # noqa: E402
+
+import tcomp  # noqa: E402
+from tcomp.models import minilm  # noqa: E402
+
+PASSES = [
+    ("fp32", []),
+    ("int8_weight", [("quantize.int8_weight", {})]),
+    ("int8_weight all linears", [("quantize.int8_weight", {"skip_first_last": False})]),
+    ("int4_weight g32", [("quantize.int4_weight", {"group": 32})]),
+    ("int4_weight g64", [("quantize.int4_weight", {"group": 64})]),
+    ("int4_weight g128", [("quantize.int4_weight", {"group": 128})]),
+    ("int4_weight g128 all linears", [("quantize.int4_weight", {"group": 128, "skip_first_last": False})]),
+]
+
+
+def nearest(e: torch.Tensor) -> torch.Tensor:
+    sim = e @ e.T
+    sim.fill_diagonal_(-2.0)
+    return sim.argmax(dim=1)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    m = minilm.load()
+    inputs = minilm.example_inputs(m.tokenizer, minilm.SENTENCES)
+    mask = inputs["attention_mask"]
+    ref = m.embed(minilm.SENTENCES)
+    rows = []
+    for label, passes in PASSES:
+        om = tcomp.optimize(m.encoder, inputs, passes=passes, backend="eager")
+        with torch.no_grad():
+            emb = minilm.mean_pool(om(**inputs), mask)
+        cos = (emb * ref).sum(-1)
+        rec = om.report.passes[-1] if passes else None
+        with tempfile.TemporaryDirectory() as d:
+            om.save(d + "/art")
+            size = os.path.getsize(d + "/art/weights.safetensors")
+        sites = rec.sites if rec else []
+        row = {
+            "pass": label,
+            "status": rec.status if rec else "-",
+            "quantized_layers": sum(s["status"] == "quantized" for s in sites),
+            "skipped_layers": sum(s["status"] == "skipped" for s in sites),
+            "pipeline_rel_error": rec.error if rec else None,
+            "tolerance": rec.tolerance if rec else None,
+            "cos_min": cos.min().item(),
+            "cos_mean": cos.mean().item(),
+            "retrieval_agreement": (nearest(emb) == nearest(ref)).float().mean().item(),
+            "weights_bytes": size,
+        }
+        rows.append(row)
+        print(
+            f"{label:30s} {row['status']:8s} q={row['quantized_layers']:2d} skip={row['skipped_layers']:2d} "
+            f"err={row['pipeline_rel_error'] or 0:.4f} cos_min={row['cos_min']:.5f} "
+            f"cos_mean={row['cos_mean']:.5f} nn_agree={row['retrieval_agreement']:.3f} bytes={size}"
+        )
+    out = Path(__file__).resolve().parent / "results" / "quant-minilm-cpu.json"
+    write_results(out, "quant_minilm", rows, sentences=len(minilm.SENTENCES))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Low-bit weight formats shared by the quantization passes, the dialect ops and the backends.
+
+* int8, per output channel, symmetric: ``w ≈ q * s[n]`` with ``q`` in [-127, 127] and
+  ``s[n] = max|w[n, :]| / 127``.
+* int4, group-wise along K, asymmetric: ``w ≈ (q - z[n, g]) * s[n, g]`` with ``q, z`` in [0, 15],
+  ``s = (max - min) / 15`` over the group's range widened to contain 0 (so the zero point is an
+  integer in [0, 15], as ONNX's MatMulNBits stores it); two codes per byte along K, the even
+  column in the low nibble.
+
+Guarantee (both formats): every dequantized weight is within ``s / 2`` of the original, computed
+exactly in float64 from the stored scale (``max_weight_error`` measures it). Scales are stored in
+float32 (float64 for float64 weights); a row or group of zeros gets scale 1 (and dequantizes exactly).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+INT4_GROUPS = (32, 64, 128)
+
+
+def scale_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if weight_dtype == torch.float64 else torch.float32
+
+
+def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """(qweight int8 (N, K), scale (N,)) of a 2-D weight, per output channel, symmetric."""
+    w64 = w.detach().to(torch.float64)
+    amax = w64.abs().amax(dim=1)
+    s = torch.where(amax > 0, amax / 127, torch.ones_like(amax)).to(scale_dtype(w.dtype))
+    q = torch.round(w64 / s.to(torch.float64)[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, s
+
+
+def dequantize_int8(q: Tensor, s: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    work = torch.promote_types(s.dtype, dtype)
+    return (q.to(work) * s.to(work)[:, None]).to(dtype)
+
+
+def quantize_int4(w: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(packed uint8 (N, K/2), scales (N, K/group), zeros uint8 (N, K/group)) of a 2-D weight."""
+    n, k = w.shape
+    if group not in INT4_GROUPS or k % group:
+        raise ValueError(f"int4 needs K ({k}) divisible by the group size ({group}, one of {INT4_GROUPS})")
+    g = w.detach().to(torch.float64).reshape(n, k // group, group)
+    lo = g.amin(dim=2).clamp(max=0)
+    hi = g.amax(dim=2).clamp(min=0)
+    span = hi - lo
+    s = torch.where(span > 0, span / 15, torch.ones_like(span)).to(scale_dtype(w.dtype))
+    s64 = s.to(torch.float64)
+    z = torch.round(-lo / s64).clamp_(0, 15)
+    q = (torch.round(g / s64[..., None]) + z[..., None]).clamp_(0, 15).to(torch.uint8).reshape(n, k)
+    return pack_int4(q), s, z.to(torch.uint8)
+
+
+def pack_int4(q: Tensor) -> Tensor:
+    """(N, K) codes in [0, 15] -> (N, K/2) bytes, column 2j in the low nibble, 2j+1 in the high."""
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_int4(packed: Tensor) -> Tensor:
+    lo, hi = packed & 0xF, packed >> 4
+    return torch.stack((lo, hi), dim=-1).reshape(packed.shape[0], -1)
+
+
+def dequantize_int4(
+    packed: Tensor, s: Tensor, z: Tensor, group: int, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    work = torch.promote_types(s.dtype, dtype)
+    q = unpack_int4(packed).to(work)
+    n, k = q.shape
+    q = q.reshape(n, k // group, group) - z.to(work)[..., None]
+    return (q * s.to(work)[..., None]).reshape(n, k).to(dtype)
+
+
+def max_weight_error(w: Tensor, deq: Tensor, s: Tensor) -> float:
+    """Largest ``|deq - w| / s`` over the weight (float64): at most 0.5 when the format holds."""
+    w64, d64 = w.detach().to(torch.float64), deq.to(torch.float64)
+    s64 = s.to(torch.float64)
+    per = (
+        s64[:, None].expand_as(w64)
+        if s.dim() == 1
+        else s64.repeat_interleave(w.shape[1] // s.shape[1], dim=1)
+    )
+    return float(((d64 - w64).abs() / per).max()) if w.numel() else 0.0

@@ -1,0 +1,82 @@
+"""The generated weight-only int8/int4 GEMM (Triton interpreter on CPU, fp32/fp16 activations)
+against the float64 reference of the dequantized linear, and lowering of the quantized dialect ops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+pytest.importorskip("triton")
+
+import tcomp  # noqa: E402
+from tcomp import quant as Q  # noqa: E402
+from tcomp.backends.triton import kernel_sources, quant_gemm  # noqa: E402
+
+
+def _case(draw_seed, m, n, k, dtype, fmt, group, with_bias):
+    g = torch.Generator().manual_seed(draw_seed)
+    w = torch.randn(n, k, generator=g, dtype=torch.float64)
+    x = torch.randn(m, k, generator=g, dtype=torch.float64)
+    bias = torch.randn(n, generator=g, dtype=torch.float64) if with_bias else None
+    if fmt == "int8":
+        q, s = Q.quantize_int8(w.float())
+        w_hat = Q.dequantize_int8(q, s)
+        out = quant_gemm.linear_int8w(x.to(dtype), q, s, None if bias is None else bias.to(dtype))
+    else:
+        p, s, z = Q.quantize_int4(w.float(), group)
+        w_hat = Q.dequantize_int4(p, s, z, group)
+        out = quant_gemm.linear_int4w(x.to(dtype), p, s, z, group, None if bias is None else bias.to(dtype))
+    ref = torch.nn.functional.linear(
+        x.to(dtype).double(), w_hat, bias if bias is None else bias.to(dtype).double()
+    )
+    return out, ref
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    m=st.sampled_from([1, 3, 17]),
+    n=st.sampled_from([16, 40, 64]),
+    k=st.sampled_from([64, 128, 192]),
+    dtype=st.sampled_from([torch.float32, torch.float16]),
+    fmt=st.sampled_from(["int8", "int4"]),
+    group=st.sampled_from([32, 64]),
+    with_bias=st.booleans(),
+)
+def test_kernel_matches_dequantized_linear(seed, m, n, k, dtype, fmt, group, with_bias):
+    out, ref = _case(seed, m, n, k, dtype, fmt, group, with_bias)
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert torch.isfinite(out).all()
+    rel = ((out.double() - ref).norm() / ref.norm()).item()
+    # fp32: exact products, fp32 sums; fp16: activations and dequantized weights rounded to fp16
+    assert rel <= (1e-5 if dtype == torch.float32 else 2e-3), rel
+
+
+@pytest.mark.parametrize("spec", ["quantize.int8_weight", ("quantize.int4_weight", {"group": 32})])
+def test_triton_lowering_of_quantized_model(spec, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32)
+    ).eval()
+    x = torch.randn(2, 5, 64)
+    name, opts = (spec, {}) if isinstance(spec, str) else spec
+    # verify=False: the pipeline checks FP_EQUIVALENT lowering against the float64 model, which an
+    # approximate pass before it already left (reported to the lead); the test checks it against eager
+    om = tcomp.optimize(
+        model, (x,), passes=[(name, {**opts, "skip_first_last": False})], backend="triton", verify=False
+    )
+    lowering = om.report.passes[-1]
+    assert lowering.status == "applied" and lowering.rewrites >= 3, (lowering.reason, lowering.notes)
+    targets = [n.target for n in om.graph_module.graph.nodes if n.op == "call_function"]
+    launched = [t for t in targets if t in (quant_gemm.linear_int8w, quant_gemm.linear_int4w)]
+    assert len(launched) == 3
+    src = kernel_sources(om.graph_module)
+    assert any(k.startswith("tcomp_qgemm_int") for k in src)
+    eager = tcomp.optimize(
+        model, (x,), passes=[(name, {**opts, "skip_first_last": False})], backend="eager", verify=False
+    )
+    with torch.no_grad():
+        a, b = om(x), eager(x)
+    assert ((a - b).norm() / b.norm()).item() <= 1e-5
