@@ -147,3 +147,18 @@ def test_optimize_names_each_step_as_it_starts():
     steps.clear()
     tcomp.optimize(m, (torch.randn(2, 8),), target="cpu", verify=False, progress=steps.append)
     assert steps == ["capture", "canonicalize"]
+
+
+def test_lowering_after_an_approximate_pass_is_checked_against_the_previous_stage():
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(
+        torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)
+    ).eval()
+    fast = tcomp.optimize(
+        m, (torch.randn(4, 32),), target="h200", passes=[("quantize.int8_weight", {"skip_first_last": False})]
+    )
+    rec = fast.report["lower.triton"]
+    assert fast.report["quantize.int8_weight"].status == "applied"
+    assert rec.status == "applied", rec.reason
+    assert any("previous stage" in n for n in rec.notes) and rec.error > rec.tolerance
