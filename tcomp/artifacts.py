@@ -146,18 +146,18 @@ class LoadedModule(torch.nn.Module):
         self.program = program
         self.manifest = manifest
         self._in_spec, self._out_spec = in_spec, out_spec
-        self._run = program
+        self._graphs = None
         if cudagraphs:  # replayed per input signature, as OptimizedModule does (tcomp/cudagraphs.py)
             from tcomp.cudagraphs import CudaGraphRunner
 
-            self._run = CudaGraphRunner(program, lambda: [*program.parameters(), *program.buffers()])
+            self._graphs = CudaGraphRunner(program, lambda: [*program.parameters(), *program.buffers()])
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         import torch.fx._pytree as fx_pytree
         import torch.utils._pytree as pytree
 
         flat = fx_pytree.tree_flatten_spec((args, kwargs), self._in_spec) if self._in_spec else list(args)
-        out = self._run(*flat)
+        out = (self._graphs or self.program)(*flat)
         return pytree.tree_unflatten(list(out), self._out_spec) if self._out_spec else out
 
     def run_named(self, named: dict[str, Any]) -> Any:

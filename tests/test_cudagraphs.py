@@ -87,4 +87,4 @@ def test_loaded_artifact_replays_graphs(tmp_path):
         ref = m(x)
     for y in outs:
         assert torch.allclose(y, ref, rtol=1e-3, atol=1e-3)
-    assert len(loaded._run.graphs) == 1
+    assert len(loaded._graphs.graphs) == 1

@@ -16,6 +16,7 @@ from tcomp.backends.triton import linear_attention as lin  # noqa: E402
 from tests.passes.test_linear_attention import reference  # noqa: E402
 
 TOL = {torch.float32: 2e-5, torch.float16: 4e-3}
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter (conftest)
 
 
 @st.composite
@@ -43,9 +44,10 @@ def test_kernels_match_float64_reference(prob, causal, dtype, block, parallel):
     """``block=16``: many chunks / key blocks, and the state reduction split three ways;
     ``parallel``: the causal chunk-parallel form (prefix states) instead of the sequential one."""
     q, k, v, mask = (t.to(dtype) if t is not None and t.is_floating_point() else t for t in prob)
+    dev = [t.to(DEVICE) if t is not None else None for t in (q, k, v, mask)]
     out = lin.linear_attention(
-        q, k, v, mask, causal, block=block, splits=3 if block else None, parallel=parallel
-    )
+        *dev, causal, block=block, splits=3 if block else None, parallel=parallel
+    ).cpu()
     ref = reference(q, k, v, mask, causal)
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert (out.double() - ref).norm() <= TOL[dtype] * max(ref.norm(), 1e-6)
@@ -53,8 +55,8 @@ def test_kernels_match_float64_reference(prob, causal, dtype, block, parallel):
 
 @pytest.mark.parametrize("causal,parallel", [(False, None), (True, False), (True, True)])
 def test_fully_masked_rows_are_zero(causal, parallel):
-    q, k, v = torch.rand(1, 2, 5, 16), torch.rand(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
-    mask = torch.zeros(1, 5, dtype=torch.bool)
+    q, k, v = (f(1, 2, 5, 16, device=DEVICE) for f in (torch.rand, torch.rand, torch.randn))
+    mask = torch.zeros(1, 5, dtype=torch.bool, device=DEVICE)
     out = lin.linear_attention(q, k, v, mask, causal, parallel=parallel)
     assert torch.equal(out, torch.zeros_like(out))
     mask[0, 3] = True
@@ -71,8 +73,8 @@ def test_backend_lowers_linear_attention_sites():
     from tests.attention_zoo import AttnSpec, build, inputs
 
     spec = AttnSpec(spelling="sdpa", mask="bool", heads=2, head_dim=16)
-    model = build(spec, layers=1)
-    args = inputs(spec, 2, 9, padded=True)
+    model = build(spec, layers=1).to(DEVICE)
+    args = tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in inputs(spec, 2, 9, padded=True))
     gm = run_pipeline(
         capture(model, args).gm, ["canonicalize", ("attention.linear", {"feature_map": "elu1"})]
     ).gm

@@ -15,6 +15,8 @@ import tcomp  # noqa: E402
 from tcomp import quant as Q  # noqa: E402
 from tcomp.backends.triton import kernel_sources, quant_gemm  # noqa: E402
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter (conftest)
+
 
 def _case(draw_seed, m, n, k, dtype, fmt, group, with_bias):
     g = torch.Generator().manual_seed(draw_seed)
@@ -24,11 +26,16 @@ def _case(draw_seed, m, n, k, dtype, fmt, group, with_bias):
     if fmt == "int8":
         q, s = Q.quantize_int8(w.float())
         w_hat = Q.dequantize_int8(q, s)
-        out = quant_gemm.linear_int8w(x.to(dtype), q, s, None if bias is None else bias.to(dtype))
+        out = quant_gemm.linear_int8w(
+            x.to(DEVICE, dtype), q.to(DEVICE), s.to(DEVICE), None if bias is None else bias.to(DEVICE, dtype)
+        ).cpu()
     else:
         p, s, z = Q.quantize_int4(w.float(), group)
         w_hat = Q.dequantize_int4(p, s, z, group)
-        out = quant_gemm.linear_int4w(x.to(dtype), p, s, z, group, None if bias is None else bias.to(dtype))
+        dev = [t.to(DEVICE) for t in (p, s, z)]
+        out = quant_gemm.linear_int4w(
+            x.to(DEVICE, dtype), *dev, group, None if bias is None else bias.to(DEVICE, dtype)
+        ).cpu()
     ref = torch.nn.functional.linear(
         x.to(dtype).double(), w_hat, bias if bias is None else bias.to(dtype).double()
     )
@@ -57,16 +64,15 @@ def test_kernel_matches_dequantized_linear(seed, m, n, k, dtype, fmt, group, wit
 @pytest.mark.parametrize("spec", ["quantize.int8_weight", ("quantize.int4_weight", {"group": 32})])
 def test_triton_lowering_of_quantized_model(spec, tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32)
-    ).eval()
-    x = torch.randn(2, 5, 64)
-    name, opts = (spec, {}) if isinstance(spec, str) else spec
-    # verify=False: the pipeline checks FP_EQUIVALENT lowering against the float64 model, which an
-    # approximate pass before it already left (reported to the lead); the test checks it against eager
-    om = tcomp.optimize(
-        model, (x,), passes=[(name, {**opts, "skip_first_last": False})], backend="triton", verify=False
+    model = (
+        nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32))
+        .eval()
+        .to(DEVICE)
     )
+    x = torch.randn(2, 5, 64, device=DEVICE)
+    name, opts = (spec, {}) if isinstance(spec, str) else spec
+    # verified: after the approximate pass the lowering is checked against the previous stage
+    om = tcomp.optimize(model, (x,), passes=[(name, {**opts, "skip_first_last": False})], backend="triton")
     lowering = om.report.passes[-1]
     assert lowering.status == "applied" and lowering.rewrites >= 3, (lowering.reason, lowering.notes)
     targets = [n.target for n in om.graph_module.graph.nodes if n.op == "call_function"]
