@@ -23,6 +23,23 @@ ACTIVATION_OPS = {"relu": aten.relu.default, "gelu": aten.gelu.default, "silu": 
 ACTIVATIONS = {"none": "{a}", **{name: UNARY[op] for name, op in ACTIVATION_OPS.items()}}
 
 
+# Generated-source lines shared by the GEMM kernels (this one and quant_template's): program id ->
+# output tile in groups of GROUP_M rows (L2 reuse of the weight columns), and the tile's row,
+# column and K offsets rm, rn, rk.
+TILE_ORDER = """\
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    group_m = min(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_m
+    pid_n = (pid % width) // group_m
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)"""
+
+
 @dataclass(frozen=True)
 class GemmSpec:
     has_bias: bool
@@ -76,17 +93,7 @@ def {spec.name}(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    first_m = (pid // width) * GROUP_M
-    group_m = min(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_m
-    pid_n = (pid % width) // group_m
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
+{TILE_ORDER}
     # rows/cols past the edge wrap around (loads stay in bounds, no mask in the main loop);
     # the store below masks them out
     am = tl.max_contiguous(tl.multiple_of(rm % M, BLOCK_M), BLOCK_M)
