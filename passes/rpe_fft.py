@@ -8,7 +8,8 @@ Each site gets the same feature map as ``attention.linear`` (``feature_map``: "e
 "relu", "favor", "hedgehog" (identity-initialised: no attention transfer here); ``num_features``,
 ``seed``) and the weights ``c_{j-i} = exp(b_{j-i} - max b)``, read per head off the runtime bias's
 first column and first row (exact at every length where the bias is Toeplitz). Key-padding and
-query masks fold in as in ``attention.linear``; masks coupling queries and keys are skipped.
+query masks fold in as in ``attention.linear`` (a key-padding mask written into the bias as
+``masked_fill(b, ~keep, -inf)`` is peeled off first); masks coupling queries and keys are skipped.
 
 Contract: as a rewrite of softmax attention it is EMPIRICAL (metric: the model's relative output
 error vs float64, tolerance as ``attention.linear``'s map); the op it emits is FP_EQUIVALENT to the
@@ -71,17 +72,18 @@ def rpe_fft(
         bias = node.args[3]
         if bias is None:
             continue  # attention.linear's business
+        bias, mask = _peel_key_mask(gm, node, bias, node.args[4])
         try:
             rel = relative_bias(gm, bias)
-            shim = types.SimpleNamespace(args=(*node.args[:3], None, *node.args[4:7]), meta=node.meta)
+            shim = types.SimpleNamespace(args=(*node.args[:3], None, mask, *node.args[5:7]), meta=node.meta)
             site = analyze(shim)
         except (NotRelative, NotKernelizable) as why:
-            result.notes.append(f"skipped {where}: {why}")
+            _skip(result, gm, node, mask, f"skipped {where}: {why}")
             continue
         qv, kv = site.q.meta["val"], site.k.meta["val"]
         heads = int(qv.shape[1])
         if rel.heads not in (1, heads):
-            result.notes.append(f"skipped {where}: bias has {rel.heads} heads, the site {heads}")
+            _skip(result, gm, node, mask, f"skipped {where}: bias has {rel.heads} heads, the site {heads}")
             continue
         fmap = make_feature_map(
             feature_map, site.scale, int(qv.shape[-1]), heads, int(kv.shape[1]),
@@ -96,6 +98,33 @@ def rpe_fft(
     gm.graph.lint()
     gm.recompile()
     return result
+
+
+def _skip(result: PassResult, gm: fx.GraphModule, node: fx.Node, mask, note: str) -> None:
+    result.notes.append(note)
+    if mask is not node.args[4]:
+        remove_dead(gm.graph, [mask])  # the key mask peeled off the bias is not needed after all
+
+
+def _peel_key_mask(gm: fx.GraphModule, node: fx.Node, bias: fx.Node, mask):
+    """A key-padding mask written into the bias (``masked_fill(b, ~keep, -inf)`` with ``keep`` of
+    shape (..., 1, M)) comes back out as a bool mask, so that the rest of the bias can be Toeplitz."""
+    if not (
+        isinstance(bias, fx.Node)
+        and bias.target is aten.masked_fill.Scalar
+        and isinstance(bias.args[1], fx.Node)
+        and isinstance(bias.args[0], fx.Node)
+        and float(bias.args[2]) <= torch.finfo(torch.float32).min
+    ):
+        return bias, mask
+    s = shape(bias.args[1]) or ()
+    if not (len(s) == 1 or (len(s) >= 2 and s[-2] == 1)):
+        return bias, mask
+    with gm.graph.inserting_before(node):
+        call = graph_call(gm.graph)
+        keep = call(aten.logical_not.default, bias.args[1])
+        mask = keep if mask is None else call(aten.logical_and.default, mask, keep)
+    return bias.args[0], mask
 
 
 def _coeffs(call, bias: fx.Node, heads: int):

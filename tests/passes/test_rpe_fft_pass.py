@@ -105,3 +105,46 @@ def test_model_is_not_mutated_and_favor_map_runs():
     out = res.gm(ids)
     assert torch.isfinite(out).all()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+class AlibiEncoder(torch.nn.Module):
+    """Bidirectional self-attention with a symmetric ALiBi bias and a key-padding mask (SDPA)."""
+
+    def __init__(self, dim: int = 16, heads: int = 2):
+        super().__init__()
+        self.heads, self.qkv, self.o = heads, torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.register_buffer("slopes", alibi_slopes(heads), persistent=False)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        pos = torch.arange(n, device=x.device, dtype=x.dtype)
+        bias = -self.slopes[:, None, None] * (pos[None, :] - pos[:, None]).abs()
+        bias = bias[None].masked_fill(~pad[:, None, None, :], float("-inf"))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.o(y.transpose(1, 2).reshape(b, n, d))
+
+
+def test_padding_mask_with_symmetric_alibi():
+    torch.manual_seed(0)
+    model = AlibiEncoder().eval()
+    x = torch.randn(2, 7, 16)
+    pad = torch.ones(2, 7, dtype=torch.bool)
+    pad[1, 4:] = False
+    res = run_pipeline(capture(model, (x, pad)).gm, PIPE)
+    rec = res.records[-1]
+    if rec.rewrites == 0:  # the padded bias must reach the pass as a Toeplitz bias + a key mask
+        pytest.fail(f"site not rewritten: {rec.notes}")
+    got = res.gm(x, pad)
+    # float64 quadratic reference: elu+1 features, exp(-slope |j - i|) weights, padded keys dropped
+    m = model.double()
+    q, k, v = m.qkv(x.double()).view(2, 7, 3, 2, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    pos = torch.arange(7, dtype=torch.float64)
+    c = torch.exp(-m.slopes[:, None, None].double() * (pos[None, :] - pos[:, None]).abs())
+    w = ((F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-2, -1)) * c * pad[:, None, None, :]
+    y = (w / w.sum(-1, keepdim=True)) @ v
+    want = m.o(y.transpose(1, 2).reshape(2, 7, 16))
+    assert (got.double() - want).norm() <= 1e-5 * want.norm()
+    # padded keys contribute nothing
+    x2 = torch.where(pad[..., None], x, x * 3 + 1)
+    assert torch.allclose(res.gm(x2, pad)[pad], got[pad], atol=1e-5)
