@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import tcomp
 import tcomp.passes  # noqa: F401 - registers the passes
 from tcomp.capture import capture
 from tcomp.models.gpt import GPT, GPTConfig, alibi_slopes
@@ -148,3 +149,15 @@ def test_padding_mask_with_symmetric_alibi():
     # padded keys contribute nothing
     x2 = torch.where(pad[..., None], x, x * 3 + 1)
     assert torch.allclose(res.gm(x2, pad)[pad], got[pad], atol=1e-5)
+
+
+def test_optimize_verifies_the_empirical_contract():
+    model = _gpt("t5")
+    ids = torch.randint(0, 256, (2, 10))
+    om = tcomp.optimize(model, (ids,), passes=["attention.linear", "attention.rpe_fft"])
+    rec = om.report["attention.rpe_fft"]
+    assert rec.status == "applied" and rec.exactness == "empirical" and 0 < rec.error <= rec.tolerance
+    assert torch.isfinite(om(torch.randint(0, 256, (1, 17)))).all()
+    # a tolerance below the measured error rolls the pass back
+    om = tcomp.optimize(model, (ids,), passes=[("attention.rpe_fft", {"tolerance": rec.error / 10})])
+    assert om.report["attention.rpe_fft"].status == "rolled_back"
