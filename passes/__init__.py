@@ -6,6 +6,7 @@ from tcomp.passes import (  # noqa: F401
     quantize_int4_weight,
     quantize_int8_weight,
     rasp_extract,
+    rpe_fft,
     softmax_free,
     token_merge,
 )

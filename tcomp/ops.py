@@ -320,3 +320,90 @@ def linear_int4w(
 @linear_int4w.register_fake
 def _linear_int4w_fake(x, packed, scales, zeros, group, bias):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+# -- kernelized attention with relative positions (RPE), by FFT ------------------------------------
+#
+# ``tcomp.rpe_linear_attention(q, k, v, coeffs, key_mask, causal)`` -- Luo et al. 2021:
+#
+# * ``q``: (B, H, N, F) query features; ``k``: (B, Hk, N, F) key features (non-negative, as
+#   ``tcomp.linear_attention``); ``v``: (B, Hk, N, Dv); ``H % Hk == 0``; self-attention (M = N).
+# * ``coeffs``: (H, 2N-1) float, the relative bias ``b`` in log space: ``coeffs[h, (j - i) + N - 1]``
+#   is head h's additive score bias for key j seen from query i. The weights are
+#   ``c = exp(b - max b)`` per head (the max over the offsets in use: a constant factor per head
+#   cancels in the normalisation); ``-inf`` entries give ``c = 0``.
+# * ``key_mask``: bool broadcastable to (B, N), True = the key counts, or None; ``causal``: c = 0 for
+#   future offsets ``j > i``.
+# * ``out[i] = sum_j c_{j-i} (q_i . k_j) v_j / sum_j c_{j-i} (q_i . k_j)``; a row whose normaliser
+#   is not positive returns zeros. The sums over j for every i are one FFT convolution along the
+#   sequence (circulant of size L >= 2N - 1, rfft/irfft): O(N log N F Dv) instead of O(N^2 F).
+# * Output: (B, H, N, Dv), dtype of ``q``; half-precision inputs are computed in float32.
+
+
+def rpe_weights(coeffs: Tensor, n: int, causal: bool, work: torch.dtype) -> Tensor:
+    """``c = exp(b - max b)`` per head (H, 2n-1) in ``work``; future offsets zero when causal."""
+    b = coeffs.to(work)
+    if causal:
+        b = torch.cat([b[:, :n], torch.full_like(b[:, n:], float("-inf"))], dim=-1)
+    top = b.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return torch.exp(b - top)
+
+
+def toeplitz_conv(c: Tensor, x: Tensor) -> Tensor:
+    """``y[..., i, :] = sum_j c[h, (j - i) + n - 1] x[..., j, :]`` for x (B, H, n, P), c (H, 2n-1),
+    by FFT along the sequence (circulant embedding of size >= 2n - 1, power of two)."""
+    n = x.shape[-2]
+    size = 1 << max(0, (2 * n - 1 - 1).bit_length())
+    # y_i = sum_j g_{i-j} x_j with g_t = c_{-t}: g at t >= 0 is coeffs[n-1-t], at t < 0 (index L+t)
+    g = torch.zeros(c.shape[0], size, dtype=c.dtype, device=c.device)
+    g[:, :n] = c[:, :n].flip(-1)
+    if n > 1:
+        g[:, size - n + 1 :] = c[:, n:].flip(-1)
+    gf = torch.fft.rfft(g, n=size, dim=-1)[:, :, None]  # (H, L/2+1, 1)
+    xf = torch.fft.rfft(x, n=size, dim=-2)  # (B, H, L/2+1, P)
+    return torch.fft.irfft(xf * gf, n=size, dim=-2)[..., :n, :]
+
+
+@torch.library.custom_op("tcomp::rpe_linear_attention", mutates_args=())
+def rpe_linear_attention(
+    q: Tensor, k: Tensor, v: Tensor, coeffs: Tensor, key_mask: Tensor | None, causal: bool
+) -> Tensor:
+    """Reference kernelized attention with a relative-position bias, by FFT (see the comment above)."""
+    out_dtype = q.dtype
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    b, h, n, f = q.shape
+    if k.shape[-2] != n or coeffs.shape[-1] != 2 * n - 1 or coeffs.shape[0] != h:
+        raise ValueError(
+            f"tcomp.rpe_linear_attention: needs self-attention and coeffs (H, 2N-1); got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, coeffs {tuple(coeffs.shape)}"
+        )
+    n_rep = h // k.shape[-3]
+    qf, kf, vf = q.to(work), _expand_kv(k.to(work), n_rep), _expand_kv(v.to(work), n_rep)
+    if key_mask is not None:
+        keep = key_mask.to(torch.bool).expand(b, n)[:, None, :, None]
+        kf = torch.where(keep, kf, torch.zeros((), dtype=work, device=kf.device))
+    dv = vf.shape[-1]
+    v1 = torch.cat([vf, torch.ones_like(vf[..., :1])], dim=-1)  # the ones column gives D2
+    x = (kf[..., :, None] * v1[..., None, :]).reshape(b, h, n, f * (dv + 1))
+    d = toeplitz_conv(rpe_weights(coeffs, n, causal, work), x).reshape(b, h, n, f, dv + 1)
+    nd = torch.einsum("bhnf,bhnfe->bhne", qf, d)
+    num, den = nd[..., :dv], nd[..., dv:]
+    # FFT round-off can leave ~eps-sized values where the exact normaliser is 0 (every key masked)
+    scale = (qf.sum(-1, keepdim=True) * kf.sum((-2, -1), keepdim=True)[..., :1, :]).clamp_min(0)
+    ok = den > torch.finfo(work).eps * scale
+    out = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+    return out.to(out_dtype)
+
+
+@rpe_linear_attention.register_fake
+def _rpe_linear_attention_fake(q, k, v, coeffs, key_mask, causal):
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+def is_rpe_linear_attention(node) -> bool:
+    """True for an fx node that calls ``tcomp.rpe_linear_attention``."""
+    return node.op == "call_function" and node.target in (
+        torch.ops.tcomp.rpe_linear_attention.default,
+        torch.ops.tcomp.rpe_linear_attention,
+    )

@@ -1,0 +1,175 @@
+"""``attention.rpe_fft``: softmax attention sites with a relative-position bias -> kernelized
+attention with RPE, ``tcomp.rpe_linear_attention`` (Luo et al. 2021), O(n log n) by FFT.
+
+``attention.linear`` skips sites whose bias couples queries and keys; this pass takes exactly those
+whose bias ``passes/rpe_detect.py`` proves to depend only on ``j - i`` (ALiBi, T5 buckets, learned
+offset tables), so the two compose: ``["canonicalize", "attention.linear", "attention.rpe_fft"]``.
+Each site gets the same feature map as ``attention.linear`` (``feature_map``: "elu1" (default),
+"relu", "favor", "hedgehog" (identity-initialised: no attention transfer here); ``num_features``,
+``seed``) and the weights ``c_{j-i} = exp(b_{j-i} - max b)``, read per head off the runtime bias's
+first column and first row (exact at every length where the bias is Toeplitz). Key-padding and
+query masks fold in as in ``attention.linear`` (a key-padding mask written into the bias as
+``masked_fill(b, ~keep, -inf)`` is peeled off first); masks coupling queries and keys are skipped.
+
+Contract: as a rewrite of softmax attention it is EMPIRICAL (metric: the model's relative output
+error vs float64, tolerance as ``attention.linear``'s map); the op it emits is FP_EQUIVALENT to the
+quadratic kernelized-attention-with-RPE reference (tests/passes/test_rpe_fft_op.py). Known gap: the
+model's own (H, n, n) bias is still computed in the graph (O(n^2) elementwise work and memory) --
+recomputing the 2n-1 coefficients from the family is left to a later pass.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.fx as fx
+
+from tcomp import meta
+from tcomp.graph import copy_source_meta, module_path, remove_dead, shape
+from tcomp.ops import attention_nodes
+from tcomp.passes.feature_maps import (
+    LINEAR,
+    NotKernelizable,
+    analyze,
+    combine,
+    get_attr,
+    graph_call,
+    kernelize,
+    make_feature_map,
+)
+from tcomp.passes.linear_attention import TOLERANCE
+from tcomp.passes.rpe_detect import NotRelative, relative_bias
+from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
+
+aten = torch.ops.aten
+RPE = torch.ops.tcomp.rpe_linear_attention.default
+
+
+def contract_for(options: dict) -> Contract:
+    fm = options.get("feature_map", "elu1")
+    tol = options.get("tolerance")
+    return Contract(
+        Exactness.EMPIRICAL,
+        metric=f"relative L2 error of the model outputs vs float64 with {fm} features and FFT relative-position weights",
+        tolerance=tol if tol is not None else TOLERANCE.get(fm, 0.6),
+        preconditions="bias depends only on j - i (checked per site); key-only/query-only masks",
+    )
+
+
+@register_pass("attention.rpe_fft", contract_for({}), after=("canonicalize",), contract_for=contract_for)
+def rpe_fft(
+    gm: fx.GraphModule,
+    feature_map: str = "elu1",
+    num_features: int = 256,
+    seed: int = 0,
+    tolerance: float | None = None,
+) -> PassResult:
+    """Rewrite softmax sites with a relative-position bias to FFT kernelized attention (EMPIRICAL)."""
+    result = PassResult(gm)
+    for node in attention_nodes(gm):
+        where = f"site {node.meta.get(meta.ATTN_LAYER)} ({module_path(node)})"
+        bias = node.args[3]
+        if bias is None:
+            continue  # attention.linear's business
+        bias, mask = _peel_key_mask(gm, node, bias, node.args[4])
+        try:
+            rel = relative_bias(gm, bias)
+            shim = types.SimpleNamespace(args=(*node.args[:3], None, mask, *node.args[5:7]), meta=node.meta)
+            site = analyze(shim)
+        except (NotRelative, NotKernelizable) as why:
+            _skip(result, gm, node, mask, f"skipped {where}: {why}")
+            continue
+        qv, kv = site.q.meta["val"], site.k.meta["val"]
+        heads = int(qv.shape[1])
+        if rel.heads not in (1, heads):
+            _skip(result, gm, node, mask, f"skipped {where}: bias has {rel.heads} heads, the site {heads}")
+            continue
+        fmap = make_feature_map(
+            feature_map, site.scale, int(qv.shape[-1]), heads, int(kv.shape[1]),
+            num_features=num_features, seed=seed + site.layer,
+        )  # fmt: skip
+        _rewrite(gm, node, site, fmap, bias, heads)
+        result.sites.append(
+            {"layer": site.layer, "module": module_path(node), "feature_map": feature_map,
+             "rpe_family": rel.family, "rpe_checked_lengths": rel.lengths}
+        )  # fmt: skip
+        result.rewrites += 1
+    gm.graph.lint()
+    gm.recompile()
+    return result
+
+
+def _skip(result: PassResult, gm: fx.GraphModule, node: fx.Node, mask, note: str) -> None:
+    result.notes.append(note)
+    if mask is not node.args[4]:
+        remove_dead(gm.graph, [mask])  # the key mask peeled off the bias is not needed after all
+
+
+def _peel_key_mask(gm: fx.GraphModule, node: fx.Node, bias: fx.Node, mask):
+    """A key-padding mask written into the bias (``masked_fill(b, ~keep, -inf)`` with ``keep`` of
+    shape (..., 1, M)) comes back out as a bool mask, so that the rest of the bias can be Toeplitz."""
+    if not (
+        isinstance(bias, fx.Node)
+        and bias.target is aten.masked_fill.Scalar
+        and isinstance(bias.args[1], fx.Node)
+        and isinstance(bias.args[0], fx.Node)
+        and float(bias.args[2]) <= torch.finfo(torch.float32).min
+    ):
+        return bias, mask
+    s = shape(bias.args[1]) or ()
+    if not (len(s) == 1 or (len(s) >= 2 and s[-2] == 1)):
+        return bias, mask
+    with gm.graph.inserting_before(node):
+        call = graph_call(gm.graph)
+        keep = call(aten.logical_not.default, bias.args[1])
+        mask = keep if mask is None else call(aten.logical_and.default, mask, keep)
+    return bias.args[0], mask
+
+
+def _coeffs(call, bias: fx.Node, heads: int):
+    """(H, 2n-1) float32 log-weights of a Toeplitz (..., H|1, n, n) bias node: the first column
+    reversed (offsets -(n-1)..0), then the first row without its first entry (offsets 1..n-1)."""
+    b = call(aten._to_copy.default, bias, dtype=torch.float32)
+    for _ in range(len(shape(bias)) - 3):
+        b = call(aten.select.int, b, 0, 0)  # equal across the batch (checked by rpe_detect)
+    if len(shape(bias)) == 2:
+        b = call(aten.unsqueeze.default, b, 0)
+    col = call(aten.flip.default, call(aten.select.int, b, -1, 0), [-1])
+    row = call(aten.slice.Tensor, call(aten.select.int, b, -2, 0), -1, 1, 2**63 - 1)
+    c = call(aten.cat.default, [col, row], -1)
+    if shape(b)[0] == 1 and heads > 1:
+        c = call(aten.expand.default, c, [heads, -1])
+    return c
+
+
+def _rewrite(gm: fx.GraphModule, node: fx.Node, site, fmap, bias: fx.Node, heads: int) -> None:
+    graph = gm.graph
+    with graph.inserting_before(node):
+        call = graph_call(graph)
+        coeffs = _coeffs(call, bias, heads)
+        wq = wk = None
+        if fmap.q_weight is not None:
+            prefix = f"tcomp_rpe_{fmap.name}_l{site.layer}"
+            wq = get_attr(gm, f"{prefix}_q", fmap.q_weight.detach().clone())
+            wk = (
+                wq
+                if fmap.k_weight is fmap.q_weight
+                else get_attr(gm, f"{prefix}_k", fmap.k_weight.detach().clone())
+            )
+
+        def rpe_call(op, *args, **kwargs):  # kernelize's linear attention, with the RPE weights
+            if op is LINEAR:
+                qf, kf, v, key_mask, causal = args
+                return call(RPE, qf, kf, v, coeffs, key_mask, causal)
+            return call(op, *args, **kwargs)
+
+        out = kernelize(
+            rpe_call, fmap, site.q, site.k, site.v, combine(call, site.key_masks),
+            combine(call, site.query_masks), None, site.causal, wq, wk,
+        )  # fmt: skip
+    op = out if out.target is RPE else out.args[0]
+    op.meta[meta.LINEAR_FEATURE_MAP] = {"feature_map": fmap.name, "layer": site.layer}
+    copy_source_meta(op, node)
+    node.replace_all_uses_with(out)
+    remove_dead(graph, [node])
