@@ -1,6 +1,7 @@
 """tcomp's passes, one per file. Importing this package registers them all."""
 
 from tcomp.passes import (  # noqa: F401
+    binarize,
     canonicalize,
     linear_attention,
     quantize_int4_weight,
