@@ -34,6 +34,9 @@ class TritonBackend(Backend):
         from tcomp.backends.triton import quant_w8a8  # W8A8 (quantize.int8_dynamic)
 
         self.impls[torch.ops.tcomp.linear_w8a8.default] = (quant_gemm.check, quant_w8a8.linear_w8a8)
+        from tcomp.backends.triton import quant_w1  # W1A16 (binarize)
+
+        self.impls[torch.ops.tcomp.linear_w1.default] = (quant_gemm.check, quant_w1.linear_w1)
 
     def available(self) -> str | None:
         if importlib.util.find_spec("triton") is None:
@@ -124,9 +127,9 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
 
 
 def _quant_low_bit_source(n: fx.Node) -> tuple[str, str] | None:
-    from tcomp.backends.triton import quant_w8a8
+    from tcomp.backends.triton import quant_w1, quant_w8a8
 
-    return quant_w8a8.kernel_name_and_source(n)
+    return quant_w8a8.kernel_name_and_source(n) or quant_w1.kernel_name_and_source(n)
 
 
 register_backend(TritonBackend())
