@@ -5,8 +5,10 @@
 Contract (EMPIRICAL): binarization has no useful worst-case bound (each weight may move by up to
 ``max|W[n, :]|``, which this pass does check site by site), so what is promised is measured: the
 relative L2 error of the model's outputs to the float64 reference on the given inputs, at most
-``tolerance`` (else the pipeline rolls the pass back). Per layer, for Gaussian-like rows the relative
-weight error is ``sqrt(1 - 2/pi) ≈ 0.60``. Real-model fidelity (MiniLM cosine): bench/quant_minilm.py.
+``tolerance`` = 0.75 (else the pipeline rolls the pass back; ``verify=False`` forces it). Per layer,
+for Gaussian-like rows the relative weight error is ``sqrt(1 - 2/pi) ≈ 0.60``; post-training
+binarization of a pretrained transformer without retraining moves its outputs by about their own
+norm (MiniLM: 1.0-1.3), which this tolerance refuses. Real-model fidelity (MiniLM cosine): bench/quant_minilm.py.
 Selection and its defaults: ``tcomp/passes/quant_common.py``.
 """
 
@@ -22,7 +24,7 @@ from tcomp.quant import dequantize_bits, max_weight_error
 CONTRACT = Contract(
     Exactness.EMPIRICAL,
     metric="relative L2 error of the outputs to the float64 reference on the given inputs",
-    tolerance=1.0,
+    tolerance=0.75,
     preconditions="finite weights; per weight |alpha*sign(w) - w| <= max|w[n,:]| (checked)",
 )
 

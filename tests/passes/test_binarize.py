@@ -66,3 +66,19 @@ def test_pipeline_measures_error_and_artifact_carries_bits(tmp_path):
         mod.save(str(tmp_path / label))
         sizes[label] = os.path.getsize(tmp_path / label / "weights.safetensors")
     assert sizes["w1"] <= sizes["fp32"] - 0.9 * 256 * 256 * 4  # 256 KiB of fp32 became 8 KiB of bits
+
+
+def test_over_tolerance_binarization_is_rolled_back():
+    """A near-identity layer (one dominant weight per row) is destroyed by sign(W) * mean|W|: the
+    measured error exceeds the EMPIRICAL tolerance and the pipeline keeps the original graph."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    with torch.no_grad():
+        model[2].weight.copy_(torch.eye(32) * 3 + 0.01 * torch.randn(32, 32))
+    x = torch.randn(8, 32)
+    om = tcomp.optimize(model, (x,), passes=["binarize"], backend="eager")
+    rec = om.report.passes[-1]
+    assert rec.status != "applied" and rec.error > rec.tolerance, (rec.status, rec.error)
+    assert not any(n.target is torch.ops.tcomp.linear_w1.default for n in om.graph_module.graph.nodes)
+    with torch.no_grad():
+        assert torch.allclose(om(x), model(x), rtol=1e-5, atol=1e-6)
