@@ -407,3 +407,40 @@ def is_rpe_linear_attention(node) -> bool:
         torch.ops.tcomp.rpe_linear_attention.default,
         torch.ops.tcomp.rpe_linear_attention,
     )
+
+
+# -- W8A8 and 1-bit linear layers (formats: tcomp/quant.py) ---------------------------------------
+# ``linear_w8a8(x, qweight, scale, bias)``: qweight int8 (N, K), scale (N,); x is quantized per token
+# (row) to int8 at run time, int8 x int8 products summed exactly, rescaled by sx[m] * scale[n].
+# ``linear_w1(x, packed, alpha, k, bias)``: packed uint8 (N, ceil(k/8)) sign bits, alpha (N,).
+
+
+@torch.library.custom_op("tcomp::linear_w8a8", mutates_args=())
+def linear_w8a8(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+    """Reference W8A8 linear: per-token int8 activations, exact integer sums, float rescale."""
+    from tcomp.quant import int8_matmul_exact, quantize_int8
+
+    a = x.reshape(-1, x.shape[-1])
+    qx, sx = quantize_int8(a)
+    acc = int8_matmul_exact(qx, qweight) * sx.double()[:, None] * scale.double()[None, :]
+    y = acc.to(x.dtype).reshape(*x.shape[:-1], qweight.shape[0])
+    return y if bias is None else y + bias.to(x.dtype)
+
+
+@linear_w8a8.register_fake
+def _linear_w8a8_fake(x, qweight, scale, bias):
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+@torch.library.custom_op("tcomp::linear_w1", mutates_args=())
+def linear_w1(x: Tensor, packed: Tensor, alpha: Tensor, k: int, bias: Tensor | None) -> Tensor:
+    """Reference 1-bit linear: unpack the sign bits, scale by alpha per output channel, linear."""
+    from tcomp.quant import dequantize_bits
+
+    w = dequantize_bits(packed, alpha, k, x.dtype)
+    return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+@linear_w1.register_fake
+def _linear_w1_fake(x, packed, alpha, k, bias):
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))

@@ -85,3 +85,51 @@ def max_weight_error(w: Tensor, deq: Tensor, s: Tensor) -> float:
         else s64.repeat_interleave(w.shape[1] // s.shape[1], dim=1)
     )
     return float(((d64 - w64).abs() / per).max()) if w.numel() else 0.0
+
+
+# -- W8A8 (``quantize.int8_dynamic``) -------------------------------------------------------------
+# Activations are quantized per token (row) at run time with the int8 format above (``quantize_int8``
+# of the (M, K) activation matrix: ``x ≈ qx * sx[m]``, |dequantized x - x| <= sx/2); the int8 x int8
+# products are summed exactly (int32 on the kernel; float64 sums of integers in the reference, exact
+# while K * 127^2 < 2^53) and rescaled by ``sx[m] * sw[n]``.
+
+
+def int8_matmul_exact(qx: Tensor, qw: Tensor) -> Tensor:
+    """``qx @ qw.T`` of int8 matrices as exact integers (float64: every partial sum is an integer
+    below 2^53 for K < 5.5e11, so no rounding happens); works on every device."""
+    return qx.to(torch.float64) @ qw.to(torch.float64).T
+
+
+# -- 1-bit weights (``binarize``) -----------------------------------------------------------------
+# ``w ≈ alpha[n] * sign(w)`` with ``alpha[n] = mean_k |w[n, k]|`` (the L2-optimal scale for sign(w));
+# sign(0) counts as +1. Bits are packed 8 per byte along K (column 8b + j in bit j of byte b, 1 = +1),
+# K padded with +1 bits up to a multiple of 8 (the padding is sliced off when unpacking).
+# Every binarized weight is within max_k |w[n, k]| of the original (same sign, alpha <= max|w|).
+
+
+def binarize(w: Tensor) -> tuple[Tensor, Tensor]:
+    """(packed uint8 (N, ceil(K/8)), alpha (N,)) of a 2-D weight."""
+    w64 = w.detach().to(torch.float64)
+    alpha = w64.abs().mean(dim=1).to(scale_dtype(w.dtype))
+    return pack_bits(w64 >= 0), alpha
+
+
+def pack_bits(bits: Tensor) -> Tensor:
+    n, k = bits.shape
+    pad = (-k) % 8
+    b = torch.cat([bits.to(torch.uint8), bits.new_ones(n, pad, dtype=torch.uint8)], dim=1)
+    shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
+    return (b.reshape(n, -1, 8) << shifts).sum(dim=2, dtype=torch.uint8)
+
+
+def unpack_bits(packed: Tensor, k: int) -> Tensor:
+    """(N, K) bool, True for +1."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = (packed[..., None] >> shifts) & 1
+    return bits.reshape(packed.shape[0], -1)[:, :k].bool()
+
+
+def dequantize_bits(packed: Tensor, alpha: Tensor, k: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    work = torch.promote_types(alpha.dtype, dtype)
+    signs = unpack_bits(packed, k).to(work) * 2 - 1
+    return (signs * alpha.to(work)[:, None]).to(dtype)

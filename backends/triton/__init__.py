@@ -31,6 +31,12 @@ class TritonBackend(Backend):
         self.impls[torch.ops.tcomp.linear_attention.default] = (_check_attention, lin.linear_attention)
         self.impls[torch.ops.tcomp.linear_int8w.default] = (quant_gemm.check, quant_gemm.linear_int8w)
         self.impls[torch.ops.tcomp.linear_int4w.default] = (quant_gemm.check, quant_gemm.linear_int4w)
+        from tcomp.backends.triton import quant_w8a8  # W8A8 (quantize.int8_dynamic)
+
+        self.impls[torch.ops.tcomp.linear_w8a8.default] = (quant_gemm.check, quant_w8a8.linear_w8a8)
+        from tcomp.backends.triton import quant_w1  # W1A16 (binarize)
+
+        self.impls[torch.ops.tcomp.linear_w1.default] = (quant_gemm.check, quant_w1.linear_w1)
 
     def available(self) -> str | None:
         if importlib.util.find_spec("triton") is None:
@@ -112,10 +118,18 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
 
         elif (found := quant_gemm.kernel_name_and_source(n)) is not None:
             out[found[0]] = found[1]
+        elif (found := _quant_low_bit_source(n)) is not None:
+            out[found[0]] = found[1]
         elif n.target is fusion.run_fused:
             src, name = fusion.render(n.args[0])
             out[f"{name}.py"] = src
     return out
+
+
+def _quant_low_bit_source(n: fx.Node) -> tuple[str, str] | None:
+    from tcomp.backends.triton import quant_w1, quant_w8a8
+
+    return quant_w8a8.kernel_name_and_source(n) or quant_w1.kernel_name_and_source(n)
 
 
 register_backend(TritonBackend())

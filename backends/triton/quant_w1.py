@@ -1,0 +1,96 @@
+"""W1A16 on Triton for the dialect op ``tcomp.linear_w1`` (semantics: tcomp/ops.py): a generated
+GEMM/GEMV whose main loop loads the packed sign bytes of a (BLOCK_K, BLOCK_N) tile, unpacks one bit
+per weight (``(byte >> (k % 8)) & 1``), turns it into ±1 in the activation dtype and accumulates
+``x · sign`` with ``tl.dot`` in fp32; the per-channel ``alpha`` (and the bias) is applied once, in
+the epilogue, since it factors out of the K sum.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from tcomp.backends.triton.codegen import interpreting, load
+from tcomp.backends.triton.quant_gemm import _blocks, triton_cdiv
+from tcomp.backends.triton.quant_w8a8 import header, output_for
+
+
+@dataclass(frozen=True)
+class W1Spec:
+    has_bias: bool
+    ieee: bool
+
+    @property
+    def name(self) -> str:
+        return "tcomp_w1" + ("_b" if self.has_bias else "") + ("_ieee" if self.ieee else "")
+
+
+def render(spec: W1Spec) -> str:
+    precision = ', input_precision="ieee"' if spec.ieee else ""
+    head, bias = header("quant_w1.py", spec, spec.has_bias)
+    return (
+        head
+        + f"""
+@triton.jit
+def {spec.name}(
+    A, P, ALPHA, BIAS, C, M, N, K,
+    stride_am, stride_ak, stride_pn, stride_cm, stride_cn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    am = rm % M
+    wn = rn % N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        rk = k * BLOCK_K + tl.arange(0, BLOCK_K)
+        a = tl.load(A + am[:, None] * stride_am + rk[None, :] * stride_ak, mask=rk[None, :] < K, other=0.0)
+        byte = tl.load(P + wn[None, :] * stride_pn + (rk // 8)[:, None], mask=rk[:, None] < K, other=0)
+        bit = (byte.to(tl.int32) >> (rk % 8)[:, None]) & 1
+        sign = (bit * 2 - 1).to(a.dtype)
+        acc = tl.dot(a, sign, acc{precision})
+    acc = acc * tl.load(ALPHA + wn).to(tl.float32)[None, :]{bias}
+    ok = (rm[:, None] < M) & (rn[None, :] < N)
+    tl.store(C + rm[:, None] * stride_cm + rn[None, :] * stride_cn, acc.to(C.dtype.element_ty), mask=ok)
+"""
+    )
+
+
+@functools.cache
+def _kernel(spec: W1Spec, interp: bool):
+    return load(render(spec), spec.name)
+
+
+def _spec(x_dtype: torch.dtype, bias) -> W1Spec:
+    return W1Spec(bias is not None, x_dtype == torch.float32)
+
+
+def linear_w1(x, packed, alpha, k: int, bias=None, target: str = "h200"):
+    """``tcomp.linear_w1`` on the generated kernel."""
+    n = packed.shape[0]
+    a, out = output_for(x, k, n)
+    m = a.shape[0]
+    if m == 0:
+        return out.view(*x.shape[:-1], n)
+    bm, bn, bk, warps, stages = _blocks(m, n, k)
+    bk = max(bk, 32)  # a multiple of 8: a K tile holds whole bytes
+    _kernel(_spec(x.dtype, bias), interpreting())[(triton_cdiv(m, bm), triton_cdiv(n, bn))](
+        a, packed, alpha, bias if bias is not None else alpha, out, m, n, k,
+        *a.stride(), packed.stride(0), *out.stride(),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return out.view(*x.shape[:-1], n)
+
+
+def kernel_name_and_source(node: fx.Node) -> tuple[str, str] | None:
+    """(file name, source) of the kernel a lowered 1-bit linear node launches, else None."""
+    if node.target is not linear_w1:
+        return None
+    from tcomp.graph import val
+
+    bias = node.args[4] if len(node.args) > 4 else node.kwargs.get("bias")
+    spec = _spec(val(node.args[0]).dtype, bias)
+    return f"{spec.name}.py", render(spec)
