@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ import torch.fx as fx
 
 from tcomp.capture import Captured, capture
 from tcomp.errors import InputError
+from tcomp.graph import drop_unused_tensors
 from tcomp.pipeline import Pass, default_pipeline, get_pass, run_pipeline
 from tcomp.report import Report
 from tcomp.targets import Target, get_target
@@ -21,6 +23,13 @@ def _load_plugins() -> None:
     import tcomp.backends  # noqa: F401
     import tcomp.ops  # noqa: F401
     import tcomp.passes  # noqa: F401
+
+
+class CapturedGraph:
+    """A graph without the module that owns it: what reports need of the captured graph."""
+
+    def __init__(self, graph: fx.Graph):
+        self.graph = graph
 
 
 class OptimizedModule(torch.nn.Module):
@@ -39,7 +48,9 @@ class OptimizedModule(torch.nn.Module):
         super().__init__()
         self.graph_module = gm
         self.snapshots = snapshots or []  # (stage, graph code) per applied pass, "captured" first
-        self.captured = captured  # the graph before the passes: report.html compares its cost and nodes
+        # the graph before the passes (report.html compares its cost and nodes): its structure and
+        # shape metadata only, so that weights a pass replaced (quantization) are not kept alive
+        self.graph_before = CapturedGraph(copy.deepcopy(captured.gm.graph))
         self.report = report
         self.target = target
         self._static_dims = {k: v for k, v in captured.static_dims.items() if v}
@@ -177,6 +188,7 @@ def optimize(
         step("float64 reference")
         reference = Reference.build(model, args, kwargs, samples=verify_samples, seed=seed)
     result = run_pipeline(captured.gm, specs, reference=reference, progress=progress)
+    drop_unused_tensors(result.gm)  # e.g. float weights a quantization pass replaced
     report = Report(
         model=type(model).__name__, target=tgt.name, passes=result.records, dynamic_dims=captured.dims
     )

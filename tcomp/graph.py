@@ -93,3 +93,19 @@ def source_line(node: fx.Node) -> str:
     trace = node.meta.get(meta.STACK_TRACE) or ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
     return lines[-1] if lines else ""
+
+
+def drop_unused_tensors(gm: fx.GraphModule) -> list[str]:
+    """Delete the parameters and buffers no ``get_attr`` node reads (weights a pass replaced, such
+    as a quantized linear's float weight); returns their qualified names."""
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    dropped = []
+    for name, _ in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]:
+        if name in used:
+            continue
+        owner_path, _, attr = name.rpartition(".")
+        owner = gm.get_submodule(owner_path) if owner_path else gm
+        if hasattr(owner, attr):
+            delattr(owner, attr)
+            dropped.append(name)
+    return dropped

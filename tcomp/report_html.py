@@ -59,11 +59,10 @@ def _fmt(x: Any) -> str:
 
 def render_module(om: Any) -> str:
     """``report.html`` of an ``OptimizedModule``: its report, its graph and the captured graph."""
-    captured = getattr(om, "captured", None)
     return render_html(
         om.report,
         graph_after=getattr(om, "graph_module", None),
-        graph_before=getattr(captured, "gm", None),
+        graph_before=getattr(om, "graph_before", None),
         target=getattr(om, "target", None),
     )
 

@@ -269,7 +269,7 @@ def test_rolled_back_pass_row_shows_reason_and_error_over_bound():
 
 def test_picture_partitions_a_collapsed_graph(artifact):
     om, _ = artifact
-    before = om.captured.gm
+    before = om.graph_before
     pic = build_picture(om.graph_module, before)
     assert pic.collapsed
     drawn = [n for b in pic.boxes for n in b.nodes]
@@ -299,13 +299,13 @@ def test_small_graph_node_by_node_and_rewritten_by_mark():
         n for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.linear.default
     )
     lin.meta[meta.REWRITTEN_BY] = "test.mark"
-    pic = build_picture(gm, om.captured.gm)
+    pic = build_picture(gm, om.graph_before)
     assert not pic.collapsed
     assert all(len(b.nodes) == 1 for b in pic.boxes)
     marked = [b for b in pic.boxes if b.rewritten]
     assert lin in [b.nodes[0] for b in marked]
     assert [b.kind for b in pic.boxes].count("attention") == 1
-    page = Page(render_html(om.report, gm, om.captured.gm))
+    page = Page(render_html(om.report, gm, om.graph_before))
     assert len([b for b in page.with_class("g", "gnode", "rewritten") if b["data-key"] == lin.name]) == 1
     assert any("[rewritten by test.mark]" in t for t in page.texts)
 
@@ -327,7 +327,7 @@ def test_cost_before_counts_the_materialized_scores():
     e = zoo.get("bert-eager")
     om = tcomp.optimize(e.model, e.example_inputs, example_kwargs=e.example_kwargs, verify=False)
     seqs = (64, 512, 4096)
-    before = cost_series(om.captured.gm, "before", "cpu", seqs)
+    before = cost_series(om.graph_before, "before", "cpu", seqs)
     after = cost_series(om.graph_module, "after", "cpu", seqs)
     assert before.values("seq") == list(seqs) == after.values("seq")
     cfg_heads, layers = 4, 2
@@ -360,9 +360,9 @@ def test_line_plot_points_follow_the_values(ys):
 def test_fixed_sequence_length_gets_no_curve():
     e = zoo.get("vit")  # images: the token count is fixed by the patch grid
     om = tcomp.optimize(e.model, e.example_inputs, example_kwargs=e.example_kwargs, verify=False)
-    before = cost_series(om.captured.gm, "before", "cpu")
+    before = cost_series(om.graph_before, "before", "cpu")
     assert before.fixed and len(before.values("seq")) == 1 and before.values("gflops")[0] > 0
-    page = Page(render_html(om.report, om.graph_module, om.captured.gm))
+    page = Page(render_html(om.report, om.graph_module, om.graph_before))
     assert not page.find("polyline")
     assert any("fixes its sequence length" in t for t in page.texts)
     assert any(t.startswith("At the model's fixed size: GFLOPs") for t in page.texts)

@@ -8,6 +8,7 @@ CI) nothing is timed: the caller's default is used. ``TCOMP_AUTOTUNE=0`` does th
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -26,10 +27,21 @@ def cache_path() -> Path:
 
 
 def device_key() -> str:
+    return _device_key(torch.cuda.current_device() if torch.cuda.is_available() else -1)
+
+
+@functools.cache
+def _device_key(index: int) -> str:  # asked on every launch: the driver is queried once per device
     import triton
 
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name(index) if index >= 0 else "cpu"
     return f"{name}|torch={torch.__version__}|triton={triton.__version__}"
+
+
+def lookup(key: str) -> str | None:
+    """The winner already chosen for ``key`` in this process (launchers ask before building their
+    candidates, so a steady-state launch does no autotuning work)."""
+    return _MEMO.get(f"{key}|{device_key()}") if enabled() else None
 
 
 def enabled() -> bool:

@@ -105,8 +105,8 @@ def find_groups(gm: fx.GraphModule) -> list[list[fx.Node]]:
         if is_ln:
             for m in merged:
                 group_of.pop(m)  # nothing fuses after a LayerNorm (its output is a reduction)
-    # a lone LayerNorm is kept too: the generated row kernel beats aten's (bench/profile_e2e.py on
-    # the H200, ViT-B/16 bf16 batch 256: 107 us per LayerNorm in aten, ~25 us for a fused add+LN)
+    # a lone LayerNorm is kept too (bench/profile_e2e.py, H200, bf16): aten's moved 1.4 TB/s on ViT-B/16
+    # (107 us for 50k x 768 rows), the generated add+LayerNorm kernel 3.5 TB/s on BERT (21 us, 16k rows)
     return [g for g in groups if len(g) >= 2 or g[0].target is aten.layer_norm.default]
 
 

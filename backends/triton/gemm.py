@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from tcomp.backends.triton import autotune
 from tcomp.backends.triton import gemm_template as tmpl
 from tcomp.backends.triton.codegen import interpreting, load
+from tcomp.backends.triton.configs import _pow2
+from tcomp.backends.triton.runtime import triton_cdiv
 from tcomp.graph import shape, val
 
 aten = torch.ops.aten
@@ -59,10 +61,6 @@ HOPPER_CONFIGS = [
     GemmConfig(128, 128, 64, 8, 4, 4, tma=True),
     GemmConfig(256, 128, 64, 8, 8, 3, tma=True),
 ]
-
-
-def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, 1 << (max(n, 1) - 1).bit_length())
 
 
 def interpreter_config(m: int, n: int, k: int) -> GemmConfig:
@@ -155,22 +153,19 @@ def linear(
         return launch(config)
     if interpreting():
         return launch(interpreter_config(m, n, k))
-    configs = {c.name: c for c in GPU_CONFIGS}
-    if (
-        target in ("h100", "h200")
-        and torch.cuda.get_device_capability(x.device)[0] >= 9
-        and tma_ok(a, w, res)
-    ):
-        configs.update({c.name: c for c in HOPPER_CONFIGS})
-    candidates = {"cublas": lambda: reference(x, w, bias, residual, activation)}
-    candidates.update({name: functools.partial(launch, c) for name, c in configs.items()})
     key = f"gemm|{spec.name}|m{_pow2(m)}|n{n}|k{k}|{x.dtype}|{target}"
-    choice = autotune.choose(key, candidates, default="cublas")
-    return candidates[choice]()
+    choice = autotune.lookup(key)  # steady state: no candidates built, nothing timed
+    if choice is None:
+        hopper = target in ("h100", "h200") and torch.cuda.get_device_capability(x.device)[0] >= 9
+        configs = GPU_CONFIGS + (HOPPER_CONFIGS if hopper and tma_ok(a, w, res) else [])
+        candidates = {"cublas": lambda: reference(x, w, bias, residual, activation)}
+        candidates.update({c.name: functools.partial(launch, c) for c in configs})
+        choice = autotune.choose(key, candidates, default="cublas")
+    config = _BY_NAME.get(choice)
+    return launch(config) if config is not None else reference(x, w, bias, residual, activation)
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
+_BY_NAME = {c.name: c for c in GPU_CONFIGS + HOPPER_CONFIGS}
 
 
 # ---- lowering ---------------------------------------------------------------------------------

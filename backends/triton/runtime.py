@@ -63,11 +63,11 @@ def attention(
         return launch(config)
     default = attention_config(target, d, n, m, interpreting())
     if autotune.enabled():
-        cands = {_name(c): c for c in candidates(default)}
+        cands = _candidates_by_name(default)
         # the number of (batch, head) programs is part of the key: tiles timed on the small verification
         # batch are the wrong choice for a large one (measured: ViT-B/16 at batch 256, 5x slower)
         key = f"attn|{spec.name}|bh{_pow2(b * h)}|d{d}|dv{dv}|n{_pow2(n)}|m{_pow2(m)}|{q.dtype}|{target}"
-        best = autotune.choose(
+        best = autotune.lookup(key) or autotune.choose(
             key, {k: functools.partial(launch, c) for k, c in cands.items()}, _name(default)
         )
         return launch(cands[best])
@@ -87,6 +87,11 @@ def attention(
 
 def _name(c: AttnConfig) -> str:
     return f"{c.block_m}x{c.block_n}_w{c.num_warps}_s{c.num_stages}"
+
+
+@functools.cache
+def _candidates_by_name(default: AttnConfig) -> dict[str, AttnConfig]:
+    return {_name(c): c for c in candidates(default)}
 
 
 def candidates(default: AttnConfig) -> list[AttnConfig]:

@@ -111,7 +111,10 @@ def test_dialect_reference_impls(shape, approximate, with_rbias, with_beta, seed
     got = torch.ops.tcomp.skip_layer_norm(x, skip, w, beta, rbias, 1e-5)
     s = x.double() + skip.double() + (rb.double() if with_rbias else 0)
     want = nn.functional.layer_norm(s, (c,), w.double(), b.double() if with_beta else None, 1e-5)
-    assert rel_error(got, want) <= 64 * F32_EPS
+    # per element, relative to the scale the normalised value gets (|w|): with c = 1 the exact result
+    # is 0 (+ beta) and fp32 leaves rounding noise of that scale, which a norm-relative error blows up
+    scale = want.abs() + w.double().abs() + 1e-30
+    assert ((got.double() - want).abs() / scale).max() <= 64 * F32_EPS
     got = torch.ops.tcomp.bias_gelu(x, b, approximate)
     want = nn.functional.gelu(x.double() + b.double(), approximate=approximate)
     assert rel_error(got, want) <= 64 * F32_EPS

@@ -12,8 +12,9 @@ from torch import nn
 pytest.importorskip("triton")
 
 import tcomp  # noqa: E402
-from tcomp import quant as Q  # noqa: E402
+from tcomp import quant as Q
 from tcomp.backends.triton import kernel_sources, quant_w8a8  # noqa: E402
+from tcomp.verify import eps  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter (conftest)
 
@@ -37,9 +38,16 @@ def test_kernel_matches_reference_op(seed, m, n, k, dtype, with_bias):
     ref = torch.ops.tcomp.linear_w8a8(x.float(), q, s, None if bias is None else bias.float()).double()
     exact = torch.nn.functional.linear(x.double(), w.double(), None if bias is None else bias.double())
     assert out.dtype == dtype and out.shape == (m, n) and torch.isfinite(out).all()
-    rel = ((out.double() - ref).norm() / ref.norm()).item()
-    # int32 sums are exact; fp32 rescale (fp16: the output rounded to fp16); a rounding tie may differ
-    assert rel <= (1e-5 if dtype == torch.float32 else 2e-3), rel
+    # int32 sums are exact, so kernel and reference differ only where an activation lands on the other
+    # side of a rounding boundary (the kernel divides by its scale in fp32, the reference in fp64; ties
+    # round away from zero vs to even): at most one code, sx[m], per element, times |q[n, k]| s[n];
+    # plus the fp32 rescale and the output's rounding to its dtype
+    sx = x.double().abs().amax(dim=1, keepdim=True) / 127
+    one_code = sx * (q.double().abs().sum(dim=1) * s.double())[None, :]
+    slack = 2 * eps(dtype) * ref.abs() + 1e-6
+    assert ((out.double() - ref).abs() <= one_code + slack).all()
+    flipped = ((out.double() - ref).abs() > slack).float().mean().item()
+    assert flipped <= 0.25, flipped  # boundary cases are rare: most outputs agree to rounding
     assert ((out.double() - exact).norm() / exact.norm()).item() <= 0.05  # and it is a W8A8 linear
 
 

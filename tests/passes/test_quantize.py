@@ -185,3 +185,16 @@ def test_pipeline_check_with_reference():
     res = run_pipeline(cap.gm, ["canonicalize", (INT8, {"skip_first_last": False})], reference=ref)
     rec = res.records[-1]
     assert rec.status == "applied" and rec.rewrites == 3 and 0 < rec.error <= rec.tolerance
+
+
+def test_optimized_module_does_not_keep_the_replaced_float_weights():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.ReLU(), torch.nn.Linear(48, 8)).eval()
+    om = tcomp.optimize(m, (torch.randn(3, 32),), passes=[("quantize.int8_weight", {"skip_first_last": False})])
+    held = {n: t for n, t in [*om.graph_module.named_parameters(), *om.graph_module.named_buffers()]}
+    assert not [n for n, t in held.items() if t.is_floating_point() and t.dim() == 2]  # only int8 + scales
+    assert sum(t.dtype == torch.int8 for t in held.values()) == 2
+    assert m[0].weight.dtype == torch.float32  # the user's model keeps its weights
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        assert ((om(x) - m(x)).norm() / m(x).norm()) < 0.05
