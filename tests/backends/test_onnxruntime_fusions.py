@@ -116,8 +116,14 @@ def test_dialect_reference_impls(shape, approximate, with_rbias, with_beta, seed
     scale = want.abs() + w.double().abs() + 1e-30
     assert ((got.double() - want).abs() / scale).max() <= 64 * F32_EPS
     got = torch.ops.tcomp.bias_gelu(x, b, approximate)
-    want = nn.functional.gelu(x.double() + b.double(), approximate=approximate)
-    assert rel_error(got, want) <= 64 * F32_EPS
+    h = x.double() + b.double()
+    want = nn.functional.gelu(h, approximate=approximate)
+    # per element, relative to |x + b|: gelu(h) = h * Phi(h) and fp32 computes Phi(h) = (1 + erf) / 2
+    # with absolute error ~eps, so deep in the negative tail (gelu(h) -> 0) the error is eps * |h|,
+    # which a norm-relative error over a handful of tail elements turns into a false failure
+    scale = want.abs() + h.abs() + 1e-30
+    assert torch.isfinite(got).all()
+    assert ((got.double() - want).abs() / scale).max() <= 64 * F32_EPS
 
 
 needs_ort = pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime / onnxscript / onnx not installed")
