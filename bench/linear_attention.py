@@ -1,6 +1,6 @@
 """Linear attention kernels on the GPU: tcomp's generated Triton kernels (non-causal two-phase and
 causal chunked) against a hand-written PyTorch linear attention, flash-linear-attention's
-``chunk_linear_attn`` when importable, and SDPA (softmax, for the crossover sequence length).
+``chunk_linear_attn`` when importable (causal: fla has no non-causal kernel), and SDPA (softmax, for the crossover sequence length).
 
 Shapes: B*N = 65536 tokens, H = 16, D = F = 64, bf16 (features elu(x)+1 precomputed). Also
 reports the bandwidth floor (read q, k, v + write out once at the device's peak bandwidth).
@@ -102,7 +102,12 @@ def main() -> None:
             if fla is not None and causal:
                 qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # fla: (B, T, H, D)
                 try:
-                    row["fla_ms"] = time_ms(lambda: fla(qt, kt, vt, normalize=True), a.runs)
+                    fo = fla(qt, kt, vt, scale=1.0, normalize=True)[0].transpose(1, 2)
+                    row["fla_rel_diff_vs_torch"] = float(
+                        (fo.float() - ref.float()).norm() / ref.float().norm()
+                    )
+                    row["fla_ms"] = time_ms(lambda: fla(qt, kt, vt, scale=1.0, normalize=True), a.runs)
+                    row["tcomp_vs_fla"] = row["fla_ms"] / row["tcomp_ms"]
                 except Exception as exc:  # noqa: BLE001
                     row["fla_error"] = f"{type(exc).__name__}: {exc}"
             row["speedup_vs_torch"] = row["torch_ms"] / row["tcomp_ms"]
@@ -115,9 +120,15 @@ def main() -> None:
         crossover["causal" if causal else "non_causal"] = min(faster) if faster else None
     dev = torch.cuda.get_device_name().split()[-1].lower()
     out = a.out or str(Path(__file__).resolve().parent / "results" / f"linear-attention-{dev}.json")
+    fla_version = ""
+    if fla is not None:
+        import importlib.metadata as md
+
+        fla_version = md.version("fla-core")
     write_results(
-        out, "linear_attention", rows, fla=fla_note or "chunk_linear_attn", crossover_n_vs_sdpa=crossover
-    )
+        out, "linear_attention", rows, fla=fla_note or f"chunk_linear_attn (fla-core {fla_version})",
+        crossover_n_vs_sdpa=crossover,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import functools
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.fx as fx
 
+from tcomp.backends.triton import autotune
 from tcomp.backends.triton.codegen import interpreting, load
 from tcomp.backends.triton.configs import _pow2
 from tcomp.graph import val
@@ -217,6 +218,48 @@ def specs_for(q_dtype: torch.dtype, has_mask: bool, causal: bool, parallel: bool
     return [LinSpec("state", has_mask, ieee), LinSpec("readout", False, ieee)]
 
 
+@dataclass(frozen=True)
+class LinConfig:
+    """Launch choices. Non-causal: key block of the state pass, query block of the readout.
+    Causal: chunk length, Dv block, and whether one program walks the chunks (sequential) or each
+    chunk gets a program reading its prefix state (parallel)."""
+
+    block_n: int = 64
+    block_m: int = 64
+    block_dv: int = 32
+    parallel: bool = False
+    num_warps: int = 4
+    num_stages: int = 2
+
+    @property
+    def name(self) -> str:
+        par = "p" if self.parallel else "s"
+        return f"n{self.block_n}_m{self.block_m}_dv{self.block_dv}_{par}_w{self.num_warps}_s{self.num_stages}"
+
+
+def default_config(b: int, h: int, n: int, dv: int, causal: bool, interp: bool) -> LinConfig:
+    if interp:  # large tiles: the interpreter's cost grows with the number of programs
+        c = min(64, _pow2(n)) if causal else min(128, _pow2(n))
+        return LinConfig(block_n=c, block_m=c, block_dv=_pow2(dv))
+    block_dv = min(_pow2(dv), 32)
+    # few (batch, head) pairs and long sequences: one program per chunk fills the GPU
+    parallel = causal and b * h * -(-dv // block_dv) < 528
+    return LinConfig(block_dv=block_dv, parallel=parallel)
+
+
+def candidates(default: LinConfig, causal: bool, dv: int) -> list[LinConfig]:
+    """What the autotuner times on a GPU (the default first)."""
+    if not causal:
+        extra = [LinConfig(block_n=bn, block_m=bm, num_warps=w, num_stages=st)
+                 for bn, bm, w, st in ((64, 128, 4, 2), (128, 128, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3),
+                                       (128, 128, 8, 2), (32, 128, 4, 3))]  # fmt: skip
+    else:
+        bdv = [d for d in (32, 64) if d <= max(_pow2(dv), 32)]
+        extra = [LinConfig(block_n=c, block_m=c, block_dv=d, parallel=p, num_warps=w, num_stages=st)
+                 for p in (False, True) for d in bdv for c, w, st in ((64, 4, 2), (64, 4, 3), (128, 8, 2))]  # fmt: skip
+    return list(dict.fromkeys([default, *extra]))
+
+
 def _splits(b_hk: int, m: int, block_n: int, interp: bool) -> int:
     """Sequence splits of the state reduction: enough programs to fill a GPU (~4 waves of 132 SMs)."""
     if interp:
@@ -226,51 +269,83 @@ def _splits(b_hk: int, m: int, block_n: int, interp: bool) -> int:
 
 
 def linear_attention(q, k, v, key_mask, causal: bool, target: str = "h200", block: int | None = None,
-                     splits: int | None = None, parallel: bool | None = None):  # fmt: skip
-    """``tcomp.linear_attention`` on the generated kernels (same arguments and result); ``block``
-    ``splits`` (sequence splits of the state reduction) and ``parallel`` (causal: one program per
-    chunk over prefix states instead of one per head walking the chunks) override the defaults."""
+                     splits: int | None = None, parallel: bool | None = None,
+                     config: LinConfig | None = None):  # fmt: skip
+    """``tcomp.linear_attention`` on the generated kernels (same arguments and result). ``config``
+    fixes the launch (else the autotuner picks on a GPU, cached per shape bucket); ``block``,
+    ``splits`` (sequence splits of the state reduction) and ``parallel`` override single choices."""
     b, h, n, f = q.shape
-    hk, m, dv = k.shape[1], k.shape[2], v.shape[3]
+    m, dv = k.shape[2], v.shape[3]
     out = torch.empty((b, h, n, dv), dtype=q.dtype, device=q.device)
     if n == 0 or b * h == 0:
         return out
     k, v = k.to(q.dtype), v.to(q.dtype)
     interp = interpreting()
-    bf, bdv = _pow2(f), _pow2(dv)
     has_mask = key_mask is not None
     msk = key_mask.to(torch.bool).expand(b, m).to(torch.int8) if has_mask else q
+    launch = functools.partial(_launch, q, k, v, msk, has_mask, out, causal, splits)
+    if config is None:
+        config = default_config(b, h, n, dv, causal, interp)
+        if block is not None:
+            config = replace(config, block_n=block, block_m=block)
+        if parallel is not None:
+            config = replace(config, parallel=parallel)
+        fixed = block is not None or parallel is not None or splits is not None
+        if autotune.enabled() and not fixed:
+            mk = "m" if has_mask else ""
+            key = f"linattn|{'c' if causal else 'nc'}{mk}|bh{_pow2(b * h)}|n{_pow2(n)}|f{f}|dv{dv}|{q.dtype}|{target}"
+            best = autotune.lookup(key)
+            if best is None:
+                cands = {c.name: c for c in candidates(config, causal, dv)}
+                best = autotune.choose(
+                    key, {nm: functools.partial(launch, c) for nm, c in cands.items()}, config.name
+                )
+                config = cands[best]
+            else:
+                config = _by_name(best)
+    launch(config)
+    return out
+
+
+@functools.cache
+def _by_name(name: str) -> LinConfig:
+    n, m, dv, par, w, st = name.split("_")
+    return LinConfig(int(n[1:]), int(m[1:]), int(dv[2:]), par == "p", int(w[1:]), int(st[1:]))
+
+
+def _launch(q, k, v, msk, has_mask: bool, out, causal: bool, splits: int | None, cfg: LinConfig) -> None:
+    b, h, n, f = q.shape
+    hk, m, dv = k.shape[1], k.shape[2], v.shape[3]
+    interp = interpreting()
+    bf, bdv = _pow2(f), _pow2(dv)
     sm = tuple(msk.stride()) if has_mask else (0, 0)
+    tune = {} if interp else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    specs = specs_for(q.dtype, has_mask, causal, cfg.parallel)
     if causal:
-        bc = block or (min(64, _pow2(n)) if interp else 64)
-        block_dv = bdv if interp else min(bdv, 32)
+        bc, block_dv = cfg.block_n, min(cfg.block_dv, bdv)
         dv_blocks = -(-dv // block_dv)
-        if parallel is None:  # few (batch, head) pairs, long sequences: one program per chunk
-            parallel = not interp and b * h * dv_blocks < 528
-        specs = specs_for(q.dtype, has_mask, True, parallel)
         args = (*q.stride(), *k.stride(), *v.stride(), *sm, *out.stride())
-        if not parallel:
+        if not cfg.parallel:
             kernel_for(specs[0], interp)[(b * h, dv_blocks)](
                 q, k, v, msk, out, q, q, *args, 0, 0, 0, 0, 0,
-                h, n, f, dv, h // hk, b * hk, BLOCK_C=bc, BLOCK_F=bf, BLOCK_DV=block_dv,
+                h, n, f, dv, h // hk, b * hk, BLOCK_C=bc, BLOCK_F=bf, BLOCK_DV=block_dv, **tune,
             )  # fmt: skip
-            return out
+            return
         nc = -(-n // bc)
         state = torch.empty((nc, b * hk, bf, bdv), dtype=torch.float32, device=q.device)
         z = torch.empty((nc, b * hk, bf), dtype=torch.float32, device=q.device)
         kernel_for(specs[0], interp)[(nc, b * hk)](
             k, v, msk, state, z, *k.stride(), *v.stride(), *sm, hk, n, f, dv, bc,
-            BLOCK_N=bc, BLOCK_F=bf, BLOCK_DV=bdv,
+            BLOCK_N=bc, BLOCK_F=bf, BLOCK_DV=bdv, **tune,
         )  # fmt: skip
         state = state.cumsum(0).sub_(state)  # exclusive prefix: the state before each chunk
         z = z.cumsum(0).sub_(z)
         kernel_for(specs[1], interp)[(nc, b * h, dv_blocks)](
             q, k, v, msk, out, state, z, *args, *state.stride()[:3], *z.stride()[:2],
-            h, n, f, dv, h // hk, b * hk, BLOCK_C=bc, BLOCK_F=bf, BLOCK_DV=block_dv,
+            h, n, f, dv, h // hk, b * hk, BLOCK_C=bc, BLOCK_F=bf, BLOCK_DV=block_dv, **tune,
         )  # fmt: skip
-        return out
-    specs = specs_for(q.dtype, has_mask, False)
-    bn = block or (min(128, _pow2(m)) if interp else 64)
+        return
+    bn = cfg.block_n
     splits = splits or _splits(b * hk, m, bn, interp)
     per = -(-m // splits)
     per = -(-per // bn) * bn
@@ -279,14 +354,15 @@ def linear_attention(q, k, v, key_mask, causal: bool, target: str = "h200", bloc
     z = torch.empty((splits, b * hk, bf), dtype=torch.float32, device=q.device)
     kernel_for(specs[0], interp)[(splits, b * hk)](
         k, v, msk, state, z, *k.stride(), *v.stride(), *sm, hk, m, f, dv, per,
-        BLOCK_N=bn, BLOCK_F=bf, BLOCK_DV=bdv,
+        BLOCK_N=bn, BLOCK_F=bf, BLOCK_DV=bdv, **tune,
     )  # fmt: skip
-    bm = block or (min(128, _pow2(n)) if interp else 64)
+    if splits > 1:  # reduce the partial states once, not once per query block of the readout
+        state, z = state.sum(0, keepdim=True), z.sum(0, keepdim=True)
+    bm = cfg.block_m
     kernel_for(specs[1], interp)[(-(-n // bm), b * h)](
-        q, state, z, out, *q.stride(), *out.stride(), h, hk, n, f, dv, h // hk, splits,
-        BLOCK_M=bm, BLOCK_F=bf, BLOCK_DV=bdv,
+        q, state, z, out, *q.stride(), *out.stride(), h, hk, n, f, dv, h // hk, 1,
+        BLOCK_M=bm, BLOCK_F=bf, BLOCK_DV=bdv, **tune,
     )  # fmt: skip
-    return out
 
 
 def sources(node: fx.Node) -> dict[str, str]:

@@ -66,6 +66,25 @@ def test_fully_masked_rows_are_zero(causal, parallel):
         assert torch.equal(out[0, :, :3], torch.zeros_like(out[0, :, :3]))  # no visible key yet
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_autotune_candidate_is_correct(causal):
+    """The autotuner may pick any candidate on a GPU: each one computes the same function."""
+    g = torch.Generator().manual_seed(7)
+    q, k = (torch.rand(2, 2, 70, 16, generator=g) + 0.05 for _ in range(2))
+    v = torch.randn(2, 2, 70, 40, generator=g)
+    mask = torch.rand(2, 70, generator=g) > 0.2
+    ref = reference(q, k, v, mask, causal)
+    default = lin.default_config(2, 2, 70, 40, causal, interp=False)
+    cands = lin.candidates(default, causal, 40)
+    assert len(cands) > 3 and cands[0] == default
+    for cfg in cands:
+        assert lin._by_name(cfg.name) == cfg
+        dev = [t.to(DEVICE) for t in (q, k, v, mask)]
+        out = lin.linear_attention(*dev, causal, config=cfg).cpu()
+        assert torch.isfinite(out).all()
+        assert (out.double() - ref).norm() <= TOL[torch.float32] * ref.norm(), cfg.name
+
+
 def test_backend_lowers_linear_attention_sites():
     from tcomp.backend import get_backend
     from tcomp.capture import capture
