@@ -229,7 +229,7 @@ class LinConfig:
     block_dv: int = 32
     parallel: bool = False
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3  # Triton's own default, what the launches used before autotuning
 
     @property
     def name(self) -> str:
