@@ -191,3 +191,22 @@ def test_model_real_tokens_unaffected_by_padding_content(seed, r):
     real = mask.bool()
     assert torch.isfinite(a).all()
     assert torch.allclose(a[real], b[real], rtol=1e-5, atol=1e-6)
+
+
+def test_tolerance_option_sets_the_checked_contract():
+    """``tolerance`` is the EMPIRICAL threshold the pipeline checks: one far below the measured
+    error rolls the merge back with the reason, the default lets the same merge through."""
+    import tcomp
+    from tcomp.errors import PassError
+
+    e = models.get("vit", seed=0, depth=2)
+    passes = lambda **o: ["canonicalize", ("tokens.merge", {"r": 2, **o})]  # noqa: E731
+    strict = tcomp.optimize(e.model, e.example_inputs, passes=passes(tolerance=1e-9), backend="eager")
+    rec = strict.report["tokens.merge"]
+    assert rec.status == "rolled_back" and rec.tolerance == 1e-9 and "tolerance" in rec.reason
+    loose = tcomp.optimize(e.model, e.example_inputs, passes=passes(), backend="eager")
+    rec = loose.report["tokens.merge"]
+    assert rec.status == "applied" and rec.tolerance == 0.35 and 1e-9 < rec.error <= 0.35
+    assert MERGE.contract_for({"tolerance": 0.7}).tolerance == 0.7
+    with pytest.raises(PassError, match="tolerance"):
+        _merge(_canonical("vit", depth=2)[1], r=1, tolerance=-1.0)
