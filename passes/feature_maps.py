@@ -26,6 +26,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
+from tcomp.calibration import batches
 from tcomp.graph import add_node, shape, val
 
 aten = torch.ops.aten
@@ -325,24 +326,6 @@ class SiteSample:
         return torch.ops.tcomp.attention(
             self.q, self.k, self.v, self.bias, self.mask, self.scale, self.causal
         )
-
-
-def batches(calibration: Any) -> list[tuple[tuple, dict]]:
-    """Calibration data as ``(args, kwargs)`` pairs: a list of batches, each a dict of keyword
-    inputs, a tuple/list of positional inputs or one tensor (one batch alone is accepted too)."""
-    if isinstance(calibration, (dict, Tensor)):
-        calibration = [calibration]
-    out = []
-    for b in calibration:
-        if isinstance(b, dict):
-            out.append(((), b))
-        elif isinstance(b, (tuple, list)):
-            out.append((tuple(b), {}))
-        else:
-            out.append(((b,), {}))
-    if not out:
-        raise ValueError("calibration data is empty")
-    return out
 
 
 def capture_sites(gm: fx.GraphModule, calibration: Any) -> dict[str, list[SiteSample]]:

@@ -43,7 +43,7 @@ def module_type(node: fx.Node) -> str:
     return name.rsplit(".", 1)[-1].strip("'>")
 
 
-def _weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
+def weight_of(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
     w = node.args[1] if len(node.args) > 1 else None
     if not isinstance(w, fx.Node) or w.op != "get_attr":
         return None
@@ -62,7 +62,7 @@ def select(
     linears = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is aten.linear.default]
     chosen, skipped = [], []
     for i, n in enumerate(linears):
-        path, w = module_path(n) or n.name, _weight(gm, n)
+        path, w = module_path(n) or n.name, weight_of(gm, n)
         reason = None
         if w is None:
             reason = "weight is not a 2-D floating parameter"
@@ -93,7 +93,7 @@ def quantize_linears(
     for idx, lin in enumerate(nodes):
         path = module_path(lin) or lin.name
         try:
-            tensors, extra, err = encode(_weight(gm, lin))
+            tensors, extra, err = encode(weight_of(gm, lin))
         except ValueError as exc:  # the format does not fit this layer's shape
             sites.append({"site": path, "status": "skipped", "reason": str(exc)})
             continue
@@ -102,25 +102,15 @@ def quantize_linears(
                 {"site": path, "status": "skipped", "reason": f"weight error {err:.3g} scales > 1/2"}
             )
             continue
-        x, w_node = lin.args[0], lin.args[1]
-        bias = lin.args[2] if len(lin.args) > 2 else lin.kwargs.get("bias")
-        mode = detect_fake_mode([val(x)])
-        attrs = []
-        with gm.graph.inserting_before(lin):
-            for suffix, t in tensors.items():
-                name = f"_tcomp_{fmt}_{idx}_{suffix}"
-                gm.register_buffer(name, t)
-                a = gm.graph.get_attr(name)
-                if mode is not None:
-                    a.meta[meta.VAL] = mode.from_tensor(t, static_shapes=True)
-                attrs.append(a)
-            new = add_node(gm.graph, op, (x, *attrs, *extra, bias))
-        copy_source_meta(new, lin)
-        new.meta[meta.QUANT] = {"format": fmt, "source": path, "max_err": err}
-        lin.replace_all_uses_with(new)
-        gm.graph.erase_node(lin)
-        if not w_node.users:
-            gm.graph.erase_node(w_node)
+        swap_linear(
+            gm,
+            lin,
+            op,
+            tensors,
+            extra,
+            f"_tcomp_{fmt}_{idx}",
+            {"format": fmt, "source": path, "max_err": err},
+        )
         sites.append({"site": path, "status": "quantized", "format": fmt, "max_weight_error_in_scales": err})
         result.rewrites += 1
     gm.recompile()
@@ -128,3 +118,31 @@ def quantize_linears(
     result.notes.append(f"{fmt}: quantized {done} linear layers, skipped {len(sites) - done}")
     result.notes += [f"{s['site']}: skipped ({s['reason']})" for s in sites if s["status"] == "skipped"]
     return result
+
+
+def swap_linear(
+    gm: fx.GraphModule, lin: fx.Node, op: Any, tensors: dict[str, torch.Tensor], extra: tuple,
+    prefix: str, quant_meta: dict[str, Any],
+) -> fx.Node:  # fmt: skip
+    """Replace ``aten.linear`` node ``lin`` by ``op(x, *tensors, *extra, bias)``, each tensor a new
+    graph buffer ``<prefix>_<suffix>``; the float weight goes when nothing else reads it."""
+    x, w_node = lin.args[0], lin.args[1]
+    bias = lin.args[2] if len(lin.args) > 2 else lin.kwargs.get("bias")
+    mode = detect_fake_mode([val(x)])
+    attrs = []
+    with gm.graph.inserting_before(lin):
+        for suffix, t in tensors.items():
+            name = f"{prefix}_{suffix}"
+            gm.register_buffer(name, t)
+            a = gm.graph.get_attr(name)
+            if mode is not None:
+                a.meta[meta.VAL] = mode.from_tensor(t, static_shapes=True)
+            attrs.append(a)
+        new = add_node(gm.graph, op, (x, *attrs, *extra, bias))
+    copy_source_meta(new, lin)
+    new.meta[meta.QUANT] = quant_meta
+    lin.replace_all_uses_with(new)
+    gm.graph.erase_node(lin)
+    if not w_node.users:
+        gm.graph.erase_node(w_node)
+    return new

@@ -44,14 +44,29 @@ def quantize_int4(w: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor]:
     if group not in INT4_GROUPS or k % group:
         raise ValueError(f"int4 needs K ({k}) divisible by the group size ({group}, one of {INT4_GROUPS})")
     g = w.detach().to(torch.float64).reshape(n, k // group, group)
-    lo = g.amin(dim=2).clamp(max=0)
-    hi = g.amax(dim=2).clamp(min=0)
-    span = hi - lo
-    s = torch.where(span > 0, span / 15, torch.ones_like(span)).to(scale_dtype(w.dtype))
-    s64 = s.to(torch.float64)
-    z = torch.round(-lo / s64).clamp_(0, 15)
-    q = (torch.round(g / s64[..., None]) + z[..., None]).clamp_(0, 15).to(torch.uint8).reshape(n, k)
+    s, z = int4_scale_zero(g, scale_dtype(w.dtype))
+    q = int4_codes(g, s, z).reshape(n, k)
     return pack_int4(q), s, z.to(torch.uint8)
+
+
+def int4_scale_zero(g: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(scale in ``dtype``, zero point as float64) over the last axis of float64 groups ``g``: the
+    range widened to contain 0, split into 15 steps; zero point an integer in [0, 15]."""
+    lo = g.amin(dim=-1).clamp(max=0)
+    hi = g.amax(dim=-1).clamp(min=0)
+    span = hi - lo
+    s = torch.where(span > 0, span / 15, torch.ones_like(span)).to(dtype)
+    return s, torch.round(-lo / s.to(torch.float64)).clamp_(0, 15)
+
+
+def int4_codes(g: Tensor, s: Tensor, z: Tensor) -> Tensor:
+    """Nearest int4 codes (uint8 in [0, 15]) of float64 values ``g`` (..., group) or (...,) given
+    the scale and zero point of their group (broadcast over the last axis of ``g`` when it has one
+    more dimension than ``s``)."""
+    s64 = s.to(torch.float64)
+    if g.dim() > s.dim():
+        s64, z = s64[..., None], z[..., None]
+    return (torch.round(g / s64) + z).clamp_(0, 15).to(torch.uint8)
 
 
 def pack_int4(q: Tensor) -> Tensor:
