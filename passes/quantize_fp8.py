@@ -87,8 +87,9 @@ def quantize_fp8_pass(
         sites += [{"site": module_path(n) or n.name, "status": "skipped", "reason": reason} for n in chosen]
         return PassResult(gm, notes=[f"fp8: rewrote nothing: {reason}"], sites=sites)
     fmt = f"fp8_{granularity}"
-    result = quantize_linears(gm, fmt, torch.ops.tcomp.fp8_linear.default, _encode(granularity), selection=sel)
+    result = quantize_linears(
+        gm, fmt, torch.ops.tcomp.fp8_linear.default, _encode(granularity), selection=sel
+    )
     if why_not:
         result.notes.insert(0, f"fp8 forced ({why_not}): e4m3 is simulated by the reference op")
     return result
-

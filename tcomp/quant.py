@@ -145,6 +145,7 @@ def dequantize_bits(packed: Tensor, alpha: Tensor, k: int, dtype: torch.dtype = 
 # Guarantee (``fp8_error_ratio`` measures it; <= 1 when it holds): with ``v = w / s``,
 # |dequantized - w| <= 2^-4 |w| where |v| >= 2^-6 (e4m3's normal range: 3 stored mantissa bits,
 # rounding error at most half a step) and <= 2^-10 s below it (subnormal spacing 2^-9).
+# A NaN or inf makes its scale NaN, so every value of its row (or tensor) dequantizes to NaN.
 
 FP8_MAX = 448.0
 FP8_GRANULARITIES = ("row", "tensor")
@@ -153,16 +154,18 @@ FP8_SUB_BOUND = 2.0**-10  # half the subnormal spacing, in units of the scale
 
 
 def fp8_scale(x: Tensor, granularity: str) -> Tensor:
-    """Scale of a 2-D tensor: (rows,) for "row", (1,) for "tensor"; amax / 448, 1 where that is 0."""
+    """Scale of a 2-D tensor: (rows,) for "row", (1,) for "tensor"; amax / 448, 1 where that is 0,
+    NaN where the group holds a NaN or inf (so the whole group turns NaN, never finite garbage)."""
     if granularity not in FP8_GRANULARITIES:
         raise ValueError(f"fp8 granularity must be one of {FP8_GRANULARITIES}, not {granularity!r}")
-    a = x.detach().to(torch.float64).abs()
+    a = x.detach().abs()  # the amax is exact in any dtype
     if a.shape[1] == 0 or (granularity == "tensor" and a.numel() == 0):
         amax = a.new_zeros(a.shape[0] if granularity == "row" else 1)
     else:
         amax = a.amax(dim=1) if granularity == "row" else a.amax().reshape(1)
-    s = (amax / FP8_MAX).to(scale_dtype(x.dtype))
-    return torch.where(s > 0, s, torch.ones_like(s))  # also where amax/448 underflows
+    s = (amax.to(torch.float64) / FP8_MAX).to(scale_dtype(x.dtype))
+    s = torch.where(s > 0, s, torch.ones_like(s))  # also where amax/448 underflows
+    return torch.where(torch.isfinite(amax), s, torch.full_like(s, float("nan")))
 
 
 def to_e4m3(v: Tensor) -> Tensor:
