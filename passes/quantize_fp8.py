@@ -2,12 +2,15 @@
 e4m3 activations quantized at run time with the same granularity (per token or per tensor), fp32
 accumulation, rescaled by ``sx * sw`` (op ``tcomp.fp8_linear``; format: tcomp/quant.py).
 
-Targets: e4m3 matmuls need fp8 tensor cores (Hopper: h100/h200; Ada has them too). The pass asks
-the target (``target`` option): a target whose peak-rate table lists an fp8 rate gets the rewrite;
-any other (``cpu``, ``a100``, or no target given) gets none, every site is reported skipped with
-the reason, because on those machines fp8 would only be simulated — slower and less accurate than
-the model as it is. ``force=True`` rewrites anyway (the reference op simulates e4m3 on any device:
-for fidelity measurements on a CPU).
+Targets: e4m3 matmuls need fp8 tensor cores (compute capability 8.9+: Hopper, Ada). The pass asks
+the target it is given (``target`` option; ``optimize`` does not hand its own target to passes):
+a target whose peak-rate table lists an fp8 rate gets the rewrite — of the built-in ones h100 and
+h200, and any registered later with an fp8 rate (no name list to keep up to date); any other
+(``cpu``, ``a100``, or none given) gets none, and every site is reported skipped with the reason,
+because there fp8 would only be simulated — slower and less accurate than the model as it is.
+``force=True`` rewrites anyway (the reference op simulates e4m3 exactly on any device: fidelity
+measurements on a CPU, bench/quant_minilm.py). On the GPU the Triton backend runs the op on its
+fp8 kernels (backends/triton/quant_fp8.py) and keeps it on the reference elsewhere.
 
 Contract (EMPIRICAL): e4m3 keeps 4 significant bits, so activations move by up to 2^-4 of their
 value and there is no useful worst-case bound on a deep model's outputs; what is promised is the
