@@ -15,7 +15,9 @@ from torch import nn
 
 import tcomp
 from tcomp import quant as Q
+from tcomp.capture import capture
 from tcomp.models.bert import Bert, BertConfig
+from tcomp.pipeline import run_pipeline
 
 FP8 = "quantize.fp8"
 TINY = 1e-12  # float64 slack of the bound check (q * s is exact in float64 for float32 scales)
@@ -197,27 +199,33 @@ def test_pipeline_on_h200_rewrites_measures_and_leaves_the_model_alone(granulari
 
 
 def test_target_gate_skips_every_site_and_says_why():
+    """The pass's own options decide (run_pipeline, so no face hands it a target)."""
     torch.manual_seed(2)
     model = MLP([32, 48, 48, 8]).eval()
     x = torch.randn(4, 32)
+    gm = capture(model, (x,)).gm
+
+    def run(opts):
+        res = run_pipeline(gm, ["canonicalize", (FP8, opts)])
+        n = sum(n.target is torch.ops.tcomp.fp8_linear.default for n in res.gm.graph.nodes)
+        return res.records[-1], n
+
     for opts, who in (
         ({}, "not told the target"),
         ({"target": "a100"}, "'a100' has no fp8"),
         ({"target": "cpu"}, "'cpu'"),
     ):
-        om = tcomp.optimize(model, (x,), passes=[(FP8, opts)], backend="eager")
-        rec = om.report.passes[-1]
-        assert rec.status == "skipped" and rec.rewrites == 0 and not _fp8_nodes(om)
+        rec, n = run(opts)
+        assert rec.status == "skipped" and rec.rewrites == 0 and n == 0
         assert who in rec.notes[0] and "h100, h200" in rec.notes[0] and "force=True" in rec.notes[0]
         sites = {s["site"]: s["reason"] for s in rec.sites}
         assert "first/last" in sites["layers.0"] and who in sites["layers.1"]
-    for opts in ({"target": "h100"}, {"target": "cpu", "force": True}, {"force": True}):
-        om = tcomp.optimize(model, (x,), passes=[(FP8, opts)], backend="eager")
-        assert om.report.passes[-1].rewrites == 1 and len(_fp8_nodes(om)) == 1
-    forced = tcomp.optimize(model, (x,), passes=[(FP8, {"target": "cpu", "force": True})], backend="eager")
-    assert "fp8 forced" in forced.report.passes[-1].notes[0]
-    bad = tcomp.optimize(model, (x,), passes=[(FP8, {"target": "h300"})], backend="eager")
-    assert bad.report.passes[-1].status == "rolled_back" and "valid targets" in bad.report.passes[-1].reason
+    for opts in ({"target": "h100"}, {"target": "h200"}, {"target": "cpu", "force": True}, {"force": True}):
+        rec, n = run(opts)
+        assert rec.status == "applied" and rec.rewrites == 1 and n == 1
+    assert "fp8 forced" in run({"target": "cpu", "force": True})[0].notes[0]
+    bad, _ = run({"target": "h300"})
+    assert bad.status == "rolled_back" and "valid targets" in bad.reason
 
 
 def test_selection_skip_list_types_and_non_finite_weights():
