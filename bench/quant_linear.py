@@ -1,5 +1,7 @@
-"""Weight-only int8 / int4 linear layers on the GPU against bf16 cuBLAS (``F.linear``), in the same
-run: batch 1 and 16, each timed plainly (CUDA events, median) and as a CUDA-graph replay (launch
+"""Weight-only int8 / int4 and fp8 e4m3 (per-row scales, the activation quantization included)
+linear layers on the GPU against bf16 cuBLAS (``F.linear``), in the same run, plus
+``torch._scaled_mm`` row-wise fp8 (GEMM only, activations quantized beforehand) where it runs:
+batch 1 and 16, each timed plainly (CUDA events, median) and as a CUDA-graph replay (launch
 gaps removed). Shapes (N x K of the weight): 28672x8192, 8192x28672, 4096x4096, 4096x11008,
 11008x4096. Writes bench/results/quant-linear-<gpu>.json.
 
@@ -20,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_results  # noqa: E402
 
 from tcomp import quant as Q  # noqa: E402
-from tcomp.backends.triton import quant_gemm  # noqa: E402
+from tcomp.backends.triton import quant_fp8, quant_gemm  # noqa: E402
 
 SHAPES = [(28672, 8192), (8192, 28672), (4096, 4096), (4096, 11008), (11008, 4096)]
 
@@ -83,6 +85,8 @@ def main() -> None:
         p4, s4, z4 = Q.quantize_int4(w, args.group)
         w8_ref = Q.dequantize_int8(q8, s8, torch.float32)
         w4_ref = Q.dequantize_int4(p4, s4, z4, args.group, torch.float32)
+        f8, sf8 = Q.quantize_fp8(w, "row")
+        fp8_cap = torch.cuda.get_device_capability() >= quant_fp8.MIN_CAPABILITY
         for m in args.batches:
             x = torch.randn(m, k, device=dev, dtype=dt)
             cands = {
@@ -99,7 +103,22 @@ def main() -> None:
                 "bf16_cublas": n * k * 2 / 4.2e9,
                 "int8_weight": n * k / 4.2e9,
                 f"int4_weight_g{args.group}": n * k / 2 / 4.2e9,
+                "fp8_row": n * k / 4.2e9,
+                "torch_scaled_mm_row": n * k / 4.2e9,
             }
+            if fp8_cap:  # fp8: against the dialect's reference op (same e4m3 numbers, fp32 sums)
+                ref = torch.ops.tcomp.fp8_linear(x, f8, sf8, "row", None).float()
+                cands["fp8_row"] = lambda x=x: quant_fp8.linear_fp8(x, f8, sf8, "row")
+                errs["fp8_row"] = ((cands["fp8_row"]().float() - ref).norm() / ref.norm()).item()
+                xq, sx = Q.quantize_fp8(x, "row")
+                mm = lambda xq=xq, sx=sx: torch._scaled_mm(  # noqa: E731
+                    xq, f8.t(), scale_a=sx[:, None], scale_b=sf8[None, :], out_dtype=dt
+                )
+                try:
+                    errs["torch_scaled_mm_row"] = ((mm().float() - ref).norm() / ref.norm()).item()
+                    cands["torch_scaled_mm_row"] = mm
+                except (RuntimeError, AttributeError) as exc:  # e.g. shape rules of the installed torch
+                    print(f"torch._scaled_mm row-wise skipped at {n}x{k} b={m}: {exc}".splitlines()[0])
             for name, fn in cands.items():
                 plain, graphed = time_plain(fn, args.iters), time_graph(fn, args.iters)
                 rows.append(
@@ -108,8 +127,8 @@ def main() -> None:
                         "bandwidth_floor_ms": floor_ms[name], "rel_error_vs_dequantized": errs.get(name),
                     }
                 )  # fmt: skip
-            base = {r["kernel"]: r for r in rows[-3:]}["bf16_cublas"]
-            for r in rows[-3:]:
+            base = {r["kernel"]: r for r in rows[-len(cands) :]}["bf16_cublas"]
+            for r in rows[-len(cands) :]:
                 r["speedup_plain"] = base["plain_ms"] / r["plain_ms"]
                 r["speedup_graph"] = base["graph_ms"] / r["graph_ms"]
                 print(

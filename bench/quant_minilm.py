@@ -1,4 +1,4 @@
-"""Fidelity of the quantization passes (weight-only int8/int4 (round-to-nearest and GPTQ), W8A8, 1-bit) on the real all-MiniLM-L6-v2 (CPU, eager backend):
+"""Fidelity of the quantization passes (weight-only int8/int4 (round-to-nearest and GPTQ), W8A8, fp8 e4m3, 1-bit) on the real all-MiniLM-L6-v2 (CPU, eager backend):
 sentence-embedding cosine to the fp32 model on models.minilm.SENTENCES, nearest-neighbour
 retrieval agreement, the pipeline's measured relative error, and the artifact's weight file size.
 Writes bench/results/quant-minilm-cpu.json.
@@ -36,6 +36,11 @@ PASSES = [
     ("int4_gptq g128 no act_order", [("quantize.int4_gptq", {"group": 128, "act_order": False})]),
     ("int8_dynamic (W8A8)", [("quantize.int8_dynamic", {})]),
     ("int8_dynamic all linears", [("quantize.int8_dynamic", {"skip_first_last": False})]),
+    # fp8 needs fp8 tensor cores (h100/h200); force=True runs it here on the reference op, which
+    # simulates e4m3 exactly as the kernel rounds (same numbers, only the fp32 summation order differs)
+    ("fp8 row (e4m3, forced)", [("quantize.fp8", {"force": True})]),
+    ("fp8 tensor (e4m3, forced)", [("quantize.fp8", {"granularity": "tensor", "force": True})]),
+    ("fp8 row all linears (forced)", [("quantize.fp8", {"force": True, "skip_first_last": False})]),
     ("binarize", [("binarize", {})]),
     ("binarize (unverified)", [("binarize", {})]),
     (

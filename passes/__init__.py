@@ -4,6 +4,7 @@ from tcomp.passes import (  # noqa: F401
     binarize,
     canonicalize,
     linear_attention,
+    quantize_fp8,
     quantize_int4_gptq,
     quantize_int4_weight,
     quantize_int8_dynamic,

@@ -444,3 +444,35 @@ def linear_w1(x: Tensor, packed: Tensor, alpha: Tensor, k: int, bias: Tensor | N
 @linear_w1.register_fake
 def _linear_w1_fake(x, packed, alpha, k, bias):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+# -- fp8 e4m3 linear layers (``quantize.fp8``; format: tcomp/quant.py) -----------------------------
+# ``fp8_linear(x, qweight, scale, granularity, bias)``: qweight float8_e4m3fn (N, K); scale (N,) for
+# granularity "row" or (1,) for "tensor". x (..., K) is quantized to e4m3 at run time with the same
+# granularity (per token / over the whole activation), the e4m3 x e4m3 products are summed in float32
+# (float64 for float64 x), rescaled by ``sx * scale`` with the bias added in that precision, and
+# the result is cast to x's dtype.
+
+
+@torch.library.custom_op("tcomp::fp8_linear", mutates_args=())
+def fp8_linear(x: Tensor, qweight: Tensor, scale: Tensor, granularity: str, bias: Tensor | None) -> Tensor:
+    """Reference fp8 linear: e4m3 activations (dynamic scales), e4m3 weights, float rescale."""
+    from tcomp.quant import quantize_fp8
+
+    n, k = qweight.shape
+    if scale.numel() != (n if granularity == "row" else 1) or x.shape[-1] != k:
+        raise ValueError(
+            f"tcomp.fp8_linear: granularity {granularity!r} needs a scale of {n if granularity == 'row' else 1} "
+            f"values and x (..., {k}); got scale {tuple(scale.shape)}, x {tuple(x.shape)}"
+        )
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    qx, sx = quantize_fp8(x.reshape(-1, k), granularity)
+    y = (qx.to(work) @ qweight.to(work).T) * sx.to(work)[:, None] * scale.to(work)[None, :]
+    if bias is not None:
+        y = y + bias.to(work)
+    return y.to(x.dtype).reshape(*x.shape[:-1], n)
+
+
+@fp8_linear.register_fake
+def _fp8_linear_fake(x, qweight, scale, granularity, bias):
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))

@@ -148,3 +148,62 @@ def dequantize_bits(packed: Tensor, alpha: Tensor, k: int, dtype: torch.dtype = 
     work = torch.promote_types(alpha.dtype, dtype)
     signs = unpack_bits(packed, k).to(work) * 2 - 1
     return (signs * alpha.to(work)[:, None]).to(dtype)
+
+
+# -- fp8 e4m3 (``quantize.fp8``) ------------------------------------------------------------------
+# ``w ≈ q * s`` with ``q`` in torch.float8_e4m3fn (4 significant bits, largest finite 448, no inf)
+# and ``s = amax / 448`` per row ("row": per output channel for weights, per token for
+# activations) or over the whole tensor ("tensor"), so the largest magnitude lands on 448. Values
+# are divided in float64, clamped to +-448 (torch versions differ on what an out-of-range cast
+# gives) and cast, rounding to nearest even; NaN stays NaN. Scales are float32 (float64 for
+# float64 tensors); an all-zero row or tensor gets scale 1.
+# Guarantee (``fp8_error_ratio`` measures it; <= 1 when it holds): with ``v = w / s``,
+# |dequantized - w| <= 2^-4 |w| where |v| >= 2^-6 (e4m3's normal range: 3 stored mantissa bits,
+# rounding error at most half a step) and <= 2^-10 s below it (subnormal spacing 2^-9).
+# A NaN or inf makes its scale NaN, so every value of its row (or tensor) dequantizes to NaN.
+
+FP8_MAX = 448.0
+FP8_GRANULARITIES = ("row", "tensor")
+FP8_REL_BOUND = 2.0**-4  # half an e4m3 step relative to the value, normal range
+FP8_SUB_BOUND = 2.0**-10  # half the subnormal spacing, in units of the scale
+
+
+def fp8_scale(x: Tensor, granularity: str) -> Tensor:
+    """Scale of a 2-D tensor: (rows,) for "row", (1,) for "tensor"; amax / 448, 1 where that is 0,
+    NaN where the group holds a NaN or inf (so the whole group turns NaN, never finite garbage)."""
+    if granularity not in FP8_GRANULARITIES:
+        raise ValueError(f"fp8 granularity must be one of {FP8_GRANULARITIES}, not {granularity!r}")
+    a = x.detach().abs()  # the amax is exact in any dtype
+    if a.shape[1] == 0 or (granularity == "tensor" and a.numel() == 0):
+        amax = a.new_zeros(a.shape[0] if granularity == "row" else 1)
+    else:
+        amax = a.amax(dim=1) if granularity == "row" else a.amax().reshape(1)
+    s = (amax.to(torch.float64) / FP8_MAX).to(scale_dtype(x.dtype))
+    s = torch.where(s > 0, s, torch.ones_like(s))  # also where amax/448 underflows
+    return torch.where(torch.isfinite(amax), s, torch.full_like(s, float("nan")))
+
+
+def to_e4m3(v: Tensor) -> Tensor:
+    """Round to float8_e4m3fn, saturating at +-448 (NaN stays NaN)."""
+    return v.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
+def quantize_fp8(x: Tensor, granularity: str = "row") -> tuple[Tensor, Tensor]:
+    """(q float8_e4m3fn, same shape; scale (rows,) or (1,)) of a 2-D tensor."""
+    s = fp8_scale(x, granularity)
+    return to_e4m3(x.detach().to(torch.float64) / s.to(torch.float64)[:, None]), s
+
+
+def dequantize_fp8(q: Tensor, s: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    work = torch.promote_types(s.dtype, dtype)
+    return (q.to(work) * s.to(work)[:, None]).to(dtype)
+
+
+def fp8_error_ratio(w: Tensor, q: Tensor, s: Tensor) -> float:
+    """Largest ``|dequantized - w|`` over its e4m3 bound ``max(2^-4 |w|, 2^-10 s)`` (float64; the
+    product q*s is exact there): at most 1 when the format holds; 0 for an empty tensor."""
+    if not w.numel():
+        return 0.0
+    w64 = w.detach().to(torch.float64)
+    bound = torch.maximum(FP8_REL_BOUND * w64.abs(), FP8_SUB_BOUND * s.to(torch.float64)[:, None])
+    return float(((dequantize_fp8(q, s) - w64).abs() / bound).max())

@@ -37,6 +37,9 @@ class TritonBackend(Backend):
         from tcomp.backends.triton import quant_w1  # W1A16 (binarize)
 
         self.impls[torch.ops.tcomp.linear_w1.default] = (quant_gemm.check, quant_w1.linear_w1)
+        from tcomp.backends.triton import quant_fp8  # fp8 e4m3 (quantize.fp8), capability >= 8.9
+
+        self.impls[torch.ops.tcomp.fp8_linear.default] = (quant_fp8.check, quant_fp8.linear_fp8)
 
     def available(self) -> str | None:
         if importlib.util.find_spec("triton") is None:
@@ -127,9 +130,13 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
 
 
 def _quant_low_bit_source(n: fx.Node) -> tuple[str, str] | None:
-    from tcomp.backends.triton import quant_w1, quant_w8a8
+    from tcomp.backends.triton import quant_fp8, quant_w1, quant_w8a8
 
-    return quant_w8a8.kernel_name_and_source(n) or quant_w1.kernel_name_and_source(n)
+    return (
+        quant_w8a8.kernel_name_and_source(n)
+        or quant_w1.kernel_name_and_source(n)
+        or quant_fp8.kernel_name_and_source(n)
+    )
 
 
 register_backend(TritonBackend())

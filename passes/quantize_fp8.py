@@ -1,0 +1,98 @@
+"""``quantize.fp8``: fp8 linear layers — e4m3 weights (scale per output channel or per tensor) and
+e4m3 activations quantized at run time with the same granularity (per token or per tensor), fp32
+accumulation, rescaled by ``sx * sw`` (op ``tcomp.fp8_linear``; format: tcomp/quant.py).
+
+Targets: e4m3 matmuls need fp8 tensor cores (compute capability 8.9+: Hopper, Ada). The pass asks
+the target it is given (``target`` option; ``optimize`` does not hand its own target to passes):
+a target whose peak-rate table lists an fp8 rate gets the rewrite — of the built-in ones h100 and
+h200, and any registered later with an fp8 rate (no name list to keep up to date); any other
+(``cpu``, ``a100``, or none given) gets none, and every site is reported skipped with the reason,
+because there fp8 would only be simulated — slower and less accurate than the model as it is.
+``force=True`` rewrites anyway (the reference op simulates e4m3 exactly on any device: fidelity
+measurements on a CPU, bench/quant_minilm.py). On the GPU the Triton backend runs the op on its
+fp8 kernels (backends/triton/quant_fp8.py) and keeps it on the reference elsewhere.
+
+Contract (EMPIRICAL): e4m3 keeps 4 significant bits, so activations move by up to 2^-4 of their
+value and there is no useful worst-case bound on a deep model's outputs; what is promised is the
+relative L2 error of the outputs to the float64 reference on the given inputs, at most
+``tolerance`` = 0.2 (else the pipeline rolls the pass back). Measured on CPU (the reference op):
+one random linear 0.036 (sqrt(2) x e4m3's rms rounding error of ~0.026 per tensor, as expected),
+the test zoo's tiny BERT 0.018, real MiniLM (34 linears, per row) 0.078 with embedding cosine
+>= 0.9969 (bench/quant_minilm.py). 0.2 is ~2.5x the real model's error (room for deeper stacks,
+where it grows about as sqrt(depth)) and the same guard as W8A8's, while refusing anything
+grossly wrong. Checked site by site (a site that fails is skipped): every dequantized weight within ``max(2^-4 |w|, 2^-10 s)`` of the original; the
+sites report ``max_weight_error_in_scales`` as half the ratio to that bound (<= 1/2 when it holds).
+Selection and its defaults: ``tcomp/passes/quant_common.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tcomp.graph import module_path
+from tcomp.passes.quant_common import DEFAULT_SKIP, quantize_linears, select
+from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
+from tcomp.quant import FP8_GRANULARITIES, fp8_error_ratio, quantize_fp8
+from tcomp.targets import Target, get_target
+
+CONTRACT = Contract(
+    Exactness.EMPIRICAL,
+    metric="relative L2 error of the outputs to the float64 reference on the given inputs",
+    tolerance=0.2,
+    preconditions="finite weights; per weight |w_hat - w| <= max(2^-4 |w|, 2^-10 s) (checked); "
+    "a target with fp8 tensor cores (h100, h200) or force=True",
+)
+
+
+def fp8_unsupported(target: str | Target | None) -> str | None:
+    """Why ``target`` gets no fp8 rewrite, in a few words (None: it has fp8 tensor cores)."""
+    if target is None:
+        return "the pass was not told the target"
+    tgt = get_target(target)
+    return None if "fp8" in tgt.peak_flops else f"target {tgt.name!r} has no fp8 tensor cores"
+
+
+WHY = (
+    "e4m3 matmuls need fp8 tensor cores (Hopper: h100, h200); elsewhere fp8 would only be simulated, "
+    "slower and less accurate than the model as it is. Give the pass the target "
+    "(('quantize.fp8', {'target': 'h200'})) or force=True to simulate e4m3 anyway"
+)
+
+
+def _encode(granularity: str):
+    def encode(w: torch.Tensor):
+        q, s = quantize_fp8(w, granularity)
+        return {"qweight": q, "scale": s}, (granularity,), 0.5 * fp8_error_ratio(w, q, s)
+
+    return encode
+
+
+@register_pass("quantize.fp8", CONTRACT, after=("canonicalize",))
+def quantize_fp8_pass(
+    gm,
+    granularity: str = "row",
+    target: str | Target | None = None,
+    force: bool = False,
+    include: tuple[str, ...] = ("*",),
+    skip: tuple[str, ...] = DEFAULT_SKIP,
+    types: tuple[str, ...] = ("Linear",),
+    skip_first_last: bool = True,
+) -> PassResult:
+    """fp8 e4m3 weights and dynamic e4m3 activations (per row or per tensor) for the selected linears,
+    on targets with fp8 tensor cores (h100, h200) or when forced."""
+    if granularity not in FP8_GRANULARITIES:
+        raise ValueError(f"quantize.fp8: granularity must be one of {FP8_GRANULARITIES}, not {granularity!r}")
+    sel = dict(include=tuple(include), skip=tuple(skip), types=tuple(types), skip_first_last=skip_first_last)
+    why_not = fp8_unsupported(target)
+    if why_not and not force:
+        chosen, sites = select(gm, **sel)
+        reason = f"{why_not}: {WHY}"
+        sites += [{"site": module_path(n) or n.name, "status": "skipped", "reason": reason} for n in chosen]
+        return PassResult(gm, notes=[f"fp8: rewrote nothing: {reason}"], sites=sites)
+    fmt = f"fp8_{granularity}"
+    result = quantize_linears(
+        gm, fmt, torch.ops.tcomp.fp8_linear.default, _encode(granularity), selection=sel
+    )
+    if why_not:
+        result.notes.insert(0, f"fp8 forced ({why_not}): e4m3 is simulated by the reference op")
+    return result
