@@ -174,7 +174,7 @@ def optimize(
     _load_plugins()
     tgt = get_target(target)
     args, kwargs = _normalize_inputs(example_inputs, example_kwargs)
-    specs = _pass_specs(passes, calibration)
+    specs = _pass_specs(passes, calibration, tgt.name)
     lowering = lowering_step(backend or tgt.default_backend, tgt)
     if lowering is not None:
         specs.append(lowering)
@@ -201,17 +201,23 @@ def optimize(
     return OptimizedModule(result.gm, report, tgt, captured, result.snapshots, cudagraphs=use_graphs)
 
 
-def _pass_specs(passes: list[Any] | None, calibration: Any) -> list[tuple[str, dict[str, Any]]]:
+def _pass_specs(
+    passes: list[Any] | None, calibration: Any, target: str | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """(name, options) of every step; ``calibration`` and the target's name go to the passes whose
+    function takes them (an option the user gave wins)."""
     names = default_pipeline() if passes is None else list(passes)
     specs = [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in names]
     for name, _ in specs:
         get_pass(name)  # unknown names fail before any work is done
     if "canonicalize" not in [n for n, _ in specs]:
         specs.insert(0, ("canonicalize", {}))
-    if calibration is not None:
-        for name, opts in specs:
-            if "calibration" in inspect.signature(get_pass(name).fn).parameters:
-                opts.setdefault("calibration", calibration)
+    for name, opts in specs:
+        params = inspect.signature(get_pass(name).fn).parameters
+        if calibration is not None and "calibration" in params:
+            opts.setdefault("calibration", calibration)
+        if target is not None and "target" in params:
+            opts.setdefault("target", target)
     return specs
 
 

@@ -292,3 +292,19 @@ def test_pipeline_refuses_nan_outputs():
     om = tcomp.optimize(model, (x,), passes=[(FP8, {"target": "h200"})], backend="eager", verify_samples=1)
     rec = om.report.passes[-1]
     assert rec.status == "rolled_back" and "NaN" in rec.reason and not _fp8_nodes(om)
+
+
+def test_optimize_hands_its_target_to_the_pass():
+    """``tcomp.optimize(target=...)`` tells passes that take a ``target`` which one it is; an
+    option the user gave wins."""
+    torch.manual_seed(2)
+    model = MLP([64, 128, 128, 16]).eval()
+    x = torch.randn(4, 64)
+    on = tcomp.optimize(model, (x,), target="h200", passes=[FP8], backend="eager", verify=False)
+    assert on.report[FP8].rewrites == 1 and len(_fp8_nodes(on)) == 1
+    off = tcomp.optimize(model, (x,), target="cpu", passes=[FP8], backend="eager", verify=False)
+    assert off.report[FP8].rewrites == 0 and any("'cpu'" in n for n in off.report[FP8].notes)
+    mine = tcomp.optimize(
+        model, (x,), target="h200", passes=[(FP8, {"target": "a100"})], backend="eager", verify=False
+    )
+    assert mine.report[FP8].rewrites == 0
