@@ -41,6 +41,34 @@ def _pointwise(n: fx.Node) -> bool:
     return t in _UNARY or (isinstance(t, torch._ops.OpOverload) and torch.Tag.pointwise in t.tags)
 
 
+def out_of_place(op):
+    """``aten.add_.Tensor`` -> ``aten.add.Tensor`` (the copy must not mutate what it reads)."""
+    if isinstance(op, torch._ops.OpOverload) and torch.Tag.inplace in op.tags:
+        return getattr(getattr(aten, op._schema.name.split("::")[1].rstrip("_")), op._overloadname)
+    return op
+
+
+def drop_unobserved_inplace(graph: fx.Graph) -> int:
+    """Erase in-place ops nobody reads whose mutated input is an intermediate nobody else reads
+    (e.g. T5's ``buckets += ...`` on the n x n bias that a rewrite left dead), then what they leave
+    dead. Returns how many were erased."""
+    from tcomp.graph import remove_dead
+
+    count = 0
+    for n in reversed(list(graph.nodes)):
+        t = n.target
+        if (
+            n.op == "call_function" and not n.users and isinstance(t, torch._ops.OpOverload)
+            and torch.Tag.inplace in t.tags and isinstance(n.args[0], fx.Node)
+            and n.args[0].op == "call_function" and set(n.args[0].users) == {n}
+        ):  # fmt: skip
+            inputs = list(n.all_input_nodes)
+            graph.erase_node(n)
+            remove_dead(graph, inputs)
+            count += 1
+    return count
+
+
 def _static_one(d) -> bool:
     return isinstance(d, int) and d == 1
 
@@ -77,6 +105,7 @@ class Restrictor:
         if self.stop_all or n.op != "call_function":
             return self._leaf(n, d)
         if _pointwise(n):
+            t = out_of_place(t)
             args = tuple(self(a, d) if isinstance(a, fx.Node) else a for a in n.args)
             kw = {k: self(a, d) if isinstance(a, fx.Node) else a for k, a in n.kwargs.items()}
             return self._call(t, *args, **kw)

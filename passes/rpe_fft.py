@@ -42,8 +42,9 @@ from tcomp.passes.feature_maps import (
     make_feature_map,
 )
 from tcomp.passes.linear_attention import TOLERANCE
-from tcomp.passes.rpe_coeffs import Restrictor, coefficients
+from tcomp.passes.rpe_coeffs import Restrictor, coefficients, drop_unobserved_inplace
 from tcomp.passes.rpe_detect import NotRelative, evaluate, relative_bias, sequence_symbol, toeplitz_coeffs
+from tcomp.passes.rpe_masks import peel_masks
 from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
 
 aten = torch.ops.aten
@@ -78,7 +79,7 @@ def rpe_fft(
         bias = node.args[3]
         if bias is None:
             continue  # attention.linear's business
-        bias, mask = _peel_key_mask(gm, node, bias, node.args[4])
+        bias, mask = peel_masks(gm, node, bias, node.args[4])
         try:
             rel = relative_bias(gm, bias)
             shim = types.SimpleNamespace(args=(*node.args[:3], None, mask, *node.args[5:7]), meta=node.meta)
@@ -107,6 +108,7 @@ def rpe_fft(
         if how != FROM_FAMILY:
             result.notes.append(f"{where}: relative-position coefficients {how}")
         result.rewrites += 1
+    drop_unobserved_inplace(gm.graph)
     gm.graph.lint()
     gm.recompile()
     return result
@@ -116,27 +118,6 @@ def _skip(result: PassResult, gm: fx.GraphModule, node: fx.Node, mask, note: str
     result.notes.append(note)
     if mask is not node.args[4]:
         remove_dead(gm.graph, [mask])  # the key mask peeled off the bias is not needed after all
-
-
-def _peel_key_mask(gm: fx.GraphModule, node: fx.Node, bias: fx.Node, mask):
-    """A key-padding mask written into the bias (``masked_fill(b, ~keep, -inf)`` with ``keep`` of
-    shape (..., 1, M)) comes back out as a bool mask, so that the rest of the bias can be Toeplitz."""
-    if not (
-        isinstance(bias, fx.Node)
-        and bias.target is aten.masked_fill.Scalar
-        and isinstance(bias.args[1], fx.Node)
-        and isinstance(bias.args[0], fx.Node)
-        and float(bias.args[2]) <= torch.finfo(torch.float32).min
-    ):
-        return bias, mask
-    s = shape(bias.args[1]) or ()
-    if not (len(s) == 1 or (len(s) >= 2 and s[-2] == 1)):
-        return bias, mask
-    with gm.graph.inserting_before(node):
-        call = graph_call(gm.graph)
-        keep = call(aten.logical_not.default, bias.args[1])
-        mask = keep if mask is None else call(aten.logical_and.default, mask, keep)
-    return bias.args[0], mask
 
 
 def _coeffs(gm: fx.GraphModule, restrictor: Restrictor, bias: fx.Node, rel, heads: int):
