@@ -8,6 +8,7 @@ A size/dtype/method that runs out of memory is recorded as skipped with a note. 
 
     python bench/rpe_scaling.py                     # CUDA: n = 4k, 8k, 16k; bf16 and fp32; H=8, D=F=64
     python bench/rpe_scaling.py --sizes 64,128      # anywhere (CPU: fp32), to check the script itself
+    python bench/rpe_scaling.py --sizes 1024,4096,16384,65536,262144 --dtypes bf16 --out ...  # scaling
 """
 
 from __future__ import annotations
@@ -159,10 +160,14 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--features", type=int, default=64, help="feature dim m of phi(q), phi(k)")
     ap.add_argument("--compare-max-n", type=int, default=16384, help="largest n for quadratic and SDPA")
     ap.add_argument("--causal", action="store_true")
+    ap.add_argument(
+        "--chunk-bytes", type=int, default=None, help="FFT chunk budget (tcomp.ops.RPE_CHUNK_BYTES)"
+    )
     ap.add_argument("--runs", type=int, default=10 if cuda else 3)
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/rpe-scaling-<device>.json)")
     a = ap.parse_args(argv)
     dev = "cuda" if cuda else "cpu"
+    tcomp.ops.RPE_CHUNK_BYTES = a.chunk_bytes
     sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
     names = [s.strip() for s in a.dtypes.split(",") if s.strip()]
     unknown = [s for s in names if s not in DTYPES]
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> Path:
     path = Path(a.out) if a.out else Path(__file__).parent / "results" / f"rpe-scaling-{device}.json"
     return write_results(
         path, "rpe_scaling", rows, fitted_exponent=exponents, batch=a.batch, heads=a.heads, dim=a.dim,
-        features=a.features, causal=a.causal, runs=a.runs,
+        features=a.features, causal=a.causal, runs=a.runs, chunk_bytes=a.chunk_bytes,
         allow_tf32=bool(cuda and torch.backends.cuda.matmul.allow_tf32),
     )  # fmt: skip
 

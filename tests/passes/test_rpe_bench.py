@@ -21,12 +21,15 @@ def bench():
     return mod
 
 
-def test_tiny_run_writes_rows_with_ratios_and_small_errors(bench, tmp_path):
+def test_tiny_run_writes_rows_with_ratios_and_small_errors(bench, tmp_path, monkeypatch):
+    import tcomp.ops
+
+    monkeypatch.setattr(tcomp.ops, "RPE_CHUNK_BYTES", None)  # restored after the test: main() sets it
     out = tmp_path / "r.json"
     args = ["--sizes", "16,33", "--heads", "2", "--dim", "8", "--features", "8", "--runs", "1"]
-    bench.main([*args, "--out", str(out), "--dtypes", "fp32,bf16", "--causal"])
+    bench.main([*args, "--out", str(out), "--dtypes", "fp32,bf16", "--causal", "--chunk-bytes", "1"])
     d = json.loads(out.read_text())
-    assert d["benchmark"] == "rpe_scaling" and d["causal"] and d["heads"] == 2
+    assert d["benchmark"] == "rpe_scaling" and d["causal"] and d["heads"] == 2 and d["chunk_bytes"] == 1
     assert [(r["n"], r["dtype"]) for r in d["rows"]] == [
         (16, "fp32"),
         (33, "fp32"),
