@@ -48,6 +48,15 @@ def out_of_place(op):
     return op
 
 
+def _fresh(x) -> bool:
+    """``x`` is a new tensor made by an op (not an input, a weight, a view or an alias of one)."""
+    t = getattr(x, "target", None)
+    return (
+        isinstance(x, fx.Node) and x.op == "call_function" and isinstance(t, torch._ops.OpOverload)
+        and not any(r.alias_info is not None for r in t._schema.returns)
+    )  # fmt: skip
+
+
 def drop_unobserved_inplace(graph: fx.Graph) -> int:
     """Erase in-place ops nobody reads whose mutated input is an intermediate nobody else reads
     (e.g. T5's ``buckets += ...`` on the n x n bias that a rewrite left dead), then what they leave
@@ -59,8 +68,7 @@ def drop_unobserved_inplace(graph: fx.Graph) -> int:
         t = n.target
         if (
             n.op == "call_function" and not n.users and isinstance(t, torch._ops.OpOverload)
-            and torch.Tag.inplace in t.tags and isinstance(n.args[0], fx.Node)
-            and n.args[0].op == "call_function" and set(n.args[0].users) == {n}
+            and torch.Tag.inplace in t.tags and _fresh(n.args[0]) and set(n.args[0].users) == {n}
         ):  # fmt: skip
             inputs = list(n.all_input_nodes)
             graph.erase_node(n)

@@ -126,3 +126,26 @@ def test_toeplitz_parameter_keeps_the_quadratic_read_and_says_so():
     assert any("read off the n x n" in note for note in rec.notes)
     want = model.reference(x)
     assert (res.gm(x).double() - want).norm() <= 1e-5 * want.norm()
+
+
+def test_only_unobservable_inplace_ops_are_dropped():
+    from tcomp.passes.rpe_coeffs import drop_unobserved_inplace
+
+    aten = torch.ops.aten
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    fresh = g.call_function(aten.mul.Tensor, (x, 2.0))
+    g.call_function(aten.add_.Tensor, (fresh, 1.0))  # mutates a temporary nobody reads: dead
+    view = g.call_function(aten.view.default, (x, [-1]))
+    g.call_function(aten.mul_.Tensor, (view, 3.0))  # mutates the input through a view: kept
+    g.output(x)
+    gm = torch.fx.GraphModule(torch.nn.Module(), g)
+    assert drop_unobserved_inplace(gm.graph) == 1
+    assert [n.target for n in gm.graph.nodes if n.op == "call_function"] == [
+        aten.view.default,
+        aten.mul_.Tensor,
+    ]
+    gm.recompile()
+    t = torch.ones(2, 2)
+    gm(t)
+    assert torch.equal(t, torch.full((2, 2), 3.0))
