@@ -8,10 +8,10 @@ sequence length and, when that length is dynamic, at a few others; at each lengt
 Toeplitz per head, ``b[h, i, j] = coeffs[h, (j - i) + n - 1]``, bit for bit, and equal across the
 batch. A bias that fails is left alone with the reason (``NotRelative``).
 
-What is recorded (``RelativeBias``) says how the 2n-1 coefficients come back for any n: the rewrite
-(``attention.rpe_fft``) reads them off the runtime bias's first column and first row, which is exact
-for every length at which the bias is Toeplitz; ``family`` says which known family it matched
-("linear": ALiBi-like ``slope_h * (j - i)`` on the past, with the slopes; otherwise "offset table").
+What is recorded (``RelativeBias``): the lengths checked, the coefficients at the example length and
+``family`` ("linear": ALiBi-like ``slope_h * (j - i)`` on the past, with the slopes; otherwise
+"offset table"). The rewrite (``attention.rpe_fft``) computes the coefficients for any n from the
+bias's producer (``passes/rpe_coeffs.py``); ``evaluate`` runs a producer on its own for its checks.
 """
 
 from __future__ import annotations
@@ -77,6 +77,20 @@ def _dummy(p: fx.Node, seq, n: int) -> Tensor:
         n if (isinstance(d, torch.SymInt) and str(d.node.expr) == str(seq)) else _hint(d) for d in v.shape
     ]
     return torch.zeros(dims, dtype=v.dtype)
+
+
+def sequence_symbol(node: fx.Node):
+    """The sequence length of a (…, n, n) node: its sympy symbol when dynamic, else the int."""
+    d = val(node).shape[-1]
+    return d.node.expr if isinstance(d, torch.SymInt) else int(d)
+
+
+def evaluate(gm: fx.GraphModule, node: fx.Node, seq, n: int) -> Tensor:
+    """Run ``node``'s producer on its own with the sequence length ``seq`` set to ``n``
+    (``NotRelative`` if it reads the values of a model input)."""
+    sub, places = _producer(gm, node)
+    with torch.no_grad():
+        return sub(*[_dummy(p, seq, n) for p in places])
 
 
 def toeplitz_coeffs(b: Tensor) -> Tensor:

@@ -6,16 +6,19 @@ whose bias ``passes/rpe_detect.py`` proves to depend only on ``j - i`` (ALiBi, T
 offset tables), so the two compose: ``["canonicalize", "attention.linear", "attention.rpe_fft"]``.
 Each site gets the same feature map as ``attention.linear`` (``feature_map``: "elu1" (default),
 "relu", "favor", "hedgehog" (identity-initialised: no attention transfer here); ``num_features``,
-``seed``) and the weights ``c_{j-i} = exp(b_{j-i} - max b)``, read per head off the runtime bias's
-first column and first row (exact at every length where the bias is Toeplitz). Key-padding and
-query masks fold in as in ``attention.linear`` (a key-padding mask written into the bias as
-``masked_fill(b, ~keep, -inf)`` is peeled off first); masks coupling queries and keys are skipped.
+``seed``) and the weights ``c_{j-i} = exp(b_{j-i} - max b)``. The 2n-1 log-weights per head are
+computed from the bias's producer with its query dim, then its key dim, cut to the first index
+(``passes/rpe_coeffs.py``): T5 buckets of each offset then the table lookup, ALiBi slope * offset,
+a gather from a learned offset table -- O(n) memory, valid at every length, checked equal bit for
+bit to the bias's first column and row at every length the bias was proven Toeplitz at. A Toeplitz
+bias with no such form (e.g. a learned (H, n, n) parameter) is read off the n x n tensor as before,
+and the site's record and a note say so. Key-padding and query masks fold in as in
+``attention.linear`` (a key-padding mask written into the bias as ``masked_fill(b, ~keep, -inf)``
+is peeled off first); masks coupling queries and keys are skipped.
 
 Contract: as a rewrite of softmax attention it is EMPIRICAL (metric: the model's relative output
 error vs float64, tolerance as ``attention.linear``'s map); the op it emits is FP_EQUIVALENT to the
-quadratic kernelized-attention-with-RPE reference (tests/passes/test_rpe_fft_op.py). Known gap: the
-model's own (H, n, n) bias is still computed in the graph (O(n^2) elementwise work and memory) --
-recomputing the 2n-1 coefficients from the family is left to a later pass.
+quadratic kernelized-attention-with-RPE reference (tests/passes/test_rpe_fft_op.py).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 import torch.fx as fx
 
 from tcomp import meta
-from tcomp.graph import copy_source_meta, module_path, remove_dead, shape
+from tcomp.graph import add_node, copy_source_meta, module_path, remove_dead, shape
 from tcomp.ops import attention_nodes
 from tcomp.passes.feature_maps import (
     LINEAR,
@@ -39,11 +42,14 @@ from tcomp.passes.feature_maps import (
     make_feature_map,
 )
 from tcomp.passes.linear_attention import TOLERANCE
-from tcomp.passes.rpe_detect import NotRelative, relative_bias
+from tcomp.passes.rpe_coeffs import Restrictor, coefficients, drop_unobserved_inplace
+from tcomp.passes.rpe_detect import NotRelative, evaluate, relative_bias, sequence_symbol, toeplitz_coeffs
+from tcomp.passes.rpe_masks import peel_masks
 from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
 
 aten = torch.ops.aten
 RPE = torch.ops.tcomp.rpe_linear_attention.default
+FROM_FAMILY = "from the bias family, O(n)"  # how the coefficients are computed when no n x n tensor is read
 
 
 def contract_for(options: dict) -> Contract:
@@ -67,12 +73,13 @@ def rpe_fft(
 ) -> PassResult:
     """Rewrite softmax sites with a relative-position bias to FFT kernelized attention (EMPIRICAL)."""
     result = PassResult(gm)
+    restrictors: dict[str, Restrictor] = {}  # per sequence length symbol; shared producers cut once
     for node in attention_nodes(gm):
         where = f"site {node.meta.get(meta.ATTN_LAYER)} ({module_path(node)})"
         bias = node.args[3]
         if bias is None:
             continue  # attention.linear's business
-        bias, mask = _peel_key_mask(gm, node, bias, node.args[4])
+        bias, mask = peel_masks(gm, node, bias, node.args[4])
         try:
             rel = relative_bias(gm, bias)
             shim = types.SimpleNamespace(args=(*node.args[:3], None, mask, *node.args[5:7]), meta=node.meta)
@@ -80,6 +87,8 @@ def rpe_fft(
         except (NotRelative, NotKernelizable) as why:
             _skip(result, gm, node, mask, f"skipped {where}: {why}")
             continue
+        seq = sequence_symbol(bias)
+        restrictor = restrictors.setdefault(str(seq), Restrictor(gm.graph, seq))
         qv, kv = site.q.meta["val"], site.k.meta["val"]
         heads = int(qv.shape[1])
         if rel.heads not in (1, heads):
@@ -89,12 +98,17 @@ def rpe_fft(
             feature_map, site.scale, int(qv.shape[-1]), heads, int(kv.shape[1]),
             num_features=num_features, seed=seed + site.layer,
         )  # fmt: skip
-        _rewrite(gm, node, site, fmap, bias, heads)
+        with gm.graph.inserting_before(node):
+            coeffs, how = _coeffs(gm, restrictor, bias, rel, heads)
+        _rewrite(gm, node, site, fmap, coeffs)
         result.sites.append(
             {"layer": site.layer, "module": module_path(node), "feature_map": feature_map,
-             "rpe_family": rel.family, "rpe_checked_lengths": rel.lengths}
+             "rpe_family": rel.family, "rpe_checked_lengths": rel.lengths, "rpe_coefficients": how}
         )  # fmt: skip
+        if how != FROM_FAMILY:
+            result.notes.append(f"{where}: relative-position coefficients {how}")
         result.rewrites += 1
+    drop_unobserved_inplace(gm.graph)
     gm.graph.lint()
     gm.recompile()
     return result
@@ -106,48 +120,39 @@ def _skip(result: PassResult, gm: fx.GraphModule, node: fx.Node, mask, note: str
         remove_dead(gm.graph, [mask])  # the key mask peeled off the bias is not needed after all
 
 
-def _peel_key_mask(gm: fx.GraphModule, node: fx.Node, bias: fx.Node, mask):
-    """A key-padding mask written into the bias (``masked_fill(b, ~keep, -inf)`` with ``keep`` of
-    shape (..., 1, M)) comes back out as a bool mask, so that the rest of the bias can be Toeplitz."""
-    if not (
-        isinstance(bias, fx.Node)
-        and bias.target is aten.masked_fill.Scalar
-        and isinstance(bias.args[1], fx.Node)
-        and isinstance(bias.args[0], fx.Node)
-        and float(bias.args[2]) <= torch.finfo(torch.float32).min
-    ):
-        return bias, mask
-    s = shape(bias.args[1]) or ()
-    if not (len(s) == 1 or (len(s) >= 2 and s[-2] == 1)):
-        return bias, mask
-    with gm.graph.inserting_before(node):
-        call = graph_call(gm.graph)
-        keep = call(aten.logical_not.default, bias.args[1])
-        mask = keep if mask is None else call(aten.logical_and.default, mask, keep)
-    return bias.args[0], mask
+def _coeffs(gm: fx.GraphModule, restrictor: Restrictor, bias: fx.Node, rel, heads: int):
+    """(H, 2n-1) float32 log-weights of the Toeplitz bias, computed from the bias's producer in O(n)
+    (``rpe_coeffs``), checked equal bit for bit to the Toeplitz coefficients of the bias itself at
+    every length ``rel`` was proven at. Returns the node and how it was obtained."""
+    graph = gm.graph
+    got = coefficients(graph, bias, restrictor)
+    seq = sequence_symbol(bias)
+    try:
+        for n in rel.lengths:
+            want = toeplitz_coeffs(evaluate(gm, bias, seq, n).double()).float()
+            have = evaluate(gm, got.node, seq, n)
+            if not torch.equal(have.expand_as(want) if have.shape[0] == 1 else have, want):
+                raise NotRelative(f"the O(n) coefficients differ from the bias's at n = {n}")
+        how = (
+            FROM_FAMILY
+            if not got.quadratic
+            else (f"read off the n x n tensor {got.quadratic[0].name} (no O(n) form found)")
+        )
+    except NotRelative as why:  # keep the proven route: the bias's first row and column
+        remove_dead(graph, [got.node])
+        restrictor.memo = {k: v for k, v in restrictor.memo.items() if not getattr(v, "_erased", False)}
+        got = coefficients(graph, bias, Restrictor(graph, seq, stop_all=True))
+        how = f"read off the n x n bias ({why})"
+    c = got.node
+    if shape(c)[0] == 1 and heads > 1:
+        c = add_node(graph, aten.expand.default, (c, [heads, -1]))
+    return c, how
 
 
-def _coeffs(call, bias: fx.Node, heads: int):
-    """(H, 2n-1) float32 log-weights of a Toeplitz (..., H|1, n, n) bias node: the first column
-    reversed (offsets -(n-1)..0), then the first row without its first entry (offsets 1..n-1)."""
-    b = call(aten._to_copy.default, bias, dtype=torch.float32)
-    for _ in range(len(shape(bias)) - 3):
-        b = call(aten.select.int, b, 0, 0)  # equal across the batch (checked by rpe_detect)
-    if len(shape(bias)) == 2:
-        b = call(aten.unsqueeze.default, b, 0)
-    col = call(aten.flip.default, call(aten.select.int, b, -1, 0), [-1])
-    row = call(aten.slice.Tensor, call(aten.select.int, b, -2, 0), -1, 1, 2**63 - 1)
-    c = call(aten.cat.default, [col, row], -1)
-    if shape(b)[0] == 1 and heads > 1:
-        c = call(aten.expand.default, c, [heads, -1])
-    return c
-
-
-def _rewrite(gm: fx.GraphModule, node: fx.Node, site, fmap, bias: fx.Node, heads: int) -> None:
+def _rewrite(gm: fx.GraphModule, node: fx.Node, site, fmap, coeffs: fx.Node) -> None:
     graph = gm.graph
     with graph.inserting_before(node):
         call = graph_call(graph)
-        coeffs = _coeffs(call, bias, heads)
         wq = wk = None
         if fmap.q_weight is not None:
             prefix = f"tcomp_rpe_{fmap.name}_l{site.layer}"

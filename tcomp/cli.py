@@ -90,14 +90,20 @@ def passes(as_json: bool = typer.Option(False, "--json", help="machine-readable 
 def inspect(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     target: str = typer.Option("cpu", help="target for the roofline: cpu, a100, h100, h200"),
+    passes: str = typer.Option(
+        "", help="comma-separated passes after canonicalize; shows each site's cost order before/after"
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Show the attention sites of a model (spelling, shapes) and their cost by sequence length."""
+    """Show the attention sites of a model (spelling, shapes), their cost by sequence length and the
+    growth of each site's cost in N (before and after ``--passes``)."""
     import tcomp
+    from tcomp.cost import site_orders
     from tcomp.errors import TcompError
     from tcomp.spec import load_spec
 
     _quiet()
+    extra = [p.strip() for p in passes.split(",") if p.strip()]
     try:
         loaded = load_spec(spec)
         with console.status("capturing and canonicalizing"):
@@ -109,9 +115,19 @@ def inspect(
                 verify=False,
                 example_kwargs=loaded.kwargs,
             )
+        after = om
+        if extra:
+            with console.status(f"applying {', '.join(extra)}"):
+                after = tcomp.optimize(
+                    loaded.model, loaded.args, target=target, passes=["canonicalize", *extra],
+                    verify=False, example_kwargs=loaded.kwargs,
+                )  # fmt: skip
     except TcompError as exc:
         _fail(exc)
     rep = om.report
+    before_o, after_o = site_orders(om.graph_module), site_orders(after.graph_module)
+    unknown = {"kind": "?", "flops": "no cost formula"}
+    orders = [{"layer": i, "before": before_o[i], "after": after_o.get(i, unknown)} for i in sorted(before_o)]
     if as_json:
         typer.echo(
             json.dumps(
@@ -120,6 +136,8 @@ def inspect(
                     "sites": rep.sites,
                     "cost": rep.cost,
                     "cost_symbolic": rep.cost_symbolic,
+                    "site_orders": orders,
+                    "cost_symbolic_after": after.report.cost_symbolic if extra else None,
                 },
                 indent=2,
                 default=str,
@@ -130,6 +148,14 @@ def inspect(
     console.print(rep.render())
     for kind, expr in rep.cost_symbolic.items():
         console.print(f"[bold]{kind}[/bold]: {expr}")
+    if extra:
+        for kind, expr in after.report.cost_symbolic.items():
+            console.print(f"[bold]{kind}[/bold] after {', '.join(extra)}: {expr}")
+    for o in orders:
+        line = f"site {o['layer']}: {o['before']['kind']} {o['before']['flops']} FLOPs"
+        if extra:
+            line += f" -> {o['after']['kind']} {o['after']['flops']}"
+        console.print(line)
 
 
 @app.command()

@@ -12,6 +12,11 @@ Conventions:
   (+1 per score for an additive bias), per batch and query head. Causal attention counts half of
   the scores (``N·M/2``), the FlashAttention benchmark convention; for ``N = M`` the exact number of
   kept scores is ``N(N+1)/2``, so the convention leaves out the ``N/2`` diagonal scores.
+* Kernelized attention with a relative-position term (``tcomp.rpe_linear_attention``) counts the
+  FFT convolution of the P = F·(Dv+1) channels ``φ(k_j)[v_j, 1]ᵀ`` along a circulant of length
+  L = 2N (the op pads to the next power of two >= 2N-1; 2N is its smooth stand-in): a real FFT and
+  its inverse at :data:`RFFT_FLOPS`·L·log2(L) each, one complex multiply per frequency, the outer
+  products and the final contraction with φ(q): ``O(N log N · F · Dv)`` per batch and head.
 * The roofline time of a node is ``max(flops / peak, bytes / bandwidth)``; the time of a graph
   is the sum over nodes (each node is its own kernel).
 """
@@ -27,7 +32,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from tcomp.meta import VAL
-from tcomp.ops import is_attention
+from tcomp.ops import is_attention, is_rpe_linear_attention
 from tcomp.targets import DtypeKey, Target, get_target
 
 BATCH = sympy.Symbol("B", positive=True, integer=True)
@@ -35,8 +40,12 @@ SEQ = sympy.Symbol("N", positive=True, integer=True)
 
 SOFTMAX_FLOPS = 5  # per score: scale, max, subtract, exp, sum (the final divide is per output row)
 
+# per point and log2 level of a real FFT (5·L·log2 L for a complex one, halved)
+RFFT_FLOPS = sympy.Rational(5, 2)
+
 SymLike = Union[int, sympy.Expr]
-SiteKind = Literal["attention", "linear", "matmul"]
+SiteKind = Literal["attention", "rpe_attention", "linear", "matmul"]
+KINDS: tuple[SiteKind, ...] = ("attention", "rpe_attention", "linear", "matmul")
 SymbolMap = Mapping[Union[sympy.Symbol, str], SymLike]
 
 
@@ -147,6 +156,44 @@ def attention_cost(
     return Cost(sympy.expand(flops), sympy.expand(nbytes))
 
 
+def rpe_attention_cost(
+    B: SymLike, H: SymLike, N: SymLike, F: SymLike, Dv: SymLike, elem_bytes: int, *, Hk: SymLike | None = None
+) -> Cost:
+    """Kernelized attention with a Toeplitz relative-position weight by FFT (``tcomp.rpe_linear_attention``):
+    features q (B,H,N,F), k (B,Hk,N,F), v (B,Hk,N,Dv), coefficients (H, 2N-1) → out (B,H,N,Dv).
+
+    FLOPs per batch and head, with P = F·(Dv+1) channels and L = 2N: P·N (outer products
+    ``φ(k_j)[v_j, 1]ᵀ``) + P·(2·RFFT_FLOPS·L·log2 L + 6·(L/2+1)) (rfft, irfft, complex products) +
+    2·N·P (contraction with φ(q)) + N·Dv (normalisation); plus H·RFFT_FLOPS·L·log2 L for the weights.
+    Bytes: q, k, v and the coefficients read once, the output written once."""
+    B, H, N, F, Dv = map(_s, (B, H, N, F, Dv))
+    Hk = H if Hk is None else _s(Hk)
+    L = 2 * N
+    fft = RFFT_FLOPS * L * sympy.log(L) / sympy.log(2)
+    P = F * (Dv + 1)
+    flops = B * H * (P * N + P * (2 * fft + 6 * (L / 2 + 1)) + 2 * N * P + N * Dv) + H * fft
+    nbytes = (B * H * N * F + B * Hk * N * (F + Dv) + H * (2 * N - 1) + B * H * N * Dv) * elem_bytes
+    return Cost(sympy.expand(flops), sympy.expand(nbytes))
+
+
+ORDERS = [("N^3", SEQ**3), ("N^2 log N", SEQ**2 * sympy.log(SEQ)), ("N^2", SEQ**2),
+          ("N log N", SEQ * sympy.log(SEQ)), ("N", SEQ), ("log N", sympy.log(SEQ)), ("1", sympy.S.One)]  # fmt: skip
+
+
+def leading_order(expr: SymLike, var: sympy.Symbol = SEQ) -> str:
+    """The growth of ``expr`` in ``var`` (matched by name) as ``var`` → ∞, as "O(N^2)",
+    "O(N log N)", ...; other symbols are held fixed (set to 1)."""
+    e = _s(expr)
+    e = e.subs({sym: (SEQ if sym.name == var.name else 1) for sym in e.free_symbols})
+    for name, term in ORDERS:
+        lim = sympy.limit(e / term, SEQ, sympy.oo)
+        if lim == sympy.oo:
+            return f"O(> {name})"
+        if lim != 0:
+            return f"O({name})"
+    return "O(1)"
+
+
 def linear_cost(
     rows: SymLike, in_features: SymLike, out_features: SymLike, elem_bytes: int, has_bias: bool
 ) -> Cost:
@@ -234,6 +281,8 @@ def site_kind(node: Node) -> SiteKind | None:
         return None
     if is_attention(node) or node.target is _SDPA:
         return "attention"
+    if is_rpe_linear_attention(node):
+        return "rpe_attention"
     if node.target in _LINEAR:
         return "linear"
     if node.target in _MATMUL:
@@ -274,7 +323,8 @@ def _attention_node_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
 def node_cost(node: Node, symbols: SymbolMap | None = None) -> Cost | None:
     """The Cost of one fx node, or None when no formula applies (or shapes are unknown).
 
-    Handles ``tcomp.attention``, ``aten.scaled_dot_product_attention``, ``aten.linear``,
+    Handles ``tcomp.attention``, ``aten.scaled_dot_product_attention``,
+    ``tcomp.rpe_linear_attention``, ``aten.linear``,
     ``aten.addmm`` (a linear after decomposition), ``aten.matmul``, ``aten.bmm`` and ``aten.mm``.
     ``symbols`` maps shape symbols (by symbol or name, e.g. ``{"s77": BATCH}``) to expressions.
     """
@@ -283,6 +333,12 @@ def node_cost(node: Node, symbols: SymbolMap | None = None) -> Cost | None:
         return None
     if kind == "attention":
         return _attention_node_cost(node, symbols)
+    if kind == "rpe_attention":
+        q, k, v = (_val(a) for a in node.args[:3])
+        if q is None or k is None or v is None:
+            return None
+        qs, ks, vs = _shape(q, symbols), _shape(k, symbols), _shape(v, symbols)
+        return rpe_attention_cost(qs[0], qs[1], qs[2], qs[3], vs[3], _itemsize(q), Hk=ks[1])
     out = _val(node)
     if out is None:
         return None
@@ -379,7 +435,7 @@ def cost_table(
     ``mb`` (10⁶ bytes) and ``roofline_us`` (sum of per-site roofline times). Each site is timed in
     its own dtype unless ``dtype`` is given. Costs must depend on :data:`BATCH`/:data:`SEQ` only."""
     t = get_target(target)
-    kinds = [k for k in ("attention", "linear", "matmul") if any(s.kind == k for s in costs)]
+    kinds = [k for k in KINDS if any(s.kind == k for s in costs)]
     rows = []
     for n in seqs:
         acc = {k: [0.0, 0.0, 0.0] for k in [*kinds, "all"]}
@@ -412,6 +468,11 @@ def all_input_symbols(gm: GraphModule) -> dict[sympy.Symbol, sympy.Symbol]:
     return out
 
 
+def _readable(e: sympy.Expr) -> sympy.Expr:
+    """Simplified for printing; sums with logarithms stay expanded (simplify folds them into one log)."""
+    return e if e.has(sympy.log) else sympy.simplify(e)
+
+
 def cost_summary(
     gm: GraphModule, target: str | Target, seqs: Sequence[int] = (128, 512, 2048), batch: int = 1
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -419,14 +480,32 @@ def cost_summary(
     (FLOPs and bytes as text, in B and N). Sequence lengths only vary where N is symbolic."""
     sites = graph_cost(gm, all_input_symbols(gm))
     symbolic: dict[str, str] = {}
-    for kind in ("attention", "linear", "matmul"):
+    for kind in KINDS:
         chosen = [s for s in sites if s.kind == kind]
         if chosen:
             c = total_cost(chosen)
-            symbolic[kind] = f"flops = {sympy.simplify(c.flops)}; bytes = {sympy.simplify(c.bytes)}"
+            symbolic[kind] = f"flops = {_readable(c.flops)}; bytes = {_readable(c.bytes)}"
     free = set().union(*(s.cost.free_symbols for s in sites)) if sites else set()
     if free - {BATCH, SEQ}:
         return [], symbolic  # sizes the model fixed in ways the table cannot vary
     if SEQ not in free:
         seqs = seqs[:1]
     return cost_table(sites, target, seqs=seqs, batch=batch), symbolic
+
+
+def site_orders(gm: GraphModule) -> dict[int, dict[str, str]]:
+    """Per attention site (canonicalize's index, kept by the attention rewrites): the kind of the
+    node now computing it and the growth of its FLOPs in the sequence length, e.g.
+    ``{0: {"kind": "rpe_attention", "flops": "O(N log N)"}}``."""
+    from tcomp import meta
+
+    symbols = all_input_symbols(gm)
+    out: dict[int, dict[str, str]] = {}
+    for node in gm.graph.nodes:
+        layer = node.meta.get(meta.ATTN_LAYER)
+        if layer is None:
+            layer = (node.meta.get(meta.LINEAR_FEATURE_MAP) or {}).get("layer")
+        c = node_cost(node, symbols) if layer is not None else None
+        if c is not None:
+            out[int(layer)] = {"kind": str(site_kind(node)), "flops": leading_order(c.flops)}
+    return out

@@ -337,6 +337,8 @@ def _linear_int4w_fake(x, packed, scales, zeros, group, bias):
 # * ``out[i] = sum_j c_{j-i} (q_i . k_j) v_j / sum_j c_{j-i} (q_i . k_j)``; a row whose normaliser
 #   is not positive returns zeros. The sums over j for every i are one FFT convolution along the
 #   sequence (circulant of size L >= 2N - 1, rfft/irfft): O(N log N F Dv) instead of O(N^2 F).
+#   Long sequences are done in chunks of features so that the FFT working set fits a memory budget
+#   (``RPE_CHUNK_BYTES``; the result is the same sum in another order).
 # * Output: (B, H, N, Dv), dtype of ``q``; half-precision inputs are computed in float32.
 
 
@@ -350,19 +352,47 @@ def rpe_weights(coeffs: Tensor, n: int, causal: bool, work: torch.dtype) -> Tens
     return torch.exp(b - top)
 
 
-def toeplitz_conv(c: Tensor, x: Tensor) -> Tensor:
-    """``y[..., i, :] = sum_j c[h, (j - i) + n - 1] x[..., j, :]`` for x (B, H, n, P), c (H, 2n-1),
-    by FFT along the sequence (circulant embedding of size >= 2n - 1, power of two)."""
-    n = x.shape[-2]
-    size = 1 << max(0, (2 * n - 1 - 1).bit_length())
-    # y_i = sum_j g_{i-j} x_j with g_t = c_{-t}: g at t >= 0 is coeffs[n-1-t], at t < 0 (index L+t)
+def _circulant_size(n: int) -> int:
+    return 1 << max(0, (2 * n - 1 - 1).bit_length())  # power of two >= 2n - 1
+
+
+def toeplitz_spectrum(c: Tensor, n: int) -> Tensor:
+    """rfft of the circulant embedding of the (H, 2n-1) Toeplitz weights: (H, L/2+1, 1) complex.
+    ``y_i = sum_j g_{i-j} x_j`` with ``g_t = c_{-t}``: g at t >= 0 is c[n-1-t], at t < 0 (index L+t)."""
+    size = _circulant_size(n)
     g = torch.zeros(c.shape[0], size, dtype=c.dtype, device=c.device)
     g[:, :n] = c[:, :n].flip(-1)
     if n > 1:
         g[:, size - n + 1 :] = c[:, n:].flip(-1)
-    gf = torch.fft.rfft(g, n=size, dim=-1)[:, :, None]  # (H, L/2+1, 1)
+    return torch.fft.rfft(g, n=size, dim=-1)[:, :, None]
+
+
+def toeplitz_conv(x: Tensor, spectrum: Tensor) -> Tensor:
+    """``y[..., i, :] = sum_j c[h, (j - i) + n - 1] x[..., j, :]`` for x (B, H, n, P) and
+    ``spectrum = toeplitz_spectrum(c, n)`` of c (H, 2n-1), by FFT along the sequence."""
+    n = x.shape[-2]
+    size = _circulant_size(n)
     xf = torch.fft.rfft(x, n=size, dim=-2)  # (B, H, L/2+1, P)
-    return torch.fft.irfft(xf * gf, n=size, dim=-2)[..., :n, :]
+    return torch.fft.irfft(xf * spectrum, n=size, dim=-2)[..., :n, :]
+
+
+# working-memory budget of one FFT chunk of tcomp.rpe_linear_attention; None: 1/4 of the free GPU
+# memory on CUDA, 4 GiB on the CPU
+RPE_CHUNK_BYTES: int | None = None
+
+
+def rpe_feature_chunk(
+    b: int, h: int, n: int, f: int, dv: int, work: torch.dtype, device: torch.device
+) -> int:
+    """How many features of phi(k) one FFT convolution takes at once: the outer products, their
+    spectrum, its product with the weights' spectrum and the inverse FFT of ``b*h*(dv+1)`` channels
+    per feature must fit the budget (``RPE_CHUNK_BYTES``); at least 1, at most ``f``."""
+    budget = RPE_CHUNK_BYTES
+    if budget is None:
+        budget = torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda" else 4 << 30
+    w, size = torch.empty((), dtype=work).element_size(), _circulant_size(n)
+    per_feature = b * h * (dv + 1) * w * (n + 2 * (size // 2 + 1) * 2 + size)
+    return max(1, min(f, budget // max(per_feature, 1)))
 
 
 @torch.library.custom_op("tcomp::rpe_linear_attention", mutates_args=())
@@ -385,9 +415,15 @@ def rpe_linear_attention(
         kf = torch.where(keep, kf, torch.zeros((), dtype=work, device=kf.device))
     dv = vf.shape[-1]
     v1 = torch.cat([vf, torch.ones_like(vf[..., :1])], dim=-1)  # the ones column gives D2
-    x = (kf[..., :, None] * v1[..., None, :]).reshape(b, h, n, f * (dv + 1))
-    d = toeplitz_conv(rpe_weights(coeffs, n, causal, work), x).reshape(b, h, n, f, dv + 1)
-    nd = torch.einsum("bhnf,bhnfe->bhne", qf, d)
+    spectrum = toeplitz_spectrum(rpe_weights(coeffs, n, causal, work), n)
+    step = rpe_feature_chunk(b, h, n, f, dv, work, q.device)
+    nd = None  # sum over feature chunks of phi(q_i)_f . D_i[f] (one chunk unless memory says otherwise)
+    for lo in range(0, f, step):
+        kc, fc = kf[..., lo : lo + step], min(step, f - lo)
+        x = (kc[..., :, None] * v1[..., None, :]).reshape(b, h, n, fc * (dv + 1))
+        d = toeplitz_conv(x, spectrum).reshape(b, h, n, fc, dv + 1)
+        part = torch.einsum("bhnf,bhnfe->bhne", qf[..., lo : lo + step], d)
+        nd = part if nd is None else nd + part
     num, den = nd[..., :dv], nd[..., dv:]
     # FFT round-off can leave ~eps-sized values where the exact normaliser is 0 (every key masked)
     scale = (qf.sum(-1, keepdim=True) * kf.sum((-2, -1), keepdim=True)[..., :1, :]).clamp_min(0)

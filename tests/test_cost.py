@@ -206,3 +206,41 @@ def test_cost_table(exported):
     assert by[("linear", 512)]["gflops"] / by[("linear", 128)]["gflops"] == pytest.approx(4)
     with pytest.raises(ValueError, match="input_symbols"):
         cost_table(graph_cost(exported), get_target("cpu"))
+
+
+# -- kernelized attention with RPE by FFT ----------------------------------------------------------
+
+
+def test_rpe_attention_cost_is_n_log_n_in_the_sequence():
+    from tcomp.cost import leading_order, rpe_attention_cost
+
+    c = rpe_attention_cost(BATCH, 8, SEQ, 64, 64, 2)
+    # leading term: the rfft/irfft of F*(Dv+1) channels of length 2N, 2 * 2.5 * 2N log2(2N) each
+    lead = sympy.limit(c.flops / (SEQ * sympy.log(SEQ)), SEQ, sympy.oo)
+    assert sympy.simplify(lead - BATCH * 8 * 64 * 65 * 10 / sympy.log(2) - 8 * 5 / sympy.log(2)) == 0
+    assert sympy.limit(c.flops / SEQ**2, SEQ, sympy.oo) == 0
+    assert leading_order(c.flops) == "O(N log N)" and leading_order(c.bytes) == "O(N)"
+    soft = attention_cost(BATCH, 8, SEQ, SEQ, 64, 64, 2, has_bias=True)
+    assert leading_order(soft.flops) == "O(N^2)" and leading_order(SEQ**3 + SEQ) == "O(N^3)"
+    ratio = {n: soft.evaluate(batch=1, seq=n)[0] / c.evaluate(batch=1, seq=n)[0] for n in (16384, 65536)}
+    assert 4 < ratio[16384] < 10 and ratio[65536] > 3.5 * ratio[16384]  # the gap grows ~ N / log N
+
+
+def test_rpe_site_goes_from_quadratic_to_n_log_n():
+    import tcomp.passes  # noqa: F401 - registers the passes
+    from tcomp.capture import capture
+    from tcomp.cost import all_input_symbols, site_orders
+    from tcomp.models.gpt import GPT, GPTConfig
+    from tcomp.pipeline import run_pipeline
+
+    torch.manual_seed(0)
+    gm = capture(
+        GPT(GPTConfig(position="alibi", depth=2, heads=4, dim=32)).eval(), (torch.randint(0, 256, (2, 9)),)
+    ).gm
+    before = site_orders(run_pipeline(gm, ["canonicalize"]).gm)
+    res = run_pipeline(gm, ["canonicalize", "attention.linear", "attention.rpe_fft"])
+    after = site_orders(res.gm)
+    assert before == {i: {"kind": "attention", "flops": "O(N^2)"} for i in (0, 1)}
+    assert after == {i: {"kind": "rpe_attention", "flops": "O(N log N)"} for i in (0, 1)}
+    sites = [s for s in graph_cost(res.gm, all_input_symbols(res.gm)) if s.kind == "rpe_attention"]
+    assert len(sites) == 2 and sites[0].cost.free_symbols == {BATCH, SEQ}

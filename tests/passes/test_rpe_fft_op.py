@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -105,3 +106,72 @@ def test_fake_kernel_shapes():
         q, k, v = torch.empty(2, 4, 9, 6), torch.empty(2, 2, 9, 6), torch.empty(2, 2, 9, 3)
         out = RPE(q, k, v, torch.empty(4, 17), None, True)
     assert tuple(out.shape) == (2, 4, 9, 3)
+
+
+# On the GPU (cuFFT): half-precision inputs are computed in float32, so the error vs float64 on the
+# same (rounded) inputs is the float32 FFT error (TOL[float32]) plus rounding the output to the
+# dtype: 2^-8 relative for bf16, 2^-11 for fp16. Bounds with a 2x margin over that sum.
+GPU_TOL = {torch.bfloat16: 1e-2, torch.float16: 1.5e-3, torch.float32: 2e-4}
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (cuFFT)")
+
+
+@cuda_only
+@given(problems(), st.sampled_from(sorted(GPU_TOL, key=str)))
+def test_cuda_half_precision_vs_float64(prob, dtype):
+    q, k, v, coeffs, mask, causal = (t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                                     for t in prob)  # fmt: skip
+    dev = [t.cuda() if isinstance(t, torch.Tensor) else t for t in (q, k, v, coeffs, mask)]
+    out = RPE(*dev, causal)
+    ref = reference(q, k, v, coeffs, mask, causal)  # float64 on the CPU, from the rounded inputs
+    assert out.dtype == dtype and out.is_cuda and torch.isfinite(out).all()
+    assert (out.cpu().double() - ref).norm() <= GPU_TOL[dtype] * max(float(ref.norm()), 1e-6)
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_long_sequence_half_precision(dtype):
+    g = torch.Generator().manual_seed(7)
+    n, h = 2048, 2
+    q, k = torch.rand(1, h, n, 16, generator=g) + 0.05, torch.rand(1, h, n, 16, generator=g) + 0.05
+    v = torch.randn(1, h, n, 8, generator=g)
+    slopes = torch.tensor([0.5, 0.01])
+    coeffs = -slopes[:, None] * torch.arange(-(n - 1), n).abs()  # ALiBi: weights over 1e-200..1
+    q, k, v, coeffs = (t.to(dtype) for t in (q, k, v, coeffs))
+    out = RPE(q.cuda(), k.cuda(), v.cuda(), coeffs.cuda(), None, True)
+    ref = reference(q, k, v, coeffs, None, True)
+    assert (out.cpu().double() - ref).norm() <= GPU_TOL[dtype] * ref.norm()
+
+
+@given(problems())
+def test_feature_chunks_give_the_same_result(prob):
+    """A memory budget that forces one feature per FFT chunk changes only the order of the sum."""
+    q, k, v, coeffs, mask, causal = (t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                                     for t in prob)  # fmt: skip
+    whole = RPE(q, k, v, coeffs, mask, causal)
+    saved = tcomp.ops.RPE_CHUNK_BYTES
+    try:
+        tcomp.ops.RPE_CHUNK_BYTES = 1  # one feature at a time
+        chunked = RPE(q, k, v, coeffs, mask, causal)
+    finally:
+        tcomp.ops.RPE_CHUNK_BYTES = saved
+    assert torch.allclose(chunked, whole, rtol=1e-10, atol=1e-12)
+    ref = reference(q, k, v, coeffs, mask, causal)
+    assert (chunked - ref).norm() <= TOL[torch.float64] * max(float(ref.norm()), 1e-6)
+
+
+def test_feature_chunk_size_follows_the_budget():
+    from tcomp.ops import rpe_feature_chunk
+
+    cpu, f32 = torch.device("cpu"), torch.float32
+    # per feature: b*h*(dv+1) channels * 4 bytes * (n + 4*(L/2+1) + L), n = 1024, L = 2048
+    per = 2 * 8 * 65 * 4 * (1024 + 4 * 1025 + 2048)
+    saved = tcomp.ops.RPE_CHUNK_BYTES
+    try:
+        for budget, want in [(per * 10, 10), (per * 10 - 1, 9), (1, 1), (per * 1000, 64)]:
+            tcomp.ops.RPE_CHUNK_BYTES = budget
+            assert rpe_feature_chunk(2, 8, 1024, 64, 64, f32, cpu) == want
+        tcomp.ops.RPE_CHUNK_BYTES = None  # the CPU default, 4 GiB
+        assert rpe_feature_chunk(2, 8, 1024, 64, 64, f32, cpu) == 64
+        assert rpe_feature_chunk(16, 16, 262144, 64, 64, f32, cpu) == 1
+    finally:
+        tcomp.ops.RPE_CHUNK_BYTES = saved
