@@ -51,7 +51,8 @@ def remove_dead(graph: fx.Graph, roots: list[fx.Node]) -> None:
     stack = list(roots)
     while stack:
         n = stack.pop()
-        if n.graph is not graph or n.op != "call_function" or len(n.users) > 0 or _mutates(n):
+        erased = getattr(n, "_erased", False)  # a node reached twice (an input of two erased nodes)
+        if erased or n.graph is not graph or n.op != "call_function" or len(n.users) > 0 or _mutates(n):
             continue
         inputs = list(n.all_input_nodes)
         graph.erase_node(n)
