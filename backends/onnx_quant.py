@@ -174,6 +174,11 @@ def w1_onnx():
 
     def tcomp_linear_w1(x, packed, alpha, k: int = 0, bias=None):
         n, nbytes = packed.shape[0], packed.shape[1]
+        # OR with a ConstantOfShape zero: the exporter's constant folder leaves ConstantOfShape (and
+        # so everything after it) alone, keeping the bits packed in the file; ORT folds it all at
+        # session start
+        zero = op.ConstantOfShape(op.Constant(value_ints=[1]), value=_tensor("UINT8", [0]))
+        packed = op.BitwiseOr(packed, zero)
         shifts = _c("UINT8", list(range(8)), op)
         bits = op.BitwiseAnd(
             op.BitShift(op.Unsqueeze(packed, [2]), shifts, direction="RIGHT"), _c("UINT8", 1, op)
@@ -195,13 +200,19 @@ def w1_onnx():
     return tcomp_linear_w1
 
 
-def _c(kind: str, value: float | list, op: Any) -> Any:
-    """A Constant of ONNX element type ``kind`` ("UINT8", "INT16", "DOUBLE"): scalar or 1-D."""
+def _tensor(kind: str, vals: list) -> Any:
     import onnx
 
-    vals = value if isinstance(value, list) else [value]
-    dims = [len(vals)] if isinstance(value, list) else []
-    return op.Constant(value=onnx.helper.make_tensor("c", getattr(onnx.TensorProto, kind), dims, vals))
+    return onnx.helper.make_tensor("c", getattr(onnx.TensorProto, kind), [len(vals)], vals)
+
+
+def _c(kind: str, value: float | list, op: Any) -> Any:
+    """A Constant of ONNX element type ``kind`` ("UINT8", "INT32", "DOUBLE"): scalar or 1-D."""
+    import onnx
+
+    if isinstance(value, list):
+        return op.Constant(value=_tensor(kind, value))
+    return op.Constant(value=onnx.helper.make_tensor("c", getattr(onnx.TensorProto, kind), [], [value]))
 
 
 def register() -> None:
