@@ -97,9 +97,7 @@ def w8a8_onnx():
         sx = op.Cast(op.Div(amax, _c("DOUBLE", 127.0, op)), to=sdt)  # stored like scale
         sx = op.Where(op.Greater(amax, zero), sx, op.CastLike(op.Constant(value_float=1.0), sx))
         sx64 = op.Cast(sx, to=DOUBLE.dtype)
-        q = op.Clip(
-            op.Round(op.Div(x64, sx64)), _c("DOUBLE", -127.0, op), _c("DOUBLE", 127.0, op)
-        )
+        q = op.Clip(op.Round(op.Div(x64, sx64)), _c("DOUBLE", -127.0, op), _c("DOUBLE", 127.0, op))
         off = _c("DOUBLE", 128.0, op)
         qx = op.Cast(op.Add(q, off), to=UINT8.dtype)  # uint8 = int8 + 128 (exact)
         qw = op.Cast(

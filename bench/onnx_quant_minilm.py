@@ -86,8 +86,10 @@ def main() -> None:
         build_s = time.perf_counter() - t0
         recs = {r.name: r for r in om.report.passes}
         low = recs["lower.onnxruntime"]
-        if low.status != "applied":
-            raise SystemExit(f"{label}: lower.onnxruntime {low.status}: {low.reason}")
+        lowering = {"status": low.status, "reason": low.reason, "notes": low.notes}
+        if low.status != "applied":  # measured anyway, unverified; the row says so
+            print(f"{label}: lower.onnxruntime {low.status}: {low.reason}; timing the unverified export")
+            om = tcomp.optimize(enc, inputs, passes=passes, backend="onnxruntime", verify=False)
         q = recs.get(passes[0][0]) if passes else None
         with torch.no_grad():
             emb = minilm.mean_pool(om(**inputs), mask)
@@ -101,9 +103,9 @@ def main() -> None:
             "pass_status": q.status if q else "-",
             "pass_rel_error_vs_fp64": q.error if q else None,
             "quantized_layers": sum(s["status"] == "quantized" for s in q.sites) if q else 0,
+            "lowering": lowering,
             "lowering_rel_error_vs_fp64": low.error,
             "lowering_tolerance": low.tolerance,
-            "lowering_notes": low.notes,
             "cos_min": cos.min().item(),
             "cos_mean": cos.mean().item(),
             "retrieval_agreement": (nearest(emb) == nearest(ref)).float().mean().item(),
@@ -130,7 +132,9 @@ def main() -> None:
                 t = time_calls(fn, a.runs, a.warmup)
                 times[i] += t
                 round_medians[i].append(statistics.median(t))
-            print(f"round {rnd + 1}/{a.rounds}: " + " ".join(f"{r[-1]:.1f}" for r in round_medians), flush=True)
+            print(
+                f"round {rnd + 1}/{a.rounds}: " + " ".join(f"{r[-1]:.1f}" for r in round_medians), flush=True
+            )
     base_ms, base_size = statistics.median(times[0]), rows[0]["onnx_bytes"]
     for r, t, rm in zip(rows, times, round_medians):
         r["ms"] = statistics.median(t)

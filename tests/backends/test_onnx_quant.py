@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import tempfile
 from collections import Counter
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -31,7 +32,11 @@ F32_EPS = torch.finfo(torch.float32).eps
 PASSES = {
     "quantize.int8_weight": ({}, lambda n, k: n * k + 4 * n, "DequantizeLinear"),
     "quantize.int8_dynamic": ({}, lambda n, k: n * k + 8 * n, "MatMulInteger"),
-    "quantize.int4_weight": ({"group": 32}, lambda n, k: n * k // 2 + 4 * n * k // 32 + n * k // 64, "MatMulNBits"),
+    "quantize.int4_weight": (
+        {"group": 32},
+        lambda n, k: n * k // 2 + 4 * n * k // 32 + n * k // 64,
+        "MatMulNBits",
+    ),
     "binarize": ({}, lambda n, k: n * math.ceil(k / 8) + 4 * n, "BitShift"),
 }
 _BUILT: dict = {}
@@ -40,22 +45,28 @@ _BUILT: dict = {}
 def _zoo():
     from tcomp import models as zoo
 
-    return zoo.get("bert", dim=128, intermediate=512)  # weights, not graph metadata, dominate the file
+    # wide enough that the weights, not the graph's metadata, dominate the file
+    return zoo.get("bert", dim=128, intermediate=512, depth=1)
 
 
 def _build(name: str):
-    """(zoo entry, ORT module, eager quantized module, fp32 ORT module), built once per process."""
+    """(zoo entry, ORT module, eager quantized module), built and artifact-checked once per process."""
     if name not in _BUILT:
         e = _zoo()
         if "fp32" not in _BUILT:
             _BUILT["fp32"] = tcomp.optimize(
-                e.model, e.example_inputs, example_kwargs=e.example_kwargs, backend="onnxruntime"
-            )
-        opts = PASSES[name][0]
-        kw = dict(example_kwargs=e.example_kwargs, passes=[(name, opts)])
+                e.model,
+                e.example_inputs,
+                example_kwargs=e.example_kwargs,
+                backend="onnxruntime",
+                verify=False,
+            )  # only its file size is used
+            _BUILT["ref"] = reference_model(e.model)
+        kw = dict(example_kwargs=e.example_kwargs, passes=[(name, PASSES[name][0])])
         om = tcomp.optimize(e.model, e.example_inputs, backend="onnxruntime", **kw)
         eager = tcomp.optimize(e.model, e.example_inputs, backend="eager", verify=False, **kw)
-        _BUILT[name] = (e, om, eager, _BUILT["fp32"])
+        _check_export(name, e, om, eager, _BUILT["fp32"])
+        _BUILT[name] = (e, om, eager)
     return _BUILT[name]
 
 
@@ -72,15 +83,13 @@ def _quantized_shapes(om, e, name):
     ]
 
 
-@pytest.mark.parametrize("name", list(PASSES))
-def test_zoo_pass_exports_low_bit_weights(name, tmp_path):
-    e, om, eager, fp32 = _build(name)
+def _check_export(name, e, om, eager, fp32):
     rec, low = om.report[name], om.report["lower.onnxruntime"]
-    assert rec.status == "applied" and rec.rewrites >= 5, (rec.reason, rec.notes)
+    assert rec.status == "applied" and rec.rewrites >= 4, (rec.reason, rec.notes)
     # the pipeline ran the exported model in ORT and held it to the eager quantized graph
     assert low.status == "applied", (low.reason, low.notes)
     assert low.error is not None and low.error <= rec.tolerance
-    model = _onnx(om)
+    model, base = _onnx(om), _onnx(fp32)
     assert PASSES[name][2] in {n.op_type for n in model.graph.node}
     # no float copy of a quantized weight: the float matrices in the file are exactly the model's
     # parameters left in full precision (embeddings, skipped layers), in either orientation
@@ -94,40 +103,42 @@ def test_zoo_pass_exports_low_bit_weights(name, tmp_path):
     left.subtract(Counter(tuple(sorted(s)) for s in shapes))
     assert float_mats == +left, (name, float_mats, left)
     # the saved artifact (the ONNX bytes travel in weights.safetensors) shrinks by the low-bit factor
-    om.save(str(tmp_path / "q"))
-    fp32.save(str(tmp_path / "f"))
-    q_size = os.path.getsize(tmp_path / "q" / "weights.safetensors")
-    f_size = os.path.getsize(tmp_path / "f" / "weights.safetensors")
-    full = sum(4 * n * k for n, k in shapes)
-    low_bit = sum(PASSES[name][1](n, k) for n, k in shapes)
-    expect = full - low_bit
-    init_bytes = [sum(len(i.raw_data) for i in m.graph.initializer) for m in (_onnx(fp32), model)]
-    assert abs((init_bytes[0] - init_bytes[1]) - expect) <= 0.005 * full, (name, init_bytes, expect)
-    # the file: the weights' saving, less the graph's growth -- a few nodes per layer, each with its
-    # source-location metadata (~1.2 kB), independent of the weights' size
-    added = len(model.graph.node) - len(_onnx(fp32).graph.node)
-    assert added <= 20 * len(shapes), added
-    assert f_size - expect <= q_size <= f_size - expect + 2048 * (max(added, 0) + len(shapes)), (name, q_size)
-    assert q_size < f_size - 0.5 * expect
-    # ... and runs from the saved folder alone (the session is rebuilt from the bytes)
-    from tcomp.backends import onnxruntime as ortb
+    with tempfile.TemporaryDirectory() as d:
+        om.save(d + "/q")
+        fp32.save(d + "/f")
+        q_size = os.path.getsize(d + "/q/weights.safetensors")
+        f_size = os.path.getsize(d + "/f/weights.safetensors")
+        full = sum(4 * n * k for n, k in shapes)
+        expect = full - sum(PASSES[name][1](n, k) for n, k in shapes)
+        init_bytes = [sum(len(i.raw_data) for i in m.graph.initializer) for m in (base, model)]
+        assert abs((init_bytes[0] - init_bytes[1]) - expect) <= 0.005 * full, (name, init_bytes, expect)
+        # the file: the weights' saving, less the graph's growth -- a few nodes per layer, each with
+        # its source-location metadata (~1.2 kB), independent of the weights' size
+        added = len(model.graph.node) - len(base.graph.node)
+        assert added <= 20 * len(shapes), added
+        assert f_size - expect <= q_size <= f_size - expect + 2048 * (max(added, 0) + len(shapes)), q_size
+        assert q_size < f_size - 0.5 * expect
+        # ... and runs from the saved folder alone (the session is rebuilt from the bytes)
+        from tcomp.backends import onnxruntime as ortb
 
-    ortb._SESSIONS.clear()
-    ortb._INPUT_ORDER.clear()
-    loaded = tcomp.load(str(tmp_path / "q"))
-    args, kwargs = e.make_inputs(3, 11, 7)
-    with torch.no_grad():
-        assert rel_error(loaded(*args, **kwargs), eager(*args, **kwargs)) <= 16 * F32_EPS
+        ortb._SESSIONS.clear()
+        ortb._INPUT_ORDER.clear()
+        loaded = tcomp.load(d + "/q")
+        args, kwargs = e.make_inputs(3, 11, 7)
+        with torch.no_grad():
+            assert rel_error(loaded(*args, **kwargs), eager(*args, **kwargs)) <= 16 * F32_EPS
 
 
 @pytest.mark.parametrize("name", list(PASSES))
+@settings(max_examples=10)  # each example: the ORT session, the eager and the float64 model
 @given(batch=st.integers(1, 4), seq=st.integers(2, 24), seed=st.integers(0, 2**31 - 1))
-def test_zoo_dynamic_shapes_match_eager_quantized(name, batch, seq, seed):
-    e, om, eager, _ = _build(name)
+def test_zoo_pass_in_onnxruntime(name, batch, seq, seed):
+    """Export checks once (``_check_export``), then fresh inputs of other batch/sequence sizes."""
+    e, om, eager = _build(name)
     args, kwargs = e.make_inputs(batch, seq, seed)
     with torch.no_grad():
         got, want = om(*args, **kwargs), eager(*args, **kwargs)
-        ref = reference_model(e.model)(*to_dtype(args, torch.float64), **to_dtype(kwargs, torch.float64))
+        ref = _BUILT["ref"](*to_dtype(args, torch.float64), **to_dtype(kwargs, torch.float64))
     assert got.shape == want.shape and torch.isfinite(got).all()
     drift, quant_err = rel_error(got, want), rel_error(want, ref)
     tol = om.report[name].tolerance
@@ -194,7 +205,7 @@ def test_every_format_matches_its_dialect_op(dtype):
 
 def test_w8a8_integer_sums_are_exact_at_the_extremes():
     """MatMulInteger sums of +-127 products over a long K: no int16 saturation (the uint8 path)."""
-    k = 2048
+    k = 768
     lin = nn.Sequential(nn.Linear(k, 16)).eval()
     with torch.no_grad():
         lin[0].weight.copy_(torch.where(torch.arange(16 * k).reshape(16, k) % 3 == 0, 1.0, -1.0))
