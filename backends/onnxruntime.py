@@ -493,5 +493,5 @@ def export_onnx(gm: fx.GraphModule, *, optimize: bool = True, fused: bool = Fals
 
 register_backend(OnnxRuntimeBackend())
 
+import tcomp.backends.onnx_quant  # noqa: E402,F401 - registers the quantized linears' translations
 from tcomp.backends import onnx_token_merge  # noqa: E402,F401 - registers tcomp.token_merge's translation
-from tcomp.backends import onnx_quant  # noqa: E402,F401 - registers the quantized linears' translations
