@@ -59,6 +59,9 @@ def _session(key: str, model: Any) -> Any:
         data = model.numpy().tobytes() if isinstance(model, torch.Tensor) else bytes(model)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # DequantizeLinear + MatMul (tcomp.linear_int8w) fuses into MatMulNBits: keep float compute
+        # (ORT's default, 4, quantizes the activations to int8 -- another function; onnx_quant.py)
+        opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
         sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         _SESSIONS[key] = sess
     return sess
@@ -490,4 +493,5 @@ def export_onnx(gm: fx.GraphModule, *, optimize: bool = True, fused: bool = Fals
 
 register_backend(OnnxRuntimeBackend())
 
+import tcomp.backends.onnx_quant  # noqa: E402,F401 - registers the quantized linears' translations
 from tcomp.backends import onnx_token_merge  # noqa: E402,F401 - registers tcomp.token_merge's translation
