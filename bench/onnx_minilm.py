@@ -49,6 +49,21 @@ def time_calls(fn, runs: int, warmup: int) -> list[float]:
     return times
 
 
+def interleaved(fns, rounds: int, runs: int, warmup: int) -> tuple[list[list[float]], list[list[float]]]:
+    """(all times, per-round medians) of each of ``fns``, timed round by round in turn so that a
+    change in the machine's load falls on every variant alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    round_medians: list[list[float]] = [[] for _ in fns]
+    with torch.no_grad():
+        for rnd in range(rounds):
+            for i, fn in enumerate(fns):
+                t = time_calls(fn, runs, warmup)
+                times[i] += t
+                round_medians[i].append(statistics.median(t))
+            print(f"round {rnd + 1}/{rounds}: " + " ".join(f"{m[-1]:.1f}" for m in round_medians), flush=True)
+    return times, round_medians
+
+
 def session(model_bytes: bytes):
     import onnxruntime as ort
 
@@ -189,17 +204,7 @@ def main() -> None:
             )
     ort_backend.fused = False
 
-    times: list[list[float]] = [[] for _ in fns]
-    round_medians: list[list[float]] = [[] for _ in fns]
-    with torch.no_grad():
-        for rnd in range(a.rounds):
-            for i, fn in enumerate(fns):
-                t = time_calls(fn, a.runs, a.warmup)
-                times[i] += t
-                round_medians[i].append(statistics.median(t))
-            print(
-                f"round {rnd + 1}/{a.rounds}: " + " ".join(f"{m[-1]:.1f}" for m in round_medians), flush=True
-            )
+    times, round_medians = interleaved(fns, a.rounds, a.runs, a.warmup)
     timed = [r for r in rows if "skipped" not in r]
     for r, t, rm in zip(timed, times, round_medians):
         r["ms"] = statistics.median(t)

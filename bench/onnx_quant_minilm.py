@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from onnx_minilm import BATCH, SEQ, cpu_name, time_calls  # noqa: E402
+from onnx_minilm import BATCH, SEQ, cpu_name, interleaved  # noqa: E402
 from quant_minilm import nearest  # noqa: E402
 from results_io import write_results  # noqa: E402
 
@@ -123,18 +123,8 @@ def main() -> None:
             flush=True,
         )
 
-    times: list[list[float]] = [[] for _ in fns]
-    round_medians: list[list[float]] = [[] for _ in fns]
     load_before = os.getloadavg()
-    with torch.no_grad():
-        for rnd in range(a.rounds):
-            for i, fn in enumerate(fns):
-                t = time_calls(fn, a.runs, a.warmup)
-                times[i] += t
-                round_medians[i].append(statistics.median(t))
-            print(
-                f"round {rnd + 1}/{a.rounds}: " + " ".join(f"{r[-1]:.1f}" for r in round_medians), flush=True
-            )
+    times, round_medians = interleaved(fns, a.rounds, a.runs, a.warmup)
     base_ms, base_size = statistics.median(times[0]), rows[0]["onnx_bytes"]
     for r, t, rm in zip(rows, times, round_medians):
         r["ms"] = statistics.median(t)
