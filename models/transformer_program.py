@@ -20,9 +20,11 @@ the tasks of the paper are below.
 
 from __future__ import annotations
 
+import copy
 import itertools
+import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +74,21 @@ def _dyck(pairs):
     return label
 
 
+def _dyck_sample(pairs: int, length: int, rng: random.Random) -> list[int]:
+    """A Dyck-``pairs`` input as the paper's data (Friedman et al. 2023, ``make_dyck_pft``): half of
+    the inputs start with a random balanced word (nested or concatenated pairs), cut or filled up
+    with random brackets; the other half are random brackets. Token ``p`` opens pair ``p``,
+    ``pairs + p`` closes it."""
+    if rng.randrange(2):
+        return [rng.randrange(2 * pairs) for _ in range(length)]
+    word: list[int] = []
+    for _ in range((length + 1) // 2):  # the paper: max_length // 2 pairs, the word cut to the input
+        p = rng.randrange(pairs)
+        word = word + [p, pairs + p] if rng.randrange(2) else [p, *word, pairs + p]
+    word = word[:length]
+    return word + [rng.randrange(2 * pairs) for _ in range(length - len(word))]
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -79,32 +96,53 @@ class Task:
     max_len: int
     label: object  # (tokens, vocab) -> target sequence
     classes: int
-    paper_accuracy: float | None = (
-        None  # Friedman et al. 2023 (arXiv 2306.01128) Table 1; not transcribed yet
-    )
+    min_len: int = 1  # inputs have lengths min_len..max_len, uniformly (as the paper's data)
+    sample: object = None  # (length, rng) -> tokens; None: uniform tokens
+    # Friedman et al. 2023 (arXiv 2306.01128) Table 1: not transcribed. The table's text could not
+    # be retrieved here (only the paper's abstract and the authors' scripts were reachable), and a
+    # number that is not read off the paper is not written down.
+    paper_accuracy: float | None = None
 
 
-# sort etc.: vocab 8, length 8 (as the paper); Dyck: bracket pairs as tokens, length 16
+# As the paper's scripts (princeton-nlp/TransformerPrograms, scripts/rasp.sh, scripts/dyck.sh and
+# src/utils/data_utils.py): vocab_size 8 and max_length 8 count the special tokens, so reverse and
+# sort (BOS and EOS) have 5 token values and 1..6 tokens, hist, double-hist and most-freq (BOS) 6
+# values and 1..7 tokens; Dyck inputs are 15 brackets after BOS. Our BOS is implicit, there is no EOS.
 TASKS = {
-    "reverse": Task("reverse", 8, 8, _reverse, 8),
-    "hist": Task("hist", 8, 8, _hist, 9),
-    "double-hist": Task("double-hist", 8, 8, _double_hist, 9),
-    "sort": Task("sort", 8, 8, _sort, 8),
-    "most-freq": Task("most-freq", 8, 8, _most_freq, 9),
-    "dyck-1": Task("dyck-1", 2, 16, _dyck(1), 3),
-    "dyck-2": Task("dyck-2", 4, 16, _dyck(2), 3),
+    "reverse": Task("reverse", 5, 6, _reverse, 5),
+    "hist": Task("hist", 6, 7, _hist, 8),
+    "double-hist": Task("double-hist", 6, 7, _double_hist, 8),
+    "sort": Task("sort", 5, 6, _sort, 5),
+    "most-freq": Task("most-freq", 6, 7, _most_freq, 7),
+    "dyck-1": Task("dyck-1", 2, 15, _dyck(1), 3, 15, lambda n, rng: _dyck_sample(1, n, rng)),
+    "dyck-2": Task("dyck-2", 4, 15, _dyck(2), 3, 15, lambda n, rng: _dyck_sample(2, n, rng)),
 }
 
 
-def make_data(task: Task, n: int, seed: int, fixed_len: bool = True) -> tuple[Tensor, Tensor]:
-    """``n`` random inputs (length ``max_len``) and their targets."""
+def _inputs(task: Task, length: int, rng: random.Random) -> list[int]:
+    if task.sample is not None:
+        return task.sample(length, rng)
+    return [rng.randrange(task.vocab) for _ in range(length)]
+
+
+def make_data(task: Task, n: int, seed: int, length: int | None = None) -> tuple[Tensor, Tensor]:
+    """``n`` random inputs of one length (default ``max_len``) and their targets."""
     rng = random.Random(seed)
-    xs, ys = [], []
-    for _ in range(n):
-        seq = [rng.randrange(task.vocab) for _ in range(task.max_len)]
-        xs.append(seq)
-        ys.append(task.label(seq, task.vocab))
+    length = task.max_len if length is None else length
+    xs = [_inputs(task, length, rng) for _ in range(n)]
+    ys = [task.label(x, task.vocab) for x in xs]
     return torch.tensor(xs), torch.tensor(ys)
+
+
+def make_split(task: Task, n: int, seed: int) -> dict[int, tuple[Tensor, Tensor]]:
+    """``n`` inputs with lengths drawn uniformly from ``min_len..max_len``, grouped by length
+    (the models take one length per batch; no padding)."""
+    rng = random.Random(seed)
+    counts: dict[int, int] = {}
+    for _ in range(n):
+        k = rng.randint(task.min_len, task.max_len)
+        counts[k] = counts.get(k, 0) + 1
+    return {k: make_data(task, c, seed * 1_000 + k, k) for k, c in sorted(counts.items())}
 
 
 # --------------------------------------------------------------------------------------- model
@@ -407,10 +445,14 @@ def _layer(heads: list[tuple], units: list[tuple], D: int, K: int) -> dict[str, 
 
 @dataclass
 class TrainResult:
-    model: TransformerProgram
-    accuracy: float  # of the discrete model on the test set
+    model: TransformerProgram  # the selected one: best validation accuracy over restarts and checkpoints
+    accuracy: float  # of the discrete model on the test split
     steps: int
     seed: int
+    val_accuracy: float = 0.0  # of the discrete model on the validation split (the selection metric)
+    restart: int = 0  # which restart was selected
+    step: int = 0  # at which checkpoint (step count) it was taken
+    val_history: list = field(default_factory=list)  # (restart, step, val accuracy) of every checkpoint
 
 
 def predict(out: Tensor) -> Tensor:
@@ -418,9 +460,21 @@ def predict(out: Tensor) -> Tensor:
     return torch.where(out.amax(-1) > 0.5, out.argmax(-1), 0)
 
 
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+def accuracy(model: nn.Module, x: Tensor | dict, y: Tensor | None = None) -> float:
+    """Token accuracy on ``x, y`` or on a split from :func:`make_split` (all tokens of all lengths)."""
+    groups = x.values() if isinstance(x, dict) else [(x, y)]
+    right = total = 0
     with torch.no_grad():
-        return float((predict(model(x)) == y).float().mean())
+        for xs, ys in groups:
+            right += int((predict(model(xs)) == ys).sum())
+            total += ys.numel()
+    return right / total
+
+
+def tau_schedule(step: int, steps: int, tau_init: float = 3.0, tau_end: float = 0.01) -> float:
+    """Gumbel-softmax temperature at ``step``: geometric from ``tau_init`` (step 0) to ``tau_end``
+    (the last step), as the paper (``--tau_schedule geomspace``, 3.0 -> 0.01)."""
+    return tau_init * (tau_end / tau_init) ** (step / max(1, steps - 1))
 
 
 def train(
@@ -429,29 +483,66 @@ def train(
     seed: int = 0,
     steps: int = 1000,
     batch: int = 64,
-    lr: float = 0.1,
-    n_test: int = 500,
+    lr: float = 0.05,
+    n_train: int = 20_000,
+    n_val: int = 1000,
+    n_test: int = 1000,
     gumbel: float = 0.1,
+    tau_init: float = 3.0,
+    tau_end: float = 0.01,
+    restarts: int = 1,
+    evals: int = 10,
     **config: int,
 ) -> TrainResult:
-    """Train a Transformer Program on ``task``: Adam, Gumbel-softmax choices (noise scaled by
-    ``gumbel``; full-scale noise trains poorly on CPU budgets) with the temperature annealed 3 -> 0.05."""
+    """Train a Transformer Program on ``task`` and select it on a validation split.
+
+    Adam (lr ``lr``, cosine-decayed to 0), Gumbel-softmax choices (noise scaled by ``gumbel``;
+    full-scale noise trains poorly on CPU budgets) with the temperature annealed geometrically
+    ``tau_init -> tau_end``. Train, validation and test inputs are three disjoint random draws
+    (seeds ``seed``, ``seed + 10_000``, ``seed + 20_000``), lengths as :func:`make_split`.
+    ``restarts`` runs from different initialisations; in each, the discrete model is scored on the
+    validation split at ``evals`` checkpoints over the second half of training (and at the end).
+    The checkpoint with the best validation accuracy (ties: the later one) is kept; only it is
+    scored on the test split."""
     NOISE["gumbel"] = gumbel
     t = TASKS[task] if isinstance(task, str) else task
+    data = make_split(t, n_train, seed)
+    val = make_split(t, n_val, seed + 10_000)
+    lengths = list(data)
+    weights = torch.tensor([float(len(data[k][0])) for k in lengths])
+    cfg = ProgramConfig(vocab=t.vocab, max_len=t.max_len, classes=t.classes, **config)
+    checkpoints = {
+        min(steps, steps // 2 + round(i * (steps - steps // 2) / evals)) for i in range(1, evals + 1)
+    }
+    best: tuple[float, int, int, dict] | None = None
+    history = []
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        cfg = ProgramConfig(vocab=t.vocab, max_len=t.max_len, classes=t.classes, **config)
-        model = TransformerProgram(cfg)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        x_train, y_train = make_data(t, steps * batch // 4 + batch, seed)
-        for step in range(steps):
-            model.train()
-            model.tau = 3.0 * (0.05 / 3.0) ** (step / max(1, steps - 1))
-            idx = torch.randint(0, len(x_train), (batch,))
-            loss = F.cross_entropy(model(x_train[idx]).flatten(0, 1), y_train[idx].flatten())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        for r in range(restarts):
+            torch.manual_seed(seed * 1_000 + r)
+            model = TransformerProgram(cfg)
+            opt = torch.optim.Adam(model.parameters(), lr=lr)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+            )
+            for step in range(steps):
+                model.train()
+                model.tau = tau_schedule(step, steps, tau_init, tau_end)
+                xs, ys = data[lengths[int(torch.multinomial(weights, 1))]]
+                idx = torch.randint(0, len(xs), (batch,))
+                loss = F.cross_entropy(model(xs[idx]).flatten(0, 1), ys[idx].flatten())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                if step + 1 in checkpoints:
+                    model.eval()
+                    acc = accuracy(model, val)
+                    history.append((r, step + 1, acc))
+                    if best is None or acc >= best[0]:
+                        best = (acc, r, step + 1, copy.deepcopy(model.state_dict()))
+    assert best is not None
+    model = TransformerProgram(cfg)
+    model.load_state_dict(best[3])
     model.eval()
-    x_test, y_test = make_data(t, n_test, seed + 10_000)
-    return TrainResult(model, accuracy(model, x_test, y_test), steps, seed)
+    test = make_split(t, n_test, seed + 20_000)
+    return TrainResult(model, accuracy(model, test), steps, seed, best[0], best[1], best[2], history)

@@ -6,15 +6,15 @@ Printed by tcomp.rasp; runs on its own: python this_file.py 1 2 3
 
 import sys
 
-VOCAB = [0, 1, 2, 3, 4, 5, 6, 7]
-MAX_LEN = 8
+VOCAB = [0, 1, 2, 3, 4, 5]
+MAX_LEN = 7
 OUTPUT = 'categorical'
 
 
 def build(r):
-    select_0_0 = r.Select(r.tokens, r.tokens, {(0, 0), (1, 1), (2, 2), (4, 4), (5, 3), (5, 5), (6, 6), (7, 3), (7, 7)})
-    width_0_18 = r.SelectorWidth(select_0_0)
-    return width_0_18
+    select_0_0 = r.Select(r.tokens, r.tokens, '==')
+    width_0_15 = r.SelectorWidth(select_0_0)
+    return width_0_15
 
 
 class _Lists:

@@ -6,15 +6,17 @@ Printed by tcomp.rasp; runs on its own: python this_file.py 1 2 3
 
 import sys
 
-VOCAB = [0, 1, 2, 3, 4, 5, 6, 7]
-MAX_LEN = 8
+VOCAB = [0, 1, 2, 3, 4]
+MAX_LEN = 6
 OUTPUT = 'categorical'
 
 
 def build(r):
-    select_0_0 = r.Select(r.indices, r.indices, {(0, 7), (1, 6), (2, 5), (3, 4), (4, 3), (5, 2), (6, 1), (7, 0)})
-    aggregate_0_0 = r.Aggregate(select_0_0, r.tokens)
-    return aggregate_0_0
+    select_0_1 = r.Select(r.indices, r.indices, {(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2), (3, 3), (4, 0), (4, 1), (4, 2), (4, 3), (4, 4), (5, 0), (5, 2), (5, 3), (5, 4)})
+    width_0_20 = r.SelectorWidth(select_0_1)
+    select_2_0 = r.Select(r.indices, width_0_20, {(0, 0), (0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6)})
+    aggregate_2_0 = r.Aggregate(select_2_0, r.tokens)
+    return aggregate_2_0
 
 
 class _Lists:
