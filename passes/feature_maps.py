@@ -74,6 +74,15 @@ class FeatureMap:
     q_weight: Tensor | None = None
     k_weight: Tensor | None = None
     notes: list[str] = field(default_factory=list)
+    out_weight: Tensor | None = None  # (H, D, D) per-head output correction (attention transfer)
+    out_bias: Tensor | None = None  # (H, 1, D)
+
+    @staticmethod
+    def correct(call: Call, out, weight=None, bias=None):
+        """``out @ weight + bias`` per head (the fitted output correction); ``out`` when none."""
+        if weight is None:
+            return out
+        return call(aten.add.Tensor, call(aten.matmul.default, out, weight), bias)
 
     def apply(self, call: Call, x, role: str, weight=None):
         """``phi(x)`` for ``role`` "q" or "k"; ``weight`` is this role's tensor (or graph node)."""

@@ -11,6 +11,13 @@ Options (``("attention.linear", {...})``):
 * ``calibration``: model inputs (``tcomp.optimize(..., calibration=batches)`` hands them over).
   Hedgehog maps are fit on them by attention transfer, layer by layer (``steps``, ``lr``), with a
   progress bar; without calibration hedgehog keeps its identity initialisation.
+* Attention-transfer options (passes/attention_transfer.py): ``loss`` -- ``"attention"`` (KL
+  between softmax and linear attention rows, the Hedgehog loss), ``"output"`` (relative squared
+  error of the attention output) or ``"both"``; ``sequential``: fit layer l on the inputs that the
+  already-linearized layers 0..l-1 produce (targets: the original model's outputs), so that errors
+  do not compound unseen; ``correction``: also fit a per-head affine correction of each site's
+  output in closed form (ridge ``ridge`` towards the identity) -- weights beyond the feature maps;
+  ``holdout``: fraction of the calibration sentences kept out of the fit to choose the best step.
 * ``tolerance``: the contract's threshold on the model's relative output error.
 
 Contract: ``favor`` is BOUNDED (relative error ~ 1/sqrt(m), see ``feature_maps.favor_bound``);
@@ -21,29 +28,28 @@ with the reason.
 
 from __future__ import annotations
 
-import math
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.fx as fx
 
 from tcomp import meta
-from tcomp.graph import copy_source_meta, module_path, remove_dead
+from tcomp.graph import copy_source_meta, module_path, remove_dead, val
 from tcomp.ops import attention_nodes
+from tcomp.passes.attention_transfer import eager_site as _eager_site  # noqa: F401 (tests)
+from tcomp.passes.attention_transfer import fit_correction, fit_hedgehog, site_error
 from tcomp.passes.feature_maps import (
     FeatureMap,
     NotKernelizable,
-    SiteSample,
     analyze,
     capture_sites,
     combine,
-    eager,
     favor_bound,
     get_attr,
     graph_call,
     kernelize,
     make_feature_map,
-    rel_err,
 )
 from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
 
@@ -84,6 +90,11 @@ def linear_attention(
     max_error: float = 0.35,
     tolerance: float | None = None,
     feature_dim: int | None = None,
+    loss: str = "attention",
+    sequential: bool = False,
+    correction: bool = False,
+    ridge: float = 0.1,
+    holdout: float = 0.0,
 ) -> PassResult:
     """Rewrite softmax attention to linear attention with a feature map (favor BOUNDED, else EMPIRICAL)."""
     result = PassResult(gm)
@@ -97,41 +108,76 @@ def linear_attention(
         raise ValueError(
             "layers='auto' measures each layer's error on calibration data: pass calibration=batches"
         )
-    samples = {}
-    if calibration is not None and (feature_map == "hedgehog" or layers == "auto"):
-        samples = capture_sites(gm, calibration)
+    fit = feature_map == "hedgehog" and calibration is not None
+    samples = capture_sites(gm, calibration) if calibration is not None and (fit or layers == "auto") else {}
     keep = set(keep or ())
     chosen = [
         s for s in sites if s.layer not in keep and (layers in (None, "auto") or s.layer in set(layers))
     ]
-    maps = {}
-    for s in chosen:
-        qv, kv = s.q.meta["val"], s.k.meta["val"]
-        maps[s.node.name] = make_feature_map(
-            feature_map, s.scale, int(qv.shape[-1]), int(qv.shape[1]), int(kv.shape[1]),
-            num_features=num_features, seed=seed + s.layer, feature_dim=feature_dim,
+    if fit:
+        result.notes.append(
+            f"hedgehog maps fit by attention transfer ({steps} steps per layer, {loss} loss"
+            + (", sequential: inputs from the already-linearized layers" if sequential else "")
+            + (", per-head output correction fitted" if correction else "")
+            + (f", best step on {holdout:.0%} held-out calibration sentences" if holdout else "") + ")"
         )  # fmt: skip
-    if feature_map == "hedgehog" and samples:
-        fit_all(maps, samples, steps, lr)
-        result.notes.append(f"hedgehog maps fit by attention transfer ({steps} steps per layer)")
     elif feature_map == "hedgehog":
         result.notes.append("hedgehog without calibration data: identity-initialised feature maps")
-    for s in chosen:
-        fmap = maps[s.node.name]
-        rec = {"layer": s.layer, "module": module_path(s.node), "feature_map": feature_map}
-        if s.node.name in samples:
-            rec["calib_error"] = site_error(fmap, samples[s.node.name])
-            if layers == "auto" and rec["calib_error"] > max_error:
-                result.notes.append(
-                    f"kept softmax at site {s.layer}: measured error {rec['calib_error']:.3f} > max_error {max_error}"
+    with _progress(len(chosen) * steps if fit else 0) as advance:
+        for i, s in enumerate(chosen):
+            qv, kv = s.q.meta["val"], s.k.meta["val"]
+            fmap = make_feature_map(
+                feature_map, s.scale, int(qv.shape[-1]), int(qv.shape[1]), int(kv.shape[1]),
+                num_features=num_features, seed=seed + s.layer, feature_dim=feature_dim,
+            )  # fmt: skip
+            rec = {"layer": s.layer, "module": module_path(s.node), "feature_map": feature_map}
+            smp, targets = samples.get(s.node.name), None
+            if smp is not None and fit and sequential and result.rewrites:
+                # this layer's inputs as the linearized model computes them; the original outputs as targets
+                targets = [x.attention() for x in smp]
+                smp = capture_sites(gm, calibration)[s.node.name]
+            if smp is not None and fit:
+                advance(f"layer {i + 1}/{len(chosen)}", 0)
+                fit_hedgehog(
+                    fmap, smp, steps, lr, lambda: advance(None, 1), loss=loss, targets=targets, holdout=holdout
                 )
-                continue
-        _rewrite(gm, s, fmap)
-        result.sites.append(rec)
-        result.rewrites += 1
+                if correction:
+                    fit_correction(fmap, smp, targets, ridge)
+            if smp is not None:
+                rec["calib_error"] = site_error(fmap, smp)
+                if layers == "auto" and rec["calib_error"] > max_error:
+                    result.notes.append(
+                        f"kept softmax at site {s.layer}: measured error {rec['calib_error']:.3f} > max_error {max_error}"
+                    )
+                    continue
+            _rewrite(gm, s, fmap)
+            result.sites.append(rec)
+            result.rewrites += 1
     gm.graph.lint()
     gm.recompile()
     return result
+
+
+@contextmanager
+def _progress(total: int):
+    """A rich progress bar over the attention-transfer steps; ``advance(description, steps)``."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not total:
+        yield lambda *_: None
+        return
+    with Progress(
+        TextColumn("[bold]hedgehog[/bold] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("attention transfer", total=total)
+
+        def advance(description, steps):
+            if description is not None:
+                bar.update(task, description=description)
+            bar.advance(task, steps)
+
+        yield advance
 
 
 def _rewrite(gm: fx.GraphModule, s, fmap: FeatureMap) -> None:
@@ -151,82 +197,13 @@ def _rewrite(gm: fx.GraphModule, s, fmap: FeatureMap) -> None:
             call, fmap, s.q, s.k, s.v, combine(call, s.key_masks), combine(call, s.query_masks),
             s.key_bias, s.causal, wq, wk,
         )  # fmt: skip
-    lin = out if out.target is torch.ops.tcomp.linear_attention.default else out.args[0]
+        lin = out if out.target is torch.ops.tcomp.linear_attention.default else out.args[0]
+        if fmap.out_weight is not None:
+            dt = val(out).dtype
+            cw = get_attr(gm, f"{prefix}_out_w", fmap.out_weight.detach().to(dt))
+            cb = get_attr(gm, f"{prefix}_out_b", fmap.out_bias.detach().to(dt))
+            out = fmap.correct(call, out, cw, cb)
     lin.meta[meta.LINEAR_FEATURE_MAP] = {"feature_map": fmap.name, "layer": s.layer}
     copy_source_meta(lin, s.node)
     s.node.replace_all_uses_with(out)
     remove_dead(graph, [s.node])
-
-
-def _eager_site(fmap: FeatureMap, smp: SiteSample, wq=None, wk=None) -> torch.Tensor:
-    km, qm = smp.key_query_masks()
-    return kernelize(eager, fmap, smp.q, smp.k, smp.v, km, qm, smp.key_bias(), smp.causal,
-                     fmap.q_weight if wq is None else wq, fmap.k_weight if wk is None else wk)  # fmt: skip
-
-
-def site_error(fmap: FeatureMap, samples: list[SiteSample]) -> float:
-    """Mean relative error of the site's linear attention output vs its softmax attention output."""
-    with torch.no_grad():
-        errs = [rel_err(_eager_site(fmap, smp), smp.attention()) for smp in samples]
-    return float(sum(errs) / len(errs))
-
-
-def _linear_weights(fmap: FeatureMap, smp: SiteSample, wq, wk) -> torch.Tensor:
-    """Attention weights (B, H, N, M) of the linear attention (rows sum to 1 or are all zero)."""
-    qf = fmap.apply(eager, smp.q, "q", wq)
-    kf = fmap.apply(eager, smp.k, "k", wk)
-    n_rep = qf.shape[1] // kf.shape[1]
-    if n_rep > 1:
-        kf = kf.repeat_interleave(n_rep, 1)
-    sc = torch.matmul(qf, kf.transpose(-2, -1))
-    kb = smp.key_bias()
-    if kb is not None:
-        top = kb.amax(-1, keepdim=True)
-        sc = sc * torch.exp(kb - torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
-    km, qm = smp.key_query_masks()
-    if km is not None:
-        sc = sc * km * qm
-    if smp.causal:
-        sc = sc * torch.ones(sc.shape[-2:], dtype=torch.bool).tril()
-    return sc / sc.sum(-1, keepdim=True).clamp_min(1e-20)
-
-
-def fit_hedgehog(fmap: FeatureMap, samples: list[SiteSample], steps: int, lr: float, advance=None) -> float:
-    """Attention transfer: fit the per-head q/k maps so the linear attention weights match the
-    softmax weights (cross-entropy over the keys, mean over the query rows); returns the final loss."""
-    wq = fmap.q_weight.clone().requires_grad_(True)
-    wk = fmap.k_weight.clone().requires_grad_(True)
-    opt = torch.optim.Adam([wq, wk], lr=lr)
-    targets = [smp.softmax() for smp in samples]
-    loss = torch.tensor(math.nan)
-    for _ in range(steps):
-        loss = 0.0
-        for smp, target in zip(samples, targets):
-            lin = _linear_weights(fmap, smp, wq, wk)
-            rows = target.sum(-1) > 0
-            ce = -(target * torch.log(lin + 1e-12)).sum(-1)
-            loss = loss + ce[rows].mean() / len(samples)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if advance is not None:
-            advance()
-    fmap.q_weight, fmap.k_weight = wq.detach(), wk.detach()
-    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-
-
-def fit_all(maps: dict[str, FeatureMap], samples: dict[str, list[SiteSample]], steps: int, lr: float) -> None:
-    """Fit every site's hedgehog map, layer by layer, behind a rich progress bar."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    todo = [(name, fmap) for name, fmap in maps.items() if name in samples]
-    with Progress(
-        TextColumn("[bold]hedgehog[/bold] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("attention transfer", total=steps * len(todo))
-        for i, (name, fmap) in enumerate(todo):
-            bar.update(task, description=f"layer {i + 1}/{len(todo)}")
-            with torch.enable_grad():
-                loss = fit_hedgehog(fmap, samples[name], steps, lr, lambda: bar.advance(task))
-            fmap.notes.append(f"attention-transfer loss {loss:.4f}")
