@@ -46,8 +46,9 @@ def test_kernel_matches_reference_op(seed, m, n, k, dtype, with_bias):
     one_code = sx * (q.double().abs().sum(dim=1) * s.double())[None, :]
     slack = 2 * eps(dtype) * ref.abs() + 1e-6
     assert ((out.double() - ref).abs() <= one_code + slack).all()
-    flipped = ((out.double() - ref).abs() > slack).float().mean().item()
-    assert flipped <= 0.25, flipped  # boundary cases are rare: most outputs agree to rounding
+    # (no bound on how many outputs differ: one activation on a rounding boundary moves every output
+    # of its row, so with m = 1 all of them can -- CI failed on such a case; the per-element bound
+    # above is the contract)
     assert ((out.double() - exact).norm() / exact.norm()).item() <= 0.05  # and it is a W8A8 linear
 
 
