@@ -37,7 +37,6 @@ import torch.fx as fx
 from tcomp import meta
 from tcomp.graph import copy_source_meta, module_path, remove_dead, val
 from tcomp.ops import attention_nodes
-from tcomp.passes.attention_transfer import eager_site as _eager_site  # noqa: F401 (tests)
 from tcomp.passes.attention_transfer import fit_correction, fit_hedgehog, site_error
 from tcomp.passes.feature_maps import (
     FeatureMap,

@@ -15,8 +15,9 @@ import tcomp
 import tcomp.passes  # noqa: F401 - registers the passes
 from tcomp.capture import capture
 from tcomp.ops import attention_nodes, is_linear_attention
+from tcomp.passes.attention_transfer import eager_site as _eager_site
 from tcomp.passes.feature_maps import analyze, capture_sites, favor_matrix, make_feature_map
-from tcomp.passes.linear_attention import _eager_site, fit_hedgehog, site_error
+from tcomp.passes.linear_attention import fit_hedgehog, site_error
 from tcomp.pipeline import run_pipeline
 from tests.attention_zoo import AttnSpec, build, inputs
 
