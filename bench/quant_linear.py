@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_results  # noqa: E402
 
 from tcomp import quant as Q  # noqa: E402
-from tcomp.backends.triton import quant_fp8, quant_gemm  # noqa: E402
+from tcomp.backends.triton import autotune, quant_fp8, quant_gemm  # noqa: E402
 
 SHAPES = [(28672, 8192), (8192, 28672), (4096, 4096), (4096, 11008), (11008, 4096)]
 
@@ -119,12 +119,19 @@ def main() -> None:
                     cands["torch_scaled_mm_row"] = mm
                 except (RuntimeError, AttributeError) as exc:  # e.g. shape rules of the installed torch
                     print(f"torch._scaled_mm row-wise skipped at {n}x{k} b={m}: {exc}".splitlines()[0])
+            tuned = {
+                "int8_weight": quant_gemm.tune_key("int8", m, n, k, 1, dt, False, "h200"),
+                f"int4_weight_g{args.group}": quant_gemm.tune_key(
+                    "int4", m, n, k, args.group, dt, False, "h200"
+                ),
+            }
             for name, fn in cands.items():
                 plain, graphed = time_plain(fn, args.iters), time_graph(fn, args.iters)
                 rows.append(
                     {
                         "n": n, "k": k, "batch": m, "kernel": name, "plain_ms": plain, "graph_ms": graphed,
                         "bandwidth_floor_ms": floor_ms[name], "rel_error_vs_dequantized": errs.get(name),
+                        "config": autotune.lookup(tuned[name]) if name in tuned else None,
                     }
                 )  # fmt: skip
             base = {r["kernel"]: r for r in rows[-len(cands) :]}["bf16_cublas"]
@@ -134,7 +141,7 @@ def main() -> None:
                 print(
                     f"{n:6d}x{k:<6d} b={m:<3d} {r['kernel']:18s} plain {r['plain_ms']:.4f} ms "
                     f"graph {r['graph_ms']:.4f} ms (floor {r['bandwidth_floor_ms']:.4f}) "
-                    f"x{r['speedup_plain']:.2f}/x{r['speedup_graph']:.2f} err={r['rel_error_vs_dequantized']}"
+                    f"x{r['speedup_plain']:.2f}/x{r['speedup_graph']:.2f} err={r['rel_error_vs_dequantized']} {r['config'] or ''}"
                 )
     name = torch.cuda.get_device_name().lower().replace(" ", "-")
     out = Path(__file__).resolve().parent / "results" / f"quant-linear-{name}.json"

@@ -105,28 +105,41 @@ def _work_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+_SPLITS: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _bipartite_split(n: int, prot_idx: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Indices of sets A and B (the unprotected tokens alternating, in order). Static for a given
+    ``n`` and protected set: built once per device from Python ints and cached, so a merge step
+    issues no host-to-device copy (a stream sync) and can be captured in a CUDA graph."""
+    key = (n, prot_idx, torch.device(device))
+    if key not in _SPLITS:
+        prot = set(prot_idx)
+        rest = [i for i in range(n) if i not in prot]
+        _SPLITS[key] = (
+            torch.tensor(rest[0::2], dtype=torch.long, device=device),
+            torch.tensor(rest[1::2], dtype=torch.long, device=device),
+        )
+    return _SPLITS[key]
+
+
 def merge_plan(
     k: Tensor, size: Tensor | None, keep: Tensor | None, r: int, protected: list[int]
 ) -> tuple[Tensor, Tensor]:
     """``(assign, weight)`` of one bipartite soft matching step (see ``token_merge``)."""
     b, _, n, _ = k.shape
     dev, work = k.device, _work_dtype(k)
-    metric = k.to(work).mean(1)
+    metric = k.mean(1, dtype=work)  # fp32 sums without an fp32 copy of k
     metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(work).tiny)
-    prot_idx = [i % n for i in protected]  # python ints: no host-to-device copy (a sync on GPUs)
-    prot = torch.zeros(n, dtype=torch.bool, device=dev)
-    for i in prot_idx:
-        prot[i] = True
-    p = len(protected)
-    order = torch.argsort(torch.arange(n, device=dev) + n * prot.long(), stable=True)
-    rest = order[: n - p]
-    a_idx, b_idx = rest[0::2], rest[1::2]
-    na, nb = a_idx.numel(), b_idx.numel()
-    if r > nb or len(set(prot_idx)) != p:
+    prot_idx = tuple(i % n for i in protected)
+    p = len(prot_idx)
+    if len(set(prot_idx)) != p or r > (n - p) // 2:
         raise ValueError(
             f"tcomp.token_merge: cannot remove r={r} of {n} tokens with {p} protected "
             f"(at most {(n - p) // 2}; protected indices must be distinct)"
         )
+    a_idx, b_idx = _bipartite_split(n, prot_idx, dev)
+    na, nb = a_idx.numel(), b_idx.numel()
     scores = metric[:, a_idx] @ metric[:, b_idx].transpose(-1, -2)  # (B, nA, nB)
     ka = kb = None
     if keep is not None:
@@ -162,18 +175,22 @@ def token_merge(
     """Reference bipartite soft matching merge (see the comment above ``merge_plan``)."""
     b, n, c = x.shape
     assign, weight = merge_plan(k, size, keep, r, protected)
-    work = weight.dtype
-    new_size = torch.zeros(b, n - r, dtype=work, device=x.device).scatter_add(1, assign, weight)
+    new_size, new_keep = merged_sizes(assign, weight, keep, n - r)
     idx = assign.unsqueeze(-1).expand(b, n, c)
-    summed = torch.zeros(b, n - r, c, dtype=work, device=x.device).scatter_add(
-        1, idx, x.to(work) * weight.unsqueeze(-1)
+    summed = torch.zeros(b, n - r, c, dtype=weight.dtype, device=x.device).scatter_add(
+        1, idx, x.to(weight.dtype) * weight.unsqueeze(-1)
     )
     new_x = (summed / new_size.unsqueeze(-1)).to(x.dtype)
-    if keep is None:
-        new_keep = torch.ones(b, n - r, dtype=torch.bool, device=x.device)
-    else:
-        new_keep = torch.zeros_like(new_size).scatter_add(1, assign, weight * keep) > 0
     return new_x, new_size, new_keep, assign
+
+
+def merged_sizes(assign: Tensor, weight: Tensor, keep: Tensor | None, n_out: int) -> tuple[Tensor, Tensor]:
+    """``(size', keep')`` of a merge step given its plan (see ``token_merge``)."""
+    b = assign.shape[0]
+    new_size = torch.zeros(b, n_out, dtype=weight.dtype, device=assign.device).scatter_add(1, assign, weight)
+    if keep is None:
+        return new_size, torch.ones(b, n_out, dtype=torch.bool, device=assign.device)
+    return new_size, torch.zeros_like(new_size).scatter_add(1, assign, weight * keep) > 0
 
 
 @token_merge.register_fake

@@ -40,6 +40,9 @@ class TritonBackend(Backend):
         from tcomp.backends.triton import quant_fp8  # fp8 e4m3 (quantize.fp8), capability >= 8.9
 
         self.impls[torch.ops.tcomp.fp8_linear.default] = (quant_fp8.check, quant_fp8.linear_fp8)
+        from tcomp.backends.triton import token_merge  # tokens.merge: the merge as one kernel
+
+        self.impls[torch.ops.tcomp.token_merge.default] = (token_merge.check, token_merge.token_merge)
 
     def available(self) -> str | None:
         if importlib.util.find_spec("triton") is None:
@@ -130,10 +133,11 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
 
 
 def _quant_low_bit_source(n: fx.Node) -> tuple[str, str] | None:
-    from tcomp.backends.triton import quant_fp8, quant_w1, quant_w8a8
+    from tcomp.backends.triton import quant_fp8, quant_w1, quant_w8a8, token_merge
 
     return (
-        quant_w8a8.kernel_name_and_source(n)
+        token_merge.kernel_name_and_source(n)
+        or quant_w8a8.kernel_name_and_source(n)
         or quant_w1.kernel_name_and_source(n)
         or quant_fp8.kernel_name_and_source(n)
     )

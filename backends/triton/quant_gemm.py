@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 
+from tcomp.backends.triton import autotune
 from tcomp.backends.triton import quant_template as tmpl
 from tcomp.backends.triton.codegen import interpreting, load
 from tcomp.graph import val
@@ -29,8 +31,9 @@ def _pow2(n: int, lo: int = 16) -> int:
 
 
 def _blocks(m: int, n: int, k: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): few large programs in the interpreter;
-    on a GPU a small M (decode, GEMV-like) takes a 16-row tile and wide N/K tiles."""
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of the untuned launch (the W8A8 and 1-bit
+    kernels share it): few large programs in the interpreter; on a GPU a small M (decode,
+    GEMV-like) takes a 16-row tile and wide N/K tiles."""
     if interpreting():
         return min(64, _pow2(m)), min(64, _pow2(n)), min(64, _pow2(k)), 4, 1
     if m <= 16:
@@ -38,37 +41,120 @@ def _blocks(m: int, n: int, k: int) -> tuple[int, int, int, int, int]:
     return min(128, _pow2(m)), 128, 64, 8, 3
 
 
-def _launch(fmt, x, w, s, z, group, bias):
+@dataclass(frozen=True)
+class QConfig:
+    """One launch of the weight-only kernel: tiles, K splits, warps and pipeline stages."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 4
+
+    @property
+    def name(self) -> str:
+        return (
+            f"m{self.block_m}_n{self.block_n}_k{self.block_k}_s{self.split_k}"
+            f"_w{self.num_warps}_st{self.num_stages}"
+        )
+
+    @staticmethod
+    def parse(name: str) -> QConfig:
+        return QConfig(*(int(part.lstrip("mnkswt")) for part in name.split("_")))
+
+
+def default_config(m: int, n: int, k: int) -> QConfig:
+    return QConfig(*_blocks(m, n, k)[:3], 1, *_blocks(m, n, k)[3:])
+
+
+def candidates(default: QConfig, m: int) -> list[QConfig]:
+    """What the autotuner times on a GPU (the default first). Small M is memory-bound on the
+    weight: the choices are how much weight each program streams per step (N x K tile), how deep
+    the pipeline is, and how many K splits keep all SMs busy when N / BLOCK_N programs cannot."""
+    bm = default.block_m
+    if m <= 16:
+        shapes = [(64, 128, 1, 4, 4), (128, 128, 1, 4, 4), (32, 256, 1, 4, 4), (64, 256, 1, 4, 3),
+                  (128, 64, 1, 4, 5), (64, 128, 2, 4, 4), (64, 128, 4, 4, 4), (128, 128, 2, 8, 4),
+                  (128, 128, 4, 8, 4), (32, 128, 4, 4, 5), (64, 256, 2, 4, 3), (64, 128, 8, 4, 4),
+                  (32, 256, 4, 4, 4), (128, 256, 1, 8, 3), (128, 256, 2, 8, 3), (64, 512, 1, 4, 3),
+                  (32, 512, 2, 4, 3), (256, 128, 1, 8, 4), (256, 256, 1, 8, 3), (64, 256, 4, 4, 4)]  # fmt: skip
+    else:
+        shapes = [(128, 64, 1, 8, 3), (128, 128, 1, 8, 3), (64, 128, 1, 4, 4), (128, 64, 2, 8, 3),
+                  (256, 64, 1, 8, 3), (64, 64, 1, 4, 4)]  # fmt: skip
+    extra = [QConfig(bm, bn, bk, sk, w, st) for bn, bk, sk, w, st in shapes]
+    return list(dict.fromkeys([default, *extra]))
+
+
+def _fit(cfg: QConfig, fmt: str, k: int, group: int) -> QConfig:
+    """The config made valid for the weight: an int4 K tile never straddles a group."""
+    bk = min(cfg.block_k, group) if fmt == "int4" else min(cfg.block_k, max(16, _pow2(k)))
+    k_tiles = -(-k // bk)
+    return QConfig(cfg.block_m, cfg.block_n, bk, max(1, min(cfg.split_k, k_tiles)), cfg.num_warps,
+                   cfg.num_stages)  # fmt: skip
+
+
+def _run(fmt, a, w, s, z, group, bias, out_dtype, cfg: QConfig):
+    m, n, k = a.shape[0], w.shape[0], a.shape[1]
+    split = cfg.split_k
+    if split == 1:
+        out = torch.empty((m, n), dtype=out_dtype, device=a.device)
+        stride_cs = 0
+    else:  # fp32 partial sums, one slab per K split
+        out = torch.empty((split, m, n), dtype=torch.float32, device=a.device)
+        stride_cs = out.stride(0)
+    sg = s.stride(1) if s.dim() == 2 else 0
+    zz = z if z is not None else s
+    grid = (triton_cdiv(m, cfg.block_m) * triton_cdiv(n, cfg.block_n), split)
+    kernel_for(spec_of(fmt, a.dtype, bias), interpreting())[grid](
+        a, w, s, zz, bias if bias is not None else a, out, m, n, k,
+        *a.stride(), *w.stride(), s.stride(0), sg, zz.stride(0), *out.stride()[-2:],
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=8, GROUP=group,
+        SPLIT_K=split, stride_cs=stride_cs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return out if split == 1 else out.sum(0).to(out_dtype)
+
+
+def tune_key(fmt: str, m: int, n: int, k: int, group: int, dtype, has_bias: bool, target: str) -> str:
+    """The autotuner's key of a launch (M bucketed to a power of two; the weight shape exact)."""
+    return f"qgemm|{fmt}|m{_pow2(m)}|n{n}|k{k}|g{group}|{dtype}|{'b' if has_bias else ''}|{target}"
+
+
+def _launch(fmt, x, w, s, z, group, bias, config: QConfig | None = None, target: str = "h200"):
     n = w.shape[0]
     k = w.shape[1] * (2 if fmt == "int4" else 1)
     a = x.reshape(-1, k)
     m = a.shape[0]
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
-        return out.view(*x.shape[:-1], n)
-    bm, bn, bk, warps, stages = _blocks(m, n, k)
-    if fmt == "int4":
-        bk = min(bk, group)  # a K tile never straddles a group (K % group == 0)
-    sg = s.stride(1) if s.dim() == 2 else 0
-    zz = z if z is not None else s
-    grid = (triton_cdiv(m, bm) * triton_cdiv(n, bn),)
-    kernel_for(spec_of(fmt, x.dtype, bias), interpreting())[grid](
-        a, w, s, zz, bias if bias is not None else a, out, m, n, k,
-        *a.stride(), *w.stride(), s.stride(0), sg, zz.stride(0), *out.stride(),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, GROUP=group,
-        num_warps=warps, num_stages=stages,
-    )  # fmt: skip
-    return out.view(*x.shape[:-1], n)
+        return torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
+    run = functools.partial(_run, fmt, a, w, s, z, group, bias, x.dtype)
+    if config is None:
+        config = _fit(default_config(m, n, k), fmt, k, group)
+        if autotune.enabled():
+            key = tune_key(fmt, m, n, k, group, x.dtype, bias is not None, target)
+            best = autotune.lookup(key)
+            if best is None:
+                cands = {c.name: c for c in (_fit(c, fmt, k, group) for c in candidates(config, m))}
+                best = autotune.choose(
+                    key, {nm: functools.partial(run, c) for nm, c in cands.items()}, config.name
+                )
+            config = QConfig.parse(best)
+    else:
+        config = _fit(config, fmt, k, group)
+    return run(config).view(*x.shape[:-1], n)
 
 
-def linear_int8w(x, qweight, scale, bias=None, target: str = "h200"):
-    """``tcomp.linear_int8w`` on the generated kernel."""
-    return _launch("int8", x, qweight, scale, None, 1, bias)
+def linear_int8w(x, qweight, scale, bias=None, target: str = "h200", config: QConfig | None = None):
+    """``tcomp.linear_int8w`` on the generated kernel (``config`` fixes the launch, else the
+    autotuner picks on a GPU, cached per shape)."""
+    return _launch("int8", x, qweight, scale, None, 1, bias, config, target)
 
 
-def linear_int4w(x, packed, scales, zeros, group: int, bias=None, target: str = "h200"):
-    """``tcomp.linear_int4w`` on the generated kernel."""
-    return _launch("int4", x, packed, scales, zeros, group, bias)
+def linear_int4w(
+    x, packed, scales, zeros, group: int, bias=None, target: str = "h200", config: QConfig | None = None
+):
+    """``tcomp.linear_int4w`` on the generated kernel (``config`` as for ``linear_int8w``)."""
+    return _launch("int4", x, packed, scales, zeros, group, bias, config, target)
 
 
 def check(node: fx.Node) -> str | None:

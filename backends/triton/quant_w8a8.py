@@ -86,7 +86,7 @@ def {spec.name}(
         left = K - k * BLOCK_K
         a = tl.load(a_ptrs, mask=rk[None, :] < left, other=0)
         w = tl.load(w_ptrs, mask=rk[:, None] < left, other=0)
-        acc = tl.dot(a, w, acc)
+        acc = tl.dot(a, w, acc, out_dtype=tl.int32)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K * stride_wk
     sx = tl.load(SX + am)

@@ -86,3 +86,39 @@ def test_triton_lowering_of_quantized_model(spec, tmp_path):
     with torch.no_grad():
         a, b = om(x), eager(x)
     assert ((a - b).norm() / b.norm()).item() <= 1e-5
+
+
+@pytest.mark.parametrize("fmt,group", [("int8", 1), ("int4", 128), ("int4", 32)])
+@pytest.mark.parametrize("m", [1, 20])
+def test_every_autotune_candidate_matches_reference(fmt, group, m):
+    """Each launch the GPU autotuner may pick (tiles, K splits) computes the same linear."""
+    g = torch.Generator().manual_seed(1000 * m + group)
+    n, k = 72, 512
+    w = torch.randn(n, k, generator=g, dtype=torch.float64)
+    x = torch.randn(m, k, generator=g, dtype=torch.float64)
+    bias = torch.randn(n, generator=g, dtype=torch.float64)
+    if fmt == "int8":
+        q, s = Q.quantize_int8(w.float())
+        w_hat, args = Q.dequantize_int8(q, s), (q, s)
+        fn = quant_gemm.linear_int8w
+    else:
+        p, s, z = Q.quantize_int4(w.float(), group)
+        w_hat, args = Q.dequantize_int4(p, s, z, group), (p, s, z, group)
+        fn = quant_gemm.linear_int4w
+    ref = torch.nn.functional.linear(x, w_hat.double(), bias)
+    default = quant_gemm.default_config(m, n, k)
+    cands = quant_gemm.candidates(default, m)
+    assert any(c.split_k > 1 for c in cands)
+    ran = []
+    for cfg in cands:
+        dev_args = [a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args]
+        try:
+            out = fn(x.to(DEVICE, torch.float32), *dev_args, bias=bias.to(DEVICE, torch.float32), config=cfg)
+        except Exception as exc:  # on a GPU a tile may not fit in shared memory: the autotuner skips it
+            if type(exc).__name__ != "OutOfResources":
+                raise
+            continue
+        rel = ((out.cpu().double() - ref).norm() / ref.norm()).item()
+        assert rel <= 1e-5, (cfg.name, rel)
+        ran.append(cfg)
+    assert default in ran and any(c.split_k > 1 for c in ran)
