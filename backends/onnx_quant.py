@@ -173,25 +173,30 @@ def int4w_onnx():
     return tcomp_linear_int4w
 
 
+def _sign_matrix(op: Any, packed, alpha, k: int):
+    """(N, K) ±1 in alpha's type from packed sign bits, with basic ops (folded by ORT)."""
+    n, nbytes = packed.shape[0], packed.shape[1]
+    # OR with a ConstantOfShape zero: the exporter's constant folder leaves ConstantOfShape (and
+    # so everything after it) alone, keeping the bits packed in the file; ORT folds it all at
+    # session start
+    zero = op.ConstantOfShape(op.Constant(value_ints=[1]), value=_tensor("UINT8", [0]))
+    packed = op.BitwiseOr(packed, zero)
+    shifts = _c("UINT8", list(range(8)), op)
+    bits = op.BitwiseAnd(
+        op.BitShift(op.Unsqueeze(packed, [2]), shifts, direction="RIGHT"), _c("UINT8", 1, op)
+    )  # (N, bytes, 8): bit j of byte b is column 8b + j
+    bits = op.Slice(op.Reshape(bits, op.Constant(value_ints=[n, nbytes * 8])), [0], [k], [1])
+    one = op.CastLike(op.Constant(value_float=1.0), alpha)
+    return op.Sub(op.Add(op.CastLike(bits, alpha), op.CastLike(bits, alpha)), one)  # {0,1} -> {-1,+1}
+
+
 def w1_onnx():
     """``tcomp.linear_w1``: unpack the sign bits with basic ops (folded by ORT), then MatMul."""
     from onnxscript import FLOAT, UINT8
     from onnxscript import opset18 as op
 
     def tcomp_linear_w1(x, packed, alpha, k: int = 0, bias=None):
-        n, nbytes = packed.shape[0], packed.shape[1]
-        # OR with a ConstantOfShape zero: the exporter's constant folder leaves ConstantOfShape (and
-        # so everything after it) alone, keeping the bits packed in the file; ORT folds it all at
-        # session start
-        zero = op.ConstantOfShape(op.Constant(value_ints=[1]), value=_tensor("UINT8", [0]))
-        packed = op.BitwiseOr(packed, zero)
-        shifts = _c("UINT8", list(range(8)), op)
-        bits = op.BitwiseAnd(
-            op.BitShift(op.Unsqueeze(packed, [2]), shifts, direction="RIGHT"), _c("UINT8", 1, op)
-        )  # (N, bytes, 8): bit j of byte b is column 8b + j
-        bits = op.Slice(op.Reshape(bits, op.Constant(value_ints=[n, nbytes * 8])), [0], [k], [1])
-        one = op.CastLike(op.Constant(value_float=1.0), alpha)
-        signs = op.Sub(op.Add(op.CastLike(bits, alpha), op.CastLike(bits, alpha)), one)  # {0,1} -> {-1,+1}
+        signs = _sign_matrix(op, packed, alpha, k)
         w = op.Mul(op.CastLike(signs, x), op.Unsqueeze(op.CastLike(alpha, x), [1]))
         return _add_bias(op, op.MatMul(x, op.Transpose(w, perm=[1, 0])), bias, x)
 
@@ -204,6 +209,36 @@ def w1_onnx():
         "return": FLOAT,
     }
     return tcomp_linear_w1
+
+
+def w1a1_onnx():
+    """``tcomp.linear_w1a1``: the activations' signs and per-token mean |x - tau| with basic ops,
+    the sign product as a float MatMul of ±1 (exact: integer sums far below 2^24), then the scales."""
+    from onnxscript import FLOAT, UINT8
+    from onnxscript import opset18 as op
+
+    def tcomp_linear_w1a1(x, packed, alpha, tau, shift, k: int = 0, bias=None):
+        s_w = op.CastLike(_sign_matrix(op, packed, alpha, k), x)
+        d = op.Sub(x, op.CastLike(tau, x))
+        zero = op.CastLike(op.Constant(value_float=0.0), x)
+        one = op.CastLike(op.Constant(value_float=1.0), x)
+        s_x = op.Where(op.GreaterOrEqual(d, zero), one, op.Neg(one))
+        beta = op.ReduceMean(op.Abs(d), op.Constant(value_ints=[-1]), keepdims=1)
+        dot = op.MatMul(s_x, op.Transpose(s_w, perm=[1, 0]))
+        y = op.Add(op.Mul(op.Mul(beta, op.CastLike(alpha, x)), dot), op.CastLike(shift, x))
+        return _add_bias(op, y, bias, x)
+
+    tcomp_linear_w1a1.__annotations__ = {
+        "x": FLOAT,
+        "packed": UINT8,
+        "alpha": FLOAT,
+        "tau": FLOAT,
+        "shift": FLOAT,
+        "k": int,
+        "bias": FLOAT | None,
+        "return": FLOAT,
+    }
+    return tcomp_linear_w1a1
 
 
 def _tensor(kind: str, vals: list) -> Any:
@@ -228,6 +263,7 @@ def register() -> None:
     TRANSLATIONS[torch.ops.tcomp.linear_w8a8.default] = w8a8_onnx
     TRANSLATIONS[torch.ops.tcomp.linear_int4w.default] = int4w_onnx
     TRANSLATIONS[torch.ops.tcomp.linear_w1.default] = w1_onnx
+    TRANSLATIONS[torch.ops.tcomp.linear_w1a1.default] = w1a1_onnx
 
 
 register()

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_results  # noqa: E402
 
 from tcomp import quant as Q  # noqa: E402
-from tcomp.backends.triton import autotune, quant_fp8, quant_gemm  # noqa: E402
+from tcomp.backends.triton import autotune, quant_fp8, quant_gemm, quant_w1, quant_w1a1  # noqa: E402
 
 SHAPES = [(28672, 8192), (8192, 28672), (4096, 4096), (4096, 11008), (11008, 4096)]
 
@@ -86,6 +86,9 @@ def main() -> None:
         w8_ref = Q.dequantize_int8(q8, s8, torch.float32)
         w4_ref = Q.dequantize_int4(p4, s4, z4, args.group, torch.float32)
         f8, sf8 = Q.quantize_fp8(w, "row")
+        pb, ab = Q.binarize(w)
+        w1_ref = Q.dequantize_bits(pb, ab, k, torch.float32)
+        tau, shift = torch.zeros(k, device=dev), torch.zeros(n, device=dev)
         fp8_cap = torch.cuda.get_device_capability() >= quant_fp8.MIN_CAPABILITY
         for m in args.batches:
             x = torch.randn(m, k, device=dev, dtype=dt)
@@ -94,17 +97,27 @@ def main() -> None:
                 "int8_weight": lambda x=x: quant_gemm.linear_int8w(x, q8, s8),
                 f"int4_weight_g{args.group}": lambda x=x: quant_gemm.linear_int4w(x, p4, s4, z4, args.group),
             }
+            cands["w1a16"] = lambda x=x: quant_w1.linear_w1(x, pb, ab, k)
+            cands["w1a1"] = lambda x=x: quant_w1a1.linear_w1a1(x, pb, ab, tau, shift, k)
             # correctness in the same run: each kernel against the fp32 linear of its dequantized weight
             errs = {}
-            for name, ref_w in (("int8_weight", w8_ref), (f"int4_weight_g{args.group}", w4_ref)):
+            for name, ref_w in (
+                ("int8_weight", w8_ref),
+                (f"int4_weight_g{args.group}", w4_ref),
+                ("w1a16", w1_ref),
+            ):
                 ref = F.linear(x.float(), ref_w)
                 errs[name] = ((cands[name]().float() - ref).norm() / ref.norm()).item()
+            ref = torch.ops.tcomp.linear_w1a1(x, pb, ab, tau, shift, k, None).float()  # W1A1: its dialect op
+            errs["w1a1"] = ((cands["w1a1"]().float() - ref).norm() / ref.norm()).item()
             floor_ms = {
                 "bf16_cublas": n * k * 2 / 4.2e9,
                 "int8_weight": n * k / 4.2e9,
                 f"int4_weight_g{args.group}": n * k / 2 / 4.2e9,
                 "fp8_row": n * k / 4.2e9,
                 "torch_scaled_mm_row": n * k / 4.2e9,
+                "w1a16": n * k / 8 / 4.2e9,
+                "w1a1": n * k / 8 / 4.2e9,
             }
             if fp8_cap:  # fp8: against the dialect's reference op (same e4m3 numbers, fp32 sums)
                 ref = torch.ops.tcomp.fp8_linear(x, f8, sf8, "row", None).float()

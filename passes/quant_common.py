@@ -84,16 +84,20 @@ def select(
 
 
 def quantize_linears(
-    gm: fx.GraphModule, fmt: str, op: Any, encode: Encoder, *, selection: dict[str, Any]
-) -> PassResult:
+    gm: fx.GraphModule, fmt: str, op: Any, encode: Encoder, *, selection: dict[str, Any],
+    site_data: dict[str, Any] | None = None,
+) -> PassResult:  # fmt: skip
     """Replace each selected ``aten.linear`` by ``op(x, *buffers, *extra, bias)``; a site whose
-    dequantized weights are not all within scale/2 of the originals is left alone (reported)."""
+    dequantized weights are not all within scale/2 of the originals is left alone (reported).
+    With ``site_data`` (linear node name -> statistics, e.g. calibration inputs) the encoder is
+    called as ``encode(weight, site_data.get(node name))``."""
     nodes, sites = select(gm, **selection)
     result = PassResult(gm, sites=sites)
     for idx, lin in enumerate(nodes):
         path = module_path(lin) or lin.name
+        w = weight_of(gm, lin)
         try:
-            tensors, extra, err = encode(weight_of(gm, lin))
+            tensors, extra, err = encode(w) if site_data is None else encode(w, site_data.get(lin.name))
         except ValueError as exc:  # the format does not fit this layer's shape
             sites.append({"site": path, "status": "skipped", "reason": str(exc)})
             continue

@@ -499,6 +499,36 @@ def _linear_w1_fake(x, packed, alpha, k, bias):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
+# ``linear_w1a1(x, packed, alpha, tau, shift, k, bias)``: W1A1 (XNOR-Net / BiT style). Weights as for
+# ``linear_w1``; activations binarized at run time around a per-input-channel threshold ``tau`` (K,):
+# ``d = x - tau``, ``s_x = sign(d)`` (0 counts as +1), ``beta = mean_k |d|`` per token, so that
+# ``x ~ tau + beta * s_x``. Then ``y = beta * alpha * (s_x . s_w) + shift + bias`` where the sign dot
+# product is an exact integer (an XNOR-popcount on packed bits: K - 2 * popcount(x_bits ^ w_bits))
+# and ``shift`` (N,) = ``alpha * (s_w . tau)`` is the threshold's share, folded once by the pass.
+# Sums in float32 (float64 for float64 x), result cast to x's dtype.
+
+
+@torch.library.custom_op("tcomp::linear_w1a1", mutates_args=())
+def linear_w1a1(
+    x: Tensor, packed: Tensor, alpha: Tensor, tau: Tensor, shift: Tensor, k: int, bias: Tensor | None
+) -> Tensor:
+    """Reference W1A1 linear: binarize the activations around ``tau``, exact sign dot products."""
+    from tcomp.quant import binarize_activations, unpack_bits
+
+    work = _work_dtype(x)
+    signs, beta = binarize_activations(x.reshape(-1, k), tau, work)
+    s_w = unpack_bits(packed, k).to(work) * 2 - 1
+    y = beta[:, None] * alpha.to(work)[None, :] * (signs @ s_w.T) + shift.to(work)[None, :]
+    if bias is not None:
+        y = y + bias.to(work)
+    return y.to(x.dtype).reshape(*x.shape[:-1], packed.shape[0])
+
+
+@linear_w1a1.register_fake
+def _linear_w1a1_fake(x, packed, alpha, tau, shift, k, bias):
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
 # -- fp8 e4m3 linear layers (``quantize.fp8``; format: tcomp/quant.py) -----------------------------
 # ``fp8_linear(x, qweight, scale, granularity, bias)``: qweight float8_e4m3fn (N, K); scale (N,) for
 # granularity "row" or (1,) for "tensor". x (..., K) is quantized to e4m3 at run time with the same

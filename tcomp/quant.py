@@ -144,6 +144,13 @@ def unpack_bits(packed: Tensor, k: int) -> Tensor:
     return bits.reshape(packed.shape[0], -1)[:, :k].bool()
 
 
+def binarize_activations(a: Tensor, tau: Tensor, work: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(signs ±1 in ``work``, beta (M,)) of activations ``a`` (M, K) around the threshold ``tau``
+    (K,): ``d = a - tau`` in ``work``, sign with 0 as +1, ``beta = mean |d|`` per row (W1A1)."""
+    d = a.to(work) - tau.to(work)
+    return torch.where(d >= 0, 1.0, -1.0).to(work), d.abs().mean(dim=1)
+
+
 def dequantize_bits(packed: Tensor, alpha: Tensor, k: int, dtype: torch.dtype = torch.float64) -> Tensor:
     work = torch.promote_types(alpha.dtype, dtype)
     signs = unpack_bits(packed, k).to(work) * 2 - 1

@@ -37,6 +37,9 @@ class TritonBackend(Backend):
         from tcomp.backends.triton import quant_w1  # W1A16 (binarize)
 
         self.impls[torch.ops.tcomp.linear_w1.default] = (quant_gemm.check, quant_w1.linear_w1)
+        from tcomp.backends.triton import quant_w1a1  # W1A1 (binarize, activations=True)
+
+        self.impls[torch.ops.tcomp.linear_w1a1.default] = (quant_gemm.check, quant_w1a1.linear_w1a1)
         from tcomp.backends.triton import quant_fp8  # fp8 e4m3 (quantize.fp8), capability >= 8.9
 
         self.impls[torch.ops.tcomp.fp8_linear.default] = (quant_fp8.check, quant_fp8.linear_fp8)
@@ -133,10 +136,11 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
 
 
 def _quant_low_bit_source(n: fx.Node) -> tuple[str, str] | None:
-    from tcomp.backends.triton import quant_fp8, quant_w1, quant_w8a8, token_merge
+    from tcomp.backends.triton import quant_fp8, quant_w1, quant_w1a1, quant_w8a8, token_merge
 
     return (
         token_merge.kernel_name_and_source(n)
+        or quant_w1a1.kernel_name_and_source(n)
         or quant_w8a8.kernel_name_and_source(n)
         or quant_w1.kernel_name_and_source(n)
         or quant_fp8.kernel_name_and_source(n)

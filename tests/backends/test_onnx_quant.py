@@ -234,3 +234,35 @@ def test_w8a8_integer_sums_are_exact_at_the_extremes():
     with torch.no_grad():
         got, want = om(x), eager(x)
     assert rel_error(got, want) <= 16 * F32_EPS
+
+
+@settings(max_examples=10)
+@given(b=st.integers(1, 4), n=st.integers(1, 9), seed=st.integers(0, 2**31 - 1))
+def test_w1a1_exports_with_packed_bits_and_matches_its_dialect_op(b, n, seed):
+    """W1A1 on the model's first layer (its input is the user's, so ORT and the eager op binarize
+    the very same float32 numbers; a sign decided by a rounding difference deeper in a network
+    would be a discontinuous jump, not an error of the translation)."""
+    if "w1a1" not in _BUILT:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(72, 96), nn.ReLU(), nn.Linear(96, 8)).eval()
+        x = torch.randn(2, 5, 72)
+        spec = [("binarize", {"activations": True, "include": ("0",), "skip_first_last": False})]
+        # verify=False: W1A1 on random weights is far outside binarize's EMPIRICAL tolerance; the
+        # translation itself is checked against the eager op below
+        kw = dict(passes=spec, verify=False, calibration=[x + 0.5])
+        om = tcomp.optimize(model, (x,), backend="onnxruntime", **kw)
+        low = om.report["lower.onnxruntime"]
+        assert om.report["binarize"].rewrites == 1 and low.status == "applied", (low.reason, low.notes)
+        model_onnx = _onnx(om)
+        assert {"BitShift", "GreaterOrEqual", "ReduceMean"} <= {n.op_type for n in model_onnx.graph.node}
+        packed = [i for i in model_onnx.graph.initializer if i.data_type == 2 and len(i.dims) == 2]  # UINT8
+        assert [tuple(i.dims) for i in packed] == [(96, 9)]
+        eager = tcomp.optimize(model, (x,), backend="eager", **kw)
+        _BUILT["w1a1"] = (om, eager)
+    om, eager = _BUILT["w1a1"]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, n, 72, generator=g) + 0.5
+    with torch.no_grad():
+        got, want = om(x), eager(x)
+    assert torch.isfinite(got).all()
+    assert rel_error(got, want) <= 64 * F32_EPS
