@@ -32,6 +32,14 @@ the ONNX Runtime backend: the exported model carries the low-bit weights as they
   with an OR against a ``ConstantOfShape`` zero, which the exporter's constant folder never folds,
   so the file stays bit-packed; ORT folds the whole chain once at session start into a float
   weight and runs a plain ``MatMul`` (fast, float weights in memory).
+* ``tcomp.linear_w1a1`` (W1A1): the weight signs as for ``linear_w1``; the activations' signs
+  around ``tau`` and their per-token ``beta = mean |x - tau|`` with basic ops; the sign product as a
+  float ``MatMul`` of ±1 (integer sums, exact in float32), then ``beta * alpha``, shift and bias.
+* ``tcomp.fp8_linear`` (e4m3): the weight is a FLOAT8E4M3FN initializer (1 byte each) read through
+  ``DequantizeLinear`` with scale 1 (exact, and never constant-folded); the activations' dynamic
+  scales in float64 as the reference computes them, the e4m3 rounding as a saturating ``Cast`` to
+  FLOAT8E4M3FN and back (opset 19), ``MatMul`` in float32 (the e4m3 products are exact), then the
+  scales and the bias (measured: equal to the eager op on a 2-layer MLP).
 
 Registered into ``tcomp.backends.onnxruntime.TRANSLATIONS`` on import; onnxscript is imported
 lazily. Each translation is trace-only: Python branches on the call's constant arguments and the
@@ -264,6 +272,51 @@ def register() -> None:
     TRANSLATIONS[torch.ops.tcomp.linear_int4w.default] = int4w_onnx
     TRANSLATIONS[torch.ops.tcomp.linear_w1.default] = w1_onnx
     TRANSLATIONS[torch.ops.tcomp.linear_w1a1.default] = w1a1_onnx
+    TRANSLATIONS[torch.ops.tcomp.fp8_linear.default] = fp8_onnx
+
+
+def fp8_onnx():
+    """``tcomp.fp8_linear``: e4m3 weights stay 1 byte each in the file (a FLOAT8E4M3FN initializer,
+    dequantized in-graph); the activations get their dynamic scales and the e4m3 rounding with basic
+    ops (a saturating Cast to FLOAT8E4M3FN and back, opset 19); MatMul in float32 sums the exact
+    e4m3 products; then the scales and the bias."""
+    from onnxscript import DOUBLE, FLOAT, FLOAT8E4M3FN
+    from onnxscript import opset18 as op
+    from onnxscript import opset19 as op19
+
+    from tcomp.quant import FP8_MAX
+
+    def tcomp_fp8_linear(x, qweight, scale, granularity: str = "row", bias=None):
+        x64 = op.Cast(x, to=DOUBLE.dtype)
+        a = op.Abs(x64)
+        if granularity == "row":
+            amax = op.ReduceMax(a, op.Constant(value_ints=[-1]), keepdims=1)
+        else:
+            amax = op.ReduceMax(a, keepdims=1)
+        s = op.Cast(op.Div(amax, _c("DOUBLE", FP8_MAX, op)), to=FLOAT.dtype)
+        s = op.Where(op.Greater(s, op.Constant(value_float=0.0)), s, op.Constant(value_float=1.0))
+        bad = op.Or(op.IsNaN(amax), op.IsInf(amax))
+        s = op.Where(bad, op.Constant(value_float=float("nan")), s)
+        v = op.Clip(
+            op.Div(x64, op.Cast(s, to=DOUBLE.dtype)), _c("DOUBLE", -FP8_MAX, op), _c("DOUBLE", FP8_MAX, op)
+        )
+        qx = op.Cast(op19.Cast(v, to=FLOAT8E4M3FN.dtype, saturate=1), to=FLOAT.dtype)
+        # DequantizeLinear with scale 1 is exact and, unlike a Cast, is not constant-folded by the
+        # exporter: the initializer stays FLOAT8E4M3FN (1 byte per weight) in the file
+        w = op19.DequantizeLinear(qweight, op.Constant(value_float=1.0))
+        y = op.MatMul(qx, op.Transpose(w, perm=[1, 0]))
+        y = op.Mul(op.Mul(y, s), op.CastLike(scale, y))
+        return op.CastLike(_add_bias(op, y, bias, y), x)
+
+    tcomp_fp8_linear.__annotations__ = {
+        "x": FLOAT,
+        "qweight": FLOAT8E4M3FN,
+        "scale": FLOAT,
+        "granularity": str,
+        "bias": FLOAT | None,
+        "return": FLOAT,
+    }
+    return tcomp_fp8_linear
 
 
 register()

@@ -266,3 +266,40 @@ def test_w1a1_exports_with_packed_bits_and_matches_its_dialect_op(b, n, seed):
         got, want = om(x), eager(x)
     assert torch.isfinite(got).all()
     assert rel_error(got, want) <= 64 * F32_EPS
+
+
+@pytest.mark.parametrize("granularity", ["row", "tensor"])
+@settings(max_examples=8)
+@given(b=st.integers(1, 4), n=st.integers(1, 9), seed=st.integers(0, 2**31 - 1), outlier=st.booleans())
+def test_fp8_exports_e4m3_weights_and_matches_its_dialect_op(granularity, b, n, seed, outlier):
+    """quantize.fp8 (forced on the CPU) through ONNX Runtime: the file holds FLOAT8E4M3FN weights,
+    no float copies, and the run matches the eager e4m3 op (the same roundings, fp32 sums)."""
+    key = f"fp8-{granularity}"
+    if key not in _BUILT:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 80), nn.GELU(), nn.Linear(80, 16)).eval()
+        x = torch.randn(2, 5, 64)
+        spec = [("quantize.fp8", {"force": True, "granularity": granularity, "skip_first_last": False})]
+        om = tcomp.optimize(model, (x,), passes=spec, backend="onnxruntime")
+        low = om.report["lower.onnxruntime"]
+        assert om.report["quantize.fp8"].rewrites == 2 and low.status == "applied", (low.reason, low.notes)
+        mats = [(i.data_type, tuple(i.dims)) for i in _onnx(om).graph.initializer if len(i.dims) == 2]
+        f8 = onnx_f8_type()
+        assert sorted(mats) == sorted([(f8, (80, 64)), (f8, (16, 80))]), mats
+        eager = tcomp.optimize(model, (x,), passes=spec, backend="eager", verify=False)
+        _BUILT[key] = (om, eager)
+    om, eager = _BUILT[key]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, n, 64, generator=g)
+    if outlier:  # one large activation: with per-tensor scales the rest rounds coarsely
+        x[0, 0, 3] = 1e3
+    with torch.no_grad():
+        got, want = om(x), eager(x)
+    assert torch.isfinite(got).all()
+    assert rel_error(got, want) <= 64 * F32_EPS
+
+
+def onnx_f8_type() -> int:
+    import onnx
+
+    return onnx.TensorProto.FLOAT8E4M3FN
