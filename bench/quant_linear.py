@@ -68,6 +68,40 @@ def time_graph(fn, iters: int, per_graph: int = 20) -> float:
     return statistics.median(times)
 
 
+def torchao_candidates(w: torch.Tensor, group: int) -> tuple[dict, dict, str]:
+    """torchao's int8 / int4 weight-only linears on the same weight (the alternative a user would
+    pick): ``({name: fn(x)}, {name: error text for the ones that could not be built}, version)``.
+    int8 runs under ``torch.compile`` (torchao's int8 weight-only path is a dequantize + matmul that
+    only Inductor fuses); int4 is torch's tinygemm int4 kernel in eager mode. Absent wheel: nothing."""
+    try:
+        import importlib.metadata as md
+
+        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+    except Exception as exc:  # noqa: BLE001 - optional comparison
+        return {}, {"torchao": f"not importable: {type(exc).__name__}: {exc}"}, ""
+    out, errors = {}, {}
+    for name, config, compiled in (
+        ("torchao_int8wo_compiled", lambda: Int8WeightOnlyConfig(), True),
+        # tile_packed_to_4d: torch's own int4 kernel (_weight_int4pack_mm); torchao's default
+        # packing needs the mslk package, which has no usable wheel
+        (
+            f"torchao_int4wo_g{group}",
+            lambda: Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d"),
+            False,
+        ),
+    ):
+        try:
+            lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+            with torch.no_grad():
+                lin.weight.copy_(w)
+            quantize_(lin, config())
+            fn = torch.compile(lin, mode="max-autotune-no-cudagraphs") if compiled else lin
+            out[name] = fn
+        except Exception as exc:  # noqa: BLE001
+            errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return out, errors, md.version("torchao")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=200)
@@ -79,6 +113,8 @@ def main() -> None:
     dev, dt = "cuda", torch.bfloat16
     torch.manual_seed(0)
     rows = []
+    skipped: dict[str, str] = {}
+    tao_version = ""
     for n, k in SHAPES:
         w = torch.randn(n, k, device=dev, dtype=dt) * 0.02
         q8, s8 = Q.quantize_int8(w)
@@ -90,6 +126,8 @@ def main() -> None:
         w1_ref = Q.dequantize_bits(pb, ab, k, torch.float32)
         tau, shift = torch.zeros(k, device=dev), torch.zeros(n, device=dev)
         fp8_cap = torch.cuda.get_device_capability() >= quant_fp8.MIN_CAPABILITY
+        tao, tao_errors, tao_version = torchao_candidates(w, args.group)
+        skipped.update({f"{n}x{k} {name}": why for name, why in tao_errors.items()})
         for m in args.batches:
             x = torch.randn(m, k, device=dev, dtype=dt)
             cands = {
@@ -97,6 +135,8 @@ def main() -> None:
                 "int8_weight": lambda x=x: quant_gemm.linear_int8w(x, q8, s8),
                 f"int4_weight_g{args.group}": lambda x=x: quant_gemm.linear_int4w(x, p4, s4, z4, args.group),
             }
+            for name, fn in tao.items():  # each checked against its own dequantized weight below
+                cands[name] = lambda x=x, fn=fn: fn(x)
             cands["w1a16"] = lambda x=x: quant_w1.linear_w1(x, pb, ab, k)
             cands["w1a1"] = lambda x=x: quant_w1a1.linear_w1a1(x, pb, ab, tau, shift, k)
             # correctness in the same run: each kernel against the fp32 linear of its dequantized weight
@@ -108,6 +148,13 @@ def main() -> None:
             ):
                 ref = F.linear(x.float(), ref_w)
                 errs[name] = ((cands[name]().float() - ref).norm() / ref.norm()).item()
+            for name in list(tao):  # torchao: against the bf16 weight (its own rounding is part of it)
+                ref = F.linear(x.float(), w.float())
+                try:
+                    errs[name] = ((cands[name]().float() - ref).norm() / ref.norm()).item()
+                except Exception as exc:  # noqa: BLE001 - e.g. a kernel missing for this shape
+                    skipped[f"{n}x{k} b={m} {name}"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    del cands[name]
             ref = torch.ops.tcomp.linear_w1a1(x, pb, ab, tau, shift, k, None).float()  # W1A1: its dialect op
             errs["w1a1"] = ((cands["w1a1"]().float() - ref).norm() / ref.norm()).item()
             floor_ms = {
@@ -117,6 +164,8 @@ def main() -> None:
                 "fp8_row": n * k / 4.2e9,
                 "torch_scaled_mm_row": n * k / 4.2e9,
                 "w1a16": n * k / 8 / 4.2e9,
+                "torchao_int8wo_compiled": n * k / 4.2e9,
+                f"torchao_int4wo_g{args.group}": n * k / 2 / 4.2e9,
                 "w1a1": n * k / 8 / 4.2e9,
             }
             if fp8_cap:  # fp8: against the dialect's reference op (same e4m3 numbers, fp32 sums)
@@ -158,7 +207,7 @@ def main() -> None:
                 )
     name = torch.cuda.get_device_name().lower().replace(" ", "-")
     out = Path(__file__).resolve().parent / "results" / f"quant-linear-{name}.json"
-    write_results(out, "quant_linear", rows, group=args.group)
+    write_results(out, "quant_linear", rows, group=args.group, torchao=tao_version, not_run=skipped)
 
 
 if __name__ == "__main__":
