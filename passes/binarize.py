@@ -115,7 +115,10 @@ def binarize(
     op = torch.ops.tcomp.linear_w1a1.default if activations else torch.ops.tcomp.linear_w1.default
     fmt = "w1a1" if activations else "w1"
     if calibration is None:
-        result = quantize_linears(gm, fmt, op, lambda w: encode(w, None, activations), selection=selection)
+        result = quantize_linears(
+            gm, fmt, op, lambda w: encode(w, None, activations), selection=selection,
+            rounds_activations=activations,
+        )  # fmt: skip
         result.notes.append(
             "uncalibrated: alpha = mean|W|" + (", threshold 0" if activations else "")
             + " (calibration=... fits them to the layers' outputs)"
@@ -123,8 +126,9 @@ def binarize(
         return result
     inputs = _layer_inputs(gm, selection, calibration)
     result = quantize_linears(
-        gm, fmt, op, lambda w, x: encode(w, x, activations), selection=selection, site_data=inputs
-    )
+        gm, fmt, op, lambda w, x: encode(w, x, activations), selection=selection, site_data=inputs,
+        rounds_activations=activations,
+    )  # fmt: skip
     tokens = max((x.shape[0] for x in inputs.values()), default=0)
     result.notes.append(
         f"calibrated on {tokens} tokens: alpha by least squares on each layer's outputs"

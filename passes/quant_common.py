@@ -85,12 +85,13 @@ def select(
 
 def quantize_linears(
     gm: fx.GraphModule, fmt: str, op: Any, encode: Encoder, *, selection: dict[str, Any],
-    site_data: dict[str, Any] | None = None,
+    site_data: dict[str, Any] | None = None, rounds_activations: bool = False,
 ) -> PassResult:  # fmt: skip
     """Replace each selected ``aten.linear`` by ``op(x, *buffers, *extra, bias)``; a site whose
     dequantized weights are not all within scale/2 of the originals is left alone (reported).
     With ``site_data`` (linear node name -> statistics, e.g. calibration inputs) the encoder is
-    called as ``encode(weight, site_data.get(node name))``."""
+    called as ``encode(weight, site_data.get(node name))``. ``rounds_activations``: the op rounds
+    its input at run time (W8A8, W1A1, fp8), recorded in the node's QUANT meta for the pipeline."""
     nodes, sites = select(gm, **selection)
     result = PassResult(gm, sites=sites)
     for idx, lin in enumerate(nodes):
@@ -113,7 +114,7 @@ def quantize_linears(
             tensors,
             extra,
             f"_tcomp_{fmt}_{idx}",
-            {"format": fmt, "source": path, "max_err": err},
+            {"format": fmt, "source": path, "max_err": err, "rounds_activations": rounds_activations},
         )
         sites.append({"site": path, "status": "quantized", "format": fmt, "max_weight_error_in_scales": err})
         result.rewrites += 1

@@ -91,8 +91,9 @@ def quantize_fp8_pass(
         return PassResult(gm, notes=[f"fp8: rewrote nothing: {reason}"], sites=sites)
     fmt = f"fp8_{granularity}"
     result = quantize_linears(
-        gm, fmt, torch.ops.tcomp.fp8_linear.default, _encode(granularity), selection=sel
-    )
+        gm, fmt, torch.ops.tcomp.fp8_linear.default, _encode(granularity), selection=sel,
+        rounds_activations=True,
+    )  # fmt: skip
     if why_not:
         result.notes.insert(0, f"fp8 forced ({why_not}): e4m3 is simulated by the reference op")
     return result

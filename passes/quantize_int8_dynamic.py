@@ -38,4 +38,6 @@ def quantize_int8_dynamic(
 ) -> PassResult:
     """W8A8 (per-channel int8 weights, per-token dynamic int8 activations) for the selected linears."""
     sel = dict(include=tuple(include), skip=tuple(skip), types=tuple(types), skip_first_last=skip_first_last)
-    return quantize_linears(gm, "w8a8", torch.ops.tcomp.linear_w8a8.default, _encode, selection=sel)
+    return quantize_linears(
+        gm, "w8a8", torch.ops.tcomp.linear_w8a8.default, _encode, selection=sel, rounds_activations=True
+    )

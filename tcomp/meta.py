@@ -25,4 +25,4 @@ LINEAR_FEATURE_MAP = (
     "tcomp_linear_feature_map"  # on a tcomp.linear_attention node: {"feature_map": name, "layer": site index}
 )
 SOFT_LANDMARKS = "tcomp_soft_landmarks"  # on a softmax-free site's output node: number of landmarks and the Newton residual
-QUANT = "tcomp_quant"  # on a linear_int8w/int4w/w8a8/w1 or fp8_linear node: {"format", "source" module path, "max_err" in scales}
+QUANT = "tcomp_quant"  # on a linear_int8w/int4w/w8a8/w1/w1a1 or fp8_linear node: {"format", "source" module path, "max_err" in scales, "rounds_activations"}

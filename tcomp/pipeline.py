@@ -249,7 +249,9 @@ def run_pipeline(
         if progress:
             progress(p.name)
         t0 = time.perf_counter()
-        rec, new_gm, outs = _apply(p, options, current, reference, prev_out)
+        rec, new_gm, outs = _apply(
+            p, options, current, reference, prev_out, _rounding_budget(current, records)
+        )
         rec.seconds = time.perf_counter() - t0
         records.append(rec)
         if new_gm is None:
@@ -262,9 +264,29 @@ def run_pipeline(
     return PipelineResult(current, records, snapshots, final)
 
 
-def _apply(p: Pass, options: dict, current: fx.GraphModule, reference: Any, prev_out: Any):
+def _rounding_budget(gm: fx.GraphModule, records: list[PassRecord]) -> float | None:
+    """For a graph with ops that round their activations at run time (W8A8, W1A1, fp8: the QUANT
+    meta says so), the largest tolerance of the approximate passes applied so far; else None."""
+    from tcomp import meta
+
+    if not any((q := n.meta.get(meta.QUANT)) and q.get("rounds_activations") for n in gm.graph.nodes):
+        return None
+    approx = (Exactness.BOUNDED.value, Exactness.EMPIRICAL.value)
+    tols = [r.tolerance for r in records if r.status == "applied" and r.exactness in approx and r.tolerance]
+    return max(tols, default=None)
+
+
+def _apply(
+    p: Pass,
+    options: dict,
+    current: fx.GraphModule,
+    reference: Any,
+    prev_out: Any,
+    budget: float | None = None,
+):
     """Run one pass on a copy of ``current`` and check it: ``(record, new graph or None if not
-    applied, its outputs on the reference inputs or None if unverified)``."""
+    applied, its outputs on the reference inputs or None if unverified)``. ``budget``: see
+    ``_rounding_budget`` and ``_check``."""
     contract = p.contract_of(options)
     rec = PassRecord(p.name, contract.describe(), contract.exactness.value, "applied")
     try:
@@ -283,7 +305,7 @@ def _apply(p: Pass, options: dict, current: fx.GraphModule, reference: Any, prev
     try:
         outs = reference.run(result.gm)
         rec.error = reference.error_of(outs)
-        ok, why = _check(contract, rec, outs, prev_out, reference)
+        ok, why = _check(contract, rec, outs, prev_out, reference, budget)
     except Exception as exc:  # noqa: BLE001
         ok, why = False, f"the rewritten graph failed to run: {type(exc).__name__}: {exc}"
     if not ok:
@@ -292,7 +314,7 @@ def _apply(p: Pass, options: dict, current: fx.GraphModule, reference: Any, prev
     return rec, result.gm, outs
 
 
-def _check(contract: Contract, rec: PassRecord, outs, prev_out, reference) -> tuple[bool, str]:
+def _check(contract: Contract, rec: PassRecord, outs, prev_out, reference, budget=None) -> tuple[bool, str]:
     ex = contract.exactness
     if not math.isfinite(rec.error):
         return False, "output is NaN/inf or changed structure"
@@ -317,7 +339,22 @@ def _check(contract: Contract, rec: PassRecord, outs, prev_out, reference) -> tu
         )
         if drift <= rec.tolerance:
             return True, ""
-        return False, f"FP_EQUIVALENT contract broken: drift from the previous stage {drift:.3g} > {rec.tolerance:.3g}"
+        if budget is not None and drift <= before and rec.error <= budget:
+            # ops that round activations at run time (W8A8, W1A1, fp8) turn a last-bit difference
+            # upstream (another LayerNorm or softmax kernel) into a whole rounding step, so the
+            # model-level drift cannot be float-sized; each such op's backend translation is
+            # FP-equivalent on equal inputs (tested per op). Accepted when the drift is below the
+            # previous stage's own error and the result still meets the approximate contracts.
+            rec.notes.append(
+                f"activations are rounded at run time: drift {drift:.3g} accepted (below the previous "
+                f"stage's error {before:.3g}; error vs float64 {rec.error:.3g} within the approximate "
+                f"passes' tolerance {budget:.3g})"
+            )
+            return True, ""
+        return (
+            False,
+            f"FP_EQUIVALENT contract broken: drift from the previous stage {drift:.3g} > {rec.tolerance:.3g}",
+        )
     return (
         False,
         f"{ex.value} contract broken: relative error {rec.error:.3g} > tolerance {rec.tolerance:.3g}",

@@ -162,3 +162,26 @@ def test_lowering_after_an_approximate_pass_is_checked_against_the_previous_stag
     assert fast.report["quantize.int8_weight"].status == "applied"
     assert rec.status == "applied", rec.reason
     assert any("previous stage" in n for n in rec.notes) and rec.error > rec.tolerance
+
+
+def test_fp_equivalent_step_after_runtime_rounding_may_drift_below_the_quantization_error():
+    """A graph that rounds activations at run time (W8A8) turns last-bit differences into whole
+    rounding steps, so an FP_EQUIVALENT step after it is accepted when its drift stays below the
+    previous stage's own error and the result meets the approximate contract -- and only then,
+    and only for such graphs (weight-only int8 keeps the float-sized check)."""
+    torch.manual_seed(1)
+    m = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16)).eval()
+    x = (torch.randn(6, 32),)
+    w8a8 = ("quantize.int8_dynamic", {"skip_first_last": False})
+    base = tcomp.optimize(m, x, passes=[w8a8]).report["quantize.int8_dynamic"]
+    assert base.status == "applied" and 0 < base.error < base.tolerance / 2
+    e = base.error
+    small = tcomp.optimize(m, x, passes=[w8a8, ("test.scale_output", {"factor": 1 + e / 4})])
+    rec = small.report["test.scale_output"]
+    assert rec.status == "applied", rec.reason
+    assert any("rounded at run time" in n for n in rec.notes)
+    large = tcomp.optimize(m, x, passes=[w8a8, ("test.scale_output", {"factor": 1 + 2 * e})])
+    assert large.report["test.scale_output"].status == "rolled_back"
+    weight_only = ("quantize.int8_weight", {"skip_first_last": False})
+    plain = tcomp.optimize(m, x, passes=[weight_only, ("test.scale_output", {"factor": 1 + e / 4})])
+    assert plain.report["test.scale_output"].status == "rolled_back"
