@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
-from tcomp.calibration import batches
+from tcomp.calibration import record_inputs
 from tcomp.graph import add_node, shape, val
 
 aten = torch.ops.aten
@@ -339,28 +339,17 @@ class SiteSample:
 
 def capture_sites(gm: fx.GraphModule, calibration: Any) -> dict[str, list[SiteSample]]:
     """Run ``gm`` on every calibration batch and record each ``tcomp.attention`` node's inputs
-    (keyed by node name). The graph is run on a copy whose attention nodes call a recorder."""
-    from tcomp.pipeline import copy_graph_module
-
+    (keyed by node name); ``gm`` itself is not changed (``tcomp.calibration.record_inputs``)."""
     rec: dict[str, list[SiteSample]] = {}
-    probe = copy_graph_module(gm)
 
-    def recorder(name: str):
-        def run(q, k, v, bias, mask, scale, causal):
-            f32 = [None if t is None else t.detach().float().cpu() for t in (q, k, v, bias)]
-            m = None if mask is None else mask.detach().cpu()
-            rec.setdefault(name, []).append(SiteSample(*f32[:4], m, float(scale), bool(causal)))
-            return ATTN(q, k, v, bias, mask, scale, causal)
+    def observe(name: str, args: tuple) -> None:
+        q, k, v, bias, mask, scale, causal = args
+        f32 = [None if t is None else t.detach().float().cpu() for t in (q, k, v, bias)]
+        m = None if mask is None else mask.detach().cpu()
+        rec.setdefault(name, []).append(SiteSample(*f32[:4], m, float(scale), bool(causal)))
 
-        return run
-
-    for n in probe.graph.nodes:
-        if n.op == "call_function" and n.target is ATTN:
-            n.target = recorder(n.name)
-    probe.recompile()
-    with torch.no_grad():
-        for args, kwargs in batches(calibration):
-            probe(*args, **kwargs)
+    sites = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is ATTN]
+    record_inputs(gm, sites, calibration, observe)
     return rec
 
 
