@@ -35,7 +35,8 @@ from torch import Tensor
 from tcomp.calibration import record_inputs
 from tcomp.passes.quant_common import DEFAULT_SKIP, quantize_linears, select
 from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
-from tcomp.quant import binarize_activations, dequantize_bits, max_weight_error, pack_bits, scale_dtype
+from tcomp.quant import binarize as binarize_weight
+from tcomp.quant import binarize_activations, dequantize_bits, max_weight_error, scale_dtype
 
 CONTRACT = Contract(
     Exactness.EMPIRICAL,
@@ -59,7 +60,8 @@ def encode(w: Tensor, inputs: Tensor | None, activations: bool):
     n, k = w.shape
     w64 = w.detach().to(torch.float64)
     s_w = torch.where(w64 >= 0, 1.0, -1.0).to(torch.float64)
-    alpha = w64.abs().mean(dim=1)
+    packed, alpha = binarize_weight(w)  # signs packed, alpha = mean|W| (the uncalibrated scale)
+    alpha = alpha.to(torch.float64)
     tau = torch.zeros(k, dtype=torch.float64, device=w.device)
     if inputs is not None:
         x = inputs.to(w.device, torch.float64)
@@ -72,7 +74,6 @@ def encode(w: Tensor, inputs: Tensor | None, activations: bool):
             z = x @ s_w.T
         # capped at max|W[n, :]|: every 1-bit weight stays within the row's range (the check below)
         alpha = torch.minimum(fit_alpha(y, z, alpha), w64.abs().amax(dim=1))
-    packed = pack_bits(w64 >= 0)
     alpha = alpha.to(scale_dtype(w.dtype))
     amax = w64.abs().amax(dim=1)
     span = torch.where(amax > 0, 2 * amax, torch.ones_like(amax))  # error <= span/2 = max|w[n,:]|

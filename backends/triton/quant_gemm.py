@@ -65,7 +65,8 @@ class QConfig:
 
 
 def default_config(m: int, n: int, k: int) -> QConfig:
-    return QConfig(*_blocks(m, n, k)[:3], 1, *_blocks(m, n, k)[3:])
+    bm, bn, bk, warps, stages = _blocks(m, n, k)
+    return QConfig(bm, bn, bk, 1, warps, stages)
 
 
 def candidates(default: QConfig, m: int) -> list[QConfig]:
