@@ -125,8 +125,8 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
         elif n.target is lin.linear_attention:
             out.update(lin.sources(n))
 
-        elif (found := quant_gemm.kernel_name_and_source(n)) is not None:
-            out[found[0]] = found[1]
+        elif found := quant_gemm.kernel_sources_of(n):
+            out.update(found)
         elif (found := _quant_low_bit_source(n)) is not None:
             out[found[0]] = found[1]
         elif n.target is fusion.run_fused:

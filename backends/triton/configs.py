@@ -35,3 +35,28 @@ def attention_config(target: str, head_dim: int, n: int, m: int, interpreting: b
     if target.startswith("a100"):
         return AttnConfig(128, 64, 4 if head_dim <= 64 else 8, 2)
     return AttnConfig(64, 64, 4, 2)
+
+
+@dataclass(frozen=True)
+class QConfig:
+    """One launch of a weight-only low-bit kernel: tiles, K splits, warps and pipeline stages.
+    ``block_m == 1`` is the GEMV kernel (backends/triton/gemv_template.py: one activation row per
+    program, no ``tl.dot``); otherwise the tensor-core GEMM (quant_template.py)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 4
+
+    @property
+    def name(self) -> str:
+        return (
+            f"m{self.block_m}_n{self.block_n}_k{self.block_k}_s{self.split_k}"
+            f"_w{self.num_warps}_st{self.num_stages}"
+        )
+
+    @staticmethod
+    def parse(name: str) -> QConfig:
+        return QConfig(*(int(part.lstrip("mnkswt")) for part in name.split("_")))

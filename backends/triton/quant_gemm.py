@@ -1,17 +1,20 @@
-"""Launching the generated weight-only quantized GEMM (``quant_template``) for the dialect ops
-``tcomp.linear_int8w`` and ``tcomp.linear_int4w`` (same semantics, see tcomp/ops.py)."""
+"""Launching the generated weight-only quantized kernels for the dialect ops ``tcomp.linear_int8w``
+and ``tcomp.linear_int4w`` (same semantics, see tcomp/ops.py): the tensor-core GEMM
+(``quant_template``) and, for at most ``quant_gemv.MAX_ROWS`` activation rows, the GEMV
+(``gemv_template``); a ``QConfig`` with ``block_m == 1`` names the GEMV. The autotuner times both
+families on a GPU; untuned, a few rows take the GEMV."""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 
-from tcomp.backends.triton import autotune
+from tcomp.backends.triton import autotune, quant_gemv
 from tcomp.backends.triton import quant_template as tmpl
 from tcomp.backends.triton.codegen import interpreting, load
+from tcomp.backends.triton.configs import QConfig
 from tcomp.graph import val
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -41,29 +44,6 @@ def _blocks(m: int, n: int, k: int) -> tuple[int, int, int, int, int]:
     return min(128, _pow2(m)), 128, 64, 8, 3
 
 
-@dataclass(frozen=True)
-class QConfig:
-    """One launch of the weight-only kernel: tiles, K splits, warps and pipeline stages."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    split_k: int = 1
-    num_warps: int = 4
-    num_stages: int = 4
-
-    @property
-    def name(self) -> str:
-        return (
-            f"m{self.block_m}_n{self.block_n}_k{self.block_k}_s{self.split_k}"
-            f"_w{self.num_warps}_st{self.num_stages}"
-        )
-
-    @staticmethod
-    def parse(name: str) -> QConfig:
-        return QConfig(*(int(part.lstrip("mnkswt")) for part in name.split("_")))
-
-
 def default_config(m: int, n: int, k: int) -> QConfig:
     bm, bn, bk, warps, stages = _blocks(m, n, k)
     return QConfig(bm, bn, bk, 1, warps, stages)
@@ -89,6 +69,8 @@ def candidates(default: QConfig, m: int) -> list[QConfig]:
 
 def _fit(cfg: QConfig, fmt: str, k: int, group: int) -> QConfig:
     """The config made valid for the weight: an int4 K tile never straddles a group."""
+    if cfg.block_m == 1:
+        return quant_gemv.fit(cfg, fmt, k, group)
     bk = min(cfg.block_k, group) if fmt == "int4" else min(cfg.block_k, max(16, _pow2(k)))
     k_tiles = -(-k // bk)
     return QConfig(cfg.block_m, cfg.block_n, bk, max(1, min(cfg.split_k, k_tiles)), cfg.num_warps,
@@ -97,13 +79,16 @@ def _fit(cfg: QConfig, fmt: str, k: int, group: int) -> QConfig:
 
 def _run(fmt, a, w, s, z, group, bias, out_dtype, cfg: QConfig):
     m, n, k = a.shape[0], w.shape[0], a.shape[1]
+    if cfg.block_m == 1:
+        words = quant_gemv.words_of(w, fmt, k)
+        if words is None or m > quant_gemv.MAX_ROWS:
+            raise ValueError(
+                f"GEMV config {cfg.name} needs at most {quant_gemv.MAX_ROWS} rows and a word-aligned "
+                f"packed weight (got {m} rows, weight {tuple(w.shape)} with strides {w.stride()})"
+            )
+        return quant_gemv.launch(fmt, a, words, s, z, group, bias, out_dtype, cfg)
     split = cfg.split_k
-    if split == 1:
-        out = torch.empty((m, n), dtype=out_dtype, device=a.device)
-        stride_cs = 0
-    else:  # fp32 partial sums, one slab per K split
-        out = torch.empty((split, m, n), dtype=torch.float32, device=a.device)
-        stride_cs = out.stride(0)
+    out, stride_cs = quant_gemv.output_for(split, m, n, out_dtype, a.device)
     sg = s.stride(1) if s.dim() == 2 else 0
     zz = z if z is not None else s
     grid = (triton_cdiv(m, cfg.block_m) * triton_cdiv(n, cfg.block_n), split)
@@ -117,8 +102,10 @@ def _run(fmt, a, w, s, z, group, bias, out_dtype, cfg: QConfig):
 
 
 def tune_key(fmt: str, m: int, n: int, k: int, group: int, dtype, has_bias: bool, target: str) -> str:
-    """The autotuner's key of a launch (M bucketed to a power of two; the weight shape exact)."""
-    return f"qgemm|{fmt}|m{_pow2(m)}|n{n}|k{k}|g{group}|{dtype}|{'b' if has_bias else ''}|{target}"
+    """The autotuner's key of a launch (M bucketed to a power of two, rows the GEMV can take
+    apart from the rest; the weight shape exact)."""
+    rows = _pow2(m, 1) if m <= quant_gemv.MAX_ROWS else _pow2(m)
+    return f"qgemm|{fmt}|m{rows}|n{n}|k{k}|g{group}|{dtype}|{'b' if has_bias else ''}|{target}"
 
 
 def _launch(fmt, x, w, s, z, group, bias, config: QConfig | None = None, target: str = "h200"):
@@ -130,12 +117,17 @@ def _launch(fmt, x, w, s, z, group, bias, config: QConfig | None = None, target:
         return torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
     run = functools.partial(_run, fmt, a, w, s, z, group, bias, x.dtype)
     if config is None:
-        config = _fit(default_config(m, n, k), fmt, k, group)
+        gemv = m <= quant_gemv.MAX_ROWS and quant_gemv.words_of(w, fmt, k) is not None
+        dot = _fit(default_config(m, n, k), fmt, k, group)
+        config = quant_gemv.default(fmt, m, n, k, group) if gemv else dot
         if autotune.enabled():
             key = tune_key(fmt, m, n, k, group, x.dtype, bias is not None, target)
             best = autotune.lookup(key)
             if best is None:
-                cands = {c.name: c for c in (_fit(c, fmt, k, group) for c in candidates(config, m))}
+                family = [_fit(c, fmt, k, group) for c in candidates(dot, m)]
+                if gemv:
+                    family = quant_gemv.candidates(fmt, m, n, k, group) + family
+                cands = {c.name: c for c in family}
                 best = autotune.choose(
                     key, {nm: functools.partial(run, c) for nm, c in cands.items()}, config.name
                 )
@@ -172,16 +164,22 @@ def check(node: fx.Node) -> str | None:
     return None
 
 
-def kernel_name_and_source(node: fx.Node) -> tuple[str, str] | None:
-    """(file name, source) of the kernel a lowered quantized linear node launches, else None."""
+def kernel_sources_of(node: fx.Node) -> dict[str, str]:
+    """{file name: source} of the kernels a lowered quantized linear node may launch (the GEMM,
+    and the GEMV when its batch is small enough), else {}."""
     if node.target is linear_int8w:
         fmt, bias = "int8", node.args[3] if len(node.args) > 3 else node.kwargs.get("bias")
     elif node.target is linear_int4w:
         fmt, bias = "int4", node.args[5] if len(node.args) > 5 else node.kwargs.get("bias")
     else:
-        return None
-    spec = spec_of(fmt, val(node.args[0]).dtype, bias)
-    return f"{spec.name}.py", tmpl.render(spec)
+        return {}
+    x = val(node.args[0])
+    spec = spec_of(fmt, x.dtype, bias)
+    out = {f"{spec.name}.py": tmpl.render(spec)}
+    rows = x.numel() // x.shape[-1] if x.dim() else 0
+    if isinstance(rows, int) and rows <= quant_gemv.MAX_ROWS:
+        out.update([quant_gemv.source_of(fmt, bias)])
+    return out
 
 
 def triton_cdiv(a: int, b: int) -> int:

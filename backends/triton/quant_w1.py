@@ -1,8 +1,10 @@
-"""W1A16 on Triton for the dialect op ``tcomp.linear_w1`` (semantics: tcomp/ops.py): a generated
-GEMM/GEMV whose main loop loads the packed sign bytes of a (BLOCK_K, BLOCK_N) tile, unpacks one bit
-per weight (``(byte >> (k % 8)) & 1``), turns it into ±1 in the activation dtype and accumulates
-``x · sign`` with ``tl.dot`` in fp32; the per-channel ``alpha`` (and the bias) is applied once, in
-the epilogue, since it factors out of the K sum.
+"""W1A16 on Triton for the dialect op ``tcomp.linear_w1`` (semantics: tcomp/ops.py). Two generated
+kernels: for at most ``quant_gemv.MAX_ROWS`` activation rows (decode) the GEMV of gemv_template.py
+(the weight sign flips the activation's sign bit; autotuned on a GPU), else a GEMM whose main loop
+loads the packed sign bytes of a (BLOCK_K, BLOCK_N) tile, unpacks one bit per weight
+(``(byte >> (k % 8)) & 1``), turns it into ±1 in the activation dtype and accumulates ``x · sign``
+with ``tl.dot`` in fp32. The per-channel ``alpha`` (and the bias) is applied once, in the epilogue,
+since it factors out of the K sum.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from tcomp.backends.triton import autotune, quant_gemv
 from tcomp.backends.triton.codegen import interpreting, load
+from tcomp.backends.triton.configs import QConfig
 from tcomp.backends.triton.quant_gemm import _blocks, triton_cdiv
 from tcomp.backends.triton.quant_w8a8 import header, output_for
 
@@ -68,11 +72,20 @@ def _spec(x_dtype: torch.dtype, bias) -> W1Spec:
     return W1Spec(bias is not None, x_dtype == torch.float32)
 
 
-def linear_w1(x, packed, alpha, k: int, bias=None, target: str = "h200"):
-    """``tcomp.linear_w1`` on the generated kernel."""
+def linear_w1(x, packed, alpha, k: int, bias=None, target: str = "h200", config: QConfig | None = None):
+    """``tcomp.linear_w1`` on the generated kernels (``config``: a GEMV launch to use instead of the
+    autotuner's choice; only for at most ``quant_gemv.MAX_ROWS`` rows)."""
     n = packed.shape[0]
-    a, out = output_for(x, k, n)
+    a = x.reshape(-1, k)
     m = a.shape[0]
+    words = quant_gemv.words_of(packed, "w1", k) if 0 < m <= quant_gemv.MAX_ROWS else None
+    if words is not None:
+        return _gemv(a, words, alpha, k, bias, x.dtype, config, target).view(*x.shape[:-1], n)
+    if config is not None:
+        raise ValueError(
+            f"a W1 GEMV config needs 1..{quant_gemv.MAX_ROWS} rows and K % 32 == 0 (got {m}, {k})"
+        )
+    a, out = output_for(x, k, n)
     if m == 0:
         return out.view(*x.shape[:-1], n)
     bm, bn, bk, warps, stages = _blocks(m, n, k)
@@ -85,12 +98,35 @@ def linear_w1(x, packed, alpha, k: int, bias=None, target: str = "h200"):
     return out.view(*x.shape[:-1], n)
 
 
+def _gemv(a, words, alpha, k, bias, out_dtype, config, target):
+    m, n = a.shape[0], words.shape[0]
+    run = functools.partial(quant_gemv.launch, "w1", a, words, alpha, None, 1, bias, out_dtype)
+    if config is not None:
+        return run(quant_gemv.fit(config, "w1", k, 1))
+    config = quant_gemv.default("w1", m, n, k, 1)
+    if autotune.enabled():
+        key = f"gemv|w1|m{m}|n{n}|k{k}|{a.dtype}|{'b' if bias is not None else ''}|{target}"
+        best = autotune.lookup(key)
+        if best is None:
+            cands = {c.name: c for c in quant_gemv.candidates("w1", m, n, k, 1)}
+            best = autotune.choose(
+                key, {nm: functools.partial(run, c) for nm, c in cands.items()}, config.name
+            )
+        config = QConfig.parse(best)
+    return run(config)
+
+
 def kernel_name_and_source(node: fx.Node) -> tuple[str, str] | None:
-    """(file name, source) of the kernel a lowered 1-bit linear node launches, else None."""
+    """(file name, source) of the kernel a lowered 1-bit linear node launches (the GEMV for a few
+    rows and K % 32 == 0, else the GEMM), else None."""
     if node.target is not linear_w1:
         return None
     from tcomp.graph import val
 
+    x, k = val(node.args[0]), node.args[3]
     bias = node.args[4] if len(node.args) > 4 else node.kwargs.get("bias")
-    spec = _spec(val(node.args[0]).dtype, bias)
+    rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+    if isinstance(rows, int) and 0 < rows <= quant_gemv.MAX_ROWS and k % 32 == 0:
+        return quant_gemv.source_of("w1", bias)
+    spec = _spec(x.dtype, bias)
     return f"{spec.name}.py", render(spec)
