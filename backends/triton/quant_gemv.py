@@ -108,7 +108,7 @@ def launch(fmt, a, words, s, z, group, bias, out_dtype, cfg: QConfig):
         a, words, s, zz, bias if bias is not None else s, out, m, n, k,
         *a.stride(), words.stride(0), s.stride(0), s.stride(1) if s.dim() == 2 else 0, zz.stride(0),
         out.stride(-2), stride_cs,
-        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group, SPLIT_K=split,
+        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group, SPLIT_K=split, EVEN_K=k % cfg.block_k == 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out if split == 1 else out.sum(0).to(out_dtype)
