@@ -205,9 +205,10 @@ def main() -> None:
                     f"graph {r['graph_ms']:.4f} ms (floor {r['bandwidth_floor_ms']:.4f}) "
                     f"x{r['speedup_plain']:.2f}/x{r['speedup_graph']:.2f} err={r['rel_error_vs_dequantized']} {r['config'] or ''}"
                 )
-    name = torch.cuda.get_device_name().lower().replace(" ", "-")
-    out = Path(__file__).resolve().parent / "results" / f"quant-linear-{name}.json"
-    write_results(out, "quant_linear", rows, group=args.group, torchao=tao_version, not_run=skipped)
+        # written after every shape, so a run cut short keeps what it measured
+        name = torch.cuda.get_device_name().lower().replace(" ", "-")
+        out = Path(__file__).resolve().parent / "results" / f"quant-linear-{name}.json"
+        write_results(out, "quant_linear", rows, group=args.group, torchao=tao_version, not_run=skipped)
 
 
 if __name__ == "__main__":
