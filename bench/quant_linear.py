@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--suffix", default="", help="appended to the results file name")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/quant_linear.py needs a CUDA GPU")
@@ -207,7 +208,7 @@ def main() -> None:
                 )
         # written after every shape, so a run cut short keeps what it measured
         name = torch.cuda.get_device_name().lower().replace(" ", "-")
-        out = Path(__file__).resolve().parent / "results" / f"quant-linear-{name}.json"
+        out = Path(__file__).resolve().parent / "results" / f"quant-linear-{name}{args.suffix}.json"
         write_results(out, "quant_linear", rows, group=args.group, torchao=tao_version, not_run=skipped)
 
 
