@@ -36,6 +36,7 @@ PASSES = [
     ("int4_gptq g128", [("quantize.int4_gptq", {"group": 128})]),
     ("int4_gptq g32", [("quantize.int4_gptq", {"group": 32})]),
     ("int4_gptq g128 no act_order", [("quantize.int4_gptq", {"group": 128, "act_order": False})]),
+    ("int4_gptq g128 no clip", [("quantize.int4_gptq", {"group": 128, "clip": False})]),
     ("int8_dynamic (W8A8)", [("quantize.int8_dynamic", {})]),
     ("int8_dynamic all linears", [("quantize.int8_dynamic", {"skip_first_last": False})]),
     # fp8 needs fp8 tensor cores (h100/h200); force=True runs it here on the reference op, which

@@ -33,6 +33,7 @@ from tcomp.quant import (
     dequantize_int4,
     int4_codes,
     int4_scale_zero,
+    int4_scale_zero_clipped,
     pack_int4,
     quantize_int4,
     scale_dtype,
@@ -59,6 +60,7 @@ def quantize_int4_gptq(
     damp: float = 0.01,
     act_order: bool = True,
     sequential: bool = True,
+    clip: bool = True,
     tolerance: float | None = None,
     include: tuple[str, ...] = ("*",),
     skip: tuple[str, ...] = DEFAULT_SKIP,
@@ -89,7 +91,7 @@ def quantize_int4_gptq(
             )
             continue
         h = _hessians(gm, [lin], calibration)[lin.name] if sequential else hessians[lin.name]
-        packed, s, z = gptq_int4(w, h, group, damp, act_order)
+        packed, s, z = gptq_int4(w, h, group, damp, act_order, clip=clip)
         row = {"site": path, "status": "quantized", "format": f"int4_gptq_g{group}"}
         row |= _layer_errors(w, h, group, dequantize_int4(packed, s, z, group))
         swap_linear(
@@ -128,20 +130,33 @@ def _hessians(gm: fx.GraphModule, nodes: list[fx.Node], calibration: Any) -> dic
 
 
 def gptq_int4(
-    w: Tensor, h: Tensor, group: int, damp: float = 0.01, act_order: bool = False, block: int = 128
+    w: Tensor,
+    h: Tensor,
+    group: int,
+    damp: float = 0.01,
+    act_order: bool = False,
+    block: int = 128,
+    clip: bool = False,
 ):
     """(packed, scales, zeros) in the ``tcomp.quant`` int4 layout for weight ``w`` (N, K) given the
     input second moment ``h`` (K, K). Columns in blocks of ``block``, the rest of the matrix updated
     once per block (lazy batch updates). ``act_order``: columns in order of decreasing ``H_jj``
     (inputs with the most energy first), with each group's scale and zero point fixed beforehand
     from the original weights (groups stay contiguous along K, as the format stores them); else
-    in K order, each group's parameters from the error-updated weights at its first column."""
+    in K order, each group's parameters from the error-updated weights at its first column.
+    ``clip``: each group's range may shrink (``tcomp.quant.int4_scale_zero_clipped``), chosen by the
+    rounding error weighted by ``H_jj``, the energy of the input each weight multiplies."""
     n, k = w.shape
     h = h.to(torch.float64).clone()
     dead = h.diagonal() == 0  # inputs that are always zero: any weight there is free
     h[dead, dead] = 1.0
     h.diagonal().add_(damp * h.diagonal().mean())
     sdt = scale_dtype(w.dtype)
+    energy = h.diagonal().clone()  # H_jj: the weight of column j's rounding error on the output
+
+    def params(groups: Tensor, imp: Tensor) -> tuple[Tensor, Tensor]:
+        return int4_scale_zero_clipped(groups, sdt, imp) if clip else int4_scale_zero(groups, sdt)
+
     wt = w.detach().float().T.contiguous()  # rows are W's columns (contiguous)
     wt[dead] = 0.0
     scales = torch.empty(k // group, n, dtype=sdt)
@@ -149,7 +164,8 @@ def gptq_int4(
     perm = torch.arange(k)
     if act_order:
         perm = torch.argsort(h.diagonal(), descending=True, stable=True)
-        scales[:], zeros[:] = int4_scale_zero(wt.double().reshape(k // group, group, n).transpose(1, 2), sdt)
+        groups = wt.double().reshape(k // group, group, n).transpose(1, 2)
+        scales[:], zeros[:] = params(groups, energy.reshape(k // group, 1, group))
         wt, h = wt[perm], h[perm][:, perm]
     # H^-1 = L^-T L^-1 from H's Cholesky factor (torch.cholesky_inverse is ~30x slower on CPU), then
     # the upper Cholesky factor of H^-1: row i holds how column i's error moves the later columns
@@ -166,7 +182,7 @@ def gptq_int4(
             col = int(perm[b0 + i])
             g = col // group
             if not act_order and col % group == 0:
-                scales[g], zeros[g] = int4_scale_zero(wb[i : i + group].T.double(), sdt)
+                scales[g], zeros[g] = params(wb[i : i + group].T.double(), energy[col : col + group])
             s64, z = scales[g].double(), zeros[g]
             q = int4_codes(wb[i].double(), scales[g], z)
             codes[col] = q

@@ -110,3 +110,44 @@ def test_pass_on_a_model_with_calibration():
     assert torch.isfinite(y).all() and (y - want).norm() <= 0.2 * want.norm()
     with pytest.raises(PassError, match="group"):
         get_pass(GPTQ).fn(om.graph_module, calibration=calib, group=48)
+
+
+@settings(max_examples=20)
+@given(seed=st.integers(0, 2**31 - 1), group=st.sampled_from([32, 128]), weighted=st.booleans())
+def test_clipped_group_ranges_never_round_worse(seed, group, weighted):
+    """The clip search keeps the full range when shrinking does not pay, so its (weighted) rounding
+    error is never above round-to-nearest's; a lone outlier makes shrinking pay."""
+    g = torch.Generator().manual_seed(seed)
+    vals = torch.randn(6, 4, group, generator=g, dtype=torch.float64)
+    vals[..., 0] *= 8  # one large weight per group
+    imp = torch.rand(1, 1, group, generator=g, dtype=torch.float64) + 0.1 if weighted else None
+    s0, z0 = Q.int4_scale_zero(vals, torch.float32)
+    s1, z1 = Q.int4_scale_zero_clipped(vals, torch.float32, imp)
+    assert torch.isfinite(s1).all() and ((z1 >= 0) & (z1 <= 15)).all()
+    assert (s1 <= s0).all()  # ranges only shrink
+
+    def err(s, z):
+        deq = (Q.int4_codes(vals, s, z).double() - z[..., None]) * s.double()[..., None]
+        sq = (deq - vals) ** 2
+        return (sq if imp is None else sq * imp).sum(-1)
+
+    e0, e1 = err(s0, z0), err(s1, z1)
+    assert (e1 <= e0 * (1 + 1e-12)).all()
+    assert (e1 < e0).any()
+
+
+def test_gptq_pass_option_clip_reaches_the_quantizer():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 64)).eval()
+    x = torch.randn(4, 64)
+    calib = [(torch.randn(16, 64),) for _ in range(2)]
+    errs = {}
+    for clip in (True, False):
+        om = tcomp.optimize(
+            model, (x,), passes=[(GPTQ, {"group": 32, "clip": clip, "skip_first_last": False})],
+            backend="eager", calibration=calib,
+        )  # fmt: skip
+        rec = om.report.passes[-1]
+        assert rec.status == "applied" and rec.rewrites == 2, rec.reason
+        errs[clip] = [s["gptq_output_error"] for s in rec.sites if s["status"] == "quantized"]
+    assert errs[True] != errs[False]  # the option reaches the quantizer
