@@ -100,7 +100,7 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
     """Source text of every generated kernel a lowered graph launches (file name -> text): the
     attention specialisations its attention nodes select and the kernels of its fused groups."""
     from tcomp.backends.triton import attention_template as tmpl
-    from tcomp.backends.triton import fusion, gemm, quant_gemm, runtime
+    from tcomp.backends.triton import fusion, gemm, quant_gemm, quant_w1, runtime
     from tcomp.backends.triton import linear_attention as lin
 
     out = {}
@@ -125,7 +125,7 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
         elif n.target is lin.linear_attention:
             out.update(lin.sources(n))
 
-        elif found := quant_gemm.kernel_sources_of(n):
+        elif found := quant_gemm.kernel_sources_of(n) or quant_w1.kernel_sources_of(n):
             out.update(found)
         elif (found := _quant_low_bit_source(n)) is not None:
             out[found[0]] = found[1]
@@ -136,13 +136,12 @@ def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
 
 
 def _quant_low_bit_source(n: fx.Node) -> tuple[str, str] | None:
-    from tcomp.backends.triton import quant_fp8, quant_w1, quant_w1a1, quant_w8a8, token_merge
+    from tcomp.backends.triton import quant_fp8, quant_w1a1, quant_w8a8, token_merge
 
     return (
         token_merge.kernel_name_and_source(n)
         or quant_w1a1.kernel_name_and_source(n)
         or quant_w8a8.kernel_name_and_source(n)
-        or quant_w1.kernel_name_and_source(n)
         or quant_fp8.kernel_name_and_source(n)
     )
 

@@ -177,7 +177,7 @@ def kernel_sources_of(node: fx.Node) -> dict[str, str]:
     spec = spec_of(fmt, x.dtype, bias)
     out = {f"{spec.name}.py": tmpl.render(spec)}
     rows = x.numel() // x.shape[-1] if x.dim() else 0
-    if isinstance(rows, int) and rows <= quant_gemv.MAX_ROWS:
+    if not isinstance(rows, int) or rows <= quant_gemv.MAX_ROWS:  # symbolic batch: may be small
         out.update([quant_gemv.source_of(fmt, bias)])
     return out
 

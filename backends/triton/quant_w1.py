@@ -116,17 +116,20 @@ def _gemv(a, words, alpha, k, bias, out_dtype, config, target):
     return run(config)
 
 
-def kernel_name_and_source(node: fx.Node) -> tuple[str, str] | None:
-    """(file name, source) of the kernel a lowered 1-bit linear node launches (the GEMV for a few
-    rows and K % 32 == 0, else the GEMM), else None."""
+def kernel_sources_of(node: fx.Node) -> dict[str, str]:
+    """{file name: source} of the kernels a lowered 1-bit linear node may launch (the GEMV for a
+    few rows, or a symbolic batch, when K % 32 == 0; the GEMM otherwise), else {}."""
     if node.target is not linear_w1:
-        return None
+        return {}
     from tcomp.graph import val
 
     x, k = val(node.args[0]), node.args[3]
     bias = node.args[4] if len(node.args) > 4 else node.kwargs.get("bias")
     rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
-    if isinstance(rows, int) and 0 < rows <= quant_gemv.MAX_ROWS and k % 32 == 0:
-        return quant_gemv.source_of("w1", bias)
-    spec = _spec(x.dtype, bias)
-    return f"{spec.name}.py", render(spec)
+    out = {}
+    if k % 32 == 0 and (not isinstance(rows, int) or 0 < rows <= quant_gemv.MAX_ROWS):
+        out.update([quant_gemv.source_of("w1", bias)])
+    if not isinstance(rows, int) or rows > quant_gemv.MAX_ROWS or k % 32:
+        spec = _spec(x.dtype, bias)
+        out[f"{spec.name}.py"] = render(spec)
+    return out

@@ -102,14 +102,18 @@ def test_gemv_config_refuses_what_it_cannot_run_and_misaligned_weights_take_the_
     assert ((out.double() - ref).norm() / ref.norm()).item() <= 1e-5
 
 
-def test_decode_sized_lowering_ships_the_gemv_kernel():
+@pytest.mark.parametrize(
+    "spec,kernel",
+    [(("quantize.int4_weight", {"group": 32}), "tcomp_gemv_int4"), (("binarize", {}), "tcomp_gemv_w1")],
+)
+def test_decode_sized_lowering_ships_the_gemv_kernel(spec, kernel):
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 64)).eval().to(DEVICE)
     x = torch.randn(1, 1, 64, device=DEVICE)
-    spec = ("quantize.int4_weight", {"group": 32, "skip_first_last": False})
+    spec = (spec[0], {**spec[1], "skip_first_last": False})
     om = tcomp.optimize(model, (x,), passes=[spec], backend="triton")
     assert om.report.passes[-1].status == "applied", om.report.passes[-1].reason
-    assert any(name.startswith("tcomp_gemv_int4") for name in kernel_sources(om.graph_module))
+    assert any(name.startswith(kernel) for name in kernel_sources(om.graph_module))
     eager = tcomp.optimize(model, (x,), passes=[spec], backend="eager", verify=False)
     with torch.no_grad():
         got, want = om(x), eager(x)
