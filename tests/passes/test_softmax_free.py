@@ -25,7 +25,14 @@ def test_newton_pinv_matches_moore_penrose(m, seed, singular):
     pinv, res, iters = newton_pinv(a, iters=200, tol=1e-9)
     assert res < 1e-9 and iters <= 200
     want = torch.linalg.pinv(a, hermitian=True, rtol=1e-10)
-    assert (pinv - want).norm() <= 1e-5 * want.norm()
+    # the residual E = A X A - A bounds the error on A's range: X - A+ = A+ E A+, so per matrix
+    # |X - A+| <= |A+|^2 |A| res (res is the batch's worst) -- large for the ill-conditioned full-rank
+    # draws ("singular" with m <= 4: a seed with |A+| = 1.3e4 failed a plain 1e-5 relative bound);
+    # 1e-5 |A+|: rounding in A's null space (rank-deficient draws), which the residual cannot see.
+    # Over m = 2..12, 400 seeds each, the error stays below half of this bound.
+    an, pn = a.flatten(-2).norm(dim=-1), want.flatten(-2).norm(dim=-1)
+    err = (pinv - want).flatten(-2).norm(dim=-1)
+    assert (err <= 2 * res * an * pn**2 + 1e-5 * pn).all(), (err, res * an * pn**2)
 
 
 def test_newton_reports_non_convergence():
