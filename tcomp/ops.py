@@ -432,7 +432,8 @@ def rpe_linear_attention(
         kf = torch.where(keep, kf, torch.zeros((), dtype=work, device=kf.device))
     dv = vf.shape[-1]
     v1 = torch.cat([vf, torch.ones_like(vf[..., :1])], dim=-1)  # the ones column gives D2
-    spectrum = toeplitz_spectrum(rpe_weights(coeffs, n, causal, work), n)
+    weights = rpe_weights(coeffs, n, causal, work)
+    spectrum = toeplitz_spectrum(weights, n)
     step = rpe_feature_chunk(b, h, n, f, dv, work, q.device)
     nd = None  # sum over feature chunks of phi(q_i)_f . D_i[f] (one chunk unless memory says otherwise)
     for lo in range(0, f, step):
@@ -442,9 +443,16 @@ def rpe_linear_attention(
         part = torch.einsum("bhnf,bhnfe->bhne", qf[..., lo : lo + step], d)
         nd = part if nd is None else nd + part
     num, den = nd[..., :dv], nd[..., dv:]
-    # FFT round-off can leave ~eps-sized values where the exact normaliser is 0 (every key masked)
+    # FFT round-off leaves small nonzero values where the exact normaliser is 0. Rows with no key in
+    # reach (every one masked, in the future, or at a zero weight) are found exactly: one more
+    # convolution, of 0/1 values, whose results are integers (rounding makes them exact). Within
+    # reach, a normaliser below the round-off scale still counts as 0 (all q.k = 0).
+    present = torch.ones(b, 1, n, 1, dtype=work, device=q.device)
+    if key_mask is not None:
+        present = key_mask.to(torch.bool).expand(b, n)[:, None, :, None].to(work)
+    reach = toeplitz_conv(present.expand(b, h, n, 1), toeplitz_spectrum((weights > 0).to(work), n))
     scale = (qf.sum(-1, keepdim=True) * kf.sum((-2, -1), keepdim=True)[..., :1, :]).clamp_min(0)
-    ok = den > torch.finfo(work).eps * scale
+    ok = (reach > 0.5) & (den > torch.finfo(work).eps * scale)
     out = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
     return out.to(out_dtype)
 
