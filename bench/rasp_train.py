@@ -27,13 +27,15 @@ from tcomp.models.transformer_program import TASKS, make_split, predict, train
 from tcomp.rasp.extract import extract
 
 # layers / heads / MLPs per task (small: CPU budget; the paper uses 3 layers of 4 categorical and
-# 4 numerical heads and 2 MLPs each) and training settings; restarts are selected on validation
+# 4 numerical heads and 2 MLPs each) and training settings; restarts are selected on validation.
+# NUM: one numerical head and one numerical MLP per layer besides the categorical parts (issue 9)
+NUM = dict(layers=3, cat_heads=1, width_heads=1, mlps=1, num_heads=1, num_mlps=1)
 CONFIGS = {
     "hist": dict(layers=1, cat_heads=0, width_heads=1, mlps=0),
     "reverse": dict(layers=2, cat_heads=1, width_heads=1, mlps=1),
-    "double-hist": dict(layers=2, cat_heads=0, width_heads=1, mlps=1),
-    "sort": dict(layers=3, cat_heads=1, width_heads=1, mlps=1),
-    "most-freq": dict(layers=3, cat_heads=1, width_heads=1, mlps=1),
+    "double-hist": NUM,
+    "sort": NUM,
+    "most-freq": NUM,
     "dyck-1": dict(layers=3, cat_heads=1, width_heads=1, mlps=1),
     "dyck-2": dict(layers=3, cat_heads=1, width_heads=1, mlps=1),
 }
@@ -41,9 +43,9 @@ TRAINING = dict(lr=0.1, tau_init=3.0, tau_end=0.05, batch=64)
 BUDGET = {  # steps and restarts per task (the default of --steps / --restarts)
     "hist": (600, 4),
     "reverse": (1000, 12),
-    "double-hist": (1000, 8),
-    "sort": (1000, 6),
-    "most-freq": (1000, 6),
+    "double-hist": (1000, 16),
+    "sort": (1000, 16),
+    "most-freq": (1000, 16),
     "dyck-1": (800, 6),
     "dyck-2": (800, 6),
 }
