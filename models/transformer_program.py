@@ -37,11 +37,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tcomp.rasp.language import mean_values
-
 BETA = 100.0  # attention sharpness of the exported heads
 TABLE_TAU = 1.0  # numerical MLP tables train at temperature >= this: annealed with the rest, rows fitted to
 # the early (wrong) means saturate and never move (measured on a fraction-of-prefix task: ~0.6 vs ~0.95)
+
+
+def mean_values(max_len: int) -> list[float]:
+    """The values a numerical variable holds: means of 0/1 over 1..``max_len`` keys, and 0 (the
+    fractions ``p / q``); the same floats as ``tcomp.rasp.language.mean_values`` (this package is
+    plain PyTorch, so it does not import it)."""
+    return sorted({p / q for q in range(1, max_len + 1) for p in range(q + 1)})
+
 
 # --------------------------------------------------------------------------------------- tasks
 

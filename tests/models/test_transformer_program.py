@@ -20,6 +20,7 @@ from tcomp.models.transformer_program import (
     accuracy,
     make_data,
     make_split,
+    mean_values,
     predict,
     tau_schedule,
     to_module,
@@ -183,6 +184,11 @@ def test_tiny_training_with_a_numerical_head_learns_a_prefix_fraction():
     predictions_agree(res.model, x)
     means, _ = numerical_parts(extract(capture(res.model.discrete(), (x[:2],), {}).gm).program)
     assert means, "the learned program reads no numerical head"
+
+
+def test_numerical_values_are_the_ones_extraction_reads():
+    for n in (1, 4, 7, 15):
+        assert mean_values(n) == L.mean_values(n)
 
 
 def test_num_mlps_need_a_numerical_variable():
