@@ -5,7 +5,7 @@
 Per task and seed: ``restarts`` trainings, the one with the best validation accuracy kept (see
 ``train``); accuracy of its discrete model on 1000 test inputs (lengths as the paper's data, all
 tokens counted), agreement of the RASP program that ``rasp.extract`` reads from the captured
-weights with the model (must be 100%), wall time and the load average at the start (shared machine). Weights go to bench/results/rasp/<task>-<seed>.safetensors, the table to
+weights with the model (must be 100%), how many numerical heads that program reads, wall time and the load average at the start (shared machine). Weights go to bench/results/rasp/<task>-<seed>.safetensors, the table to
 bench/results/rasp_train.json, the printed programs next to the weights.
 """
 
@@ -96,6 +96,8 @@ def run(task: str, seed: int, steps: int, restarts: int) -> dict:
         "paper_accuracy": t.paper_accuracy,
         "variables": ex.n_variables,
         "used": ex.n_used,
+        # numerical heads (means) the extracted, pruned program reads
+        "numerical_used": sum(isinstance(e, rasp.Aggregate) and e.numerical for e in rasp.walk(ex.program)),
         "train_seconds": round(train_s, 1),
         "load_average": round(load, 2),
     }
