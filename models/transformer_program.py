@@ -17,7 +17,8 @@ finite set (hard, straight-through when ``hard=True``; argmax at evaluation):
   selected) to a *numerical* variable, one real number (``nums``, beside the categorical ones);
 * a *numerical MLP* (``num_mlps``) picks a numerical variable and a lookup table over the finite
   set of values it can hold (the fractions ``p/q``, ``q <= max_len``: a mean of 0/1 values) to a
-  categorical value.
+  categorical value. While training it reads the nearest value (gradient: linear interpolation) and
+  its table keeps a temperature >= ``TABLE_TAU``.
 
 ``TransformerProgram.discrete()`` returns the trained model as a :class:`ProgramModule`: plain
 weights in the form ``tcomp.rasp.extract`` reads (one-hot embeddings, hard attention heads,
