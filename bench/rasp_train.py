@@ -5,7 +5,7 @@
 Per task and seed: ``restarts`` trainings, the one with the best validation accuracy kept (see
 ``train``); accuracy of its discrete model on 1000 test inputs (lengths as the paper's data, all
 tokens counted), agreement of the RASP program that ``rasp.extract`` reads from the captured
-weights with the model (must be 100%), wall time and the load average at the start (shared machine). Weights go to bench/results/rasp/<task>-<seed>.safetensors, the table to
+weights with the model (must be 100%), how many numerical heads that program reads, wall time and the load average at the start (shared machine). Weights go to bench/results/rasp/<task>-<seed>.safetensors, the table to
 bench/results/rasp_train.json, the printed programs next to the weights.
 """
 
@@ -27,13 +27,15 @@ from tcomp.models.transformer_program import TASKS, make_split, predict, train
 from tcomp.rasp.extract import extract
 
 # layers / heads / MLPs per task (small: CPU budget; the paper uses 3 layers of 4 categorical and
-# 4 numerical heads and 2 MLPs each) and training settings; restarts are selected on validation
+# 4 numerical heads and 2 MLPs each) and training settings; restarts are selected on validation.
+# NUM: one numerical head and one numerical MLP per layer besides the categorical parts (issue 9)
+NUM = dict(layers=3, cat_heads=1, width_heads=1, mlps=1, num_heads=1, num_mlps=1)
 CONFIGS = {
     "hist": dict(layers=1, cat_heads=0, width_heads=1, mlps=0),
     "reverse": dict(layers=2, cat_heads=1, width_heads=1, mlps=1),
-    "double-hist": dict(layers=2, cat_heads=0, width_heads=1, mlps=1),
-    "sort": dict(layers=3, cat_heads=1, width_heads=1, mlps=1),
-    "most-freq": dict(layers=3, cat_heads=1, width_heads=1, mlps=1),
+    "double-hist": NUM,
+    "sort": NUM,
+    "most-freq": NUM,
     "dyck-1": dict(layers=3, cat_heads=1, width_heads=1, mlps=1),
     "dyck-2": dict(layers=3, cat_heads=1, width_heads=1, mlps=1),
 }
@@ -41,9 +43,9 @@ TRAINING = dict(lr=0.1, tau_init=3.0, tau_end=0.05, batch=64)
 BUDGET = {  # steps and restarts per task (the default of --steps / --restarts)
     "hist": (600, 4),
     "reverse": (1000, 12),
-    "double-hist": (1000, 8),
-    "sort": (1000, 6),
-    "most-freq": (1000, 6),
+    "double-hist": (1000, 16),
+    "sort": (1000, 16),
+    "most-freq": (1000, 16),
     "dyck-1": (800, 6),
     "dyck-2": (800, 6),
 }
@@ -94,6 +96,8 @@ def run(task: str, seed: int, steps: int, restarts: int) -> dict:
         "paper_accuracy": t.paper_accuracy,
         "variables": ex.n_variables,
         "used": ex.n_used,
+        # numerical heads (means) the extracted, pruned program reads
+        "numerical_used": sum(isinstance(e, rasp.Aggregate) and e.numerical for e in rasp.walk(ex.program)),
         "train_seconds": round(train_s, 1),
         "load_average": round(load, 2),
     }

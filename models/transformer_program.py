@@ -10,7 +10,15 @@ finite set (hard, straight-through when ``hard=True``; argmax at evaluation):
   the zero vector) and copies the value there;
 * a *width head* picks a query and a key variable and a 0/1 predicate matrix; it writes how many
   keys each query selects (SelectorWidth);
-* a *categorical MLP* picks two variables and a lookup table (pair of values -> value).
+* a *categorical MLP* picks two variables and a lookup table (pair of values -> value);
+* a *numerical head* (``num_heads``) picks a query and a key variable and a 0/1 predicate matrix as
+  a width head, and a value: one value ``c`` of one variable, read as the indicator
+  ``1[var == c]``; it writes the mean of the indicator over the selected keys (0 when none is
+  selected) to a *numerical* variable, one real number (``nums``, beside the categorical ones);
+* a *numerical MLP* (``num_mlps``) picks a numerical variable and a lookup table over the finite
+  set of values it can hold (the fractions ``p/q``, ``q <= max_len``: a mean of 0/1 values) to a
+  categorical value. While training it reads the nearest value (gradient: linear interpolation) and
+  its table keeps a temperature >= ``TABLE_TAU``.
 
 ``TransformerProgram.discrete()`` returns the trained model as a :class:`ProgramModule`: plain
 weights in the form ``tcomp.rasp.extract`` reads (one-hot embeddings, hard attention heads,
@@ -31,6 +39,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 BETA = 100.0  # attention sharpness of the exported heads
+TABLE_TAU = 1.0  # numerical MLP tables train at temperature >= this: annealed with the rest, rows fitted to
+# the early (wrong) means saturate and never move (measured on a fraction-of-prefix task: ~0.6 vs ~0.95)
+
+
+def mean_values(max_len: int) -> list[float]:
+    """The values a numerical variable holds: means of 0/1 over 1..``max_len`` keys, and 0 (the
+    fractions ``p / q``); the same floats as ``tcomp.rasp.language.mean_values`` (this package is
+    plain PyTorch, so it does not import it)."""
+    return sorted({p / q for q in range(1, max_len + 1) for p in range(q + 1)})
+
 
 # --------------------------------------------------------------------------------------- tasks
 
@@ -157,6 +175,8 @@ class ProgramConfig:
     cat_heads: int = 1
     width_heads: int = 1
     mlps: int = 1
+    num_heads: int = 0  # numerical heads per layer (after the width heads)
+    num_mlps: int = 0  # numerical-to-categorical MLPs per layer (after the categorical MLPs)
 
     @property
     def K(self) -> int:  # noqa: N802 - values per variable
@@ -185,11 +205,16 @@ class TransformerProgram(nn.Module):
         super().__init__()
         self.cfg, K, N = cfg, cfg.K, cfg.max_len
         self.tau, self.hard = 1.0, False
-        n_vars = 2
+        n_vars, n_nums = 2, 0  # categorical (tokens, indices, ...) and numerical variables
+        self.fracs = torch.tensor(mean_values(N), dtype=torch.float32)  # values of a numerical variable
+        F_ = len(self.fracs)
         self.heads, self.widths, self.mlps = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
+        self.nheads, self.nmlps = nn.ParameterList(), nn.ParameterList()
+        sizes = [cfg.vocab, N]  # most values each categorical variable can hold
+        self.value_masks: list[Tensor] = []  # per numerical head: the (variable, value) pairs it may read
         self.plan: list[
-            list[tuple[str, int, int]]
-        ] = []  # per layer: (kind, parameter index, variables before)
+            list[tuple]
+        ] = []  # per layer: (kind, parameter index, categorical variables before[, numerical before])
         for _ in range(cfg.layers):
             layer = []
             before = n_vars
@@ -197,22 +222,49 @@ class TransformerProgram(nn.Module):
                 self.heads.append(nn.Parameter(torch.randn(2 * before + K * N) * 0.1))
                 layer.append(("cat", len(self.heads) - 1, before))
                 n_vars += 1
+                sizes.append(max(sizes[:before]))
             for _ in range(cfg.width_heads):  # [query var | key var | predicate K x K]
                 self.widths.append(nn.Parameter(torch.randn(2 * before + K * K) * 0.1))
                 layer.append(("width", len(self.widths) - 1, before))
                 n_vars += 1
+                sizes.append(N + 1)
+            for _ in range(cfg.num_heads):  # [query var | key var | (value var, value) | predicate K x K]
+                self.nheads.append(nn.Parameter(torch.randn(2 * before + before * K + K * K) * 0.1))
+                # a value the variable never holds would be a constant 0 (and soak up the choice)
+                self.value_masks.append(torch.arange(K)[None, :] < torch.tensor(sizes[:before])[:, None])
+                layer.append(("num", len(self.nheads) - 1, before))
+                n_nums += 1
             before = n_vars
             for _ in range(cfg.mlps):  # [var a | var b | table K*K x K]
                 self.mlps.append(nn.Parameter(torch.randn(2 * before + K * K * K) * 0.1))
                 layer.append(("mlp", len(self.mlps) - 1, before))
                 n_vars += 1
+                sizes.append(K)
+            if cfg.num_mlps and not n_nums:
+                raise ValueError(
+                    "num_mlps needs a numerical variable to read: num_heads >= 1 in this layer or before"
+                )
+            for _ in range(cfg.num_mlps):  # [numerical var | table F x K]
+                self.nmlps.append(nn.Parameter(torch.randn(n_nums + F_ * K) * 0.1))
+                layer.append(("nmlp", len(self.nmlps) - 1, before, n_nums))
+                n_vars += 1
+                sizes.append(K)
             self.plan.append(layer)
-        self.n_vars = n_vars
+        self.n_vars, self.n_nums = n_vars, n_nums
         self.readout = nn.Parameter(torch.linspace(0.0, 1.0, n_vars))  # leaning towards the last variable
 
     # parts of the flat parameter vectors
     def _split(self, p: Tensor, before: int, rest: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
         return p[:before], p[before : 2 * before], p[2 * before :].view(*rest)
+
+    def _split_num(self, i: int, before: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Query and key logits, the (variable, value) logits (flat, impossible pairs -inf), predicate."""
+        K, b, p = self.cfg.K, before, self.nheads[i]
+        value = p[2 * b : 2 * b + b * K].masked_fill(~self.value_masks[i].flatten(), -math.inf)
+        return p[:b], p[b : 2 * b], value, p[2 * b + b * K :].view(K, K)
+
+    def _split_nmlp(self, p: Tensor, nbefore: int) -> tuple[Tensor, Tensor]:
+        return p[:nbefore], p[nbefore:].view(len(self.fracs), self.cfg.K)
 
     def choices(self) -> dict:
         """The discrete program: every argmax choice (used by ``discrete``)."""
@@ -220,19 +272,48 @@ class TransformerProgram(nn.Module):
         out = {"layers": []}
         for layer in self.plan:
             items = []
-            for kind, i, before in layer:
+            for kind, i, before, *nbefore in layer:
                 if kind == "cat":
                     q, v, pred = self._split(self.heads[i], before, (K, N))
                     items.append(("cat", int(q.argmax()), int(v.argmax()), pred.argmax(-1).tolist()))
                 elif kind == "width":
                     q, k, pred = self._split(self.widths[i], before, (K, K))
                     items.append(("width", int(q.argmax()), int(k.argmax()), (pred > 0).tolist()))
+                elif kind == "num":
+                    q, k, vc, pred = self._split_num(i, before)
+                    v, c = divmod(int(vc.argmax()), K)
+                    items.append(("num", int(q.argmax()), int(k.argmax()), v, c, (pred > 0).tolist()))
+                elif kind == "nmlp":
+                    v, table = self._split_nmlp(self.nmlps[i], nbefore[0])
+                    items.append(("nmlp", int(v.argmax()), table.argmax(-1).tolist()))
                 else:
                     a, b, table = self._split(self.mlps[i], before, (K * K, K))
                     items.append(("mlp", int(a.argmax()), int(b.argmax()), table.argmax(-1).tolist()))
             out["layers"].append(items)
         out["output"] = int(self.readout.argmax())
         return out
+
+    def _predicate(self, logits: Tensor, tau: float, train: bool) -> Tensor:
+        """A 0/1 predicate matrix: relaxed (logistic noise, temperature ``tau``) while training."""
+        if not train:
+            return (logits > 0).float()
+        u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
+        return torch.sigmoid((logits + NOISE["gumbel"] * (torch.log(u) - torch.log1p(-u))) / tau)
+
+    def _near(self, x: Tensor, train: bool) -> Tensor:
+        """Weights over the values a numerical variable can hold (B, n+1, F): one-hot of the nearest
+        one at evaluation; while training, linear interpolation between the two around ``x`` (a
+        lookup table read there gets a gradient towards the value it should take) backward, the
+        nearest one forward (the table rows are trained on the values evaluation reads)."""
+        fr = self.fracs
+        nearest = F.one_hot((x.unsqueeze(-1) - fr).abs().argmin(-1), len(fr)).float()
+        if not train:
+            return nearest
+        x = x.clamp(0.0, 1.0)
+        i = (torch.searchsorted(fr, x.detach().contiguous(), right=True) - 1).clamp(0, len(fr) - 2)
+        a = (x - fr[i]) / (fr[i + 1] - fr[i])
+        soft = F.one_hot(i, len(fr)) * (1 - a).unsqueeze(-1) + F.one_hot(i + 1, len(fr)) * a.unsqueeze(-1)
+        return nearest - soft.detach() + soft
 
     def forward(self, tokens: Tensor) -> Tensor:
         cfg, K, N = self.cfg, self.cfg.K, self.cfg.max_len
@@ -243,11 +324,12 @@ class TransformerProgram(nn.Module):
             torch.cat([zero, F.one_hot(tokens, K).float()], 1),
             torch.cat([zero, F.one_hot(torch.arange(n), K).float().expand(B, n, K)], 1),
         ]
+        nums: list[Tensor] = []  # numerical variables (B, n+1)
         not_bos = torch.ones(1, n + 1, 1)
         not_bos[:, 0] = 0
         for layer in self.plan:
-            new = []
-            for kind, i, before in layer:
+            new, new_nums = [], []
+            for kind, i, before, *_ in layer:
                 stack = torch.stack(xs[:before], -1)  # (B, n+1, K, before)
                 if kind == "cat":
                     ql, vl, pl = self._split(self.heads[i], before, (K, N))
@@ -265,17 +347,30 @@ class TransformerProgram(nn.Module):
                     ql, kl, pl = self._split(self.widths[i], before, (K, K))
                     q = stack @ _choose(ql, tau, hard, train)
                     k = stack @ _choose(kl, tau, hard, train)
-                    if train:
-                        u = torch.rand_like(pl).clamp(1e-6, 1 - 1e-6)
-                        pred = torch.sigmoid((pl + NOISE["gumbel"] * (torch.log(u) - torch.log1p(-u))) / tau)
-                    else:
-                        pred = (pl > 0).float()
+                    pred = self._predicate(pl, tau, train)
                     w = (q @ pred @ k[:, 1:].transpose(1, 2)).sum(-1, keepdim=True)  # (B, n+1, 1)
                     c = torch.arange(K).float()
                     new.append(torch.softmax(-((w - c) ** 2) / (0.5 if train else 1e-4), -1) * not_bos)
-            xs = xs + new
+                elif kind == "num":
+                    ql, kl, vcl, pl = self._split_num(i, before)
+                    q = stack @ _choose(ql, tau, hard, train)
+                    k = stack @ _choose(kl, tau, hard, train)
+                    vc = _choose(vcl, tau, hard, train).view(before, K).T
+                    ind = (stack * vc).sum((-2, -1))  # (B, n+1): the chosen 1[var == c]
+                    sel = q @ self._predicate(pl, tau, train) @ k[:, 1:].transpose(1, 2)  # (B, n+1, n)
+                    # the mean over the selected keys, 0 when none is (exact once the selection is 0/1)
+                    mean = (sel @ ind[:, 1:, None]).squeeze(-1) / sel.sum(-1).clamp(min=1.0)
+                    new_nums.append(mean * not_bos[..., 0])
+            xs, nums = xs + new, nums + new_nums
             new = []
-            for kind, i, before in layer:
+            for kind, i, before, *nbefore in layer:
+                if kind == "nmlp":
+                    vl, tl = self._split_nmlp(self.nmlps[i], nbefore[0])
+                    x = torch.stack(nums[: nbefore[0]], -1) @ _choose(vl, tau, hard, train)  # (B, n+1)
+                    new.append(
+                        (self._near(x, train) @ _choose(tl, max(tau, TABLE_TAU), hard, train)) * not_bos
+                    )
+                    continue
                 if kind != "mlp":
                     continue
                 stack = torch.stack(xs[:before], -1)
@@ -332,12 +427,15 @@ def to_module(choices: dict, cfg: ProgramConfig) -> ProgramModule:
     """Weights computing the discrete program ``choices`` (see ``TransformerProgram.choices``)."""
     K, N, V = cfg.K, cfg.max_len, cfg.vocab
     sizes = [V, N]  # real values of each variable (tokens, indices, then K each)
-    n_widths = sum(1 for layer in choices["layers"] for it in layer if it[0] == "width")
-    n_vars = 2 + sum(len(layer) for layer in choices["layers"])
-    D = 2 + V + N + K * (n_vars - 2) + n_widths
+    kinds = [it[0] for layer in choices["layers"] for it in layer]
+    n_widths, n_nums = kinds.count("width"), kinds.count("num")
+    n_vars = len(kinds) - n_nums + 2
+    D = 2 + V + N + K * (n_vars - 2) + n_widths + n_nums  # ..., width temporaries, numerical variables
     starts = [2, 2 + V]
     nxt = 2 + V + N
-    temp = D - n_widths
+    temp = D - n_widths - n_nums
+    num_dims: list[int] = []  # the dim of each numerical variable
+    fracs = mean_values(N)
     emb_t, emb_p = torch.zeros(V + 1, D), torch.zeros(N + 1, D)
     emb_t[V, 1] = 1.0
     emb_t[torch.arange(V), 2 + torch.arange(V)] = 1.0
@@ -347,7 +445,11 @@ def to_module(choices: dict, cfg: ProgramConfig) -> ProgramModule:
     for layer in choices["layers"]:
         heads, units = [], []
         for it in layer:
-            if it[0] == "mlp":
+            if it[0] in ("mlp", "nmlp"):
+                continue
+            if it[0] == "num":
+                num_dims.append(D - n_nums + len(num_dims))
+                heads.append(_num_head(it, starts, sizes, num_dims[-1], D, K))
                 continue
             starts.append(nxt)
             sizes.append(sizes[it[2]] if it[0] == "cat" else N + 1)  # values it can hold
@@ -368,13 +470,7 @@ def to_module(choices: dict, cfg: ProgramConfig) -> ProgramModule:
                 heads.append((wq, wk, wv, wo))
             else:
                 _, qv, kv, pred = it
-                wq, wk = torch.zeros(D, K + 2), torch.zeros(D, K + 2)
-                for a in range(sizes[qv]):
-                    wq[starts[qv] + a, a] = BETA
-                    for b in range(sizes[kv]):
-                        wk[starts[kv] + b, a] = float(pred[a][b])
-                wq[0, K], wk[1, K] = BETA, 1.0
-                wq[1, K + 1], wk[1, K + 1] = BETA, 2.0
+                wq, wk = _matrix_scores(starts, sizes, qv, kv, pred, 1.0, D, K)
                 wv, wo = torch.zeros(D, K), torch.zeros(K, D)
                 wv[1, 0], wo[0, temp] = 1.0, 1.0
                 heads.append((wq, wk, wv, wo))
@@ -384,6 +480,12 @@ def to_module(choices: dict, cfg: ProgramConfig) -> ProgramModule:
         layers.append(_layer(heads, units, D, K))
         heads, units = [], []
         for it in layer:
+            if it[0] == "nmlp":
+                starts.append(nxt)
+                sizes.append(K)
+                units += _num_units(num_dims[it[1]], nxt, fracs, it[2], D)
+                nxt += K
+                continue
             if it[0] != "mlp":
                 continue
             _, av, bv, table = it
@@ -403,6 +505,56 @@ def to_module(choices: dict, cfg: ProgramConfig) -> ProgramModule:
     for j in range(min(cfg.classes, sizes[o])):
         unembed[starts[o] + j, j] = 1.0
     return ProgramModule(emb_t, emb_p, layers, unembed).eval()
+
+
+def _num_head(it: tuple, starts: list[int], sizes: list[int], out: int, D: int, K: int) -> tuple:
+    """A numerical head: keys selected by a 0/1 predicate score ``BETA``, BOS ``BETA / 2`` (attended
+    only when nothing else is), the rest 0; the value ``1[var == c]`` in one dim, averaged to ``out``.
+    A value ``c`` the variable never holds is the constant 0: the head writes nothing."""
+    _, qv, kv, vv, c, pred = it
+    wq, wk = _matrix_scores(starts, sizes, qv, kv, pred, 0.5, D, K)
+    wv, wo = torch.zeros(D, K), torch.zeros(K, D)
+    if c < sizes[vv]:
+        wv[starts[vv] + c, 0], wo[0, out] = 1.0, 1.0
+    return wq, wk, wv, wo
+
+
+def _matrix_scores(
+    starts, sizes, qv: int, kv: int, pred: list, bos: float, D: int, K: int
+) -> tuple[Tensor, Tensor]:
+    """Query/key weights scoring key value ``b`` for query value ``a`` ``BETA * pred[a][b]``, BOS
+    ``BETA * bos`` (the BOS query: BOS, ``2 * BETA``)."""
+    wq, wk = torch.zeros(D, K + 2), torch.zeros(D, K + 2)
+    for a in range(sizes[qv]):
+        wq[starts[qv] + a, a] = BETA
+        for b in range(sizes[kv]):
+            wk[starts[kv] + b, a] = float(pred[a][b])
+    wq[0, K], wk[1, K] = BETA, bos
+    wq[1, K + 1], wk[1, K + 1] = BETA, 2.0
+    return wq, wk
+
+
+def _num_units(
+    x: int, out: int, values: list[float], table: list[int], D: int
+) -> list[tuple[Tensor, float, Tensor]]:
+    """Numerical dim ``x`` (one of the sorted ``values``) -> one-hot ``table[i]`` at ``out``: steps
+    ``[x >= threshold]`` between neighbouring values (the first below the smallest one), each adding
+    its value's output and removing the one below; all are off at BOS."""
+    gap = min(b - a for a, b in zip(values, values[1:]))
+    slope = 4.0 / gap  # a ramp of width gap / 4 around each midpoint: exact 0/1 at the values
+    units = []
+    for k, v in enumerate(values):
+        if k and table[k] == table[k - 1]:
+            continue
+        thr = v - gap / 2 if k == 0 else (values[k - 1] + v) / 2
+        for off, sign in ((0.5, 1.0), (-0.5, -1.0)):
+            w1, w2 = torch.zeros(D), torch.zeros(D)
+            w1[x], w1[1] = slope, -2 * slope
+            w2[out + table[k]] += sign
+            if k:
+                w2[out + table[k - 1]] -= sign
+            units.append((w1, -slope * thr + off, w2))
+    return units
 
 
 def _width_units(inv: int, out: int, M: int, D: int) -> list[tuple[Tensor, float, Tensor]]:

@@ -9,8 +9,12 @@ parameter name in a captured graph:
   variable, its key from one, its value from one (or the ``bos`` dim: a SelectorWidth head) and
   writes new dims; scores take two levels per query (selected / not), BOS in between (or level
   with the selected ones for SelectorWidth);
+  a head whose value is one dim holding ``1[var == c]`` of a categorical variable, written to one
+  dim, is a *numerical* head: the mean of the indicator over the selected keys (0 when only BOS is),
+  so every selected key must score the same;
 * ``layers.{l}.mlp.w1`` (D, h), ``b1`` (h), ``w2`` (h, D): ReLU units, grouped by the variable they
-  write, each group a lookup table of one or two categorical variables (or a width decoder);
+  write, each group a lookup table of one or two categorical variables, of one numerical variable
+  with finitely many values (a numerical head's means), or a width decoder;
 * ``unembed`` (D, k): the output variable.
 
 A variable with one dim is numerical, more dims are categorical (values: the dims). Anything else
@@ -43,6 +47,7 @@ class Var:
     expr: L.SOp
     dims: list[int]
     labels: list  # value of each dim (categorical); [] for numerical
+    values: list | None = None  # numerical: the values it can hold, where finitely many
 
 
 @dataclass
@@ -149,7 +154,7 @@ class _Reader:
         if len(dims) == 1 and dims[0] not in self.by_dim and dims[0] not in self.widths:
             # a dim nothing writes holds 0 everywhere (e.g. a numerical Map whose table is all zeros)
             zero = L.Map(lambda v: 0, L.indices, numerical=True, name=f"zero_{dims[0]}")
-            return self._new(zero, dims, [], where)
+            return self._new(zero, dims, [], where, values=[0])
         owners = {id(self.by_dim[d]) if d in self.by_dim else None for d in dims}
         if None in owners:
             raise NotAProgram(
@@ -162,11 +167,11 @@ class _Reader:
             )
         return self.by_dim[dims[0]]
 
-    def _new(self, expr: L.SOp, dims: list[int], labels: list, where: str) -> Var:
+    def _new(self, expr: L.SOp, dims: list[int], labels: list, where: str, values: list | None = None) -> Var:
         clash = [d for d in dims if d in self.by_dim or d in (self.one, self.bos) or d in self.widths]
         if clash:
             raise NotAProgram(f"{where} writes dims {clash} that already hold a variable (not disentangled)")
-        v = Var(expr, dims, labels)
+        v = Var(expr, dims, labels, values)
         self.vars.append(v)
         self.by_dim.update({d: v for d in dims})
         return v
@@ -222,9 +227,17 @@ class _Reader:
                     raise NotAProgram(f"{where}: a SelectorWidth head writes one dim, this one writes {outs}")
                 self.widths[outs[0]] = sel
                 continue
+            live = [d for d in vrows if d not in (self.one, self.bos)]
+            if len(outs) == 1 and live and not any(d in self.by_dim or d in self.widths for d in live):
+                # the value is a dim nothing wrote (a value its variable never takes): the mean of zeros
+                self._numerical_head(sel, None, ov[:, outs[0]], outs[0], layer, h, where)
+                continue
             src = self._var_of(vrows, where + " value")
             if src is None:
                 raise NotAProgram(f"{where} reads no value")
+            if src.labels and len(src.dims) > 1 and len(outs) == 1:
+                self._numerical_head(sel, src, ov[:, outs[0]], outs[0], layer, h, where)
+                continue
             moved = {}
             for d in src.dims:
                 tgt = (ov[d].abs() > TOL).nonzero().flatten().tolist()
@@ -236,11 +249,45 @@ class _Reader:
             dims = [moved[d] for d in src.dims]
             self._new(agg, dims, list(src.labels), where)
 
+    def _numerical_head(
+        self, sel: L.Select, src: Var | None, col: Tensor, out: int, layer: int, h: int, where: str
+    ) -> None:
+        """A head averaging ``1[src == c]`` (one value dim, weight 1) into the one dim ``out``
+        (``src`` None: a dim that is 0 everywhere)."""
+        if src is None:
+            zero = L.Map(lambda v: 0, L.indices, numerical=True, name=f"zero_{layer}_{h}")
+            self._new(
+                L.Aggregate(sel, zero, numerical=True, name=f"mean_{layer}_{h}"),
+                [out],
+                [],
+                where,
+                values=L.mean_values(self.M),
+            )
+            return
+        weights = {lab: round(float(col[d]), 6) for d, lab in zip(src.dims, src.labels)}
+        if any(w not in (0.0, 1.0) for w in weights.values()):
+            raise NotAProgram(
+                f"{where}: a numerical head averages a 0/1 indicator of one value; its value weights are "
+                f"{weights} (value -> weight)"
+            )
+        weights = {lab: int(w) for lab, w in weights.items()}
+        hot = [lab for lab, w in weights.items() if w == 1]
+        name = f"is_{src.expr.name}_{'_'.join(map(str, hot))}"
+        ind = L.Map(lambda v, t=weights: t[v], src.expr, numerical=True, name=name)
+        agg = L.Aggregate(sel, ind, numerical=True, name=f"mean_{layer}_{h}")
+        self._new(agg, [out], [], where, values=L.mean_values(self.M))
+
     def _select(self, qv: Var, kv: Var, S: Tensor, width: bool, where: str) -> L.Select:
         table: dict[tuple, bool] = {}
         for qd, ql in zip(qv.dims, qv.labels or [0]):
             q = self._basis([qd])
             bos = float(q @ S[:, self.bos])
+            picked = [float(q @ S[:, kd]) for kd in kv.dims if float(q @ S[:, kd]) > bos + GAP]
+            if picked and max(picked) - min(picked) > TOL:
+                raise NotAProgram(
+                    f"{where}: query value {ql} scores its selected keys unequally ({min(picked):.4g} .. "
+                    f"{max(picked):.4g}); a head reads one key or the mean of equally scored keys"
+                )
             for kd, kl in zip(kv.dims, kv.labels or [0]):
                 s = float(q @ S[:, kd])
                 if width:
@@ -313,6 +360,18 @@ class _Reader:
             self._table(L.Map, table, [sw], outs, where, name)
             return
         ins = [d for d in ins if d in self.by_dim or d in self.widths] or ins  # unwritten dims are always 0
+        if len(ins) == 1 and not (ins[0] in self.by_dim and self.by_dim[ins[0]].labels):
+            num = self._var_of(ins, where)  # a numerical variable (or an unwritten dim: 0)
+            if num is None or num.values is None:
+                raise NotAProgram(
+                    f"{where} reads numerical dim {ins[0]}, whose values are not a known finite set (a table "
+                    "MLP reads a numerical head's means)"
+                )
+            table = {}
+            for v in num.values:
+                table[v] = self._read(run([], v), outs, where)
+            self._table(L.Map, table, [num.expr], outs, where, name)
+            return
         readers: list[Var] = []
         for d in ins:
             v = self.by_dim.get(d)

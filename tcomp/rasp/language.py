@@ -237,8 +237,9 @@ def _sorted(values: Iterable[Hashable]) -> list:
 def value_sets(root: Expr, vocab: Iterable[Hashable], max_len: int) -> dict[int, list]:
     """Sorted value set of every categorical sequence under ``root`` (by expression id).
 
-    Numerical sequences get the values they may hold where that is finite (Map outputs); an
-    Aggregate of a numerical sequence gets ``None`` (means are not enumerated).
+    Numerical sequences get the values they may hold where that is finite: Map outputs, and an
+    Aggregate of a 0/1 sequence (the means :func:`mean_values`); any other numerical Aggregate
+    gets ``None`` (its means are not enumerated).
     """
     sets: dict[int, list | None] = {}
     for e in walk(root):
@@ -252,10 +253,21 @@ def value_sets(root: Expr, vocab: Iterable[Hashable], max_len: int) -> dict[int,
             pairs = list(itertools.product(sets[e.x.id] or [], sets[e.y.id] or []))
             sets[e.id] = _apply_all(lambda a, b, e=e: e.f(a, b), pairs)
         elif isinstance(e, Aggregate):
-            sets[e.id] = None if e.numerical else sets[e.x.id]
+            if not e.numerical:
+                sets[e.id] = sets[e.x.id]
+            elif sets[e.x.id] is not None and set(sets[e.x.id]) <= {0, 1}:
+                sets[e.id] = mean_values(max_len)
+            else:
+                sets[e.id] = None
         elif isinstance(e, SelectorWidth):
             sets[e.id] = list(range(max_len + 1))
     return sets  # type: ignore[return-value]
+
+
+def mean_values(max_len: int) -> list[float]:
+    """Every mean of 0/1 values over 1..``max_len`` selected keys (and 0, an empty selection):
+    the fractions ``p / q``, ``q <= max_len``, as the Python floats the evaluator computes."""
+    return sorted({p / q for q in range(1, max_len + 1) for p in range(q + 1)})
 
 
 def _apply_all(f: Callable[..., Any], args: list[tuple]) -> list:

@@ -69,3 +69,21 @@ def test_validation_rejects_maps_of_numerical_and_mixed_aggregates():
 def test_library_programs_validate():
     for p in (P.reverse(), P.sort(MAX_LEN), P.histogram(), P.length(), P.frac_prevs(1)):
         rasp.validate(p, VOCAB, MAX_LEN)
+
+
+@given(inputs)
+def test_means_of_indicators_lie_in_mean_values_and_print_as_tables(xs):
+    frac = P.frac_prevs(VOCAB[0])
+    assert rasp.value_sets(frac, VOCAB, MAX_LEN)[frac.id] == rasp.language.mean_values(MAX_LEN)
+    assert set(rasp.evaluate(frac, xs)) <= set(rasp.language.mean_values(MAX_LEN))
+    # a categorical Map over the means prints as a table keyed by the exact floats the evaluator makes
+    half = Map(lambda f: int(f > 0.5), frac, name="majority")
+    src = rasp.to_source(half, VOCAB, MAX_LEN)
+    ns: dict = {"__name__": "printed"}
+    exec(compile(src, "printed", "exec"), ns)
+    assert ns["program"](xs) == rasp.evaluate(half, xs)
+
+
+def test_mean_values_are_the_fractions_up_to_max_len():
+    assert rasp.language.mean_values(3) == [0.0, 1 / 3, 0.5, 2 / 3, 1.0]
+    assert len(rasp.language.mean_values(7)) == 19  # 1 + sum of Euler's phi(q) for q = 1..7
