@@ -35,7 +35,7 @@ CONFIGS = {
     "reverse": dict(layers=2, cat_heads=1, width_heads=1, mlps=1),
     "double-hist": NUM,
     "sort": NUM,
-    "most-freq": NUM,
+    "most-freq": dict(layers=3, cat_heads=1, width_heads=1, mlps=1),  # NUM measured lower: 52.4 vs 55.9 %
     "dyck-1": dict(layers=3, cat_heads=1, width_heads=1, mlps=1),
     "dyck-2": dict(layers=3, cat_heads=1, width_heads=1, mlps=1),
 }
