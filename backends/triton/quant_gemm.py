@@ -132,6 +132,8 @@ def _launch(fmt, x, w, s, z, group, bias, config: QConfig | None = None, target:
                     key, {nm: functools.partial(run, c) for nm, c in cands.items()}, config.name
                 )
             config = QConfig.parse(best)
+            if config.block_m == 1 and not gemv:  # a winner for another layout of this shape
+                config = dot
     else:
         config = _fit(config, fmt, k, group)
     return run(config).view(*x.shape[:-1], n)
