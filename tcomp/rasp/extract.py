@@ -201,14 +201,16 @@ class _Reader:
             layer += 1
         U = self.w["unembed"]
         cols = [(U[:, j].abs() > TOL).nonzero().flatten().tolist() for j in range(U.shape[1])]
-        if any(len(c) != 1 for c in cols):
-            raise NotAProgram("unembed columns must each read one residual dim")
-        out = self._var_of([c[0] for c in cols], "unembed")
+        if any(len(c) > 1 for c in cols) or not any(cols):
+            raise NotAProgram(
+                "unembed columns must each read one residual dim (or none: a class never output)"
+            )
+        col_of = {c[0]: j for j, c in enumerate(cols) if c}  # residual dim -> class
+        out = self._var_of(list(col_of), "unembed")
         if out is None:
             raise NotAProgram("unembed reads no variable")
         prog = out.expr
         if out.labels:
-            col_of = {c[0]: j for j, c in enumerate(cols)}
             relabel = {lab: col_of.get(d) for d, lab in zip(out.dims, out.labels)}
             if any(lab != col for lab, col in relabel.items()):
                 prog = L.Map(relabel.__getitem__, prog, name="output")
