@@ -10,6 +10,12 @@ finite set (hard, straight-through when ``hard=True``; argmax at evaluation):
   the zero vector) and copies the value there;
 * a *width head* picks a query and a key variable and a 0/1 predicate matrix; it writes how many
   keys each query selects (SelectorWidth);
+* a *key head* (``key_heads``) picks a query, a key and a value variable and a 0/1 predicate
+  matrix over (query value, key value); it writes the value of the selected key where exactly one
+  key is selected, no value (the zero vector) where none or several are (the categorical
+  ``Aggregate`` of ``tcomp.rasp``). Exported, the head averages the value one-hot and the BOS flag
+  over the selected keys and BOS, and MLP units of its layer keep the value only where the BOS
+  share is 1/2; while training the relaxed selection's sum ``m`` gates the mean by ``1 - |m - 1|``;
 * a *categorical MLP* picks two variables and a lookup table (pair of values -> value);
 * a *numerical head* (``num_heads``) picks a query and a key variable and a 0/1 predicate matrix as
   a width head, and a value: one value ``c`` of one variable, read as the indicator
@@ -177,6 +183,7 @@ class ProgramConfig:
     mlps: int = 1
     num_heads: int = 0  # numerical heads per layer (after the width heads)
     num_mlps: int = 0  # numerical-to-categorical MLPs per layer (after the categorical MLPs)
+    key_heads: int = 0  # categorical heads choosing a key variable per layer (after the width heads)
 
     @property
     def K(self) -> int:  # noqa: N802 - values per variable
@@ -210,6 +217,7 @@ class TransformerProgram(nn.Module):
         F_ = len(self.fracs)
         self.heads, self.widths, self.mlps = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
         self.nheads, self.nmlps = nn.ParameterList(), nn.ParameterList()
+        self.keys = nn.ParameterList()
         sizes = [cfg.vocab, N]  # most values each categorical variable can hold
         self.value_masks: list[Tensor] = []  # per numerical head: the (variable, value) pairs it may read
         self.plan: list[
@@ -228,6 +236,11 @@ class TransformerProgram(nn.Module):
                 layer.append(("width", len(self.widths) - 1, before))
                 n_vars += 1
                 sizes.append(N + 1)
+            for _ in range(cfg.key_heads):  # [query var | key var | value var | predicate K x K]
+                self.keys.append(nn.Parameter(torch.randn(3 * before + K * K) * 0.1))
+                layer.append(("key", len(self.keys) - 1, before))
+                n_vars += 1
+                sizes.append(max(sizes[:before]))
             for _ in range(cfg.num_heads):  # [query var | key var | (value var, value) | predicate K x K]
                 self.nheads.append(nn.Parameter(torch.randn(2 * before + before * K + K * K) * 0.1))
                 # a value the variable never holds would be a constant 0 (and soak up the choice)
@@ -257,6 +270,11 @@ class TransformerProgram(nn.Module):
     def _split(self, p: Tensor, before: int, rest: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
         return p[:before], p[before : 2 * before], p[2 * before :].view(*rest)
 
+    def _split_key(self, i: int, before: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Query, key and value logits and the predicate logits (K x K) of key head ``i``."""
+        b, p = before, self.keys[i]
+        return p[:b], p[b : 2 * b], p[2 * b : 3 * b], p[3 * b :].view(self.cfg.K, self.cfg.K)
+
     def _split_num(self, i: int, before: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Query and key logits, the (variable, value) logits (flat, impossible pairs -inf), predicate."""
         K, b, p = self.cfg.K, before, self.nheads[i]
@@ -279,6 +297,11 @@ class TransformerProgram(nn.Module):
                 elif kind == "width":
                     q, k, pred = self._split(self.widths[i], before, (K, K))
                     items.append(("width", int(q.argmax()), int(k.argmax()), (pred > 0).tolist()))
+                elif kind == "key":
+                    q, k, v, pred = self._split_key(i, before)
+                    items.append(
+                        ("key", int(q.argmax()), int(k.argmax()), int(v.argmax()), (pred > 0).tolist())
+                    )
                 elif kind == "num":
                     q, k, vc, pred = self._split_num(i, before)
                     v, c = divmod(int(vc.argmax()), K)
@@ -351,6 +374,16 @@ class TransformerProgram(nn.Module):
                     w = (q @ pred @ k[:, 1:].transpose(1, 2)).sum(-1, keepdim=True)  # (B, n+1, 1)
                     c = torch.arange(K).float()
                     new.append(torch.softmax(-((w - c) ** 2) / (0.5 if train else 1e-4), -1) * not_bos)
+                elif kind == "key":
+                    ql, kl, vl, pl = self._split_key(i, before)
+                    q = stack @ _choose(ql, tau, hard, train)
+                    k = stack @ _choose(kl, tau, hard, train)
+                    v = stack @ _choose(vl, tau, hard, train)
+                    sel = q @ self._predicate(pl, tau, train) @ k[:, 1:].transpose(1, 2)  # (B, n+1, n)
+                    m = sel.sum(-1, keepdim=True)
+                    # the value of the one selected key; none (BOS) or several: no value (the zero vector)
+                    one = torch.relu(1 - (m - 1).abs())
+                    new.append((sel @ v[:, 1:]) / m.clamp(min=1.0) * one * not_bos)
                 elif kind == "num":
                     ql, kl, vcl, pl = self._split_num(i, before)
                     q = stack @ _choose(ql, tau, hard, train)
@@ -428,12 +461,14 @@ def to_module(choices: dict, cfg: ProgramConfig) -> ProgramModule:
     K, N, V = cfg.K, cfg.max_len, cfg.vocab
     sizes = [V, N]  # real values of each variable (tokens, indices, then K each)
     kinds = [it[0] for layer in choices["layers"] for it in layer]
-    n_widths, n_nums = kinds.count("width"), kinds.count("num")
+    n_widths, n_nums, n_keys = kinds.count("width"), kinds.count("num"), kinds.count("key")
     n_vars = len(kinds) - n_nums + 2
-    D = 2 + V + N + K * (n_vars - 2) + n_widths + n_nums  # ..., width temporaries, numerical variables
+    # ..., width temporaries, key-head temporaries (K + 1 each), numerical variables
+    D = 2 + V + N + K * (n_vars - 2) + n_widths + n_keys * (K + 1) + n_nums
     starts = [2, 2 + V]
     nxt = 2 + V + N
-    temp = D - n_widths - n_nums
+    ktemp = D - n_nums - n_keys * (K + 1)
+    temp = ktemp - n_widths
     num_dims: list[int] = []  # the dim of each numerical variable
     fracs = mean_values(N)
     emb_t, emb_p = torch.zeros(V + 1, D), torch.zeros(N + 1, D)
@@ -452,7 +487,7 @@ def to_module(choices: dict, cfg: ProgramConfig) -> ProgramModule:
                 heads.append(_num_head(it, starts, sizes, num_dims[-1], D, K))
                 continue
             starts.append(nxt)
-            sizes.append(sizes[it[2]] if it[0] == "cat" else N + 1)  # values it can hold
+            sizes.append({"cat": sizes[it[2]], "key": sizes[it[-2]]}.get(it[0], N + 1))  # values it can hold
             nxt += K
             out = starts[-1]
             if it[0] == "cat":
@@ -468,6 +503,10 @@ def to_module(choices: dict, cfg: ProgramConfig) -> ProgramModule:
                 for j in range(sizes[vv]):
                     wv[starts[vv] + j, j], wo[j, out + j] = 1.0, 1.0
                 heads.append((wq, wk, wv, wo))
+            elif it[0] == "key":
+                heads.append(_key_head(it, starts, sizes, ktemp, D, K))
+                units += _key_units(ktemp, out, sizes[-1], N, K, D)
+                ktemp += K + 1
             else:
                 _, qv, kv, pred = it
                 wq, wk = _matrix_scores(starts, sizes, qv, kv, pred, 1.0, D, K)
@@ -517,6 +556,51 @@ def _num_head(it: tuple, starts: list[int], sizes: list[int], out: int, D: int, 
     if c < sizes[vv]:
         wv[starts[vv] + c, 0], wo[0, out] = 1.0, 1.0
     return wq, wk, wv, wo
+
+
+def _key_head(it: tuple, starts: list[int], sizes: list[int], temp: int, D: int, K: int) -> tuple:
+    """A key head's attention: selected keys and BOS score level (``BETA``); it averages the value
+    one-hot into ``temp .. temp + K - 1`` and the BOS flag into ``temp + K``: ``c / (m + 1)`` for a
+    value held by ``c`` of the ``m`` selected keys, and ``1 / (m + 1)``."""
+    _, qv, kv, vv, pred = it
+    wq, wk = _matrix_scores(starts, sizes, qv, kv, pred, 1.0, D, K)
+    wv, wo = torch.zeros(D, K + 1), torch.zeros(K + 1, D)
+    for j in range(sizes[vv]):
+        wv[starts[vv] + j, j], wo[j, temp + j] = 1.0, 1.0
+    wv[1, K], wo[K, temp + K] = 1.0, 1.0
+    return wq, wk, wv, wo
+
+
+def key_decoder(M: int) -> tuple[float, float, float]:
+    """``(alpha, centre, half_width)``: ``c / (m + 1) + alpha / (m + 1)`` over ``0 <= c <= m <= M``
+    equals ``centre`` only for ``c = m = 1`` (one key selected, holding the value), and every other
+    point is at least ``2 * half_width`` away."""
+    best = (0.0, 0.0, 0.0)
+    for alpha in (i / 64 for i in range(1, 192)):
+        centre = (1 + alpha) / 2
+        pts = [(c + alpha) / (m + 1) for m in range(M + 1) for c in range(m + 1) if (c, m) != (1, 1)]
+        gap = min(abs(p - centre) for p in pts)
+        if gap > 2 * best[2] + 1e-9:
+            best = (alpha, centre, gap / 2)
+    return best
+
+
+def _key_units(
+    temp: int, out: int, n_values: int, M: int, K: int, D: int
+) -> list[tuple[Tensor, float, Tensor]]:
+    """Decode a key head's averages to the one-hot value at ``out`` where exactly one key is
+    selected (zero otherwise): per value ``j`` a tent of ``x = avg_j + alpha * avg_BOS``, 1 at the
+    centre, 0 at every other reachable ``x`` (three ReLU units)."""
+    alpha, centre, half = key_decoder(M)
+    s = 1.0 / half
+    units = []
+    for j in range(n_values):
+        for off, sign in ((1.0, 1.0), (0.0, -2.0), (-1.0, 1.0)):
+            w1, w2 = torch.zeros(D), torch.zeros(D)
+            w1[temp + j], w1[temp + K] = s, s * alpha
+            w2[out + j] = sign
+            units.append((w1, -s * centre + off, w2))
+    return units
 
 
 def _matrix_scores(
@@ -576,15 +660,17 @@ def _width_units(inv: int, out: int, M: int, D: int) -> list[tuple[Tensor, float
 
 def _layer(heads: list[tuple], units: list[tuple], D: int, K: int) -> dict[str, Tensor]:
     H = max(1, len(heads))
+    dv = max([K] + [h[2].shape[1] for h in heads])  # key heads carry the BOS flag too: K + 1
     w = {
         "wq": torch.zeros(H, D, K + 2),
         "wk": torch.zeros(H, D, K + 2),
-        "wv": torch.zeros(H, D, K),
-        "wo": torch.zeros(H, K, D),
+        "wv": torch.zeros(H, D, dv),
+        "wo": torch.zeros(H, dv, D),
     }
     for i, h in enumerate(heads):
-        for k, t in zip(("wq", "wk", "wv", "wo"), h):
-            w[k][i] = t
+        wq, wk, wv, wo = h
+        w["wq"][i], w["wk"][i] = wq, wk
+        w["wv"][i, :, : wv.shape[1]], w["wo"][i, : wo.shape[0]] = wv, wo
     n = max(1, len(units))
     w["w1"], w["b1"], w["w2"] = torch.zeros(D, n), torch.zeros(n), torch.zeros(n, D)
     for u, (a, b, c) in enumerate(units):

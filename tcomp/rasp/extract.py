@@ -12,6 +12,10 @@ parameter name in a captured graph:
   a head whose value is one dim holding ``1[var == c]`` of a categorical variable, written to one
   dim, is a *numerical* head: the mean of the indicator over the selected keys (0 when only BOS is),
   so every selected key must score the same;
+  a head whose value is a categorical variable *and* the ``bos`` dim, selected keys scoring level
+  with BOS, is a *key head*: it writes the averages ``c / (m + 1)`` of each value (``c`` of the
+  ``m`` selected keys hold it) and ``1 / (m + 1)``; MLP units of its layer decode them to the value
+  where exactly one key is selected (the categorical Aggregate: no value for none or several);
 * ``layers.{l}.mlp.w1`` (D, h), ``b1`` (h), ``w2`` (h, D): ReLU units, grouped by the variable they
   write, each group a lookup table of one or two categorical variables, of one numerical variable
   with finitely many values (a numerical head's means), or a width decoder;
@@ -141,6 +145,8 @@ class _Reader:
         ]
         self.by_dim: dict[int, Var] = {d: v for v in self.vars for d in v.dims}
         self.widths: dict[int, L.Select] = {}  # dim holding 1/(w+1) -> its selector
+        # an output dim of a key head -> (selector, value var, {value dim: output dim}, BOS output dim)
+        self.keyheads: dict[int, tuple] = {}
         self.heads = self.mlps = 0
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -168,7 +174,11 @@ class _Reader:
         return self.by_dim[dims[0]]
 
     def _new(self, expr: L.SOp, dims: list[int], labels: list, where: str, values: list | None = None) -> Var:
-        clash = [d for d in dims if d in self.by_dim or d in (self.one, self.bos) or d in self.widths]
+        clash = [
+            d
+            for d in dims
+            if d in self.by_dim or d in (self.one, self.bos) or d in self.widths or d in self.keyheads
+        ]
         if clash:
             raise NotAProgram(f"{where} writes dims {clash} that already hold a variable (not disentangled)")
         v = Var(expr, dims, labels, values)
@@ -191,14 +201,16 @@ class _Reader:
             layer += 1
         U = self.w["unembed"]
         cols = [(U[:, j].abs() > TOL).nonzero().flatten().tolist() for j in range(U.shape[1])]
-        if any(len(c) != 1 for c in cols):
-            raise NotAProgram("unembed columns must each read one residual dim")
-        out = self._var_of([c[0] for c in cols], "unembed")
+        if any(len(c) > 1 for c in cols) or not any(cols):
+            raise NotAProgram(
+                "unembed columns must each read one residual dim (or none: a class never output)"
+            )
+        col_of = {c[0]: j for j, c in enumerate(cols) if c}  # residual dim -> class
+        out = self._var_of(list(col_of), "unembed")
         if out is None:
             raise NotAProgram("unembed reads no variable")
         prog = out.expr
         if out.labels:
-            col_of = {c[0]: j for j, c in enumerate(cols)}
             relabel = {lab: col_of.get(d) for d, lab in zip(out.dims, out.labels)}
             if any(lab != col for lab, col in relabel.items()):
                 prog = L.Map(relabel.__getitem__, prog, name="output")
@@ -220,8 +232,12 @@ class _Reader:
             kv = self._var_of(rows(wk[h]), where + " key") or self.vars[1]
             vrows = rows(wv[h])
             width = vrows == [self.bos]
-            sel = self._select(qv, kv, wq[h] @ wk[h].T, width, where)
+            key = self.bos in vrows and not width
+            sel = self._select(qv, kv, wq[h] @ wk[h].T, width or key, where)
             ov = wv[h] @ wo[h]  # (D, D): value dims -> output dims
+            if key:
+                self._key_head(sel, vrows, ov, outs, where)
+                continue
             if width:
                 if len(outs) != 1:
                     raise NotAProgram(f"{where}: a SelectorWidth head writes one dim, this one writes {outs}")
@@ -248,6 +264,68 @@ class _Reader:
             agg = L.Aggregate(sel, src.expr, numerical=numerical, name=f"aggregate_{layer}_{h}")
             dims = [moved[d] for d in src.dims]
             self._new(agg, dims, list(src.labels), where)
+
+    def _key_head(self, sel: L.Select, vrows: list[int], ov: Tensor, outs: list[int], where: str) -> None:
+        """Record a key head: the value variable's dims and BOS, each copied with weight 1 to a dim
+        of its own (decoded by the layer's MLP, see ``_key_decoder``); its other outputs hold 0."""
+        src = self._var_of(vrows, where + " value")
+        if src is None or not src.labels:
+            raise NotAProgram(f"{where}: a head averaging BOS and a value reads a categorical value variable")
+        moved = {}
+        for d in [*src.dims, self.bos]:
+            tgt = (ov[d].abs() > TOL).nonzero().flatten().tolist()
+            if len(tgt) != 1 or abs(float(ov[d, tgt[0]]) - 1) > TOL:
+                raise NotAProgram(f"{where}: value dim {d} is not copied to one output dim with weight 1")
+            moved[d] = tgt[0]
+        inv = moved.pop(self.bos)
+        if len(set(moved.values()) | {inv}) != len(moved) + 1:
+            raise NotAProgram(f"{where}: a key head writes each value and BOS to a dim of its own")
+        rec = (sel, src, moved, inv)
+        for t in outs:
+            self.keyheads[t] = rec
+
+    def _key_decoder(self, layer: int, rec: tuple, us: list[int], w1, b1, w2) -> None:
+        """The MLP units ``us`` decoding key head ``rec``: each reads one value average and the BOS
+        average; checked on every reachable pair (``c`` of ``m`` selected keys hold the value, ``m <=
+        max_len``) to write the value's one-hot exactly when ``c = m = 1`` and nothing otherwise."""
+        sel, src, moved, inv = rec
+        where = f"layers.{layer}.mlp units {us[:4]}{'...' if len(us) > 4 else ''} (decoding a key head)"
+        by_avg: dict[int, list[int]] = {}
+        for u in us:
+            ins = set((w1[:, u].abs() > TOL).nonzero().flatten().tolist()) - {self.one}
+            avg = ins - {inv}
+            if len(avg) != 1 or self.keyheads.get(next(iter(avg))) is not rec:
+                raise NotAProgram(
+                    f"{where}: unit {u} reads {sorted(ins)}; a decoder unit reads one value and BOS"
+                )
+            by_avg.setdefault(avg.pop(), []).append(u)
+        outs = sorted({d for u in us for d in (w2[u].abs() > TOL).nonzero().flatten().tolist()})
+        moved = dict(moved)
+        for t in set(by_avg) - set(moved.values()):  # a dim the value never reaches: always 0
+            moved[-1 - t] = t
+        dims = []
+        for d, t in moved.items():
+            ul = by_avg.get(t, [])
+            hot = None
+            for m in range(self.M + 1):
+                for c in range(m + 1 if d >= 0 else 1):
+                    x = self._basis([])
+                    x[t], x[inv] = c / (m + 1), 1 / (m + 1)
+                    y = (torch.relu(x @ w1[:, ul] + b1[ul]) @ w2[ul])[outs] if ul else torch.zeros(len(outs))
+                    got = self._read(y, outs, where, categorical=True)
+                    if (c, m) == (1, 1):
+                        hot = got
+                    elif got is not None:
+                        raise NotAProgram(f"{where}: writes a value where {c} of {m} selected keys hold it")
+            if d < 0:
+                continue
+            if hot is None:
+                raise NotAProgram(f"{where}: writes no value for value dim {d} selected alone")
+            dims.append(outs[hot])
+        if len(set(dims)) != len(dims):
+            raise NotAProgram(f"{where}: two values decode to the same dim")
+        agg = L.Aggregate(sel, src.expr, name=f"lookup_{layer}_{inv}")
+        self._new(agg, dims, list(src.labels), where)
 
     def _numerical_head(
         self, sel: L.Select, src: Var | None, col: Tensor, out: int, layer: int, h: int, where: str
@@ -311,6 +389,15 @@ class _Reader:
         p = f"layers.{layer}.mlp."
         w1, b1, w2 = self.w[p + "w1"], self.w[p + "b1"], self.w[p + "w2"]
         units = [u for u in range(w2.shape[0]) if bool((w2[u].abs() > TOL).any())]
+        decoders: dict[int, tuple[tuple, list[int]]] = {}  # key-head decoder units, by key head
+        for u in units:
+            ins = [d for d in (w1[:, u].abs() > TOL).nonzero().flatten().tolist() if d in self.keyheads]
+            if ins:
+                rec = self.keyheads[ins[0]]
+                decoders.setdefault(id(rec), (rec, []))[1].append(u)
+        for rec, us in decoders.values():
+            self._key_decoder(layer, rec, us, w1, b1, w2)
+        units = [u for u in units if all(u not in us for _, us in decoders.values())]
         # units reading the same variables form one table; units sharing an output dim too
         groups: list[tuple[set[int], set[int]]] = []
         by_key: dict[frozenset, int] = {}
@@ -391,8 +478,8 @@ class _Reader:
             L.Map if len(readers) == 1 else L.SequenceMap, table, [v.expr for v in readers], outs, where, name
         )
 
-    def _read(self, y: Tensor, outs: list[int], where: str) -> Any:
-        if len(outs) == 1:
+    def _read(self, y: Tensor, outs: list[int], where: str, categorical: bool = False) -> Any:
+        if len(outs) == 1 and not categorical:
             return round(float(y[0]), 6)
         hot = (y.abs() > TOL).nonzero().flatten().tolist()
         if not hot:
