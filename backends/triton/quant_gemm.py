@@ -11,7 +11,7 @@ import functools
 import torch
 import torch.fx as fx
 
-from tcomp.backends.triton import autotune, quant_gemv
+from tcomp.backends.triton import quant_gemv
 from tcomp.backends.triton import quant_template as tmpl
 from tcomp.backends.triton.codegen import interpreting, load
 from tcomp.backends.triton.configs import QConfig
@@ -119,21 +119,16 @@ def _launch(fmt, x, w, s, z, group, bias, config: QConfig | None = None, target:
     if config is None:
         gemv = m <= quant_gemv.MAX_ROWS and quant_gemv.words_of(w, fmt, k) is not None
         dot = _fit(default_config(m, n, k), fmt, k, group)
-        config = quant_gemv.default(fmt, m, n, k, group) if gemv else dot
-        if autotune.enabled():
-            key = tune_key(fmt, m, n, k, group, x.dtype, bias is not None, target)
-            best = autotune.lookup(key)
-            if best is None:
-                family = [_fit(c, fmt, k, group) for c in candidates(dot, m)]
-                if gemv:
-                    family = quant_gemv.candidates(fmt, m, n, k, group) + family
-                cands = {c.name: c for c in family}
-                best = autotune.choose(
-                    key, {nm: functools.partial(run, c) for nm, c in cands.items()}, config.name
-                )
-            config = QConfig.parse(best)
-            if config.block_m == 1 and not gemv:  # a winner for another layout of this shape
-                config = dot
+        default = quant_gemv.default(fmt, m, n, k, group) if gemv else dot
+
+        def family() -> list[QConfig]:
+            dots = [_fit(c, fmt, k, group) for c in candidates(dot, m)]
+            return quant_gemv.candidates(fmt, m, n, k, group) + dots if gemv else dots
+
+        key = tune_key(fmt, m, n, k, group, x.dtype, bias is not None, target)
+        config = quant_gemv.tuned(key, family, run, default)
+        if config.block_m == 1 and not gemv:  # a winner for another layout of this shape
+            config = dot
     else:
         config = _fit(config, fmt, k, group)
     return run(config).view(*x.shape[:-1], n)

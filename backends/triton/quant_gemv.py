@@ -8,6 +8,7 @@ import functools
 
 import torch
 
+from tcomp.backends.triton import autotune
 from tcomp.backends.triton import gemv_template as tmpl
 from tcomp.backends.triton.codegen import interpreting, load
 from tcomp.backends.triton.configs import QConfig
@@ -85,6 +86,18 @@ def candidates(fmt: str, m: int, n: int, k: int, group: int) -> list[QConfig]:
     cands = [default(fmt, m, n, k, group)]
     cands += [fit(QConfig(1, bn, bk, sp, w, st), fmt, k, group) for bn, bk, sp, w, st in shapes]
     return list(dict.fromkeys(cands))
+
+
+def tuned(key: str, family, run, default: QConfig) -> QConfig:
+    """The launch to use for ``key``: ``default`` without a GPU autotuner, else the fastest of
+    ``family()`` (built and timed once per key with ``run(config)``, then cached)."""
+    if not autotune.enabled():
+        return default
+    best = autotune.lookup(key)
+    if best is None:
+        cands = {c.name: c for c in family()}
+        best = autotune.choose(key, {nm: functools.partial(run, c) for nm, c in cands.items()}, default.name)
+    return QConfig.parse(best)
 
 
 def output_for(split: int, m: int, n: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, int]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from tcomp.backends.triton import autotune, quant_gemv
+from tcomp.backends.triton import quant_gemv
 from tcomp.backends.triton.codegen import interpreting, load
 from tcomp.backends.triton.configs import QConfig
 from tcomp.backends.triton.quant_gemm import _blocks, triton_cdiv
@@ -103,17 +103,9 @@ def _gemv(a, words, alpha, k, bias, out_dtype, config, target):
     run = functools.partial(quant_gemv.launch, "w1", a, words, alpha, None, 1, bias, out_dtype)
     if config is not None:
         return run(quant_gemv.fit(config, "w1", k, 1))
-    config = quant_gemv.default("w1", m, n, k, 1)
-    if autotune.enabled():
-        key = f"gemv|w1|m{m}|n{n}|k{k}|{a.dtype}|{'b' if bias is not None else ''}|{target}"
-        best = autotune.lookup(key)
-        if best is None:
-            cands = {c.name: c for c in quant_gemv.candidates("w1", m, n, k, 1)}
-            best = autotune.choose(
-                key, {nm: functools.partial(run, c) for nm, c in cands.items()}, config.name
-            )
-        config = QConfig.parse(best)
-    return run(config)
+    key = f"gemv|w1|m{m}|n{n}|k{k}|{a.dtype}|{'b' if bias is not None else ''}|{target}"
+    family = lambda: quant_gemv.candidates("w1", m, n, k, 1)  # noqa: E731 - built only when tuning
+    return run(quant_gemv.tuned(key, family, run, quant_gemv.default("w1", m, n, k, 1)))
 
 
 def kernel_sources_of(node: fx.Node) -> dict[str, str]:

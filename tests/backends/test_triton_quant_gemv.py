@@ -61,14 +61,20 @@ def test_every_gemv_candidate_matches_dequantized_linear(fmt, group, m):
 
 
 @pytest.mark.parametrize("fmt,group", [("int8", 1), ("int4", 64), ("w1", 1)])
-def test_gemv_is_the_small_batch_default_and_fp16_rounds_like_the_reference(fmt, group):
+def test_gemv_is_the_small_batch_default_and_fp16_rounds_like_the_reference(fmt, group, monkeypatch):
     g = torch.Generator().manual_seed(11)
     n, k = 40, 256
     w = torch.randn(n, k, generator=g, dtype=torch.float64)
     x = torch.randn(2, 3, k, generator=g, dtype=torch.float64).half()  # 6 rows: the GEMM
     fn, w_hat = _weights(fmt, w, group)
-    for rows in (x[:1, :2], x):  # 2 rows (GEMV) and 6 rows (GEMM) agree with the reference alike
+    monkeypatch.setenv("TCOMP_AUTOTUNE", "0")  # the untuned default (on a GPU the autotuner may pick either)
+    launched = []
+    real = quant_gemv.launch
+    monkeypatch.setattr(quant_gemv, "launch", lambda *a, **kw: launched.append(a[0]) or real(*a, **kw))
+    for rows, gemv in ((x[:1, :2], True), (x, False)):  # 2 rows: GEMV; 6 rows: GEMM; both as the reference
+        launched.clear()
         out = fn(rows.to(DEVICE), None, None).cpu()
+        assert launched == ([fmt] if gemv else []), (rows.shape, launched)
         ref = torch.nn.functional.linear(rows.double(), w_hat.double())
         assert out.dtype == torch.float16 and out.shape == (*rows.shape[:-1], n)
         assert ((out.double() - ref).norm() / ref.norm()).item() <= 2e-3
