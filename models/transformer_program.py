@@ -184,6 +184,9 @@ class ProgramConfig:
     num_heads: int = 0  # numerical heads per layer (after the width heads)
     num_mlps: int = 0  # numerical-to-categorical MLPs per layer (after the categorical MLPs)
     key_heads: int = 0  # categorical heads choosing a key variable per layer (after the width heads)
+    # "variable": the output is one chosen categorical variable; "linear": a linear classifier over
+    # every categorical variable (the paper's unembedding), extracted as a ``Classify``
+    readout: str = "variable"
 
     @property
     def K(self) -> int:  # noqa: N802 - values per variable
@@ -264,7 +267,20 @@ class TransformerProgram(nn.Module):
                 sizes.append(K)
             self.plan.append(layer)
         self.n_vars, self.n_nums = n_vars, n_nums
-        self.readout = nn.Parameter(torch.linspace(0.0, 1.0, n_vars))  # leaning towards the last variable
+        if cfg.readout == "linear":
+            self.classifier = nn.Parameter(torch.randn(n_vars, K, cfg.classes) / math.sqrt(K))
+            self.class_bias = nn.Parameter(torch.zeros(cfg.classes))
+        elif cfg.readout == "variable":
+            self.readout = nn.Parameter(torch.linspace(0.0, 1.0, n_vars))  # leaning towards the last variable
+        else:
+            raise ValueError(f"readout must be 'variable' or 'linear', got {cfg.readout!r}")
+
+    def classifier_weights(self) -> tuple[Tensor, Tensor]:
+        """The linear readout's ``(weights (n_vars, K, classes), bias)``: as trained while training,
+        else rounded (:func:`round_classifier`) -- the numbers the exported weights carry."""
+        if self.training:
+            return self.classifier, self.class_bias
+        return round_classifier(self.classifier.detach(), self.class_bias.detach())
 
     # parts of the flat parameter vectors
     def _split(self, p: Tensor, before: int, rest: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
@@ -313,7 +329,11 @@ class TransformerProgram(nn.Module):
                     a, b, table = self._split(self.mlps[i], before, (K * K, K))
                     items.append(("mlp", int(a.argmax()), int(b.argmax()), table.argmax(-1).tolist()))
             out["layers"].append(items)
-        out["output"] = int(self.readout.argmax())
+        if self.cfg.readout == "linear":
+            w, b = self.classifier_weights()
+            out["output"] = {"weights": w.tolist(), "bias": b.tolist()}
+        else:
+            out["output"] = int(self.readout.argmax())
         return out
 
     def _predicate(self, logits: Tensor, tau: float, train: bool) -> Tensor:
@@ -413,6 +433,9 @@ class TransformerProgram(nn.Module):
                 pair = (a.unsqueeze(-1) * b.unsqueeze(-2)).flatten(-2)  # (B, n+1, K*K)
                 new.append(pair @ _choose(tl, tau, hard, train))
             xs = xs + new
+        if cfg.readout == "linear":
+            w, b = self.classifier_weights()
+            return torch.einsum("bpkv,vkc->bpc", torch.stack(xs, -1), w)[:, 1:] + b
         out = torch.stack(xs, -1) @ _choose(self.readout, tau, hard, train)
         return 10.0 * out[:, 1:, : cfg.classes]
 
@@ -426,6 +449,8 @@ class TransformerProgram(nn.Module):
 class ProgramModule(nn.Module):
     """Transformer Program weights in the family ``tcomp.rasp.extract`` reads: ``forward(tokens)``
     -> the output variable's one-hot block (B, N, classes); argmax is the prediction."""
+
+    argmax_output = False  # a linear-classifier readout: predictions are the argmax (see ``predictions``)
 
     def __init__(self, emb_t: Tensor, emb_p: Tensor, layers: list[dict[str, Tensor]], unembed: Tensor):
         super().__init__()
@@ -541,9 +566,32 @@ def to_module(choices: dict, cfg: ProgramConfig) -> ProgramModule:
         layers.append(_layer(heads, units, D, K))
     unembed = torch.zeros(D, cfg.classes)
     o = choices["output"]
-    for j in range(min(cfg.classes, sizes[o])):
-        unembed[starts[o] + j, j] = 1.0
-    return ProgramModule(emb_t, emb_p, layers, unembed).eval()
+    if isinstance(o, dict):  # a linear classifier: each variable's real values score the classes
+        w = torch.tensor(o["weights"])
+        for v, (start, size) in enumerate(zip(starts, sizes)):
+            unembed[start : start + size] = w[v, :size]
+        unembed[0] = torch.tensor(o["bias"])  # the 'one' dim
+    else:
+        for j in range(min(cfg.classes, sizes[o])):
+            unembed[starts[o] + j, j] = 1.0
+    module = ProgramModule(emb_t, emb_p, layers, unembed).eval()
+    module.argmax_output = isinstance(o, dict)
+    return module
+
+
+def round_classifier(w: Tensor, b: Tensor, top: float = 8.0, step: float = 1 / 64) -> tuple[Tensor, Tensor]:
+    """A linear readout in numbers every float format adds exactly: scaled so the largest weight
+    is ``top`` (the argmax does not change), rounded to multiples of ``step``, and class ``c``'s
+    bias lowered by ``c * delta`` (``delta`` a power of two, ``classes * delta <= step / 2``): equal
+    scores go to the earlier class, and any two scores differ by >= ``delta`` (1/2048 for 9
+    classes), far above the float32 error of the exported model's residual stream. The extracted
+    ``Classify`` carries the same numbers, so model and program pick the same class everywhere."""
+    scale = top / float(torch.cat([w.abs().flatten(), b.abs()]).max().clamp(min=1e-12))
+    c = b.shape[0]
+    delta = step / 2 ** (1 + math.ceil(math.log2(max(c, 2))))
+    w = torch.round(w * scale / step) * step
+    b = torch.round(b * scale / step) * step - delta * torch.arange(c, dtype=b.dtype)
+    return w, b
 
 
 def _num_head(it: tuple, starts: list[int], sizes: list[int], out: int, D: int, K: int) -> tuple:
@@ -698,13 +746,21 @@ def predict(out: Tensor) -> Tensor:
     return torch.where(out.amax(-1) > 0.5, out.argmax(-1), 0)
 
 
+def predictions(model: nn.Module, tokens: Tensor) -> Tensor:
+    """A model's predicted classes: the argmax of a linear readout's scores, else :func:`predict`."""
+    with torch.no_grad():
+        out = model(tokens)
+    linear = getattr(model, "argmax_output", False) or getattr(getattr(model, "cfg", None), "readout", "") == "linear"
+    return out.argmax(-1) if linear else predict(out)
+
+
 def accuracy(model: nn.Module, x: Tensor | dict, y: Tensor | None = None) -> float:
     """Token accuracy on ``x, y`` or on a split from :func:`make_split` (all tokens of all lengths)."""
     groups = x.values() if isinstance(x, dict) else [(x, y)]
     right = total = 0
     with torch.no_grad():
         for xs, ys in groups:
-            right += int((predict(model(xs)) == ys).sum())
+            right += int((predictions(model, xs) == ys).sum())
             total += ys.numel()
     return right / total
 

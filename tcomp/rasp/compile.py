@@ -105,6 +105,7 @@ class CompiledTransformer(nn.Module):
         self.vocab: list = []
         self.max_len = embed_positions.shape[0] - 1
         self.output_values: list | None = None  # labels of the output dims (None: numerical)
+        self.argmax_output = False  # a Classify output: the best-scoring dim always (no 'no value')
         self.layout: Layout | None = None
 
     def forward(self, tokens: Tensor) -> Tensor:
@@ -122,6 +123,8 @@ class CompiledTransformer(nn.Module):
         """One output sequence (N, k) back to RASP values (``None`` for an all-zero block)."""
         if self.output_values is None:
             return out[:, 0].tolist()
+        if self.argmax_output:
+            return [self.output_values[int(r.argmax())] for r in out]
         return [self.output_values[int(r.argmax())] if float(r.max()) > 0.5 else None for r in out]
 
     def run(self, inputs: list) -> list:
@@ -141,7 +144,7 @@ def compile_program(program: L.SOp, vocab: list, max_len: int, *, beta: float = 
     layout.add(L.tokens.id, "tokens", _sorted_vocab(vocab))
     layout.add(L.indices.id, "indices", list(range(max_len)))
     for e in order:
-        if e.id not in layout.blocks:
+        if e.id not in layout.blocks and not isinstance(e, L.Classify):  # a Classify is the unembedding
             layout.add(e.id, e.name, None if e.numerical else sets[e.id])
     widths = {
         e.id: layout.add(-e.id - 1, f"{e.name}_inv", None) for e in order if isinstance(e, L.SelectorWidth)
@@ -152,7 +155,7 @@ def compile_program(program: L.SOp, vocab: list, max_len: int, *, beta: float = 
     heads: list[list[tuple]] = [[] for _ in range(n_layers)]
     mlps: list[list[tuple]] = [[] for _ in range(n_layers)]
     for e in order:
-        s = ready[e.id]
+        s = ready.get(e.id, -1)
         if isinstance(e, L.Aggregate):
             heads[s // 2].append(_aggregate_head(e, layout, sets, D))
         elif isinstance(e, L.SelectorWidth):
@@ -161,11 +164,15 @@ def compile_program(program: L.SOp, vocab: list, max_len: int, *, beta: float = 
         elif isinstance(e, (L.Map, L.SequenceMap)):
             mlps[s // 2].append(_map_mlp(e, layout, sets, D))
     layers = [Layer(_stack_heads(h, D, beta), _stack_mlps(m, D)) for h, m in zip(heads, mlps)]
-    model = CompiledTransformer(
-        *_embeddings(layout, vocab, max_len), layers, _unembed(layout.blocks[prog.id], D)
-    )
+    if isinstance(prog, L.Classify):
+        unembed = _classify_unembed(prog, layout, sets, D)
+    else:
+        unembed = _unembed(layout.blocks[prog.id], D)
+    model = CompiledTransformer(*_embeddings(layout, vocab, max_len), layers, unembed)
     model.vocab, model.layout = vocab, layout
     model.output_values = None if prog.numerical else sets[prog.id]
+    if isinstance(prog, L.Classify):
+        model.output_values, model.argmax_output = list(prog.classes), True
     return model.eval()
 
 
@@ -182,6 +189,8 @@ def _schedule(order: list[L.SOp]) -> dict[int, int]:
         if isinstance(e, (L.Tokens, L.Indices)):
             ready[e.id] = -1
             continue
+        if isinstance(e, L.Classify):
+            continue  # the unembedding: no layer
         deps = (
             [e.x]
             if isinstance(e, (L.Map, L.Aggregate))
@@ -222,6 +231,18 @@ def _unembed(block: Block, D: int) -> Tensor:
     u = torch.zeros(D, len(block.dims))
     for j, d in enumerate(block.dims):
         u[d, j] = 1.0
+    return u
+
+
+def _classify_unembed(e: L.Classify, layout: Layout, sets: dict, D: int) -> Tensor:
+    """A Classify output: each input value's dim scores the classes by its weight row, the ``one``
+    dim by the bias (a ``None`` input, the zero block, adds nothing)."""
+    u = torch.zeros(D, len(e.classes))
+    u[ONE] = torch.tensor(e.bias)
+    for x, table in zip(e.inputs, e.weights):
+        for d, v in zip(layout.blocks[x.id].dims, sets[x.id]):
+            if v in table:
+                u[d] += torch.tensor(table[v])
     return u
 
 

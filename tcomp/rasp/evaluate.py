@@ -13,6 +13,7 @@ from typing import Any
 
 from tcomp.rasp.language import (
     Aggregate,
+    Classify,
     Expr,
     Indices,
     Map,
@@ -74,6 +75,8 @@ def _step(e: Expr, env: dict[int, Any], xs: list, n: int) -> Any:
         return aggregate(env[e.selector.id], env[e.x.id], e.numerical)
     if isinstance(e, SelectorWidth):
         return [sum(bool(s) for s in row) for row in env[e.selector.id]]
+    if isinstance(e, Classify):
+        return [e.classify([env[x.id][i] for x in e.inputs]) for i in range(n)]
     raise TypeError(f"cannot evaluate {e!r}")
 
 

@@ -19,7 +19,8 @@ parameter name in a captured graph:
 * ``layers.{l}.mlp.w1`` (D, h), ``b1`` (h), ``w2`` (h, D): ReLU units, grouped by the variable they
   write, each group a lookup table of one or two categorical variables, of one numerical variable
   with finitely many values (a numerical head's means), or a width decoder;
-* ``unembed`` (D, k): the output variable.
+* ``unembed`` (D, k): the output variable (each class column copies one of its dims), or a linear
+  classifier over categorical variables (bias in the ``one`` row), read as a ``Classify``.
 
 A variable with one dim is numerical, more dims are categorical (values: the dims). Anything else
 is refused with the weight that breaks the assumption.
@@ -201,10 +202,11 @@ class _Reader:
             layer += 1
         U = self.w["unembed"]
         cols = [(U[:, j].abs() > TOL).nonzero().flatten().tolist() for j in range(U.shape[1])]
-        if any(len(c) > 1 for c in cols) or not any(cols):
-            raise NotAProgram(
-                "unembed columns must each read one residual dim (or none: a class never output)"
-            )
+        copies = all(len(c) <= 1 and all(abs(float(U[d, j]) - 1) < TOL for d in c) for j, c in enumerate(cols))
+        if not copies or self.one in {d for c in cols for d in c}:
+            return self._done(self._classifier(U))
+        if not any(cols):
+            raise NotAProgram("unembed reads nothing: every class scores 0")
         col_of = {c[0]: j for j, c in enumerate(cols) if c}  # residual dim -> class
         out = self._var_of(list(col_of), "unembed")
         if out is None:
@@ -214,9 +216,42 @@ class _Reader:
             relabel = {lab: col_of.get(d) for d, lab in zip(out.dims, out.labels)}
             if any(lab != col for lab, col in relabel.items()):
                 prog = L.Map(relabel.__getitem__, prog, name="output")
+        return self._done(prog)
+
+    def _done(self, prog: L.SOp) -> Extracted:
         used = {e.id for e in L.walk(prog)}
         n_used = sum(v.expr.id in used for v in self.vars)
         return Extracted(prog, list(range(self.V)), self.M, len(self.vars), n_used, self.heads, self.mlps)
+
+    def _classifier(self, U: Tensor) -> L.Classify:
+        """An unembedding that is not a copy of one variable: a linear classifier (``Classify``)
+        over the categorical variables whose rows are nonzero, its bias the ``one`` row."""
+        rows = (U.abs() > TOL).any(1).nonzero().flatten().tolist()
+        inputs: list[Var] = []
+        for d in rows:
+            if d == self.one:
+                continue
+            v = self.by_dim.get(d)
+            if d in self.widths or d in self.keyheads:
+                raise NotAProgram(
+                    f"unembed row {d} scores a head's internal dim (a width or key-head average), not a variable"
+                )
+            if v is None:
+                continue  # a dim no variable holds (nothing writes it, or a value its source never takes): 0
+            if not v.labels:
+                raise NotAProgram(
+                    f"unembed row {d} scores numerical {v.expr.name}; a classifier output reads categorical "
+                    "variables (one-hot blocks)"
+                )
+            if v not in inputs:
+                inputs.append(v)
+        weights = [
+            {lab: [float(x) for x in U[d]] for d, lab in zip(v.dims, v.labels) if bool((U[d].abs() > TOL).any())}
+            for v in inputs
+        ]
+        classes = list(range(U.shape[1]))
+        bias = [float(x) for x in U[self.one]]
+        return L.Classify([v.expr for v in inputs], weights, bias, classes, name="output")
 
     def _attention(self, layer: int) -> None:
         p = f"layers.{layer}.attn."

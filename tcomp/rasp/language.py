@@ -209,6 +209,54 @@ class SelectorWidth(SOp):
         return (self.selector,)
 
 
+class Classify(SOp):
+    """The output layer of a Transformer Program (Friedman et al. 2023): a linear classifier over
+    categorical sequences. At every position, class ``c`` scores ``bias[c] + sum_i weights[i][x_i][c]``
+    (an input holding ``None``, or a value missing from its table, adds nothing); the output is the
+    best-scoring class, the earlier one in ``classes`` on a tie. Not a RASP primitive: it stands for
+    the unembedding the paper's programs end in, so it compiles only as a program's output."""
+
+    def __init__(
+        self,
+        inputs: Iterable[SOp],
+        weights: Iterable[dict[Any, Iterable[float]]],
+        bias: Iterable[float],
+        classes: Iterable[Hashable],
+        *,
+        name: str | None = None,
+    ):
+        super().__init__(name)
+        self.inputs = tuple(inputs)
+        self.weights = tuple({k: tuple(float(x) for x in v) for k, v in w.items()} for w in weights)
+        self.bias = tuple(float(b) for b in bias)
+        self.classes = tuple(classes)
+        if len(self.weights) != len(self.inputs):
+            raise ValueError(f"Classify {self.name}: {len(self.inputs)} inputs but {len(self.weights)} weight tables")
+        bad = [k for w in self.weights for k, v in w.items() if len(v) != len(self.classes)]
+        if len(self.bias) != len(self.classes) or bad:
+            raise ValueError(
+                f"Classify {self.name}: every weight vector and the bias need one entry per class "
+                f"({len(self.classes)}); check the rows for values {bad[:4]}"
+            )
+
+    @property
+    def children(self) -> tuple[Expr, ...]:
+        return self.inputs
+
+    def scores(self, values: Iterable[Any]) -> list[float]:
+        """Class scores at one position whose inputs hold ``values``."""
+        out = list(self.bias)
+        for w, v in zip(self.weights, values):
+            row = None if v is None else w.get(v)
+            if row is not None:
+                out = [a + b for a, b in zip(out, row)]
+        return out
+
+    def classify(self, values: Iterable[Any]) -> Any:
+        s = self.scores(values)
+        return self.classes[s.index(max(s))]
+
+
 def walk(root: Expr) -> list[Expr]:
     """Every expression under ``root`` in dependency order (children before parents), once each."""
     out: list[Expr] = []
@@ -261,6 +309,8 @@ def value_sets(root: Expr, vocab: Iterable[Hashable], max_len: int) -> dict[int,
                 sets[e.id] = None
         elif isinstance(e, SelectorWidth):
             sets[e.id] = list(range(max_len + 1))
+        elif isinstance(e, Classify):
+            sets[e.id] = _sorted(e.classes)
     return sets  # type: ignore[return-value]
 
 

@@ -31,6 +31,8 @@ def _sop(e: L.SOp, memo: dict[int, L.Expr]) -> L.SOp:
         out = L.Aggregate(_select(e.selector, memo), _sop(e.x, memo), numerical=e.numerical, name=e.name)
     elif isinstance(e, L.SelectorWidth):
         out = L.SelectorWidth(_select(e.selector, memo), name=e.name)
+    elif isinstance(e, L.Classify):
+        out = L.Classify([_sop(x, memo) for x in e.inputs], e.weights, e.bias, e.classes, name=e.name)
     else:
         raise TypeError(f"unknown sequence operation {e!r}")
     memo[e.id] = out

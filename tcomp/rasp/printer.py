@@ -66,6 +66,18 @@ class _Lists:
     def SelectorWidth(self, selector):
         return [sum(bool(s) for s in row) for row in selector]
 
+    def Classify(self, inputs, weights, bias, classes):
+        # a linear classifier: the best-scoring class (the earlier one on a tie); None adds nothing
+        out = []
+        for i in range(len(self.tokens)):
+            score = list(bias)
+            for x, table in zip(inputs, weights):
+                row = None if x[i] is None else table.get(x[i])
+                if row is not None:
+                    score = [a + b for a, b in zip(score, row)]
+            out.append(classes[score.index(max(score))])
+        return out
+
 
 def program(tokens):
     """The program's output at every position of ``tokens``."""
@@ -145,6 +157,13 @@ def _expr(e: L.Expr, names: dict[int, str], sets: dict[int, Any]) -> str:
         return f"r.Aggregate({n[e.selector.id]}, {n[e.x.id]}{num})"
     if isinstance(e, L.SelectorWidth):
         return f"r.SelectorWidth({n[e.selector.id]})"
+    if isinstance(e, L.Classify):
+        ins = ", ".join(n[x.id] for x in e.inputs)
+        tables = ",\n        ".join(_fmt_table({k: list(v) for k, v in w.items()}) for w in e.weights)
+        return (
+            f"r.Classify(\n        [{ins}],\n        [\n        {tables}\n        ],\n"
+            f"        {list(e.bias)!r},\n        {list(e.classes)!r},\n    )"
+        )
     raise TypeError(f"cannot print {e!r}")
 
 
@@ -181,6 +200,9 @@ class _Rasp:
 
     def SelectorWidth(self, selector: L.Selector) -> L.SOp:  # noqa: N802
         return L.SelectorWidth(selector)
+
+    def Classify(self, inputs: list, weights: list, bias: list, classes: list) -> L.SOp:  # noqa: N802
+        return L.Classify(inputs, weights, bias, classes)
 
 
 def load_namespace(ns: dict[str, Any]) -> tuple[L.SOp, list, int]:

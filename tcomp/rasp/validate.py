@@ -52,6 +52,8 @@ def problems(program: L.SOp, vocab: Iterable[Hashable], max_len: int) -> list[tu
     for e in L.walk(program):
         facts.unique[e.id] = _unique(e, facts)
         out += [(e.name, why) for why in _check(e, facts)]
+        if isinstance(e, L.Classify) and e is not program:
+            out.append((e.name, "a Classify compiles only as the program's output (it is the unembedding)"))
     return out
 
 
@@ -80,6 +82,10 @@ def _check(e: L.Expr, f: Facts) -> list[str]:
         for x in (e.keys, e.queries):
             if x.numerical:
                 why.append(f"compares numerical {x.name}; Select compares categorical sequences")
+    elif isinstance(e, L.Classify):
+        for x in e.inputs:
+            if x.numerical:
+                why.append(f"reads numerical {x.name}; a Classify scores categorical sequences")
     elif isinstance(e, L.Aggregate):
         if e.numerical and not e.x.numerical:
             why.append(

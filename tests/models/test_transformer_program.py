@@ -22,11 +22,14 @@ from tcomp.models.transformer_program import (
     make_split,
     mean_values,
     predict,
+    predictions,
+    round_classifier,
     tau_schedule,
     to_module,
     train,
 )
 from tcomp.rasp import language as L
+from tcomp.rasp.compile import compile_program as rasp_compile
 from tcomp.rasp.extract import NotAProgram, extract
 
 
@@ -295,3 +298,70 @@ def test_extract_refuses_a_key_head_decoder_that_writes_for_several_keys():
     w["layers.0.mlp.b1"] = w["layers.0.mlp.b1"] * 0.5  # tents off centre: wrong values for some counts
     with pytest.raises(NotAProgram, match="key head"):
         extract(w)
+
+
+# ------------------------------------------------------------------ linear (classifier) readout
+
+
+@settings(max_examples=3, deadline=None)
+@given(st.integers(0, 10_000), st.booleans())
+def test_linear_readout_exports_and_extracts_as_a_classifier_on_every_input(seed, every_kind):
+    torch.manual_seed(seed)
+    more = dict(key_heads=1, num_heads=1, num_mlps=1) if every_kind else {}
+    cfg = ProgramConfig(vocab=3, max_len=4, classes=4, layers=2, readout="linear", **more)
+    tp = TransformerProgram(cfg).eval()
+    module = tp.discrete()
+    assert module.argmax_output
+    ex = extract(capture(module, (torch.zeros(2, 4, dtype=torch.long),), {}).gm)
+    assert isinstance(ex.program, L.Classify)
+    printed, _, _ = rasp.load_source(rasp.to_source(ex.program, ex.vocab, ex.max_len))
+    # key heads (no value on ties) and tables of means do not compile back; the rest does
+    recompiled = None if every_kind else rasp_compile(printed, ex.vocab, ex.max_len)
+    for x in every_input(3, 4):
+        want = predictions(tp, x)
+        assert torch.equal(predictions(module, x), want)
+        for row, w in zip(x.tolist(), want.tolist()):
+            assert rasp.evaluate(ex.program, row) == w
+            assert rasp.evaluate(printed, row) == w
+            assert recompiled is None or recompiled.run(row) == w
+
+
+def test_rounded_classifier_breaks_ties_to_the_earlier_class_with_a_margin():
+    w = torch.randn(3, 5, 9)
+    w[1, 2] = w[1, 3]  # two values scoring alike
+    b = torch.zeros(9)
+    rw, rb = round_classifier(w, b)
+    assert float(rw.abs().max()) == 8.0
+    assert torch.equal(rw * 64, torch.round(rw * 64))  # multiples of 1/64
+    # every pair of class scores differs by at least delta: any two values, one per variable
+    scores = (rw[0][:, None, None] + rw[1][None, :, None] + rw[2][None, None, :]).flatten(0, 2) + rb
+    gaps = (scores[:, :, None] - scores[:, None, :]).abs() + torch.eye(9) * 1e9
+    assert float(gaps.min()) >= 1 / 2048
+    # all-zero weights: every class ties, the first one wins
+    zw, zb = round_classifier(torch.zeros(1, 2, 3), torch.zeros(3))
+    assert int((zw[0, 0] + zb).argmax()) == 0
+
+
+def test_linear_readout_training_learns_hist_and_agrees_exactly():
+    res = train(
+        "hist", seed=0, steps=150, batch=32, n_test=300, layers=1, cat_heads=0, width_heads=1, mlps=0,
+        readout="linear",
+    )
+    assert res.accuracy > 0.6, res.accuracy
+    x, _ = make_data(TASKS["hist"], 200, seed=123)
+    module = res.model.discrete()
+    want = predictions(res.model, x)
+    assert torch.equal(predictions(module, x), want)
+    ex = extract(capture(module, (x[:2],), {}).gm)
+    for row, w in zip(x.tolist(), want.tolist()):
+        assert rasp.evaluate(ex.program, row) == w
+
+
+def test_classifier_reading_a_numerical_variable_is_refused():
+    cfg = ProgramConfig(vocab=3, max_len=4, classes=3, layers=1, cat_heads=0, width_heads=0, mlps=0,
+                        num_heads=1, readout="linear")
+    module = TransformerProgram(cfg).eval().discrete()
+    num_dim = module.unembed.shape[0] - 1  # numerical variables sit at the end of the residual
+    module.unembed.data[num_dim, 0] = 1.0
+    with pytest.raises(NotAProgram, match="numerical"):
+        extract(capture(module, (torch.zeros(2, 4, dtype=torch.long),), {}).gm)

@@ -56,8 +56,20 @@ def programs(draw, vocab=VOCAB, max_len=MAX_LEN, max_ops=5):
             continue
         last = e
     assume(last is not L.tokens)
+    if draw(st.integers(0, 2)) == 0:  # the output a linear classifier (Classify) over a few variables
+        last = _classify(draw, cat[:2] + cat[-2:], sets)
     rasp.validate(last, vocab, max_len)
     return last
+
+
+def _classify(draw, pool: list[L.SOp], sets: dict) -> L.Classify:
+    """Weights in quarters and a bias lowering class c by c/64: any two class scores differ by
+    >= 1/64, so the float32 model never meets a tie the evaluator would break differently."""
+    ins = list({x.id: x for x in draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3))}.values())
+    classes = ["x", "y", "z"]
+    q = st.sampled_from([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0])
+    weights = [{v: [draw(q) for _ in classes] for v in sets[x.id]} for x in ins]
+    return L.Classify(ins, weights, [-c / 64 for c in range(len(classes))], classes)
 
 
 def _selector(draw, keys, queries, sets):
