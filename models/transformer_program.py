@@ -34,7 +34,6 @@ the tasks of the paper are below.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import random
@@ -216,13 +215,14 @@ class TransformerProgram(nn.Module):
         self.cfg, K, N = cfg, cfg.K, cfg.max_len
         self.tau, self.hard = 1.0, False
         n_vars, n_nums = 2, 0  # categorical (tokens, indices, ...) and numerical variables
-        self.fracs = torch.tensor(mean_values(N), dtype=torch.float32)  # values of a numerical variable
+        # values of a numerical variable (buffers follow the model to its device; not saved)
+        self.register_buffer("fracs", torch.tensor(mean_values(N), dtype=torch.float32), persistent=False)
         F_ = len(self.fracs)
         self.heads, self.widths, self.mlps = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
         self.nheads, self.nmlps = nn.ParameterList(), nn.ParameterList()
         self.keys = nn.ParameterList()
         sizes = [cfg.vocab, N]  # most values each categorical variable can hold
-        self.value_masks: list[Tensor] = []  # per numerical head: the (variable, value) pairs it may read
+        n_masks = 0  # per numerical head, buffer value_mask_<i>: the (variable, value) pairs it may read
         self.plan: list[
             list[tuple]
         ] = []  # per layer: (kind, parameter index, categorical variables before[, numerical before])
@@ -247,7 +247,9 @@ class TransformerProgram(nn.Module):
             for _ in range(cfg.num_heads):  # [query var | key var | (value var, value) | predicate K x K]
                 self.nheads.append(nn.Parameter(torch.randn(2 * before + before * K + K * K) * 0.1))
                 # a value the variable never holds would be a constant 0 (and soak up the choice)
-                self.value_masks.append(torch.arange(K)[None, :] < torch.tensor(sizes[:before])[:, None])
+                mask = torch.arange(K)[None, :] < torch.tensor(sizes[:before])[:, None]
+                self.register_buffer(f"value_mask_{n_masks}", mask, persistent=False)
+                n_masks += 1
                 layer.append(("num", len(self.nheads) - 1, before))
                 n_nums += 1
             before = n_vars
@@ -294,7 +296,7 @@ class TransformerProgram(nn.Module):
     def _split_num(self, i: int, before: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Query and key logits, the (variable, value) logits (flat, impossible pairs -inf), predicate."""
         K, b, p = self.cfg.K, before, self.nheads[i]
-        value = p[2 * b : 2 * b + b * K].masked_fill(~self.value_masks[i].flatten(), -math.inf)
+        value = p[2 * b : 2 * b + b * K].masked_fill(~getattr(self, f"value_mask_{i}").flatten(), -math.inf)
         return p[:b], p[b : 2 * b], value, p[2 * b + b * K :].view(K, K)
 
     def _split_nmlp(self, p: Tensor, nbefore: int) -> tuple[Tensor, Tensor]:
@@ -362,13 +364,14 @@ class TransformerProgram(nn.Module):
         cfg, K, N = self.cfg, self.cfg.K, self.cfg.max_len
         B, n = tokens.shape
         train, tau, hard = self.training, self.tau, self.hard
-        zero = torch.zeros(B, 1, K)
+        dev = tokens.device
+        zero = torch.zeros(B, 1, K, device=dev)
         xs = [
             torch.cat([zero, F.one_hot(tokens, K).float()], 1),
-            torch.cat([zero, F.one_hot(torch.arange(n), K).float().expand(B, n, K)], 1),
+            torch.cat([zero, F.one_hot(torch.arange(n, device=dev), K).float().expand(B, n, K)], 1),
         ]
         nums: list[Tensor] = []  # numerical variables (B, n+1)
-        not_bos = torch.ones(1, n + 1, 1)
+        not_bos = torch.ones(1, n + 1, 1, device=dev)
         not_bos[:, 0] = 0
         for layer in self.plan:
             new, new_nums = [], []
@@ -382,7 +385,7 @@ class TransformerProgram(nn.Module):
                         :, :n
                     ]  # query value -> key position (past the end: BOS)
                     score = BETA / 4 * (q @ pred)  # (B, n+1, n) over real keys
-                    bos = torch.full((B, n + 1, 1), BETA / 8) + BETA * (1 - not_bos)
+                    bos = torch.full((B, n + 1, 1), BETA / 8, device=dev) + BETA * (1 - not_bos)
                     logits = torch.cat([bos, score], -1)
                     att = torch.softmax(logits, -1) if train else F.one_hot(logits.argmax(-1), n + 1).float()
                     new.append(att[..., 1:] @ v[:, 1:])
@@ -392,7 +395,7 @@ class TransformerProgram(nn.Module):
                     k = stack @ _choose(kl, tau, hard, train)
                     pred = self._predicate(pl, tau, train)
                     w = (q @ pred @ k[:, 1:].transpose(1, 2)).sum(-1, keepdim=True)  # (B, n+1, 1)
-                    c = torch.arange(K).float()
+                    c = torch.arange(K, device=dev).float()
                     new.append(torch.softmax(-((w - c) ** 2) / (0.5 if train else 1e-4), -1) * not_bos)
                 elif kind == "key":
                     ql, kl, vl, pl = self._split_key(i, before)
@@ -757,10 +760,11 @@ def predictions(model: nn.Module, tokens: Tensor) -> Tensor:
 def accuracy(model: nn.Module, x: Tensor | dict, y: Tensor | None = None) -> float:
     """Token accuracy on ``x, y`` or on a split from :func:`make_split` (all tokens of all lengths)."""
     groups = x.values() if isinstance(x, dict) else [(x, y)]
+    dev = next(model.parameters()).device
     right = total = 0
     with torch.no_grad():
         for xs, ys in groups:
-            right += int((predictions(model, xs) == ys).sum())
+            right += int((predictions(model, xs.to(dev)) == ys.to(dev)).sum())
             total += ys.numel()
     return right / total
 
@@ -786,6 +790,7 @@ def train(
     tau_end: float = 0.01,
     restarts: int = 1,
     evals: int = 10,
+    device: str | torch.device = "cpu",
     **config: int,
 ) -> TrainResult:
     """Train a Transformer Program on ``task`` and select it on a validation split.
@@ -797,10 +802,10 @@ def train(
     ``restarts`` runs from different initialisations; in each, the discrete model is scored on the
     validation split at ``evals`` checkpoints over the second half of training (and at the end).
     The checkpoint with the best validation accuracy (ties: the later one) is kept; only it is
-    scored on the test split."""
+    scored on the test split. ``device``: where to train (the result is on the CPU)."""
     NOISE["gumbel"] = gumbel
     t = TASKS[task] if isinstance(task, str) else task
-    data = make_split(t, n_train, seed)
+    data = {k: (x.to(device), y.to(device)) for k, (x, y) in make_split(t, n_train, seed).items()}
     val = make_split(t, n_val, seed + 10_000)
     lengths = list(data)
     weights = torch.tensor([float(len(data[k][0])) for k in lengths])
@@ -813,7 +818,7 @@ def train(
     with torch.random.fork_rng(devices=[]):
         for r in range(restarts):
             torch.manual_seed(seed * 1_000 + r)
-            model = TransformerProgram(cfg)
+            model = TransformerProgram(cfg).to(device)
             opt = torch.optim.Adam(model.parameters(), lr=lr)
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
@@ -822,7 +827,7 @@ def train(
                 model.train()
                 model.tau = tau_schedule(step, steps, tau_init, tau_end)
                 xs, ys = data[lengths[int(torch.multinomial(weights, 1))]]
-                idx = torch.randint(0, len(xs), (batch,))
+                idx = torch.randint(0, len(xs), (batch,)).to(device)
                 loss = F.cross_entropy(model(xs[idx]).flatten(0, 1), ys[idx].flatten())
                 opt.zero_grad()
                 loss.backward()
@@ -833,7 +838,7 @@ def train(
                     acc = accuracy(model, val)
                     history.append((r, step + 1, acc))
                     if best is None or acc >= best[0]:
-                        best = (acc, r, step + 1, copy.deepcopy(model.state_dict()))
+                        best = (acc, r, step + 1, {k: v.cpu() for k, v in model.state_dict().items()})
     assert best is not None
     model = TransformerProgram(cfg)
     model.load_state_dict(best[3])
