@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import platform
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -77,28 +77,36 @@ def run(task: str, seed: int, steps: int, restarts: int, preset: str = "cpu", de
     res = train(task, seed=seed, steps=steps, restarts=restarts, device=device, **training, **configs[task])
     train_s = time.time() - t0
     module = res.model.discrete()
-    test = make_split(TASKS[task], 1000, seed + 20_000)  # the test split train() scores
-    ex = extract(capture(module, (test[max(test)][0][:2],), {}).gm)
-    n = right = prog_right = agree = 0
-    for x, y in test.values():
-        model_pred = predictions(module, x)
-        prog_pred = torch.tensor(
-            [[0 if v is None else v for v in rasp.evaluate(ex.program, row)] for row in x.tolist()]
-        ).view_as(y)
-        n += y.numel()
-        right += int((model_pred == y).sum())
-        prog_right += int((prog_pred == y).sum())
-        agree += int((prog_pred == model_pred).sum())
     stem = f"{task}-{seed}" if preset == "cpu" else f"{task}-{seed}-{preset}"
     (OUT / "rasp").mkdir(parents=True, exist_ok=True)
-    save_file(
+    save_file(  # before extraction: a model it refuses is kept for a look
         {k: v.contiguous() for k, v in module.state_dict().items()},
         str(OUT / "rasp" / f"{stem}.safetensors"),
     )
-    (OUT / "rasp" / f"{stem}.py").write_text(
-        rasp.to_source(ex.program, ex.vocab, ex.max_len, doc=f"{task}, seed {seed}")
-    )
+    test = make_split(TASKS[task], 1000, seed + 20_000)  # the test split train() scores
+    n = right = prog_right = agree = 0
+    try:
+        ex = extract(capture(module, (test[max(test)][0][:2],), {}).gm)
+    except Exception as exc:  # noqa: BLE001 - reported in the row; the other tasks go on
+        ex, error = None, f"{type(exc).__name__}: {exc}"
+    for x, y in test.values():
+        model_pred = predictions(module, x)
+        n += y.numel()
+        right += int((model_pred == y).sum())
+        if ex is None:
+            continue
+        prog_pred = torch.tensor(
+            [[0 if v is None else v for v in rasp.evaluate(ex.program, row)] for row in x.tolist()]
+        ).view_as(y)
+        prog_right += int((prog_pred == y).sum())
+        agree += int((prog_pred == model_pred).sum())
+    if ex is not None:
+        error = None
+        (OUT / "rasp" / f"{stem}.py").write_text(
+            rasp.to_source(ex.program, ex.vocab, ex.max_len, doc=f"{task}, seed {seed}")
+        )
     t = TASKS[task]
+    walk = rasp.walk(ex.program) if ex else []
     return {
         "task": task,
         "seed": seed,
@@ -112,19 +120,20 @@ def run(task: str, seed: int, steps: int, restarts: int, preset: str = "cpu", de
         "data": {"vocab": t.vocab, "lengths": [t.min_len, t.max_len], "test_tokens": n},
         "val_accuracy": res.val_accuracy,
         "model_accuracy": right / n,
-        "program_accuracy": prog_right / n,
-        "agreement": agree / n,
+        "program_accuracy": prog_right / n if ex else None,
+        "agreement": agree / n if ex else None,
+        "extract_error": error,
         "paper_accuracy": t.paper_accuracy,
-        "variables": ex.n_variables,
-        "used": ex.n_used,
+        "variables": ex.n_variables if ex else None,
+        "used": ex.n_used if ex else None,
         # numerical heads (means) the extracted, pruned program reads
-        "numerical_used": sum(isinstance(e, rasp.Aggregate) and e.numerical for e in rasp.walk(ex.program)),
+        "numerical_used": sum(isinstance(e, rasp.Aggregate) and e.numerical for e in walk),
         # categorical Aggregates the program reads whose keys are not the indices (key heads)
         "key_used": sum(
             isinstance(e, rasp.Aggregate)
             and not e.numerical
             and getattr(e.selector, "keys", None) is not L.indices
-            for e in rasp.walk(ex.program)
+            for e in walk
         ),
         "train_seconds": round(train_s, 1),
         "load_average": round(load, 2),
@@ -151,9 +160,13 @@ def main() -> None:
     if args.jobs > 1:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
-            for row in pool.map(run, *zip(*todo)):
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+            futures = {pool.submit(run, *job): job for job in todo}
+            for f in as_completed(futures):
+                if f.exception() is not None:  # one failed training does not lose the others
+                    print(f"FAILED {futures[f][:2]}: {f.exception()!r}", flush=True)
+                    continue
+                print(json.dumps(f.result()), flush=True)
+                rows.append(f.result())
     else:
         for job in todo:
             row = run(*job)

@@ -545,28 +545,35 @@ def to_module(choices: dict, cfg: ProgramConfig) -> ProgramModule:
                 temp += 1
         # width decoders are MLP units; the tables may read their outputs, so they get a layer of their own
         layers.append(_layer(heads, units, D, K))
-        heads, units = [], []
+        # tables reading the same variables go to MLP layers of their own: extraction tells the
+        # tables of one MLP apart by what they read (none reads another table of its layer)
+        buckets: list[tuple[set, list]] = []
         for it in layer:
-            if it[0] == "nmlp":
-                starts.append(nxt)
-                sizes.append(K)
-                units += _num_units(num_dims[it[1]], nxt, fracs, it[2], D)
-                nxt += K
+            if it[0] not in ("mlp", "nmlp"):
                 continue
-            if it[0] != "mlp":
-                continue
-            _, av, bv, table = it
             starts.append(nxt)
             sizes.append(K)
             out, nxt = nxt, nxt + K
-            for a, b in itertools.product(range(sizes[av]), range(sizes[bv])):
-                w1 = torch.zeros(D)
-                w1[starts[av] + a] += 1.0
-                w1[starts[bv] + b] += 1.0
-                w2 = torch.zeros(D)
-                w2[out + table[a * K + b]] = 1.0
-                units.append((w1, -1.0, w2))
-        layers.append(_layer(heads, units, D, K))
+            if it[0] == "nmlp":
+                reads, units = ("num", it[1]), _num_units(num_dims[it[1]], out, fracs, it[2], D)
+            else:
+                _, av, bv, table = it
+                reads, units = frozenset((av, bv)), []
+                for a, b in itertools.product(range(sizes[av]), range(sizes[bv])):
+                    w1 = torch.zeros(D)
+                    w1[starts[av] + a] += 1.0
+                    w1[starts[bv] + b] += 1.0
+                    w2 = torch.zeros(D)
+                    w2[out + table[a * K + b]] = 1.0
+                    units.append((w1, -1.0, w2))
+            free = next((bk for bk in buckets if reads not in bk[0]), None)
+            if free is None:
+                free = (set(), [])
+                buckets.append(free)
+            free[0].add(reads)
+            free[1].extend(units)
+        for _, units in buckets or [(set(), [])]:
+            layers.append(_layer([], units, D, K))
     unembed = torch.zeros(D, cfg.classes)
     o = choices["output"]
     if isinstance(o, dict):  # a linear classifier: each variable's real values score the classes
@@ -593,7 +600,7 @@ def round_classifier(w: Tensor, b: Tensor, top: float = 8.0, step: float = 1 / 6
     c = b.shape[0]
     delta = step / 2 ** (1 + math.ceil(math.log2(max(c, 2))))
     w = torch.round(w * scale / step) * step
-    b = torch.round(b * scale / step) * step - delta * torch.arange(c, dtype=b.dtype)
+    b = torch.round(b * scale / step) * step - delta * torch.arange(c, dtype=b.dtype, device=b.device)
     return w, b
 
 

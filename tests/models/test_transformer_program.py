@@ -365,3 +365,25 @@ def test_classifier_reading_a_numerical_variable_is_refused():
     module.unembed.data[num_dim, 0] = 1.0
     with pytest.raises(NotAProgram, match="numerical"):
         extract(capture(module, (torch.zeros(2, 4, dtype=torch.long),), {}).gm)
+
+
+def test_two_tables_reading_the_same_variables_export_to_separate_layers():
+    """Two MLP tables (and two numerical tables) of one layer reading the same inputs: extraction
+    groups table units by what they read, so the export puts the second ones in a layer of their own."""
+    cfg = ProgramConfig(
+        vocab=3, max_len=4, classes=4, layers=1, width_heads=0, mlps=2, num_heads=1, num_mlps=2, readout="linear"
+    )
+    torch.manual_seed(0)
+    tp = TransformerProgram(cfg).eval()
+    with torch.no_grad():
+        for p in tp.mlps:  # both read (tokens, indices)
+            p[:3], p[3:6] = torch.tensor([5.0, 0, 0]), torch.tensor([0, 5.0, 0])
+    tables = [it[:3] for it in tp.choices()["layers"][0] if it[0] == "mlp"]
+    assert tables[0] == tables[1]
+    module = tp.discrete()
+    ex = extract(capture(module, (torch.zeros(2, 4, dtype=torch.long),), {}).gm)
+    for x in every_input(3, 4):
+        want = predictions(tp, x)
+        assert torch.equal(predictions(module, x), want)
+        for row, w in zip(x.tolist(), want.tolist()):
+            assert rasp.evaluate(ex.program, row) == w
