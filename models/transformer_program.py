@@ -647,13 +647,16 @@ def _key_units(
     temp: int, out: int, n_values: int, M: int, K: int, D: int
 ) -> list[tuple[Tensor, float, Tensor]]:
     """Decode a key head's averages to the one-hot value at ``out`` where exactly one key is
-    selected (zero otherwise): per value ``j`` a tent of ``x = avg_j + alpha * avg_BOS``, 1 at the
-    centre, 0 at every other reachable ``x`` (three ReLU units)."""
+    selected (zero otherwise): per value ``j`` a trapezoid of ``z = (avg_j + alpha * avg_BOS -
+    centre) / half`` (four ReLU units): exactly 1 for ``|z| <= 1/2``, exactly 0 for ``|z| >= 3/2``.
+    Every other reachable point has ``|z| >= 2``, so averages off by up to ``half / 2`` still decode
+    exactly: a residual stream a little off one-hot (float32 error scaled by the attention's
+    ``BETA``) does not grow from layer to layer."""
     alpha, centre, half = key_decoder(M)
     s = 1.0 / half
     units = []
     for j in range(n_values):
-        for off, sign in ((1.0, 1.0), (0.0, -2.0), (-1.0, 1.0)):
+        for off, sign in ((1.5, 1.0), (0.5, -1.0), (-0.5, -1.0), (-1.5, 1.0)):
             w1, w2 = torch.zeros(D), torch.zeros(D)
             w1[temp + j], w1[temp + K] = s, s * alpha
             w2[out + j] = sign
