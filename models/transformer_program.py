@@ -799,6 +799,7 @@ def train(
     tau_init: float = 3.0,
     tau_end: float = 0.01,
     restarts: int = 1,
+    first_restart: int = 0,
     evals: int = 10,
     device: str | torch.device = "cpu",
     **config: int,
@@ -812,7 +813,8 @@ def train(
     ``restarts`` runs from different initialisations; in each, the discrete model is scored on the
     validation split at ``evals`` checkpoints over the second half of training (and at the end).
     The checkpoint with the best validation accuracy (ties: the later one) is kept; only it is
-    scored on the test split. ``device``: where to train (the result is on the CPU)."""
+    scored on the test split. ``first_restart``: the index of the first restart (restarts of one
+    run can be spread over processes). ``device``: where to train (the result is on the CPU)."""
     NOISE["gumbel"] = gumbel
     t = TASKS[task] if isinstance(task, str) else task
     data = {k: (x.to(device), y.to(device)) for k, (x, y) in make_split(t, n_train, seed).items()}
@@ -826,7 +828,7 @@ def train(
     best: tuple[float, int, int, dict] | None = None
     history = []
     with torch.random.fork_rng(devices=[]):
-        for r in range(restarts):
+        for r in range(first_restart, first_restart + restarts):
             torch.manual_seed(seed * 1_000 + r)
             model = TransformerProgram(cfg).to(device)
             opt = torch.optim.Adam(model.parameters(), lr=lr)
