@@ -236,19 +236,22 @@ class _Reader:
                 raise NotAProgram(
                     f"unembed row {d} scores a head's internal dim (a width or key-head average), not a variable"
                 )
-            if v is None:
-                continue  # a dim no variable holds (nothing writes it, or a value its source never takes): 0
-            if not v.labels:
+            if v is None or (not v.labels and v.values == [0]):
+                continue  # a dim no variable holds, or one that holds 0 everywhere: it adds nothing
+            if not v.labels and v.values is None:
                 raise NotAProgram(
-                    f"unembed row {d} scores numerical {v.expr.name}; a classifier output reads categorical "
-                    "variables (one-hot blocks)"
+                    f"unembed row {d} scores numerical {v.expr.name}, whose values are not a known finite set; "
+                    "a classifier output reads categorical variables (one-hot blocks) or finitely many numbers"
                 )
             if v not in inputs:
                 inputs.append(v)
-        weights = [
-            {lab: [float(x) for x in U[d]] for d, lab in zip(v.dims, v.labels) if bool((U[d].abs() > TOL).any())}
-            for v in inputs
-        ]
+        weights = []
+        for v in inputs:
+            if v.labels:
+                rows_of = {lab: U[d] for d, lab in zip(v.dims, v.labels) if bool((U[d].abs() > TOL).any())}
+            else:  # a number (e.g. a table with one output value, read as 0/1): it scales its row
+                rows_of = {val: val * U[v.dims[0]] for val in v.values}
+            weights.append({k: [float(x) for x in r] for k, r in rows_of.items()})
         classes = list(range(U.shape[1]))
         bias = [float(x) for x in U[self.one]]
         return L.Classify([v.expr for v in inputs], weights, bias, classes, name="output")
@@ -531,4 +534,5 @@ class _Reader:
             expr = L.SequenceMap(
                 lambda a, b, t=table: t[a, b], args[0], args[1], numerical=numerical, name=name
             )
-        self._new(expr, outs, [] if numerical else list(range(len(outs))), where)
+        values = sorted(set(table.values()) | {0.0}) if numerical else None  # 0: where an input has no value
+        self._new(expr, outs, [] if numerical else list(range(len(outs))), where, values=values)

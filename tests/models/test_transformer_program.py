@@ -358,13 +358,23 @@ def test_linear_readout_training_learns_hist_and_agrees_exactly():
         assert rasp.evaluate(ex.program, row) == w
 
 
-def test_classifier_reading_a_numerical_variable_is_refused():
-    cfg = ProgramConfig(vocab=3, max_len=4, classes=3, layers=1, cat_heads=0, width_heads=0, mlps=0,
-                        num_heads=1, readout="linear")
+def test_classifier_reads_a_numerical_mean_by_its_values_and_refuses_a_head_temporary():
+    cfg = ProgramConfig(
+        vocab=3, max_len=4, classes=3, layers=1, cat_heads=0, width_heads=1, mlps=0, num_heads=1, readout="linear"
+    )
+    torch.manual_seed(0)
     module = TransformerProgram(cfg).eval().discrete()
-    num_dim = module.unembed.shape[0] - 1  # numerical variables sit at the end of the residual
-    module.unembed.data[num_dim, 0] = 1.0
-    with pytest.raises(NotAProgram, match="numerical"):
+    D = module.unembed.shape[0]
+    module.unembed.data[D - 1, 0] = 1.0  # the numerical head's mean (the last dim) scores class 0
+    ex = extract(capture(module, (torch.zeros(2, 4, dtype=torch.long),), {}).gm)
+    mean = [e for e in L.walk(ex.program) if isinstance(e, L.Aggregate) and e.numerical]
+    assert len(mean) == 1 and mean[0] in ex.program.inputs
+    for x in every_input(3, 4):
+        want = predictions(module, x)
+        for row, w in zip(x.tolist(), want.tolist()):
+            assert rasp.evaluate(ex.program, row) == w
+    module.unembed.data[D - 2, 1] = 1.0  # the width head's 1/(w+1), a decoder input, not a variable
+    with pytest.raises(NotAProgram, match="internal"):
         extract(capture(module, (torch.zeros(2, 4, dtype=torch.long),), {}).gm)
 
 
@@ -408,3 +418,26 @@ def test_key_decoder_is_exact_near_every_reachable_average(M):
                 x[0], x[K] = c / (m + 1) + dc, 1 / (m + 1) + db
                 y = float((torch.relu(x @ w1 + b1) @ w2)[4])
                 assert y == (1.0 if (c, m) == (1, 1) else 0.0), (c, m, y)
+
+
+def test_classifier_reads_a_table_with_one_output_value():
+    """A table that always gives the same value writes one dim, which extraction reads as a 0/1
+    number (found in a trained most-freq model); the classifier scales its row by that number."""
+    cfg = ProgramConfig(vocab=3, max_len=4, classes=3, layers=1, cat_heads=1, width_heads=0, mlps=1, readout="linear")
+    torch.manual_seed(1)
+    tp = TransformerProgram(cfg).eval()
+    with torch.no_grad():
+        before = 3  # tokens, indices, the head's output
+        table = tp.mlps[0][2 * before :].view(cfg.K * cfg.K, cfg.K)
+        table[:] = -5.0
+        table[:, 2] = 5.0  # every pair of values -> 2
+        tp.classifier[3, 2] += 4.0  # the table's value scores class 2
+    module = tp.discrete()
+    ex = extract(capture(module, (torch.zeros(2, 4, dtype=torch.long),), {}).gm)
+    consts = [x for x in ex.program.inputs if x.numerical]
+    assert len(consts) == 1
+    for x in every_input(3, 4):
+        want = predictions(tp, x)
+        assert torch.equal(predictions(module, x), want)
+        for row, w in zip(x.tolist(), want.tolist()):
+            assert rasp.evaluate(ex.program, row) == w
