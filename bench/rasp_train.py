@@ -72,6 +72,14 @@ BUDGET = {  # steps and restarts per task (the default of --steps / --restarts)
     "dyck-2": (800, 6),
 }
 OUT = Path(__file__).parent / "results"
+# the last (argmax) test accuracy of the training logs the authors released (seed 0 of their 3-layer
+# runs), princeton-nlp/TransformerPrograms scripts/output/rasp/<task>/vocab8maxlen8/transformer_program/
+# <config>/s0/results.csv -- not the paper's Table 1 (not available offline); None: no such log
+AUTHORS_LOG = {
+    "sort": (0.9987510927938055, "sort/…/headsc4headsn4nlayers3cmlps2nmlps2/s0/results.csv"),
+    "reverse": (0.9786436867740727, "reverse/…/headsc4headsn4nlayers3cmlps1nmlps1/s0/results.csv"),
+    "most-freq": (0.7475963548198311, "most_freq/…/headsc4headsn4nlayers3cmlps2nmlps2/s0/results.csv"),
+}
 
 
 def run(
@@ -134,6 +142,8 @@ def run(
         "agreement": agree / n if ex else None,
         "extract_error": error,
         "paper_accuracy": t.paper_accuracy,
+        "authors_log_accuracy": AUTHORS_LOG.get(task, (None, None))[0],
+        "authors_log_source": AUTHORS_LOG.get(task, (None, None))[1],
         "variables": ex.n_variables if ex else None,
         "used": ex.n_used if ex else None,
         # numerical heads (means) the extracted, pruned program reads
