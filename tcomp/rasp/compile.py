@@ -6,7 +6,8 @@ value), one dim per numerical variable. At the BOS position every variable block
 zero block means "no value" (``None``).
 
 * ``Map`` / ``SequenceMap``: an MLP that is a lookup table, one hidden ReLU unit per input value
-  (per value pair, with bias -1) writing the output's one-hot dim (or its number).
+  (per value pair, with bias -1) writing the output's one-hot dim (or its number); a ``Map`` of a
+  numerical input with finitely many values (a mean of 0/1 values) is a staircase of steps between them.
 * ``Aggregate``: one attention head. Its score is ``pred(key, query)`` (the predicate matrix
   between the query's and the key's one-hot blocks) plus ``0.5`` on the BOS key, times a large
   ``beta``: the selected keys win; if none is selected BOS (all zero values) takes the attention,
@@ -299,7 +300,39 @@ def _width_mlp(out: Block, inv: Block, max_len: int, D: int) -> tuple:
     return w1, b1, w2
 
 
+def _numeric_map_mlp(e: L.Map, layout: Layout, sets: dict, D: int) -> tuple:
+    """A Map of a numerical input with finitely many values ``v_0 < v_1 < ...``: steps ``[x >=
+    t_k]`` (two clipped ReLUs each, ``t_0`` below ``v_0``, ``t_k`` halfway between ``v_{k-1}`` and
+    ``v_k``), step ``k`` adding ``f(v_k) - f(v_{k-1})`` to the output; a ramp of a quarter of the
+    smallest gap keeps every step exactly 0 or 1 at the values. All are off at BOS."""
+    vals = sets[e.x.id]
+    gap = min([b - a for a, b in zip(vals, vals[1:])] + [1.0])
+    slope, big = 4.0 / gap, 8.0 / gap * (1.0 + max(abs(v) for v in vals))
+    x, out = layout.blocks[e.x.id].start, layout.blocks[e.id]
+
+    def vec(v: Any) -> Tensor:
+        y = torch.zeros(D)
+        if e.numerical:
+            y[out.start] = float(v)
+        else:
+            y[out.dims[out.values.index(v)]] = 1.0
+        return y
+
+    ys = [vec(e.f(v)) for v in vals]
+    steps = [k for k in range(len(vals)) if k == 0 or not torch.equal(ys[k], ys[k - 1])]
+    w1, b1, w2 = torch.zeros(D, 2 * len(steps)), torch.zeros(2 * len(steps)), torch.zeros(2 * len(steps), D)
+    for i, k in enumerate(steps):
+        thr = vals[0] - gap / 2 if k == 0 else (vals[k - 1] + vals[k]) / 2
+        delta = ys[k] - (ys[k - 1] if k else 0.0)
+        for u, off in ((2 * i, 0.5), (2 * i + 1, -0.5)):
+            w1[x, u], w1[BOS, u], b1[u] = slope, -big, -slope * thr + off
+            w2[u] = delta if off > 0 else -delta
+    return w1, b1, w2
+
+
 def _map_mlp(e: L.Map | L.SequenceMap, layout: Layout, sets: dict, D: int) -> tuple:
+    if isinstance(e, L.Map) and e.x.numerical:
+        return _numeric_map_mlp(e, layout, sets, D)
     ins = [e.x] if isinstance(e, L.Map) else [e.x, e.y]
     combos = list(itertools.product(*(sets[x.id] for x in ins)))
     w1, b1, w2 = torch.zeros(D, len(combos)), torch.zeros(len(combos)), torch.zeros(len(combos), D)

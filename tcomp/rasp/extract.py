@@ -301,7 +301,8 @@ class _Reader:
             numerical = not src.labels
             agg = L.Aggregate(sel, src.expr, numerical=numerical, name=f"aggregate_{layer}_{h}")
             dims = [moved[d] for d in src.dims]
-            self._new(agg, dims, list(src.labels), where)
+            zero_one = numerical and src.values is not None and set(src.values) <= {0, 1}
+            self._new(agg, dims, list(src.labels), where, values=L.mean_values(self.M) if zero_one else None)
 
     def _key_head(self, sel: L.Select, vrows: list[int], ov: Tensor, outs: list[int], where: str) -> None:
         """Record a key head: the value variable's dims and BOS, each copied with weight 1 to a dim

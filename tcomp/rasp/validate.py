@@ -70,9 +70,14 @@ def _check(e: L.Expr, f: Facts) -> list[str]:
     if isinstance(e, (L.Map, L.SequenceMap)):
         ins = [e.x] + ([e.y] if isinstance(e, L.SequenceMap) else [])
         for x in ins:
-            if getattr(x, "numerical", False):
+            if not getattr(x, "numerical", False):
+                continue
+            if isinstance(e, L.SequenceMap):
+                why.append(f"reads numerical {x.name}; a SequenceMap becomes a table over categorical inputs")
+            elif not f.sets.get(x.id):
                 why.append(
-                    f"reads numerical {x.name}; Map/SequenceMap become lookup-table MLPs over categorical inputs"
+                    f"reads numerical {x.name}, whose values are not a known finite set (a Map of a number "
+                    "compiles for means of 0/1 values and numerical Maps)"
                 )
         if not why and None in _outputs(e, f):
             why.append("its function returns None, which the compiled model uses for 'no value'")

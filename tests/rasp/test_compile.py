@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -9,8 +11,10 @@ from hypothesis import strategies as st
 
 import tcomp
 from tcomp import rasp
+from tcomp.capture import capture
 from tcomp.rasp import programs as P
-from tcomp.rasp.compile import compile_program
+from tcomp.rasp.compile import compile_program, output_index
+from tcomp.rasp.extract import extract
 from tests.rasp.strategies import MAX_LEN, VOCAB, inputs, programs
 
 
@@ -64,6 +68,26 @@ def test_tcomp_captures_and_optimizes_the_compiled_model():
     other = torch.tensor([[2, 0, 3, 1], [0, 1, 2, 3]])
     assert torch.equal(fast(other).argmax(-1), model(other).argmax(-1))
     assert [model.decode(o) for o in fast(other)] == [[1, 3, 0, 2], [3, 2, 1, 0]]
+
+
+def test_maps_of_numbers_compile_as_staircases_on_every_input():
+    """A Map reading a mean of 0/1 values (categorical and numerical outputs), as extracted
+    Transformer Programs have; exhaustive up to MAX_LEN, and read back by rasp.extract."""
+    is_zero = rasp.Map(lambda t: int(t == 0), rasp.tokens, numerical=True)
+    prefix = rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.LEQ)
+    frac = rasp.Aggregate(prefix, is_zero, numerical=True)
+    bucket = rasp.Map(lambda f: "none" if f == 0 else "few" if f < 0.5 else "many", frac)
+    twice = rasp.Map(lambda f: 2 * f, frac, numerical=True)
+    both = rasp.SequenceMap(lambda b, t: (b, t), bucket, rasp.tokens)
+    for prog in (bucket, twice, both):
+        model = compile_program(prog, VOCAB, MAX_LEN)
+        for n in range(1, MAX_LEN + 1):
+            for xs in itertools.product(VOCAB, repeat=n):
+                agree(model, prog, list(xs))
+    ex = extract(capture(compile_program(bucket, VOCAB, MAX_LEN), (torch.tensor([[0, 1]]),), {}).gm)
+    for xs in itertools.product(VOCAB, repeat=4):
+        want = output_index(compile_program(bucket, VOCAB, MAX_LEN), rasp.evaluate(bucket, list(xs)))
+        assert rasp.evaluate(ex.program, list(xs)) == want
 
 
 def test_compile_refuses_invalid_programs():

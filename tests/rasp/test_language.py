@@ -60,9 +60,12 @@ def test_validation_rejects_ambiguous_categorical_aggregate():
 
 def test_validation_rejects_maps_of_numerical_and_mixed_aggregates():
     num = Map(lambda x: x / 2, tokens, numerical=True, name="half")
-    assert "numerical half" in rasp.problems(Map(lambda v: v, num), VOCAB, MAX_LEN)[0][1]
+    assert not rasp.problems(Map(lambda v: v > 1, num), VOCAB, MAX_LEN)  # finitely many values: a staircase
+    assert "numerical half" in rasp.problems(SequenceMap(lambda a, b: a, num, tokens), VOCAB, MAX_LEN)[0][1]
     sel = Select(indices, indices, Comparison.LEQ)
     assert "numerical=True" in rasp.problems(Aggregate(sel, num), VOCAB, MAX_LEN)[0][1]
+    means = Aggregate(sel, num, numerical=True, name="means")  # means of non-0/1 values: not enumerated
+    assert "numerical means" in rasp.problems(Map(lambda v: v > 1, means), VOCAB, MAX_LEN)[0][1]
     assert rasp.problems(SequenceMap(lambda a, b: None, tokens, indices), VOCAB, MAX_LEN)
 
 
