@@ -11,6 +11,11 @@ zero block means "no value" (``None``).
   between the query's and the key's one-hot blocks) plus ``0.5`` on the BOS key, times a large
   ``beta``: the selected keys win; if none is selected BOS (all zero values) takes the attention,
   giving ``None`` / ``0``. Categorical values are copied one-hot, numerical ones averaged.
+  Over ``Closest(select)`` the score gets a position term besides: a bilinear form of the query's
+  and the key's ``indices`` one-hots (``M`` more columns of ``wq`` / ``wk``) ranking the keys in
+  ``closest_order``, ``RANK_GAP`` logits apart; the predicate and BOS levels are raised above the
+  rank span, so a selected key still beats BOS and BOS every unselected one by ``beta / 2``, and
+  softmax keeps the first selected key in that order alone.
 * ``SelectorWidth`` (the tracr way): a head whose BOS key scores like a selected one reads the
   ``bos`` dim, giving ``1/(w+1)``; an MLP of step functions decodes it to one-hot ``w``.
 
@@ -32,6 +37,7 @@ from tcomp.rasp.lower import lower_selectors
 from tcomp.rasp.validate import validate
 
 BETA = 100.0  # attention sharpness: a score gap of 0.5 leaves exp(-50) of the weight behind
+RANK_GAP = 16.0  # logits between neighbouring ranks of a Closest head (>= extract.GAP): exp(-16) = 1e-7 behind
 ONE, BOS = 0, 1
 
 
@@ -154,9 +160,9 @@ def compile_program(program: L.SOp, vocab: list, max_len: int, *, beta: float = 
     for e in order:
         s = ready[e.id]
         if isinstance(e, L.Aggregate):
-            heads[s // 2].append(_aggregate_head(e, layout, sets, D))
+            heads[s // 2].append(_aggregate_head(e, layout, sets, D, beta))
         elif isinstance(e, L.SelectorWidth):
-            heads[s // 2].append(_width_head(e, layout, widths[e.id], sets, D))
+            heads[s // 2].append(_width_head(e, layout, widths[e.id], sets, D, beta))
             mlps[s // 2].append(_width_mlp(layout.blocks[e.id], widths[e.id], max_len, D))
         elif isinstance(e, (L.Map, L.SequenceMap)):
             mlps[s // 2].append(_map_mlp(e, layout, sets, D))
@@ -225,23 +231,46 @@ def _unembed(block: Block, D: int) -> Tensor:
     return u
 
 
-def _qk(sel: L.Select, layout: Layout, sets: dict, D: int, bos_score: float) -> tuple[Tensor, Tensor]:
+def closest_ranks(max_len: int) -> list[list[int]]:
+    """``r[i][j]``: the rank of key position ``j`` for query position ``i`` in ``closest_order``,
+    ``max_len - 1`` for the first, ``0`` for the last."""
+    r = [[0] * max_len for _ in range(max_len)]
+    for i in range(max_len):
+        for k, j in enumerate(L.closest_order(i, max_len)):
+            r[i][j] = max_len - 1 - k
+    return r
+
+
+def _qk(
+    sel: L.Select | L.Closest, layout: Layout, sets: dict, D: int, bos_score: float, beta: float
+) -> tuple[Tensor, Tensor]:
     """Query/key maps whose product is ``pred(key, query) + bos_score*[key is BOS]`` at non-BOS
-    queries, and makes the BOS query attend to BOS alone."""
-    qb, kb = layout.blocks[sel.queries.id], layout.blocks[sel.keys.id]
-    qv, kv = sets[sel.queries.id], sets[sel.keys.id]
-    wq, wk = torch.zeros(D, len(qv) + 2), torch.zeros(D, len(qv) + 2)
+    queries, and makes the BOS query attend to BOS alone. For ``Closest`` the predicate and BOS
+    levels are raised by the rank span and the rank term is added (see the module docstring)."""
+    closest = isinstance(sel, L.Closest)
+    pick: L.Select = sel.a if closest else sel  # type: ignore[assignment]
+    qb, kb = layout.blocks[pick.queries.id], layout.blocks[pick.keys.id]
+    qv, kv = sets[pick.queries.id], sets[pick.keys.id]
+    pos = layout.blocks[L.indices.id]
+    M = len(pos.dims) if closest else 0
+    lift = RANK_GAP * (M - 1) / beta if closest else 0.0  # the rank span, in units of beta
+    wq, wk = torch.zeros(D, len(qv) + 2 + M), torch.zeros(D, len(qv) + 2 + M)
     for a, (qd, q) in enumerate(zip(qb.dims, qv)):
         wq[qd, a] = 1.0
         for kd, k in zip(kb.dims, kv):
-            wk[kd, a] = float(sel.holds(k, q))
-    wq[ONE, -2], wk[BOS, -2] = 1.0, bos_score
-    wq[BOS, -1], wk[BOS, -1] = 1.0, 2.0
+            wk[kd, a] = float(pick.holds(k, q)) * (1.0 + lift)
+    c = len(qv)
+    wq[ONE, c], wk[BOS, c] = 1.0, bos_score + lift
+    wq[BOS, c + 1], wk[BOS, c + 1] = 1.0, 2.0 + 2 * lift
+    for i, row in enumerate(closest_ranks(M)):
+        wq[pos.dims[i], c + 2 + i] = 1.0
+        for j, r in enumerate(row):
+            wk[pos.dims[j], c + 2 + i] = RANK_GAP * r / beta
     return wq, wk
 
 
-def _aggregate_head(e: L.Aggregate, layout: Layout, sets: dict, D: int) -> tuple:
-    wq, wk = _qk(e.selector, layout, sets, D, 0.5)
+def _aggregate_head(e: L.Aggregate, layout: Layout, sets: dict, D: int, beta: float) -> tuple:
+    wq, wk = _qk(e.selector, layout, sets, D, 0.5, beta)
     src, dst = layout.blocks[e.x.id], layout.blocks[e.id]
     wv, wo = torch.zeros(D, len(src.dims)), torch.zeros(len(src.dims), D)
     for j, (s, d) in enumerate(zip(src.dims, dst.dims)):
@@ -249,8 +278,8 @@ def _aggregate_head(e: L.Aggregate, layout: Layout, sets: dict, D: int) -> tuple
     return wq, wk, wv, wo
 
 
-def _width_head(e: L.SelectorWidth, layout: Layout, inv: Block, sets: dict, D: int) -> tuple:
-    wq, wk = _qk(e.selector, layout, sets, D, 1.0)
+def _width_head(e: L.SelectorWidth, layout: Layout, inv: Block, sets: dict, D: int, beta: float) -> tuple:
+    wq, wk = _qk(e.selector, layout, sets, D, 1.0, beta)
     wv, wo = torch.zeros(D, 1), torch.zeros(1, D)
     wv[BOS, 0], wo[0, inv.start] = 1.0, 1.0
     return wq, wk, wv, wo
