@@ -56,7 +56,7 @@ BETA = 100.0  # attention sharpness of the exported heads
 CLOSE_RANK_GAP = 16.0  # logits between neighbouring ranks of an exported closest head (as tcomp.rasp.compile)
 # closest heads' predicate: "row" (the paper's: each query value selects one key value, a softmax over
 # key values) or "matrix" (a 0/1 matrix as key heads)
-CLOSEST_PREDICATE = {"form": "row"}
+CLOSEST_PREDICATE = {"form": "matrix"}
 TABLE_TAU = 1.0  # numerical MLP tables train at temperature >= this: annealed with the rest, rows fitted to
 # the early (wrong) means saturate and never move (measured on a fraction-of-prefix task: ~0.6 vs ~0.95)
 
