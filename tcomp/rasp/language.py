@@ -175,7 +175,9 @@ class SelectorOr(SelectorAnd):
     pass
 
 
-class SelectorNot(Selector):
+class _OfSelector(Selector):
+    """A selector computed from one selector ``a``."""
+
     def __init__(self, a: Selector, *, name: str | None = None):
         super().__init__(name)
         self.a = a
@@ -185,7 +187,11 @@ class SelectorNot(Selector):
         return (self.a,)
 
 
-class Closest(Selector):
+class SelectorNot(_OfSelector):
+    pass
+
+
+class Closest(_OfSelector):
     """Per query, only the one selected key *closest* to it (Transformer Programs' ``select_closest``).
 
     Query position ``i`` with selected key positions ``S`` (of ``a``) keeps the ``j`` in ``S``
@@ -194,14 +200,6 @@ class Closest(Selector):
     is always well defined (one key or none: ``None``). It is the order of the paper's fixed
     position bias (nearest keys highest, the earlier one at equal distance, the query's own
     position lowest). Only the direct selector of an ``Aggregate``."""
-
-    def __init__(self, a: Selector, *, name: str | None = None):
-        super().__init__(name)
-        self.a = a
-
-    @property
-    def children(self) -> tuple[Expr, ...]:
-        return (self.a,)
 
     @property
     def keys(self) -> SOp:  # of the selector it narrows (a ``Select`` once lowered)

@@ -124,6 +124,22 @@ def every_input(vocab: int, max_len: int) -> list[torch.Tensor]:
     return [torch.tensor(list(itertools.product(range(vocab), repeat=n))) for n in range(1, max_len + 1)]
 
 
+def agrees_on_every_input(tp: TransformerProgram, vocab: int, max_len: int) -> None:
+    """The eval-mode model, its exported weights, the extracted program and its printed source
+    predict alike on every input up to ``max_len`` long."""
+    module = tp.discrete()
+    ex = extract(capture(module, (torch.zeros(2, max_len, dtype=torch.long),), {}).gm)
+    printed, _, _ = rasp.load_source(rasp.to_source(ex.program, ex.vocab, ex.max_len))
+    for x in every_input(vocab, max_len):
+        with torch.no_grad():
+            out = tp(x) / 10.0  # the output variable's block
+            assert torch.allclose(module(x), out, atol=1e-3)
+            want = predict(out)
+        for row, w in zip(x.tolist(), want.tolist()):
+            assert [0 if v is None else v for v in rasp.evaluate(ex.program, row)] == w
+            assert [0 if v is None else v for v in rasp.evaluate(printed, row)] == w
+
+
 def numerical_parts(program: L.SOp) -> tuple[list[L.Aggregate], list[L.Map]]:
     exprs = L.walk(program)
     means = [e for e in exprs if isinstance(e, L.Aggregate) and e.numerical]
@@ -235,17 +251,7 @@ def test_key_heads_export_and_extract_exactly_on_every_input(seed, max_len, more
     with torch.no_grad():  # denser predicates: queries selecting none, one and several keys
         for p in tp.keys:
             p[-(cfg.K**2) :] += 0.1
-    module = tp.discrete()
-    ex = extract(capture(module, (torch.zeros(2, max_len, dtype=torch.long),), {}).gm)
-    printed, _, _ = rasp.load_source(rasp.to_source(ex.program, ex.vocab, ex.max_len))
-    for x in every_input(3, max_len):
-        with torch.no_grad():
-            out = tp(x) / 10.0  # the output variable's block
-            assert torch.allclose(module(x), out, atol=1e-3)
-            want = predict(out)
-        for row, w in zip(x.tolist(), want.tolist()):
-            assert [0 if v is None else v for v in rasp.evaluate(ex.program, row)] == w
-            assert [0 if v is None else v for v in rasp.evaluate(printed, row)] == w
+    agrees_on_every_input(tp, 3, max_len)
 
 
 def test_key_head_with_ties_gives_no_value_as_the_categorical_aggregate():
@@ -328,17 +334,7 @@ def test_closest_heads_export_and_extract_exactly_on_every_input(seed, max_len, 
         closest_heads=2,
     )
     tp = TransformerProgram(cfg).eval()
-    module = tp.discrete()
-    ex = extract(capture(module, (torch.zeros(2, max_len, dtype=torch.long),), {}).gm)
-    printed, _, _ = rasp.load_source(rasp.to_source(ex.program, ex.vocab, ex.max_len))
-    for x in every_input(3, max_len):
-        with torch.no_grad():
-            out = tp(x) / 10.0  # the output variable's block
-            assert torch.allclose(module(x), out, atol=1e-3)
-            want = predict(out)
-        for row, w in zip(x.tolist(), want.tolist()):
-            assert [0 if v is None else v for v in rasp.evaluate(ex.program, row)] == w
-            assert [0 if v is None else v for v in rasp.evaluate(printed, row)] == w
+    agrees_on_every_input(tp, 3, max_len)
 
 
 def _nearest_same_module(max_len: int):
