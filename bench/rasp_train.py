@@ -108,7 +108,13 @@ def run(task: str, seed: int, steps: int, restarts: int) -> dict:
         "key_used": sum(
             isinstance(e, rasp.Aggregate)
             and not e.numerical
+            and not isinstance(e.selector, rasp.Closest)
             and getattr(e.selector, "keys", None) is not L.indices
+            for e in rasp.walk(ex.program)
+        ),
+        # categorical Aggregates over Closest selectors (closest heads)
+        "closest_used": sum(
+            isinstance(e, rasp.Aggregate) and isinstance(e.selector, rasp.Closest)
             for e in rasp.walk(ex.program)
         ),
         "train_seconds": round(train_s, 1),

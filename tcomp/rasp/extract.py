@@ -16,6 +16,10 @@ parameter name in a captured graph:
   with BOS, is a *key head*: it writes the averages ``c / (m + 1)`` of each value (``c`` of the
   ``m`` selected keys hold it) and ``1 / (m + 1)``; MLP units of its layer decode them to the value
   where exactly one key is selected (the categorical Aggregate: no value for none or several);
+  a head whose query and key also read ``indices`` (besides their variables), or whose selected
+  keys score unequally, is a *closest head* (``Closest(Select(...))``): its scores, over every
+  (value, position) of query and key, select by the values alone and rank each query's selected
+  keys in ``closest_order``, ``GAP`` apart;
 * ``layers.{l}.mlp.w1`` (D, h), ``b1`` (h), ``w2`` (h, D): ReLU units, grouped by the variable they
   write, each group a lookup table of one or two categorical variables, of one numerical variable
   with finitely many values (a numerical head's means), or a width decoder;

@@ -31,7 +31,9 @@ def _sop(e: L.SOp, memo: dict[int, L.Expr]) -> L.SOp:
     elif isinstance(e, L.Aggregate):
         sel = e.selector
         lowered: L.Selector = (
-            L.Closest(_select(sel.a, memo), name=sel.name) if isinstance(sel, L.Closest) else _select(sel, memo)
+            L.Closest(_select(sel.a, memo), name=sel.name)
+            if isinstance(sel, L.Closest)
+            else _select(sel, memo)
         )
         out = L.Aggregate(lowered, _sop(e.x, memo), numerical=e.numerical, name=e.name)
     elif isinstance(e, L.SelectorWidth):
