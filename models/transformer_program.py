@@ -199,8 +199,8 @@ class ProgramConfig:
     mlps: int = 1
     num_heads: int = 0  # numerical heads per layer (after the width heads)
     num_mlps: int = 0  # numerical-to-categorical MLPs per layer (after the categorical MLPs)
-    key_heads: int = 0  # categorical heads choosing a key variable per layer (after the width heads)
     closest_heads: int = 0  # categorical heads reading the closest selected key per layer (after key heads)
+    key_heads: int = 0  # categorical heads choosing a key variable per layer (after the width heads)
 
     @property
     def K(self) -> int:  # noqa: N802 - values per variable

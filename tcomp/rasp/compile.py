@@ -162,7 +162,7 @@ def compile_program(program: L.SOp, vocab: list, max_len: int, *, beta: float = 
         if isinstance(e, L.Aggregate):
             heads[s // 2].append(_aggregate_head(e, layout, sets, D, beta))
         elif isinstance(e, L.SelectorWidth):
-            heads[s // 2].append(_width_head(e, layout, widths[e.id], sets, D, beta))
+            heads[s // 2].append(_width_head(e, layout, widths[e.id], sets, D))
             mlps[s // 2].append(_width_mlp(layout.blocks[e.id], widths[e.id], max_len, D))
         elif isinstance(e, (L.Map, L.SequenceMap)):
             mlps[s // 2].append(_map_mlp(e, layout, sets, D))
@@ -231,6 +231,40 @@ def _unembed(block: Block, D: int) -> Tensor:
     return u
 
 
+def _qk(sel: L.Select, layout: Layout, sets: dict, D: int, bos_score: float) -> tuple[Tensor, Tensor]:
+    """Query/key maps whose product is ``pred(key, query) + bos_score*[key is BOS]`` at non-BOS
+    queries, and makes the BOS query attend to BOS alone."""
+    qb, kb = layout.blocks[sel.queries.id], layout.blocks[sel.keys.id]
+    qv, kv = sets[sel.queries.id], sets[sel.keys.id]
+    wq, wk = torch.zeros(D, len(qv) + 2), torch.zeros(D, len(qv) + 2)
+    for a, (qd, q) in enumerate(zip(qb.dims, qv)):
+        wq[qd, a] = 1.0
+        for kd, k in zip(kb.dims, kv):
+            wk[kd, a] = float(sel.holds(k, q))
+    wq[ONE, -2], wk[BOS, -2] = 1.0, bos_score
+    wq[BOS, -1], wk[BOS, -1] = 1.0, 2.0
+    return wq, wk
+
+
+def _aggregate_head(e: L.Aggregate, layout: Layout, sets: dict, D: int, beta: float) -> tuple:
+    if isinstance(e.selector, L.Closest):
+        wq, wk = _closest_qk(e.selector, layout, sets, D, beta)
+    else:
+        wq, wk = _qk(e.selector, layout, sets, D, 0.5)
+    src, dst = layout.blocks[e.x.id], layout.blocks[e.id]
+    wv, wo = torch.zeros(D, len(src.dims)), torch.zeros(len(src.dims), D)
+    for j, (s, d) in enumerate(zip(src.dims, dst.dims)):
+        wv[s, j], wo[j, d] = 1.0, 1.0
+    return wq, wk, wv, wo
+
+
+def _width_head(e: L.SelectorWidth, layout: Layout, inv: Block, sets: dict, D: int) -> tuple:
+    wq, wk = _qk(e.selector, layout, sets, D, 1.0)
+    wv, wo = torch.zeros(D, 1), torch.zeros(1, D)
+    wv[BOS, 0], wo[0, inv.start] = 1.0, 1.0
+    return wq, wk, wv, wo
+
+
 def closest_ranks(max_len: int) -> list[list[int]]:
     """``r[i][j]``: the rank of key position ``j`` for query position ``i`` in ``closest_order``,
     ``max_len - 1`` for the first, ``0`` for the last."""
@@ -241,48 +275,23 @@ def closest_ranks(max_len: int) -> list[list[int]]:
     return r
 
 
-def _qk(
-    sel: L.Select | L.Closest, layout: Layout, sets: dict, D: int, bos_score: float, beta: float
-) -> tuple[Tensor, Tensor]:
-    """Query/key maps whose product is ``pred(key, query) + bos_score*[key is BOS]`` at non-BOS
-    queries, and makes the BOS query attend to BOS alone. For ``Closest`` the predicate and BOS
-    levels are raised by the rank span and the rank term is added (see the module docstring)."""
-    closest = isinstance(sel, L.Closest)
-    pick: L.Select = sel.a if closest else sel  # type: ignore[assignment]
-    qb, kb = layout.blocks[pick.queries.id], layout.blocks[pick.keys.id]
-    qv, kv = sets[pick.queries.id], sets[pick.keys.id]
-    pos = layout.blocks[L.indices.id]
-    M = len(pos.dims) if closest else 0
-    lift = RANK_GAP * (M - 1) / beta if closest else 0.0  # the rank span, in units of beta
-    wq, wk = torch.zeros(D, len(qv) + 2 + M), torch.zeros(D, len(qv) + 2 + M)
-    for a, (qd, q) in enumerate(zip(qb.dims, qv)):
-        wq[qd, a] = 1.0
-        for kd, k in zip(kb.dims, kv):
-            wk[kd, a] = float(pick.holds(k, q)) * (1.0 + lift)
-    c = len(qv)
-    wq[ONE, c], wk[BOS, c] = 1.0, bos_score + lift
-    wq[BOS, c + 1], wk[BOS, c + 1] = 1.0, 2.0 + 2 * lift
+def _closest_qk(sel: L.Closest, layout: Layout, sets: dict, D: int, beta: float) -> tuple[Tensor, Tensor]:
+    """``_qk`` of the inner ``Select`` with the predicate and BOS levels raised by the rank span
+    ``RANK_GAP * (M - 1)`` and ``M`` more columns: the rank term ``RANK_GAP * rank[i][j]`` over the
+    query's and key's ``indices`` one-hots (see the module docstring)."""
+    wq, wk = _qk(sel.a, layout, sets, D, 0.5)  # type: ignore[arg-type] - lowered: a Select
+    pos = layout.blocks[L.indices.id].dims
+    M, c = len(pos), wq.shape[1] - 2
+    lift = RANK_GAP * (M - 1) / beta  # the rank span, in units of beta
+    wk[:, :c] *= 1.0 + lift
+    wk[BOS, c] += lift
+    wk[BOS, c + 1] += 2 * lift
+    rq, rk = torch.zeros(D, M), torch.zeros(D, M)
     for i, row in enumerate(closest_ranks(M)):
-        wq[pos.dims[i], c + 2 + i] = 1.0
+        rq[pos[i], i] = 1.0
         for j, r in enumerate(row):
-            wk[pos.dims[j], c + 2 + i] = RANK_GAP * r / beta
-    return wq, wk
-
-
-def _aggregate_head(e: L.Aggregate, layout: Layout, sets: dict, D: int, beta: float) -> tuple:
-    wq, wk = _qk(e.selector, layout, sets, D, 0.5, beta)
-    src, dst = layout.blocks[e.x.id], layout.blocks[e.id]
-    wv, wo = torch.zeros(D, len(src.dims)), torch.zeros(len(src.dims), D)
-    for j, (s, d) in enumerate(zip(src.dims, dst.dims)):
-        wv[s, j], wo[j, d] = 1.0, 1.0
-    return wq, wk, wv, wo
-
-
-def _width_head(e: L.SelectorWidth, layout: Layout, inv: Block, sets: dict, D: int, beta: float) -> tuple:
-    wq, wk = _qk(e.selector, layout, sets, D, 1.0, beta)
-    wv, wo = torch.zeros(D, 1), torch.zeros(1, D)
-    wv[BOS, 0], wo[0, inv.start] = 1.0, 1.0
-    return wq, wk, wv, wo
+            rk[pos[j], i] = RANK_GAP * r / beta
+    return torch.cat([wq, rq], 1), torch.cat([wk, rk], 1)
 
 
 def _width_mlp(out: Block, inv: Block, max_len: int, D: int) -> tuple:

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tcomp.rasp import language as L
 from tcomp.rasp.language import (
     Aggregate,
-    Closest,
     Expr,
     Indices,
     Map,
@@ -27,7 +27,6 @@ from tcomp.rasp.language import (
     SequenceMap,
     SOp,
     Tokens,
-    closest_order,
     walk,
 )
 
@@ -74,7 +73,7 @@ def _step(e: Expr, env: dict[int, Any], xs: list, n: int) -> Any:
         return _combine(env[e.a.id], env[e.b.id], lambda x, y: x and y)
     if isinstance(e, SelectorNot):
         return [[None if x is None else not x for x in row] for row in env[e.a.id]]
-    if isinstance(e, Closest):
+    if isinstance(e, L.Closest):
         return closest(env[e.a.id])
     if isinstance(e, Aggregate):
         return aggregate(env[e.selector.id], env[e.x.id], e.numerical)
@@ -91,7 +90,7 @@ def closest(matrix: Matrix) -> Matrix:
     """Per query row ``i`` only the selected key first in ``closest_order(i, n)`` (none if none is)."""
     out: Matrix = []
     for i, row in enumerate(matrix):
-        pick = next((j for j in closest_order(i, len(row)) if row[j]), None)
+        pick = next((j for j in L.closest_order(i, len(row)) if row[j]), None)
         out.append([j == pick for j in range(len(row))])
     return out
 

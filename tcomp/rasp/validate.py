@@ -83,10 +83,6 @@ def _check(e: L.Expr, f: Facts) -> list[str]:
         for x in (e.keys, e.queries):
             if x.numerical:
                 why.append(f"compares numerical {x.name}; Select compares categorical sequences")
-    elif isinstance(e, (L.SelectorAnd, L.SelectorNot, L.Closest, L.SelectorWidth)):
-        inner = [e.selector] if isinstance(e, L.SelectorWidth) else list(e.children)
-        if any(isinstance(c, L.Closest) for c in inner):
-            why.append("reads a Closest selector; Closest is only the direct selector of an Aggregate")
     elif isinstance(e, L.Aggregate):
         if e.numerical and not e.x.numerical:
             why.append(
@@ -98,6 +94,10 @@ def _check(e: L.Expr, f: Facts) -> list[str]:
             reason = "" if isinstance(e.selector, L.Closest) else _at_most_one(e.selector, f)
             if reason:
                 why.append(f"categorical Aggregate needs at most one selected key per query, but {reason}")
+    elif isinstance(e, (L.SelectorAnd, L.SelectorNot, L.Closest, L.SelectorWidth)):
+        inner = [e.selector] if isinstance(e, L.SelectorWidth) else list(e.children)
+        if any(isinstance(c, L.Closest) for c in inner):
+            why.append("reads a Closest selector; Closest is only the direct selector of an Aggregate")
     return why
 
 

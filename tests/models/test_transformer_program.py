@@ -229,80 +229,6 @@ def test_extract_refuses_broken_numerical_heads():
         extract(uneven)
 
 
-# ------------------------------------------------------------- key heads (categorical, key variable)
-
-
-def _inverse_label(xs, v):
-    return [xs.index(i) for i in range(len(xs))]
-
-
-# the inverse of a permutation: the position whose token is the query's index (a lookup by key value)
-INVERSE = Task("inverse", 5, 5, _inverse_label, 5, sample=lambda n, rng: rng.sample(range(n), n))
-
-
-@settings(max_examples=4, deadline=None)
-@given(st.integers(0, 10_000), st.integers(2, 4), st.booleans())
-def test_key_heads_export_and_extract_exactly_on_every_input(seed, max_len, more):
-    torch.manual_seed(seed)
-    cfg = ProgramConfig(
-        vocab=3, max_len=max_len, classes=4, layers=2, cat_heads=int(more), key_heads=1 + int(more)
-    )
-    tp = TransformerProgram(cfg).eval()
-    with torch.no_grad():  # denser predicates: queries selecting none, one and several keys
-        for p in tp.keys:
-            p[-(cfg.K**2) :] += 0.1
-    agrees_on_every_input(tp, 3, max_len)
-
-
-def test_key_head_with_ties_gives_no_value_as_the_categorical_aggregate():
-    # query indices, key tokens, ==, value indices: the position holding the query's index as a token
-    K = 4
-    eq = [[a == b for b in range(K)] for a in range(K)]
-    choices = {"layers": [[("key", 1, 0, 1, eq)]], "output": 2}
-    # 4 classes, 3 values: the last class is never output (its unembed column reads nothing)
-    cfg = ProgramConfig(vocab=3, max_len=3, classes=4, layers=1, cat_heads=0, width_heads=0, mlps=0)
-    module = to_module(choices, cfg)
-    ex = extract(capture(module, (torch.zeros(2, 3, dtype=torch.long),), {}).gm)
-    (agg,) = [e for e in L.walk(ex.program) if isinstance(e, L.Aggregate)]
-    assert not agg.numerical and agg.selector.predicate is L.Comparison.EQ
-    for x in every_input(3, 3):
-        with torch.no_grad():
-            got = module(x)
-        for row, g in zip(x.tolist(), got.tolist()):
-            hits = [[j for j, t in enumerate(row) if t == i] for i in range(len(row))]
-            want = [h[0] if len(h) == 1 else None for h in hits]  # none or several keys: no value
-            assert rasp.evaluate(ex.program, row) == want
-            for gi, w in zip(g, want):
-                assert gi == pytest.approx([float(w == c) for c in range(4)], abs=1e-4)
-
-
-def test_tiny_training_with_a_key_head_learns_the_inverse_permutation():
-    small = dict(steps=150, batch=32, n_train=1000, n_val=200, n_test=300, evals=3, lr=0.1, tau_end=0.05)
-    res = train(INVERSE, seed=0, layers=1, cat_heads=0, width_heads=0, mlps=0, key_heads=1, **small)
-    _, y = make_data(INVERSE, 2000, seed=9)
-    majority = float((y == y.flatten().mode().values).float().mean())
-    assert majority < 0.4 and res.accuracy > 0.95, (majority, res.accuracy)
-    x, _ = make_data(INVERSE, 100, seed=5)
-    predictions_agree(res.model, x)
-    prog = extract(capture(res.model.discrete(), (x[:2],), {}).gm).program
-    assert any(
-        isinstance(e, L.Aggregate) and not e.numerical and e.selector.keys is not L.indices
-        for e in L.walk(prog)
-    ), "the learned program looks up no key variable"
-
-
-def test_extract_refuses_a_key_head_decoder_that_writes_for_several_keys():
-    eq = [[a == b for b in range(4)] for a in range(4)]
-    cfg = ProgramConfig(vocab=3, max_len=3, classes=3, layers=1, cat_heads=0, width_heads=0, mlps=0)
-    w = {
-        k: v.clone()
-        for k, v in to_module({"layers": [[("key", 1, 0, 1, eq)]], "output": 2}, cfg).state_dict().items()
-    }
-    w["layers.0.mlp.b1"] = w["layers.0.mlp.b1"] * 0.5  # tents off centre: wrong values for some counts
-    with pytest.raises(NotAProgram, match="key head"):
-        extract(w)
-
-
 # ------------------------------------------------------------ closest heads (select_closest)
 
 
@@ -378,3 +304,77 @@ def test_tiny_training_with_a_closest_head_learns_what_a_key_head_cannot():
     predictions_agree(near.model, x)
     prog = extract(capture(near.model.discrete(), (x[:2],), {}).gm).program
     assert any(isinstance(e, L.Closest) for e in L.walk(prog)), "the learned program reads no closest head"
+
+
+# ------------------------------------------------------------- key heads (categorical, key variable)
+
+
+def _inverse_label(xs, v):
+    return [xs.index(i) for i in range(len(xs))]
+
+
+# the inverse of a permutation: the position whose token is the query's index (a lookup by key value)
+INVERSE = Task("inverse", 5, 5, _inverse_label, 5, sample=lambda n, rng: rng.sample(range(n), n))
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 4), st.booleans())
+def test_key_heads_export_and_extract_exactly_on_every_input(seed, max_len, more):
+    torch.manual_seed(seed)
+    cfg = ProgramConfig(
+        vocab=3, max_len=max_len, classes=4, layers=2, cat_heads=int(more), key_heads=1 + int(more)
+    )
+    tp = TransformerProgram(cfg).eval()
+    with torch.no_grad():  # denser predicates: queries selecting none, one and several keys
+        for p in tp.keys:
+            p[-(cfg.K**2) :] += 0.1
+    agrees_on_every_input(tp, 3, max_len)
+
+
+def test_key_head_with_ties_gives_no_value_as_the_categorical_aggregate():
+    # query indices, key tokens, ==, value indices: the position holding the query's index as a token
+    K = 4
+    eq = [[a == b for b in range(K)] for a in range(K)]
+    choices = {"layers": [[("key", 1, 0, 1, eq)]], "output": 2}
+    # 4 classes, 3 values: the last class is never output (its unembed column reads nothing)
+    cfg = ProgramConfig(vocab=3, max_len=3, classes=4, layers=1, cat_heads=0, width_heads=0, mlps=0)
+    module = to_module(choices, cfg)
+    ex = extract(capture(module, (torch.zeros(2, 3, dtype=torch.long),), {}).gm)
+    (agg,) = [e for e in L.walk(ex.program) if isinstance(e, L.Aggregate)]
+    assert not agg.numerical and agg.selector.predicate is L.Comparison.EQ
+    for x in every_input(3, 3):
+        with torch.no_grad():
+            got = module(x)
+        for row, g in zip(x.tolist(), got.tolist()):
+            hits = [[j for j, t in enumerate(row) if t == i] for i in range(len(row))]
+            want = [h[0] if len(h) == 1 else None for h in hits]  # none or several keys: no value
+            assert rasp.evaluate(ex.program, row) == want
+            for gi, w in zip(g, want):
+                assert gi == pytest.approx([float(w == c) for c in range(4)], abs=1e-4)
+
+
+def test_tiny_training_with_a_key_head_learns_the_inverse_permutation():
+    small = dict(steps=150, batch=32, n_train=1000, n_val=200, n_test=300, evals=3, lr=0.1, tau_end=0.05)
+    res = train(INVERSE, seed=0, layers=1, cat_heads=0, width_heads=0, mlps=0, key_heads=1, **small)
+    _, y = make_data(INVERSE, 2000, seed=9)
+    majority = float((y == y.flatten().mode().values).float().mean())
+    assert majority < 0.4 and res.accuracy > 0.95, (majority, res.accuracy)
+    x, _ = make_data(INVERSE, 100, seed=5)
+    predictions_agree(res.model, x)
+    prog = extract(capture(res.model.discrete(), (x[:2],), {}).gm).program
+    assert any(
+        isinstance(e, L.Aggregate) and not e.numerical and e.selector.keys is not L.indices
+        for e in L.walk(prog)
+    ), "the learned program looks up no key variable"
+
+
+def test_extract_refuses_a_key_head_decoder_that_writes_for_several_keys():
+    eq = [[a == b for b in range(4)] for a in range(4)]
+    cfg = ProgramConfig(vocab=3, max_len=3, classes=3, layers=1, cat_heads=0, width_heads=0, mlps=0)
+    w = {
+        k: v.clone()
+        for k, v in to_module({"layers": [[("key", 1, 0, 1, eq)]], "output": 2}, cfg).state_dict().items()
+    }
+    w["layers.0.mlp.b1"] = w["layers.0.mlp.b1"] * 0.5  # tents off centre: wrong values for some counts
+    with pytest.raises(NotAProgram, match="key head"):
+        extract(w)
