@@ -23,8 +23,9 @@ finite set (hard, straight-through when ``hard=True``; argmax at evaluation):
   *closest* to the query (``select_closest``:
   keys other than the query's own position first, then nearer, then earlier; none selected -> no
   value), ``Aggregate(Closest(Select(...)))`` of ``tcomp.rasp``. While training its attention is a
-  softmax at the annealed temperature over ``CLOSE_BIG * selection + rank`` (rank: the closest order,
-  ``0 .. max_len - 1``) and a BOS logit between the unselected and the selected keys; exported it
+  softmax at the annealed temperature over ``4 max_len * selection + rank`` (rank: the closest order,
+  ``max_len - 1 .. 0``) and a BOS logit ``3 max_len``, between the unselected and the selected keys
+  (argmax at evaluation: exactly the rule above); exported it
   scores as the compiler's ``Closest`` heads (a rank term over the query's and key's ``indices``);
 * a *categorical MLP* picks two variables and a lookup table (pair of values -> value);
 * a *numerical head* (``num_heads``) picks a query and a key variable and a 0/1 predicate matrix as
@@ -235,6 +236,7 @@ class TransformerProgram(nn.Module):
         self.heads, self.widths, self.mlps = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
         self.nheads, self.nmlps = nn.ParameterList(), nn.ParameterList()
         self.keys, self.closest = nn.ParameterList(), nn.ParameterList()
+        self.ranks = closest_ranks(N)  # closest heads' position bias (a constant, not a parameter)
         sizes = [cfg.vocab, N]  # most values each categorical variable can hold
         self.value_masks: list[Tensor] = []  # per numerical head: the (variable, value) pairs it may read
         self.plan: list[
@@ -421,7 +423,7 @@ class TransformerProgram(nn.Module):
                         pred = self._predicate(pl, tau, train)
                     sel = q @ pred @ k[:, 1:].transpose(1, 2)  # (B, n+1, n)
                     big = 4.0 * N  # selected keys score >= 4N, BOS 3N, the rest <= N - 1 (rank 0 .. N-1)
-                    rank = torch.cat([torch.zeros(1, n), closest_ranks(N)[:n, :n]], 0)  # BOS query: none
+                    rank = torch.cat([torch.zeros(1, n), self.ranks[:n, :n]], 0)  # BOS query: none
                     logits = torch.cat([torch.full((B, n + 1, 1), 3.0 * N), big * sel + rank], -1)
                     if train:
                         att = torch.softmax(logits / tau, -1)
