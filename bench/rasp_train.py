@@ -36,11 +36,6 @@ NUM = dict(layers=3, cat_heads=1, width_heads=1, mlps=1, num_heads=1, num_mlps=1
 # (vs 62.51 % NUM; it learns rank = SelectorWidth(tokens <= tokens), then the token whose rank is
 # index + 1, which has no value where tokens repeat), 51.87 % with NUM plus key_heads=1; most-freq
 # 32.60 % (cat_heads=0) / 36.97 % (cat_heads=1) vs 55.87 %
-# closest heads (the closest selected key, ties to the nearest; issue 9), sort: 83.85 % at 1000 x 16 with
-# dict(layers=3, cat_heads=0, width_heads=1, mlps=1, closest_heads=2) (vs 62.51 % NUM); it learns a rank
-# SelectorWidth(tokens <= tokens), then the token of the closest key whose rank fits the index. At 1000 x 4:
-# 74.31 / 73.01 % (seeds 0 / 1) vs NUM 60.84 / 48.47 %. most-freq: no closest head in the selected programs
-# (53.8 .. 56.5 % at 1000 x 4 with one or two closest heads, 55.87 % without at 1000 x 4)
 CONFIGS = {
     "hist": dict(layers=1, cat_heads=0, width_heads=1, mlps=0),
     "reverse": dict(layers=2, cat_heads=1, width_heads=1, mlps=1),
@@ -113,13 +108,7 @@ def run(task: str, seed: int, steps: int, restarts: int) -> dict:
         "key_used": sum(
             isinstance(e, rasp.Aggregate)
             and not e.numerical
-            and not isinstance(e.selector, rasp.Closest)
             and getattr(e.selector, "keys", None) is not L.indices
-            for e in rasp.walk(ex.program)
-        ),
-        # categorical Aggregates over Closest selectors (closest heads)
-        "closest_used": sum(
-            isinstance(e, rasp.Aggregate) and isinstance(e.selector, rasp.Closest)
             for e in rasp.walk(ex.program)
         ),
         "train_seconds": round(train_s, 1),
