@@ -127,6 +127,17 @@ def _one_hot_rows(t: Tensor, name: str, rows: range) -> list[int]:
     return out
 
 
+def _named_select(qv: Var, kv: Var, table: dict[tuple, bool], where: str) -> L.Select:
+    """``Select(kv, qv, pred)`` for the ``(key, query) -> selected`` table, a named comparison
+    where one fits."""
+    true = frozenset(k for k, v in table.items() if v)
+    name = "select_" + "_".join(c for c in where.split("(")[1].split(")")[0].split() if c.isdigit())
+    for cmp in L.Comparison:  # a named comparison reads better than a table
+        if all(cmp(k, q) == v for (k, q), v in table.items()):
+            return L.Select(kv.expr, qv.expr, cmp, name=name)
+    return L.Select(kv.expr, qv.expr, lambda k, q, t=true: (k, q) in t, name=name)
+
+
 class _Reader:
     def __init__(self, w: dict[str, Tensor]):
         self.w = w
@@ -574,14 +585,3 @@ class _Reader:
                 lambda a, b, t=table: t[a, b], args[0], args[1], numerical=numerical, name=name
             )
         self._new(expr, outs, [] if numerical else list(range(len(outs))), where)
-
-
-def _named_select(qv: Var, kv: Var, table: dict[tuple, bool], where: str) -> L.Select:
-    """``Select(kv, qv, pred)`` for the ``(key, query) -> selected`` table, a named comparison
-    where one fits."""
-    true = frozenset(k for k, v in table.items() if v)
-    name = "select_" + "_".join(c for c in where.split("(")[1].split(")")[0].split() if c.isdigit())
-    for cmp in L.Comparison:  # a named comparison reads better than a table
-        if all(cmp(k, q) == v for (k, q), v in table.items()):
-            return L.Select(kv.expr, qv.expr, cmp, name=name)
-    return L.Select(kv.expr, qv.expr, lambda k, q, t=true: (k, q) in t, name=name)
