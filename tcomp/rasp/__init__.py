@@ -6,6 +6,7 @@ from __future__ import annotations
 from tcomp.rasp.evaluate import evaluate, evaluate_all
 from tcomp.rasp.language import (
     Aggregate,
+    Closest,
     Comparison,
     Expr,
     Map,
@@ -24,6 +25,7 @@ from tcomp.rasp.validate import ValidationError, problems, validate
 
 __all__ = [
     "Aggregate",
+    "Closest",
     "Comparison",
     "Expr",
     "Map",

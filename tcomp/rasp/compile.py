@@ -12,6 +12,11 @@ zero block means "no value" (``None``).
   between the query's and the key's one-hot blocks) plus ``0.5`` on the BOS key, times a large
   ``beta``: the selected keys win; if none is selected BOS (all zero values) takes the attention,
   giving ``None`` / ``0``. Categorical values are copied one-hot, numerical ones averaged.
+  Over ``Closest(select)`` the score gets a position term besides: a bilinear form of the query's
+  and the key's ``indices`` one-hots (``M`` more columns of ``wq`` / ``wk``) ranking the keys in
+  ``closest_order``, ``RANK_GAP`` logits apart; the predicate and BOS levels are raised above the
+  rank span, so a selected key still beats BOS and BOS every unselected one by ``beta / 2``, and
+  softmax keeps the first selected key in that order alone.
 * ``SelectorWidth`` (the tracr way): a head whose BOS key scores like a selected one reads the
   ``bos`` dim, giving ``1/(w+1)``; an MLP of step functions decodes it to one-hot ``w``.
 
@@ -33,6 +38,7 @@ from tcomp.rasp.lower import lower_selectors
 from tcomp.rasp.validate import validate
 
 BETA = 100.0  # attention sharpness: a score gap of 0.5 leaves exp(-50) of the weight behind
+RANK_GAP = 16.0  # logits between neighbouring ranks of a Closest head (>= extract.GAP): 1e-7 behind
 ONE, BOS = 0, 1
 
 
@@ -158,7 +164,7 @@ def compile_program(program: L.SOp, vocab: list, max_len: int, *, beta: float = 
     for e in order:
         s = ready.get(e.id, -1)
         if isinstance(e, L.Aggregate):
-            heads[s // 2].append(_aggregate_head(e, layout, sets, D))
+            heads[s // 2].append(_aggregate_head(e, layout, sets, D, beta))
         elif isinstance(e, L.SelectorWidth):
             heads[s // 2].append(_width_head(e, layout, widths[e.id], sets, D))
             mlps[s // 2].append(_width_mlp(layout.blocks[e.id], widths[e.id], max_len, D))
@@ -262,8 +268,11 @@ def _qk(sel: L.Select, layout: Layout, sets: dict, D: int, bos_score: float) -> 
     return wq, wk
 
 
-def _aggregate_head(e: L.Aggregate, layout: Layout, sets: dict, D: int) -> tuple:
-    wq, wk = _qk(e.selector, layout, sets, D, 0.5)
+def _aggregate_head(e: L.Aggregate, layout: Layout, sets: dict, D: int, beta: float) -> tuple:
+    if isinstance(e.selector, L.Closest):
+        wq, wk = _closest_qk(e.selector, layout, sets, D, beta)
+    else:
+        wq, wk = _qk(e.selector, layout, sets, D, 0.5)
     src, dst = layout.blocks[e.x.id], layout.blocks[e.id]
     wv, wo = torch.zeros(D, len(src.dims)), torch.zeros(len(src.dims), D)
     for j, (s, d) in enumerate(zip(src.dims, dst.dims)):
@@ -276,6 +285,35 @@ def _width_head(e: L.SelectorWidth, layout: Layout, inv: Block, sets: dict, D: i
     wv, wo = torch.zeros(D, 1), torch.zeros(1, D)
     wv[BOS, 0], wo[0, inv.start] = 1.0, 1.0
     return wq, wk, wv, wo
+
+
+def closest_ranks(max_len: int) -> list[list[int]]:
+    """``r[i][j]``: the rank of key position ``j`` for query position ``i`` in ``closest_order``,
+    ``max_len - 1`` for the first, ``0`` for the last."""
+    r = [[0] * max_len for _ in range(max_len)]
+    for i in range(max_len):
+        for k, j in enumerate(L.closest_order(i, max_len)):
+            r[i][j] = max_len - 1 - k
+    return r
+
+
+def _closest_qk(sel: L.Closest, layout: Layout, sets: dict, D: int, beta: float) -> tuple[Tensor, Tensor]:
+    """``_qk`` of the inner ``Select`` with the predicate and BOS levels raised by the rank span
+    ``RANK_GAP * (M - 1)`` and ``M`` more columns: the rank term ``RANK_GAP * rank[i][j]`` over the
+    query's and key's ``indices`` one-hots (see the module docstring)."""
+    wq, wk = _qk(sel.a, layout, sets, D, 0.5)  # type: ignore[arg-type] - lowered: a Select
+    pos = layout.blocks[L.indices.id].dims
+    M, c = len(pos), wq.shape[1] - 2
+    lift = RANK_GAP * (M - 1) / beta  # the rank span, in units of beta
+    wk[:, :c] *= 1.0 + lift
+    wk[BOS, c] += lift
+    wk[BOS, c + 1] += 2 * lift
+    rq, rk = torch.zeros(D, M), torch.zeros(D, M)
+    for i, row in enumerate(closest_ranks(M)):
+        rq[pos[i], i] = 1.0
+        for j, r in enumerate(row):
+            rk[pos[j], i] = RANK_GAP * r / beta
+    return torch.cat([wq, rq], 1), torch.cat([wk, rk], 1)
 
 
 def _width_mlp(out: Block, inv: Block, max_len: int, D: int) -> tuple:

@@ -3,7 +3,9 @@
 A compiled model represents "no value" as the zero vector, so the evaluator carries ``None``
 the same way: a categorical Aggregate that selects nothing gives ``None``, a categorical Map or
 SequenceMap of ``None`` gives ``None``, a numerical one gives ``0``, and a selector entry that reads
-a ``None`` key or query (through any ``&``, ``|``, ``~``) is unselected.
+a ``None`` key or query (through any ``&``, ``|``, ``~``) is unselected. ``Closest`` keeps per query
+the selected key first in ``closest_order`` (other keys before the query's own position, nearer
+before farther, earlier before later).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tcomp.rasp import language as L
 from tcomp.rasp.language import (
     Aggregate,
     Classify,
@@ -71,6 +74,8 @@ def _step(e: Expr, env: dict[int, Any], xs: list, n: int) -> Any:
         return _combine(env[e.a.id], env[e.b.id], lambda x, y: x and y)
     if isinstance(e, SelectorNot):
         return [[None if x is None else not x for x in row] for row in env[e.a.id]]
+    if isinstance(e, L.Closest):
+        return closest(env[e.a.id])
     if isinstance(e, Aggregate):
         return aggregate(env[e.selector.id], env[e.x.id], e.numerical)
     if isinstance(e, SelectorWidth):
@@ -82,6 +87,15 @@ def _step(e: Expr, env: dict[int, Any], xs: list, n: int) -> Any:
 
 def _combine(a: Matrix, b: Matrix, op) -> Matrix:
     return [[None if x is None or y is None else op(x, y) for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
+
+
+def closest(matrix: Matrix) -> Matrix:
+    """Per query row ``i`` only the selected key first in ``closest_order(i, n)`` (none if none is)."""
+    out: Matrix = []
+    for i, row in enumerate(matrix):
+        pick = next((j for j in L.closest_order(i, len(row)) if row[j]), None)
+        out.append([j == pick for j in range(len(row))])
+    return out
 
 
 def aggregate(matrix: Matrix, values: list, numerical: bool) -> list:

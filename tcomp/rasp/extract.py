@@ -16,6 +16,10 @@ parameter name in a captured graph:
   with BOS, is a *key head*: it writes the averages ``c / (m + 1)`` of each value (``c`` of the
   ``m`` selected keys hold it) and ``1 / (m + 1)``; MLP units of its layer decode them to the value
   where exactly one key is selected (the categorical Aggregate: no value for none or several);
+  a head whose query and key also read ``indices`` (besides their variables), or whose selected
+  keys score unequally, is a *closest head* (``Closest(Select(...))``): its scores, over every
+  (value, position) of query and key, select by the values alone and rank each query's selected
+  keys in ``closest_order``, ``GAP`` apart;
 * ``layers.{l}.mlp.w1`` (D, h), ``b1`` (h), ``w2`` (h, D): ReLU units, grouped by the variable they
   write, each group a lookup table of one or two categorical variables, of one numerical variable
   with finitely many values (a numerical head's means), or a width decoder;
@@ -29,6 +33,7 @@ is refused with the weight that breaks the assumption.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +126,17 @@ def _one_hot_rows(t: Tensor, name: str, rows: range) -> list[int]:
             raise NotAProgram(f"{name} row {r} is not one-hot (nonzero at dims {nz[:8]})")
         out.append(nz[0])
     return out
+
+
+def _named_select(qv: Var, kv: Var, table: dict[tuple, bool], where: str) -> L.Select:
+    """``Select(kv, qv, pred)`` for the ``(key, query) -> selected`` table, a named comparison
+    where one fits."""
+    true = frozenset(k for k, v in table.items() if v)
+    name = "select_" + "_".join(c for c in where.split("(")[1].split(")")[0].split() if c.isdigit())
+    for cmp in L.Comparison:  # a named comparison reads better than a table
+        if all(cmp(k, q) == v for (k, q), v in table.items()):
+            return L.Select(kv.expr, qv.expr, cmp, name=name)
+    return L.Select(kv.expr, qv.expr, lambda k, q, t=true: (k, q) in t, name=name)
 
 
 class _Reader:
@@ -266,12 +282,20 @@ class _Reader:
                 continue  # an empty head
             self.heads += 1
             rows = lambda m: (m.abs() > TOL).any(1).nonzero().flatten().tolist()  # noqa: E731
-            qv = self._var_of(rows(wq[h]), where + " query") or self.vars[1]
-            kv = self._var_of(rows(wk[h]), where + " key") or self.vars[1]
+            qv, qpos = self._predicate_var(rows(wq[h]), where + " query")
+            kv, kpos = self._predicate_var(rows(wk[h]), where + " key")
             vrows = rows(wv[h])
             width = vrows == [self.bos]
             key = self.bos in vrows and not width
-            sel = self._select(qv, kv, wq[h] @ wk[h].T, width or key, where)
+            if (qpos or kpos) and (width or key):
+                raise NotAProgram(
+                    f"{where}: a SelectorWidth or key head whose wq/wk also read indices beside its variables "
+                    "(a position term); only a head copying a value reads the closest key"
+                )
+            if qpos or kpos:
+                sel = self._closest(qv, kv, wq[h] @ wk[h].T, where, True)
+            else:
+                sel = self._select(qv, kv, wq[h] @ wk[h].T, width or key, where)
             ov = wv[h] @ wo[h]  # (D, D): value dims -> output dims
             if key:
                 self._key_head(sel, vrows, ov, outs, where)
@@ -394,12 +418,14 @@ class _Reader:
         agg = L.Aggregate(sel, ind, numerical=True, name=f"mean_{layer}_{h}")
         self._new(agg, [out], [], where, values=L.mean_values(self.M))
 
-    def _select(self, qv: Var, kv: Var, S: Tensor, width: bool, where: str) -> L.Select:
+    def _select(self, qv: Var, kv: Var, S: Tensor, width: bool, where: str) -> L.Selector:
         table: dict[tuple, bool] = {}
         for qd, ql in zip(qv.dims, qv.labels or [0]):
             q = self._basis([qd])
             bos = float(q @ S[:, self.bos])
             picked = [float(q @ S[:, kd]) for kd in kv.dims if float(q @ S[:, kd]) > bos + GAP]
+            if picked and max(picked) - min(picked) > TOL and not width:
+                return self._closest(qv, kv, S, where, False)  # a position term ranks them?
             if picked and max(picked) - min(picked) > TOL:
                 raise NotAProgram(
                     f"{where}: query value {ql} scores its selected keys unequally ({min(picked):.4g} .. "
@@ -417,12 +443,74 @@ class _Reader:
                         f"below the BOS score {bos:.3g}; the head is not hard attention"
                     )
                 table[kl, ql] = s > bos - TOL
-        true = frozenset(k for k, v in table.items() if v)
-        name = "select_" + "_".join(c for c in where.split("(")[1].split(")")[0].split() if c.isdigit())
-        for cmp in L.Comparison:  # a named comparison reads better than a table
-            if all(cmp(k, q) == v for (k, q), v in table.items()):
-                return L.Select(kv.expr, qv.expr, cmp, name=name)
-        return L.Select(kv.expr, qv.expr, lambda k, q, t=true: (k, q) in t, name=name)
+        return _named_select(qv, kv, table, where)
+
+    def _predicate_var(self, dims: list[int], where: str) -> tuple[Var, bool]:
+        """The variable a head's query (or key) compares, and whether ``indices`` dims are read
+        beside it (the position term of a ``Closest`` head)."""
+        live = [d for d in dims if d not in (self.one, self.bos)]
+        idx = set(self.vars[1].dims)
+        other = [d for d in live if d not in idx]
+        if other and len(other) < len(live):
+            return self._var_of(other, where) or self.vars[1], True
+        return self._var_of(dims, where) or self.vars[1], False
+
+    def _closest(self, qv: Var, kv: Var, S: Tensor, where: str, position: bool) -> L.Selector:
+        """Read a head whose scores depend on the positions too, from every (value, position) of
+        query and key: the selection (above / below BOS by ``GAP``) must depend on the values only,
+        and each query's selected keys must either score level (a plain ``Select``) or rank in
+        ``closest_order``, each position ``GAP`` above the next (``Closest(Select(...))``)."""
+        P = self.vars[1]
+        if not qv.labels or not kv.labels:
+            raise NotAProgram(f"{where} compares a numerical variable; a head compares categorical ones")
+
+        def combos(v: Var) -> list[tuple[Any, int, Tensor]]:  # (value, position, residual vector)
+            return [
+                (lab, a, self._basis([d, pd]))
+                for d, lab in zip(v.dims, v.labels)
+                for a, pd in enumerate(P.dims)
+                if v is not P or pd == d
+            ]
+
+        qs, ks = combos(qv), combos(kv)
+        Xq, Xk = torch.stack([x for *_, x in qs]), torch.stack([x for *_, x in ks])
+        bos_key = self._basis([self.bos])
+        rel = Xq @ S @ Xk.T - (Xq @ S @ bos_key)[:, None]  # scores above the BOS key's
+        table: dict[tuple, bool] = {}
+        plain = ordered = True
+        for i, (ql, a, _) in enumerate(qs):
+            by_pos: dict[int, list[float]] = {}
+            for j, (kl, b, _) in enumerate(ks):
+                s = float(rel[i, j])
+                if abs(s) <= GAP:
+                    raise NotAProgram(
+                        f"{where}: score of query value {ql} at position {a} / key value {kl} at position {b} is "
+                        f"{s:.3g} from the BOS score, not clearly above or below it; the head is not hard attention"
+                    )
+                if table.setdefault((kl, ql), s > 0) != (s > 0):
+                    raise NotAProgram(
+                        f"{where}: whether query value {ql} selects key value {kl} depends on their positions; "
+                        "a head's predicate reads its query and key variables (a position term only ranks)"
+                    )
+                if s > 0:
+                    by_pos.setdefault(b, []).append(s)
+            scores = [s for ss in by_pos.values() for s in ss]
+            plain = plain and (not scores or max(scores) - min(scores) <= TOL)
+            later = -math.inf  # the best score at the positions after this one in closest_order
+            for b in reversed(L.closest_order(a, self.M)):
+                if b in by_pos:
+                    ordered = ordered and min(by_pos[b]) >= later + GAP
+                    later = max(later, max(by_pos[b]))
+            if not plain and not ordered:
+                raise NotAProgram(
+                    f"{where}: query value {ql} at position {a} scores its selected keys unequally and not in "
+                    f"the closest order (other positions before its own, nearer before farther, earlier before "
+                    f"later), {GAP:g} apart; the position term (wq/wk rows of indices) is not select_closest"
+                )
+        sel = _named_select(qv, kv, table, where)
+        if ordered and (position or not plain):
+            return L.Closest(sel, name=sel.name.replace("select", "closest"))
+        return sel
 
     def _mlp(self, layer: int) -> None:
         p = f"layers.{layer}.mlp."

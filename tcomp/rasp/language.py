@@ -2,7 +2,8 @@
 
 ``tokens`` and ``indices`` are the two inputs. ``Map`` / ``SequenceMap`` apply a function per
 position, ``Select`` builds a selector (which key positions each query position looks at) from a
-comparison of a key and a query sequence, ``Aggregate`` reads the selected values (categorical: the
+comparison of a key and a query sequence, ``Closest`` keeps per query only the selected key closest
+to it (the paper's ``select_closest``), ``Aggregate`` reads the selected values (categorical: the
 one selected value; numerical: their mean), ``SelectorWidth`` counts the selected keys.
 
 Every sequence is *categorical* (a finite value set, one-hot in a compiled model) or *numerical*
@@ -174,7 +175,9 @@ class SelectorOr(SelectorAnd):
     pass
 
 
-class SelectorNot(Selector):
+class _OfSelector(Selector):
+    """A selector computed from one selector ``a``."""
+
     def __init__(self, a: Selector, *, name: str | None = None):
         super().__init__(name)
         self.a = a
@@ -182,6 +185,35 @@ class SelectorNot(Selector):
     @property
     def children(self) -> tuple[Expr, ...]:
         return (self.a,)
+
+
+class SelectorNot(_OfSelector):
+    pass
+
+
+class Closest(_OfSelector):
+    """Per query, only the one selected key *closest* to it (Transformer Programs' ``select_closest``).
+
+    Query position ``i`` with selected key positions ``S`` (of ``a``) keeps the ``j`` in ``S``
+    first in :func:`closest_order`: keys other than ``i`` before ``i`` itself, then by distance
+    ``|i - j|``, then the earlier ``j``; ``S`` empty keeps none. A categorical ``Aggregate`` over it
+    is always well defined (one key or none: ``None``). It is the order of the paper's fixed
+    position bias (nearest keys highest, the earlier one at equal distance, the query's own
+    position lowest). Only the direct selector of an ``Aggregate``."""
+
+    @property
+    def keys(self) -> SOp:  # of the selector it narrows (a ``Select`` once lowered)
+        return self.a.keys  # type: ignore[attr-defined]
+
+    @property
+    def queries(self) -> SOp:
+        return self.a.queries  # type: ignore[attr-defined]
+
+
+def closest_order(i: int, n: int) -> list[int]:
+    """Key positions ``0..n-1`` in the order ``Closest`` prefers them for query position ``i``:
+    ``j != i`` first, then ``|i - j|`` ascending, then ``j`` ascending."""
+    return sorted(range(n), key=lambda j: (j == i, abs(i - j), j))
 
 
 class Aggregate(SOp):

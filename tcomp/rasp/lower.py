@@ -3,7 +3,8 @@
 A head compares one query variable with one key variable. ``Not(Select(k, q, p))`` becomes
 ``Select(k, q, not p)``; ``a & b`` / ``a | b`` over different variables compare pairs, built with a
 ``SequenceMap`` to a tuple (the tuple is ``None`` -- the zero vector -- when either side is, which
-is the evaluator's rule that an entry reading a missing value is unselected).
+is the evaluator's rule that an entry reading a missing value is unselected). ``Closest(s)`` stays,
+around the lowered ``s``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from tcomp.rasp import language as L
 
 
 def lower_selectors(program: L.SOp) -> L.SOp:
-    """An equivalent program whose selectors are all plain ``Select``s."""
+    """An equivalent program whose selectors are all plain ``Select``s (or ``Closest`` of one)."""
     memo: dict[int, L.Expr] = {}
     return _sop(program, memo)
 
@@ -28,7 +29,13 @@ def _sop(e: L.SOp, memo: dict[int, L.Expr]) -> L.SOp:
     elif isinstance(e, L.SequenceMap):
         out = L.SequenceMap(e.f, _sop(e.x, memo), _sop(e.y, memo), numerical=e.numerical, name=e.name)
     elif isinstance(e, L.Aggregate):
-        out = L.Aggregate(_select(e.selector, memo), _sop(e.x, memo), numerical=e.numerical, name=e.name)
+        sel = e.selector
+        lowered: L.Selector = (
+            L.Closest(_select(sel.a, memo), name=sel.name)
+            if isinstance(sel, L.Closest)
+            else _select(sel, memo)
+        )
+        out = L.Aggregate(lowered, _sop(e.x, memo), numerical=e.numerical, name=e.name)
     elif isinstance(e, L.SelectorWidth):
         out = L.SelectorWidth(_select(e.selector, memo), name=e.name)
     elif isinstance(e, L.Classify):

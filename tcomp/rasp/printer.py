@@ -53,6 +53,16 @@ class _Lists:
     def Not(self, a):
         return [[None if x is None else not x for x in row] for row in a]
 
+    def Closest(self, selector):
+        """Per query i only the selected key closest to it: keys other than i first, then by the
+        distance |i - j|, then the earlier j (the query's own position last); none if none is selected."""
+        out = []
+        for i, row in enumerate(selector):
+            order = sorted(range(len(row)), key=lambda j: (j == i, abs(i - j), j))
+            pick = next((j for j in order if row[j]), None)
+            out.append([j == pick for j in range(len(row))])
+        return out
+
     def Aggregate(self, selector, x, numerical=False):
         out = []
         for row in selector:
@@ -153,6 +163,8 @@ def _expr(e: L.Expr, names: dict[int, str], sets: dict[int, Any]) -> str:
         return f"r.And({n[e.a.id]}, {n[e.b.id]})"
     if isinstance(e, L.SelectorNot):
         return f"r.Not({n[e.a.id]})"
+    if isinstance(e, L.Closest):
+        return f"r.Closest({n[e.a.id]})"
     if isinstance(e, L.Aggregate):
         return f"r.Aggregate({n[e.selector.id]}, {n[e.x.id]}{num})"
     if isinstance(e, L.SelectorWidth):
@@ -194,6 +206,9 @@ class _Rasp:
 
     def Not(self, a: L.Selector) -> L.Selector:  # noqa: N802
         return ~a
+
+    def Closest(self, a: L.Selector) -> L.Selector:  # noqa: N802
+        return L.Closest(a)
 
     def Aggregate(self, selector: L.Selector, x: L.SOp, numerical: bool = False) -> L.SOp:  # noqa: N802
         return L.Aggregate(selector, x, numerical=numerical)

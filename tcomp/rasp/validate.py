@@ -7,6 +7,9 @@ its selector (or one side of an ``&``) is ``Select(keys, queries, pred)`` where 
 per position and each query value matches at most one key value. Uniqueness is inferred:
 ``indices`` is unique; an injective Map of a unique sequence is; an injective SequenceMap with a
 unique argument is; ``SelectorWidth(Select(u, u, <,<=,>,>=))`` of a unique ``u`` is (ranks).
+``Closest(s)`` keeps at most one key per query by construction: an Aggregate over it needs no
+proof, but it must be the Aggregate's own selector (not inside ``&``, ``|``, ``~``, another
+``Closest`` or a ``SelectorWidth``: one head computes it).
 """
 
 from __future__ import annotations
@@ -99,9 +102,13 @@ def _check(e: L.Expr, f: Facts) -> list[str]:
         if not e.numerical:
             if e.x.numerical:
                 why.append(f"categorical Aggregate of numerical {e.x.name}; use numerical=True (a mean)")
-            reason = _at_most_one(e.selector, f)
+            reason = "" if isinstance(e.selector, L.Closest) else _at_most_one(e.selector, f)
             if reason:
                 why.append(f"categorical Aggregate needs at most one selected key per query, but {reason}")
+    elif isinstance(e, (L.SelectorAnd, L.SelectorNot, L.Closest, L.SelectorWidth)):
+        inner = [e.selector] if isinstance(e, L.SelectorWidth) else list(e.children)
+        if any(isinstance(c, L.Closest) for c in inner):
+            why.append("reads a Closest selector; Closest is only the direct selector of an Aggregate")
     return why
 
 
@@ -132,6 +139,8 @@ def _unique(e: L.Expr, f: Facts) -> bool:
 
 def _at_most_one(sel: L.Selector, f: Facts) -> str:
     """'' when ``sel`` provably selects at most one key per query, else why not."""
+    if isinstance(sel, L.Closest):
+        return ""
     if isinstance(sel, L.Select):
         keys, queries = f.sets[sel.keys.id] or [], f.sets[sel.queries.id] or []
         worst = max(([k for k in keys if sel.holds(k, q)] for q in queries), key=len, default=[])

@@ -128,6 +128,22 @@ def every_input(vocab: int, max_len: int) -> list[torch.Tensor]:
     return [torch.tensor(list(itertools.product(range(vocab), repeat=n))) for n in range(1, max_len + 1)]
 
 
+def agrees_on_every_input(tp: TransformerProgram, vocab: int, max_len: int) -> None:
+    """The eval-mode model, its exported weights, the extracted program and its printed source
+    predict alike on every input up to ``max_len`` long."""
+    module = tp.discrete()
+    ex = extract(capture(module, (torch.zeros(2, max_len, dtype=torch.long),), {}).gm)
+    printed, _, _ = rasp.load_source(rasp.to_source(ex.program, ex.vocab, ex.max_len))
+    for x in every_input(vocab, max_len):
+        with torch.no_grad():
+            out = tp(x) / 10.0  # the output variable's block
+            assert torch.allclose(module(x), out, atol=1e-3)
+            want = predict(out)
+        for row, w in zip(x.tolist(), want.tolist()):
+            assert [0 if v is None else v for v in rasp.evaluate(ex.program, row)] == w
+            assert [0 if v is None else v for v in rasp.evaluate(printed, row)] == w
+
+
 def numerical_parts(program: L.SOp) -> tuple[list[L.Aggregate], list[L.Map]]:
     exprs = L.walk(program)
     means = [e for e in exprs if isinstance(e, L.Aggregate) and e.numerical]
@@ -217,6 +233,83 @@ def test_extract_refuses_broken_numerical_heads():
         extract(uneven)
 
 
+# ------------------------------------------------------------ closest heads (select_closest)
+
+
+def _nearest_same_label(xs, v):
+    """Per position the nearest *other* position holding the same token (the earlier at equal
+    distance), itself when there is none: the closest order over the positions of equal tokens."""
+    out = []
+    for i in range(len(xs)):
+        same = [j for j in range(len(xs)) if xs[j] == xs[i]]
+        out.append(min(same, key=lambda j: (j == i, abs(i - j), j)))
+    return out
+
+
+# repeated tokens select several keys: only the tie rule reads one of them
+NEAREST_SAME = Task("nearest-same", 3, 5, _nearest_same_label, 5)
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 4), st.booleans())
+def test_closest_heads_export_and_extract_exactly_on_every_input(seed, max_len, more):
+    torch.manual_seed(seed)
+    cfg = ProgramConfig(
+        vocab=3,
+        max_len=max_len,
+        classes=4,
+        layers=2,
+        cat_heads=int(more),
+        key_heads=int(more),
+        closest_heads=2,
+    )
+    tp = TransformerProgram(cfg).eval()
+    agrees_on_every_input(tp, 3, max_len)
+
+
+def _nearest_same_module(max_len: int):
+    eq = [[a == b for b in range(4)] for a in range(4)]  # query tokens, key tokens, ==, value indices
+    cfg = ProgramConfig(
+        vocab=3, max_len=max_len, classes=max_len, layers=1, cat_heads=0, width_heads=0, mlps=0
+    )
+    return to_module({"layers": [[("closest", 0, 0, 1, eq)]], "output": 2}, cfg)
+
+
+def test_closest_head_reads_the_nearest_key_on_ties_and_extracts_as_closest():
+    module = _nearest_same_module(4)
+    ex = extract(capture(module, (torch.zeros(2, 4, dtype=torch.long),), {}).gm)
+    (agg,) = [e for e in L.walk(ex.program) if isinstance(e, L.Aggregate)]
+    assert isinstance(agg.selector, L.Closest) and agg.selector.a.predicate is L.Comparison.EQ
+    for x in every_input(3, 4):
+        with torch.no_grad():
+            got = predict(module(x))
+        for row, g in zip(x.tolist(), got.tolist()):
+            assert g == _nearest_same_label(row, 3) == rasp.evaluate(ex.program, row)
+
+
+def test_extract_refuses_a_closest_head_with_a_broken_position_term():
+    w = {k: v.clone() for k, v in _nearest_same_module(4).state_dict().items()}
+    K, pos = 5, 2 + 3  # K = max(vocab, max_len + 1, classes); indices start after one, bos, 3 tokens
+    wk = w["layers.0.attn.wk"]
+    col = K + 2 + 1  # the rank column of query position 1: keys 0 and 2 tie on distance, 0 must win
+    wk[0, pos + 0, col], wk[0, pos + 2, col] = wk[0, pos + 2, col].clone(), wk[0, pos + 0, col].clone()
+    with pytest.raises(NotAProgram, match=r"layers\.0\.attn.*not select_closest"):
+        extract(w)
+
+
+def test_tiny_training_with_a_closest_head_learns_what_a_key_head_cannot():
+    small = dict(steps=300, batch=32, n_train=1000, n_val=200, n_test=300, evals=3, lr=0.1, tau_end=0.05)
+    base = dict(layers=1, cat_heads=0, width_heads=0, mlps=0)
+    near = train(NEAREST_SAME, seed=0, closest_heads=1, **base, **small)
+    key = train(NEAREST_SAME, seed=0, key_heads=1, **base, **small)
+    # a key head gives no value wherever the token repeats (several keys): about half the positions
+    assert near.accuracy > 0.95 and key.accuracy < 0.75, (near.accuracy, key.accuracy)
+    x, _ = make_data(NEAREST_SAME, 100, seed=5)
+    predictions_agree(near.model, x)
+    prog = extract(capture(near.model.discrete(), (x[:2],), {}).gm).program
+    assert any(isinstance(e, L.Closest) for e in L.walk(prog)), "the learned program reads no closest head"
+
+
 # ------------------------------------------------------------- key heads (categorical, key variable)
 
 
@@ -239,17 +332,7 @@ def test_key_heads_export_and_extract_exactly_on_every_input(seed, max_len, more
     with torch.no_grad():  # denser predicates: queries selecting none, one and several keys
         for p in tp.keys:
             p[-(cfg.K**2) :] += 0.1
-    module = tp.discrete()
-    ex = extract(capture(module, (torch.zeros(2, max_len, dtype=torch.long),), {}).gm)
-    printed, _, _ = rasp.load_source(rasp.to_source(ex.program, ex.vocab, ex.max_len))
-    for x in every_input(3, max_len):
-        with torch.no_grad():
-            out = tp(x) / 10.0  # the output variable's block
-            assert torch.allclose(module(x), out, atol=1e-3)
-            want = predict(out)
-        for row, w in zip(x.tolist(), want.tolist()):
-            assert [0 if v is None else v for v in rasp.evaluate(ex.program, row)] == w
-            assert [0 if v is None else v for v in rasp.evaluate(printed, row)] == w
+    agrees_on_every_input(tp, 3, max_len)
 
 
 def test_key_head_with_ties_gives_no_value_as_the_categorical_aggregate():

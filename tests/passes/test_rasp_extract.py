@@ -85,3 +85,40 @@ def test_refuses_soft_attention_naming_the_head():
     w["layers.2.attn.wq"] = w["layers.2.attn.wq"] / 50  # the flip head's scores no longer clear BOS
     with pytest.raises(NotAProgram, match=r"layers\.2\.attn.*not hard attention"):
         extract(w)
+
+
+# ----------------------------------------------------------------------------- Closest heads
+
+CLOSEST = {  # the predicate's variables: neither, the key or the query (or both) indices
+    "same_token": rasp.Aggregate(
+        rasp.Closest(rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.EQ)), rasp.indices
+    ),
+    "earlier": rasp.Aggregate(
+        rasp.Closest(rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.LT)), rasp.tokens
+    ),
+    "key_below_token": rasp.Aggregate(
+        rasp.Closest(rasp.Select(rasp.indices, rasp.tokens, rasp.Comparison.LT)), rasp.tokens
+    ),
+    "token_at_least_index": rasp.Aggregate(
+        rasp.Closest(rasp.Select(rasp.tokens, rasp.indices, rasp.Comparison.GEQ)), rasp.indices
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CLOSEST))
+def test_closest_round_trip_reads_a_closest_head(name):
+    round_trip(CLOSEST[name], 4)
+    ex = extract(capture(compile_program(CLOSEST[name], VOCAB, MAX_LEN), EXAMPLE, {}).gm)
+    assert any(isinstance(e, rasp.Closest) for e in rasp.walk(ex.program))
+
+
+def test_refuses_a_position_term_out_of_closest_order():
+    model = compile_program(CLOSEST["same_token"], VOCAB, MAX_LEN)
+    w = {k: v.clone() for k, v in model.state_dict().items()}
+    wk = w["layers.0.attn.wk"]
+    pos = model.layout.blocks[rasp.indices.id].dims
+    (col,) = [c for c in range(wk.shape[-1]) if float(w["layers.0.attn.wq"][0, pos[2], c]) != 0]
+    # query position 2: rank key 4 (distance 2) above key 3 (distance 1)
+    wk[0, pos[4], col], wk[0, pos[3], col] = wk[0, pos[3], col].clone(), wk[0, pos[4], col].clone()
+    with pytest.raises(NotAProgram, match=r"layers\.0\.attn.*closest order"):
+        extract(w)

@@ -15,14 +15,14 @@ _CMPS = list(L.Comparison)
 
 @st.composite
 def programs(draw, vocab=VOCAB, max_len=MAX_LEN, max_ops=5):
-    """A random program: a tree of Map/SequenceMap/Select/Aggregate/SelectorWidth over tokens and
-    indices (value sets kept small), valid for ``rasp.validate``."""
+    """A random program: a tree of Map/SequenceMap/Select/Aggregate (also over Closest)/SelectorWidth
+    over tokens and indices (value sets kept small), valid for ``rasp.validate``."""
     cat: list[L.SOp] = [L.tokens, L.indices]
     num: list[L.SOp] = []
     sets = {L.tokens.id: list(vocab), L.indices.id: list(range(max_len))}
     last: L.SOp = L.tokens
     for _ in range(draw(st.integers(1, max_ops))):
-        kind = draw(st.sampled_from(["map", "seqmap", "agg", "width", "num"]))
+        kind = draw(st.sampled_from(["map", "seqmap", "agg", "width", "num", "closest"]))
         x = draw(st.sampled_from(cat))
         if kind == "map":
             table = {v: draw(st.integers(0, 3)) for v in sets[x.id]}
@@ -42,6 +42,9 @@ def programs(draw, vocab=VOCAB, max_len=MAX_LEN, max_ops=5):
             if draw(st.booleans()):
                 sel = sel & _selector(draw, x, q, sets)
             e = L.Aggregate(sel, draw(st.sampled_from(cat)))
+        elif kind == "closest":  # any selector: the closest selected key (ties, its own position last)
+            y = draw(st.sampled_from(cat))
+            e = L.Aggregate(L.Closest(_selector(draw, x, y, sets)), draw(st.sampled_from(cat)))
         else:
             table = {v: draw(st.sampled_from([0, 1, 0.5, -2])) for v in sets[x.id]}
             m = L.Map(table.__getitem__, x, numerical=True)

@@ -90,3 +90,51 @@ def test_means_of_indicators_lie_in_mean_values_and_print_as_tables(xs):
 def test_mean_values_are_the_fractions_up_to_max_len():
     assert rasp.language.mean_values(3) == [0.0, 1 / 3, 0.5, 2 / 3, 1.0]
     assert len(rasp.language.mean_values(7)) == 19  # 1 + sum of Euler's phi(q) for q = 1..7
+
+
+# ----------------------------------------------------------------------------- Closest selectors
+
+
+def _closest_reference(xs, selected):
+    """Plain Python: per query i the selected j minimising (j == i, |i - j|, j), else None."""
+    out = []
+    for i in range(len(xs)):
+        picks = [j for j in range(len(xs)) if selected(xs[j], xs[i], j, i)]
+        out.append(min(picks, key=lambda j: (j == i, abs(i - j), j)) if picks else None)
+    return out
+
+
+@given(inputs)
+def test_closest_reads_the_nearest_selected_key(xs):
+    same = rasp.Closest(Select(tokens, tokens, Comparison.EQ))
+    want = _closest_reference(xs, lambda k, q, j, i: k == q)
+    assert rasp.evaluate(Aggregate(same, indices), xs) == want
+    smaller = Aggregate(rasp.Closest(Select(tokens, tokens, Comparison.LT)), indices)
+    assert rasp.evaluate(smaller, xs) == _closest_reference(xs, lambda k, q, j, i: k < q)
+    later = Aggregate(rasp.Closest(Select(indices, indices, Comparison.GT)), tokens)
+    ref = _closest_reference(xs, lambda k, q, j, i: j > i)
+    assert rasp.evaluate(later, xs) == [None if j is None else xs[j] for j in ref]
+
+
+def test_closest_ties_self_and_none():
+    sel = rasp.Closest(Select(tokens, tokens, Comparison.EQ))
+    # position 2 ties between positions 1 and 3 (distance 1): the earlier wins
+    assert rasp.evaluate(Aggregate(sel, indices), [1, 1, 1, 1, 1]) == [1, 0, 1, 2, 3]
+    # position 0 selects itself and position 4: another key beats its own position however far
+    assert rasp.evaluate(Aggregate(sel, indices), [1, 0, 2, 0, 1]) == [4, 3, 2, 1, 0]
+    assert rasp.evaluate(Aggregate(sel, indices), [2, 0, 1, 3]) == [0, 1, 2, 3]  # only itself: itself
+    none = rasp.Closest(Select(tokens, tokens, Comparison.GT))
+    assert rasp.evaluate(Aggregate(none, indices), [3, 1, 2]) == [None, 0, 0]  # none selected: None
+    assert rasp.evaluate(Aggregate(none, Map(float, indices, numerical=True), numerical=True), [3, 1]) == [
+        0,
+        0.0,
+    ]
+
+
+def test_closest_validates_only_as_an_aggregate_selector():
+    sel = rasp.Closest(Select(tokens, tokens, Comparison.LEQ, name="le"), name="near")
+    rasp.validate(Aggregate(sel, tokens), VOCAB, MAX_LEN)  # several keys selected: still one value
+    for bad in (rasp.SelectorWidth(sel), Aggregate(sel & Select(tokens, tokens, Comparison.EQ), tokens)):
+        assert any("Closest" in why for _, why in rasp.problems(bad, VOCAB, MAX_LEN))
+    src = rasp.to_source(Aggregate(sel, tokens), VOCAB, MAX_LEN)
+    assert "r.Closest(le)" in src and "abs(i - j)" in src  # the rule is printed with the program
