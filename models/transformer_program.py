@@ -239,7 +239,8 @@ class TransformerProgram(nn.Module):
         self.heads, self.widths, self.mlps = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
         self.nheads, self.nmlps = nn.ParameterList(), nn.ParameterList()
         self.keys, self.closest = nn.ParameterList(), nn.ParameterList()
-        self.ranks = closest_ranks(N)  # closest heads' position bias (a constant, not a parameter)
+        # closest heads' position bias (a constant buffer: follows the model's device, not saved)
+        self.register_buffer("ranks", closest_ranks(N), persistent=False)
         sizes = [cfg.vocab, N]  # most values each categorical variable can hold
         n_masks = 0  # per numerical head, buffer value_mask_<i>: the (variable, value) pairs it may read
         self.plan: list[
@@ -446,8 +447,8 @@ class TransformerProgram(nn.Module):
                         pred = self._predicate(pl, tau, train)
                     sel = q @ pred @ k[:, 1:].transpose(1, 2)  # (B, n+1, n)
                     big = 4.0 * N  # selected keys score >= 4N, BOS 3N, the rest <= N - 1 (rank 0 .. N-1)
-                    rank = torch.cat([torch.zeros(1, n), self.ranks[:n, :n]], 0)  # BOS query: none
-                    logits = torch.cat([torch.full((B, n + 1, 1), 3.0 * N), big * sel + rank], -1)
+                    rank = torch.cat([torch.zeros(1, n, device=dev), self.ranks[:n, :n]], 0)  # BOS query: none
+                    logits = torch.cat([torch.full((B, n + 1, 1), 3.0 * N, device=dev), big * sel + rank], -1)
                     if train:
                         att = torch.softmax(logits / tau, -1)
                     else:  # the first selected key in the closest order, else BOS (no value)
