@@ -66,6 +66,16 @@ PRESETS = {
         },
         dict(lr=0.1, tau_init=3.0, tau_end=0.05, batch=64),
     ),
+    # wider: two width, two closest heads and two MLPs per layer (most-freq and double-hist)
+    "closest-wide": (
+        {
+            t: dict(
+                layers=3, cat_heads=1, width_heads=2, closest_heads=2, mlps=2, num_heads=1, num_mlps=1, **LINEAR
+            )
+            for t in CONFIGS
+        },
+        dict(lr=0.1, tau_init=3.0, tau_end=0.05, batch=64),
+    ),
     # the linear readout on the 3-layer NUM model for every task (hist: its 1-layer model)
     "linear": (
         {t: {**(CONFIGS[t] if t == "hist" else NUM), **LINEAR} for t in CONFIGS},
