@@ -26,8 +26,12 @@ parameter name in a captured graph:
 * ``unembed`` (D, k): the output variable (each class column copies one of its dims), or a linear
   classifier over categorical variables (bias in the ``one`` row), read as a ``Classify``.
 
-A variable with one dim is numerical, more dims are categorical (values: the dims). Anything else
-is refused with the weight that breaks the assumption.
+A variable with one dim is numerical, more dims are categorical (values: the dims). A categorical
+table (or a head copying one) whose output takes one value writes one dim: it is read as a number,
+1 where it holds that value, 0 where it holds none; heads compare it and tables read it as these two
+values (``_levels``), checked on the weights like any other value. Dims nothing writes, and those of
+a variable that is 0 everywhere, add nothing to a reader. Anything else is refused with the weight
+that breaks the assumption.
 """
 
 from __future__ import annotations
@@ -171,9 +175,11 @@ class _Reader:
         dims = [d for d in dims if d not in (self.one, self.bos)]
         if not dims:
             return None
-        written = [d for d in dims if d in self.by_dim]
-        if written and len(written) < len(dims):
-            dims = written  # dims nothing writes are zero everywhere: reading them adds nothing
+        written = [d for d in dims if not self._zero(d)]
+        if len(written) < len(dims):
+            # dims that are zero everywhere (nothing writes them, or a constant-zero variable): reading
+            # them adds nothing
+            dims = written or [next((d for d in dims if d in self.by_dim), dims[0])]
         if len(dims) == 1 and dims[0] not in self.by_dim and dims[0] not in self.widths:
             # a dim nothing writes holds 0 everywhere (e.g. a numerical Map whose table is all zeros)
             zero = L.Map(lambda v: 0, L.indices, numerical=True, name=f"zero_{dims[0]}")
@@ -202,6 +208,32 @@ class _Reader:
         self.vars.append(v)
         self.by_dim.update({d: v for d in dims})
         return v
+
+    def _levels(self, v: Var, where: str, zero_one: bool = False) -> list[tuple[dict[int, float], Any]]:
+        """Each value ``v`` can hold, as (residual dims set -> their entries, value): a categorical
+        variable's dims one at a time; a numerical one's finitely many values at its dim (0: the
+        dim off), for a head (``zero_one``) only 0 and 1 (a table with one output value, read as
+        0/1, or a copy of one)."""
+        if v.labels:
+            return [({d: 1.0}, lab) for d, lab in zip(v.dims, v.labels)]
+        if v.values is None or (zero_one and not set(v.values) <= {0, 1}):
+            raise NotAProgram(
+                f"{where} reads numerical {v.expr.name}, whose values are "
+                f"{'not a known finite set' if v.values is None else v.values}; it compares categorical "
+                "variables or 0/1 ones (a table with one output value)"
+            )
+        return [({v.dims[0]: float(x)} if x else {}, x) for x in v.values]
+
+    def _vector(self, at: dict[int, float]) -> Tensor:
+        x = self._basis([])
+        for d, t in at.items():
+            x[d] = t
+        return x
+
+    def _zero(self, d: int) -> bool:
+        """Whether dim ``d`` holds 0 everywhere: nothing writes it, or a variable that is always 0."""
+        v = self.by_dim.get(d)
+        return d not in self.widths and (v is None or (not v.labels and v.values == [0]))
 
     def _basis(self, dims: list[int]) -> Tensor:
         x = torch.zeros(self.D, dtype=torch.float64)
@@ -325,8 +357,22 @@ class _Reader:
             numerical = not src.labels
             agg = L.Aggregate(sel, src.expr, numerical=numerical, name=f"aggregate_{layer}_{h}")
             dims = [moved[d] for d in src.dims]
-            zero_one = numerical and src.values is not None and set(src.values) <= {0, 1}
-            self._new(agg, dims, list(src.labels), where, values=L.mean_values(self.M) if zero_one else None)
+            values = None
+            if numerical and src.values is not None and self._at_most_one(sel, qv):
+                values = sorted(set(src.values) | {0})  # a copy of one key's value (0 where none)
+            elif numerical and src.values is not None and set(src.values) <= {0, 1}:
+                values = L.mean_values(self.M)
+            self._new(agg, dims, list(src.labels), where, values=values)
+
+    def _at_most_one(self, sel: L.Selector, qv: Var) -> bool:
+        """Whether ``sel`` selects at most one key per query: a ``Closest``, or a ``Select`` of
+        ``indices`` keys where each query value selects at most one position."""
+        if isinstance(sel, L.Closest):
+            return True
+        if not isinstance(sel, L.Select) or sel.keys is not L.indices or sel.queries is not qv.expr:
+            return False
+        qs = qv.labels or qv.values
+        return qs is not None and all(sum(sel.holds(k, q) for k in range(self.M)) <= 1 for q in qs)
 
     def _key_head(self, sel: L.Select, vrows: list[int], ov: Tensor, outs: list[int], where: str) -> None:
         """Record a key head: the value variable's dims and BOS, each copied with weight 1 to a dim
@@ -420,10 +466,14 @@ class _Reader:
 
     def _select(self, qv: Var, kv: Var, S: Tensor, width: bool, where: str) -> L.Selector:
         table: dict[tuple, bool] = {}
-        for qd, ql in zip(qv.dims, qv.labels or [0]):
-            q = self._basis([qd])
+        keys = [  # each key value's score column (the dims it sets, weighted by their entries)
+            (S[:, list(at)] @ torch.tensor(list(at.values()), dtype=S.dtype), kl)
+            for at, kl in self._levels(kv, where + " key", True)
+        ]
+        for qat, ql in self._levels(qv, where + " query", True):
+            q = self._vector(qat)
             bos = float(q @ S[:, self.bos])
-            picked = [float(q @ S[:, kd]) for kd in kv.dims if float(q @ S[:, kd]) > bos + GAP]
+            picked = [float(q @ c) for c, _ in keys if float(q @ c) > bos + GAP]
             if picked and max(picked) - min(picked) > TOL and not width:
                 return self._closest(qv, kv, S, where, False)  # a position term ranks them?
             if picked and max(picked) - min(picked) > TOL:
@@ -431,8 +481,8 @@ class _Reader:
                     f"{where}: query value {ql} scores its selected keys unequally ({min(picked):.4g} .. "
                     f"{max(picked):.4g}); a head reads one key or the mean of equally scored keys"
                 )
-            for kd, kl in zip(kv.dims, kv.labels or [0]):
-                s = float(q @ S[:, kd])
+            for c, kl in keys:
+                s = float(q @ c)
                 if width:
                     ok = abs(s - bos) < TOL or s < bos - GAP
                 else:
@@ -461,18 +511,16 @@ class _Reader:
         and each query's selected keys must either score level (a plain ``Select``) or rank in
         ``closest_order``, each position ``GAP`` above the next (``Closest(Select(...))``)."""
         P = self.vars[1]
-        if not qv.labels or not kv.labels:
-            raise NotAProgram(f"{where} compares a numerical variable; a head compares categorical ones")
 
-        def combos(v: Var) -> list[tuple[Any, int, Tensor]]:  # (value, position, residual vector)
+        def combos(v: Var, what: str) -> list[tuple[Any, int, Tensor]]:  # (value, position, residual vector)
             return [
-                (lab, a, self._basis([d, pd]))
-                for d, lab in zip(v.dims, v.labels)
+                (lab, a, self._vector({**at, pd: 1.0}))
+                for at, lab in self._levels(v, where + what, True)
                 for a, pd in enumerate(P.dims)
-                if v is not P or pd == d
+                if v is not P or pd in at
             ]
 
-        qs, ks = combos(qv), combos(kv)
+        qs, ks = combos(qv, " query"), combos(kv, " key")
         Xq, Xk = torch.stack([x for *_, x in qs]), torch.stack([x for *_, x in ks])
         bos_key = self._basis([self.bos])
         rel = Xq @ S @ Xk.T - (Xq @ S @ bos_key)[:, None]  # scores above the BOS key's
@@ -573,7 +621,7 @@ class _Reader:
                 return
             self._table(L.Map, table, [sw], outs, where, name)
             return
-        ins = [d for d in ins if d in self.by_dim or d in self.widths] or ins  # unwritten dims are always 0
+        ins = [d for d in ins if not self._zero(d)] or ins  # dims that are always 0 add nothing
         if len(ins) == 1 and not (ins[0] in self.by_dim and self.by_dim[ins[0]].labels):
             num = self._var_of(ins, where)  # a numerical variable (or an unwritten dim: 0)
             if num is None or num.values is None:
@@ -593,14 +641,16 @@ class _Reader:
                 raise NotAProgram(f"{where} reads dim {d} that nothing wrote")
             if v not in readers:
                 readers.append(v)
-        if len(readers) not in (1, 2) or any(not v.labels for v in readers):
+        if len(readers) not in (1, 2):
             raise NotAProgram(
                 f"{where} reads {[v.expr.name for v in readers]}; a table MLP reads one or two categorical variables"
             )
         table = {}
-        for combo in itertools.product(*[list(zip(v.dims, v.labels)) for v in readers]):
+        for combo in itertools.product(*[self._levels(v, where) for v in readers]):
             key = tuple(lab for _, lab in combo)
-            table[key if len(key) > 1 else key[0]] = self._read(run([d for d, _ in combo]), outs, where)
+            x = self._vector({d: t for at, _ in combo for d, t in at.items()})
+            y = (torch.relu(x @ w1[:, us] + b1[us]) @ w2[us])[outs]
+            table[key if len(key) > 1 else key[0]] = self._read(y, outs, where)
         self._table(
             L.Map if len(readers) == 1 else L.SequenceMap, table, [v.expr for v in readers], outs, where, name
         )

@@ -524,3 +524,59 @@ def test_classifier_reads_a_table_with_one_output_value():
         assert torch.equal(predictions(module, x), want)
         for row, w in zip(x.tolist(), want.tolist()):
             assert rasp.evaluate(ex.program, row) == w
+
+
+@pytest.mark.parametrize("reader", ["cat-query", "width", "closest", "value", "table"])
+def test_later_readers_of_a_table_with_one_output_value(reader):
+    """A table with one output value writes one dim, read as a 0/1 number (1: the table's value,
+    0: none, where its input has none); a later head comparing it (``_select`` / ``_closest``),
+    copying it, or a two-input table reading it must read it alike (found in a trained double-hist)."""
+    cfg = ProgramConfig(
+        vocab=3, max_len=4, classes=3, layers=2, cat_heads=1, width_heads=1, closest_heads=1, mlps=1, readout="linear"
+    )
+    torch.manual_seed(2)
+    tp = TransformerProgram(cfg).eval()
+    K = cfg.K
+
+    def pick(p: torch.Tensor, start: int, n: int, var: int) -> None:
+        p[start : start + n] = -5.0
+        p[start + var] = 5.0
+
+    with torch.no_grad():
+        pick(tp.mlps[0], 0, 5, 2)  # layer 0's table (variable 5) reads the cat head's output, maybe none
+        pick(tp.mlps[0], 5, 5, 0)  # and tokens
+        table = tp.mlps[0][10:].view(K * K, K)
+        table[:], table[:, 2] = -5.0, 5.0  # always value 2
+        # layer 1's readers read tokens and indices, but the one named by ``reader``: variable 5
+        for p, n, var in [(tp.heads[1], 2, 0), (tp.widths[1], 2, 0), (tp.closest[1], 3, 0)]:
+            for j in range(n):
+                pick(p, 6 * j, 6, var)
+        pick(tp.mlps[1], 0, 9, 0)
+        pick(tp.mlps[1], 9, 9, 1)
+        one = 5
+        if reader == "cat-query":
+            pick(tp.heads[1], 0, 6, one)
+        elif reader == "value":  # copied by the cat head, and by the closest head after a width head
+            pick(tp.heads[1], 6, 6, one)  # keyed by one dim of variable 5 that is 0 everywhere
+            pick(tp.widths[1], 6, 6, one)
+            tp.widths[1][12:].view(K, K)[:] = -5.0
+            tp.widths[1][12:].view(K, K)[:, 0] = 5.0
+            pick(tp.closest[1], 12, 6, one)
+        elif reader == "width":
+            pick(tp.widths[1], 0, 6, one)
+            pick(tp.widths[1], 6, 6, one)
+        elif reader == "closest":
+            pick(tp.closest[1], 0, 6, 0)
+            pick(tp.closest[1], 6, 6, one)
+        else:
+            pick(tp.mlps[1], 0, 9, one)
+            pick(tp.mlps[1], 9, 9, 0)
+    module = tp.discrete()
+    ex = extract(capture(module, (torch.zeros(2, 4, dtype=torch.long),), {}).gm)
+    ones = [e for e in L.walk(ex.program) if isinstance(e, L.SequenceMap) and e.numerical]
+    assert ones, "the one-value table is read as a 0/1 number"
+    for x in every_input(3, 4):
+        want = predictions(tp, x)
+        assert torch.equal(predictions(module, x), want)
+        for row, w in zip(x.tolist(), want.tolist()):
+            assert rasp.evaluate(ex.program, row) == w
