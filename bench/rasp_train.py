@@ -6,7 +6,7 @@
 Per task and seed: ``restarts`` trainings, the one with the best validation accuracy kept (see
 ``train``); accuracy of its discrete model on 1000 test inputs (lengths as the paper's data, all
 tokens counted), agreement of the RASP program that ``rasp.extract`` reads from the captured
-weights with the model (must be 100%), how many numerical heads that program reads, wall time and the load average at the start (shared machine). Weights go to bench/results/rasp/<task>-<seed>.safetensors, the table to
+weights with the model (must be 100%), how many numerical heads that program reads, wall time and the load average at the start (shared machine). Weights go to bench/results/rasp/<task>-<seed>[-<preset>].safetensors (not kept in git), the table to
 bench/results/rasp_train.json, the printed programs next to the weights.
 """
 
