@@ -273,7 +273,8 @@ class _Reader:
 
     def _classifier(self, U: Tensor) -> L.Classify:
         """An unembedding that is not a copy of one variable: a linear classifier (``Classify``)
-        over the categorical variables whose rows are nonzero, its bias the ``one`` row."""
+        over the variables whose rows are nonzero (categorical, or numbers with finitely many values),
+        its bias the ``one`` row."""
         rows = (U.abs() > TOL).any(1).nonzero().flatten().tolist()
         inputs: list[Var] = []
         for d in rows:
@@ -284,8 +285,8 @@ class _Reader:
                 raise NotAProgram(
                     f"unembed row {d} scores a head's internal dim (a width or key-head average), not a variable"
                 )
-            if v is None or (not v.labels and v.values == [0]):
-                continue  # a dim no variable holds, or one that holds 0 everywhere: it adds nothing
+            if self._zero(d):
+                continue  # a dim that holds 0 everywhere adds nothing
             if not v.labels and v.values is None:
                 raise NotAProgram(
                     f"unembed row {d} scores numerical {v.expr.name}, whose values are not a known finite set; "
