@@ -115,15 +115,19 @@ def test_favor_error_shrinks_like_inverse_sqrt_m(seed, d):
     k = k / k.norm(dim=-1, keepdim=True) * r.flip(2) / math.sqrt(scale)
     v = torch.randn(1, 1, 12, 4, generator=g)
     ms = [16, 64, 256, 1024]
-    draws = 16  # root-mean-square error over draws of the random features
+    # Root-mean-square error over draws of the random features. FAVOR+ is a ratio estimator with
+    # heavy tails: with 16 draws one 4x step came out at 1.13 (seed 1004, d=8) where 0.5 is ideal.
+    # With 32 draws, over 120 (seed, d) pairs, the 16x ratios stayed <= 0.36 (ideal 0.25) and the
+    # 64x ratio in [0.10, 0.19] (ideal 0.125); the bounds below leave room for that spread.
+    draws = 32
     errs = [
         math.sqrt(sum(_favor_error(m, seed * 31 + t, q, k, v, scale) ** 2 for t in range(draws)) / draws)
         for m in ms
     ]
     for m, e in zip(ms, errs):
         assert e <= favor_bound(m, 1.0)
-    for e_small, e_big in zip(errs, errs[1:]):
-        assert e_big < e_small  # ideal 0.5 per 4x features
+    for e_small, e_big in zip(errs, errs[2:]):
+        assert e_big < 0.6 * e_small  # ideal 0.25 per 16x features
     assert 0.05 < errs[-1] / errs[0] < 0.35  # ideal 1/8 over 64x features
 
 
