@@ -76,6 +76,27 @@ PRESETS = {
         },
         dict(lr=0.1, tau_init=3.0, tau_end=0.05, batch=64),
     ),
+    # the authors' released runs, task by task (their run directories name the configuration:
+    # headsc{C}headsn{N}nlayers{L}cmlps{M}nmlps{K}): C closest heads (their categorical heads attend
+    # to the closest selected key), N width heads (their count-only numerical heads), M + K MLPs
+    # (our width heads are categorical, so their numerical MLPs become categorical ones), the linear
+    # readout; batch 512, lr 0.05, temperature 3 -> 0.01 as their args.json. Dyck has no released
+    # run here: the size of their sort run.
+    "authors": (
+        {
+            t: dict(layers=L, cat_heads=0, width_heads=N, closest_heads=C, mlps=M + K, **LINEAR)
+            for t, (C, N, L, M, K) in {
+                "hist": (2, 2, 1, 1, 1),
+                "reverse": (4, 4, 3, 1, 1),
+                "double-hist": (2, 2, 3, 1, 1),
+                "sort": (4, 4, 3, 2, 2),
+                "most-freq": (4, 4, 3, 2, 2),
+                "dyck-1": (4, 4, 3, 2, 2),
+                "dyck-2": (4, 4, 3, 2, 2),
+            }.items()
+        },
+        dict(lr=0.05, tau_init=3.0, tau_end=0.01, batch=512),
+    ),
     # the linear readout on the 3-layer NUM model for every task (hist: its 1-layer model)
     "linear": (
         {t: {**(CONFIGS[t] if t == "hist" else NUM), **LINEAR} for t in CONFIGS},

@@ -6,6 +6,7 @@ from __future__ import annotations
 from tcomp.rasp.evaluate import evaluate, evaluate_all
 from tcomp.rasp.language import (
     Aggregate,
+    Classify,
     Closest,
     Comparison,
     Expr,
@@ -16,6 +17,7 @@ from tcomp.rasp.language import (
     SequenceMap,
     SOp,
     indices,
+    mean_values,
     tokens,
     value_sets,
     walk,
@@ -25,6 +27,7 @@ from tcomp.rasp.validate import ValidationError, problems, validate
 
 __all__ = [
     "Aggregate",
+    "Classify",
     "Closest",
     "Comparison",
     "Expr",
@@ -39,6 +42,7 @@ __all__ = [
     "evaluate_all",
     "indices",
     "load_source",
+    "mean_values",
     "problems",
     "to_source",
     "tokens",

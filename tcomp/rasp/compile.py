@@ -242,11 +242,15 @@ def _unembed(block: Block, D: int) -> Tensor:
 
 
 def _classify_unembed(e: L.Classify, layout: Layout, sets: dict, D: int) -> Tensor:
-    """A Classify output: each input value's dim scores the classes by its weight row, the ``one``
-    dim by the bias (a ``None`` input, the zero block, adds nothing)."""
+    """A Classify output: each input value's dim scores the classes by its weight row, a number's
+    dim by its row (:meth:`Classify.number_row`), the ``one`` dim by the bias (a ``None`` input,
+    the zero block, adds nothing)."""
     u = torch.zeros(D, len(e.classes))
     u[ONE] = torch.tensor(e.bias)
-    for x, table in zip(e.inputs, e.weights):
+    for i, (x, table) in enumerate(zip(e.inputs, e.weights)):
+        if x.numerical:  # one dim holding the number: its row times the number (validated linear)
+            u[layout.blocks[x.id].dims[0]] += torch.tensor(e.number_row(i, sets[x.id]))
+            continue
         for d, v in zip(layout.blocks[x.id].dims, sets[x.id]):
             if v in table:
                 u[d] += torch.tensor(table[v])

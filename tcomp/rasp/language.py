@@ -243,7 +243,8 @@ class SelectorWidth(SOp):
 
 class Classify(SOp):
     """The output layer of a Transformer Program (Friedman et al. 2023): a linear classifier over
-    categorical sequences. At every position, class ``c`` scores ``bias[c] + sum_i weights[i][x_i][c]``
+    categorical sequences (and numbers, scored by a table linear in the number, see
+    :meth:`number_row`). At every position, class ``c`` scores ``bias[c] + sum_i weights[i][x_i][c]``
     (an input holding ``None``, or a value missing from its table, adds nothing); the output is the
     best-scoring class, the earlier one in ``classes`` on a tie. Not a RASP primitive: it stands for
     the unembedding the paper's programs end in, so it compiles only as a program's output."""
@@ -287,6 +288,26 @@ class Classify(SOp):
     def classify(self, values: Iterable[Any]) -> Any:
         s = self.scores(values)
         return self.classes[s.index(max(s))]
+
+    def number_row(self, i: int, values: Iterable[float], rtol: float = 1e-5) -> list[float] | None:
+        """For a numerical input ``i`` holding ``values``: the row ``r`` with
+        ``weights[i][v] == v * r`` for every ``v`` (a missing ``v`` counts as adding nothing), i.e.
+        the one unembedding row that scores the number exactly as the table does; ``None`` when the
+        table is not linear in the number. ``rtol``, relative to the row's largest entry, absorbs
+        float32 rounding of an extracted table (``v * row`` computed in float32)."""
+        values = [float(v) for v in values]
+        table = self.weights[i]
+        zero = [0.0] * len(self.classes)
+        pivot = max(values, key=abs, default=0.0)
+        if pivot == 0.0:
+            return zero
+        row = [x / pivot for x in table.get(pivot, zero)]
+        tol = rtol * (1.0 + max(abs(x) for x in row))
+        for v in values:
+            want = table.get(v, zero)
+            if any(abs(w - v * r) > tol * max(1.0, abs(v)) for w, r in zip(want, row)):
+                return None
+        return row
 
 
 def walk(root: Expr) -> list[Expr]:

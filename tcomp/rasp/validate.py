@@ -91,9 +91,20 @@ def _check(e: L.Expr, f: Facts) -> list[str]:
             if x.numerical:
                 why.append(f"compares numerical {x.name}; Select compares categorical sequences")
     elif isinstance(e, L.Classify):
-        for x in e.inputs:
-            if x.numerical:
-                why.append(f"reads numerical {x.name}; a Classify scores categorical sequences")
+        for i, x in enumerate(e.inputs):
+            if not x.numerical:
+                continue
+            if not f.sets.get(x.id):
+                why.append(
+                    f"reads numerical {x.name}, whose values are not a known finite set (a Classify "
+                    "scores means of 0/1 values and numerical Maps)"
+                )
+            elif e.number_row(i, f.sets[x.id]) is None:
+                why.append(
+                    f"scores numerical {x.name} by a table that is not value x row; the unembedding "
+                    "multiplies the number by one row (make the table linear, or Map the number to a "
+                    "categorical sequence first)"
+                )
     elif isinstance(e, L.Aggregate):
         if e.numerical and not e.x.numerical:
             why.append(

@@ -94,3 +94,41 @@ def test_compile_refuses_invalid_programs():
     bad = rasp.Aggregate(rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.LEQ), rasp.tokens)
     with pytest.raises(rasp.ValidationError, match="at most one selected key"):
         compile_program(bad, VOCAB, MAX_LEN)
+
+
+def test_classify_scores_numbers_as_value_times_row_on_every_input():
+    """A Classify reading a mean of 0/1 values and a 0/1 numerical Map (the one-value tables that
+    rasp.extract reads as numbers) besides tokens: compiled exactly (exhaustive up to MAX_LEN), read
+    back by rasp.extract, and the extracted program compiles back to the same outputs."""
+    is_zero = rasp.Map(lambda t: int(t == VOCAB[0]), rasp.tokens, numerical=True)
+    frac = rasp.Aggregate(rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.LEQ), is_zero, numerical=True)
+    classes = ["x", "y", "z"]
+    row = [0.75, -0.5, 0.25]
+    weights = [
+        {t: [0.25 * ((i + c) % 3) for c in range(3)] for i, t in enumerate(VOCAB)},
+        {v: [v * r for r in row] for v in rasp.mean_values(MAX_LEN)},
+        {1: [-0.25, 0.5, 0.0]},  # 0 missing: adds nothing, as 0 x row
+    ]
+    prog = rasp.Classify([rasp.tokens, frac, is_zero], weights, [0.0, -1 / 64, -2 / 64], classes)
+    model = compile_program(prog, VOCAB, MAX_LEN)
+    for n in range(1, MAX_LEN + 1):
+        for xs in itertools.product(VOCAB, repeat=n):
+            agree(model, prog, list(xs))
+    ex = extract(capture(model, (torch.tensor([[0, 1]]),), {}).gm)
+    again = compile_program(ex.program, ex.vocab, ex.max_len)
+    for xs in itertools.product(range(len(VOCAB)), repeat=4):
+        want = output_index(model, rasp.evaluate(prog, [VOCAB[i] for i in xs]))
+        assert rasp.evaluate(ex.program, list(xs)) == want
+        assert again.run(list(xs)) == want
+
+
+def test_classify_refuses_numbers_it_cannot_score_exactly():
+    is_zero = rasp.Map(lambda t: int(t == VOCAB[0]), rasp.tokens, numerical=True)
+    frac = rasp.Aggregate(rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.LEQ), is_zero, numerical=True)
+    squares = {v: [v * v, 0.0] for v in rasp.mean_values(MAX_LEN)}  # not value x row
+    with pytest.raises(rasp.ValidationError, match="not value x row"):
+        compile_program(rasp.Classify([frac], [squares], [0.0, 0.0], [0, 1]), VOCAB, MAX_LEN)
+    halves = rasp.Map(lambda t: 0.5 * VOCAB.index(t), rasp.tokens, numerical=True)
+    mean = rasp.Aggregate(rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.LEQ), halves, numerical=True)
+    with pytest.raises(rasp.ValidationError, match="not a known finite set"):  # means of 0, 0.5, 1, 1.5
+        compile_program(rasp.Classify([mean], [{0.5: [1.0, 0.0]}], [0.0, 0.0], [0, 1]), VOCAB, MAX_LEN)
