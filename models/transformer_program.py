@@ -899,8 +899,9 @@ def train(
     """Train a Transformer Program on ``task`` and select it on a validation split.
 
     Adam (lr ``lr``, cosine-decayed to 0), Gumbel-softmax choices (noise scaled by ``gumbel``;
-    full-scale noise trains poorly on CPU budgets) with the temperature annealed geometrically
-    ``tau_init -> tau_end``. Train, validation and test inputs are three disjoint random draws
+    full-scale noise, 1.0, helps some tasks and hurts others: at 3000 steps double-hist 50.6 ->
+    63.9 %, sort 96.9 -> 98.4 %, reverse 99.7 -> 74.8 %, the ``*-noisy`` presets of
+    bench/rasp_train.py) with the temperature annealed geometrically ``tau_init -> tau_end``. Train, validation and test inputs are three disjoint random draws
     (seeds ``seed``, ``seed + 10_000``, ``seed + 20_000``), lengths as :func:`make_split`.
     ``restarts`` runs from different initialisations; in each, the discrete model is scored on the
     validation split at ``evals`` checkpoints over the second half of training (and at the end).
