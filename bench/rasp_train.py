@@ -2,6 +2,8 @@
 
     nice -n 10 .venv/bin/python bench/rasp_train.py hist reverse --seeds 0   # steps/restarts: BUDGET
     python3 bench/rasp_train.py --preset paper --device cuda --jobs 7        # the paper's size, on a GPU
+    python3 bench/rasp_train.py double-hist --preset closest-wide-noisy --jobs 2 --steps 2500 \
+        --restarts 16 --split-restarts                                       # the table's double-hist row
 
 Per task and seed: ``restarts`` trainings, the one with the best validation accuracy kept (see
 ``train``); accuracy of its discrete model on 1000 test inputs (lengths as the paper's data, all
