@@ -60,18 +60,27 @@ def programs(draw, vocab=VOCAB, max_len=MAX_LEN, max_ops=5):
         last = e
     assume(last is not L.tokens)
     if draw(st.integers(0, 2)) == 0:  # the output a linear classifier (Classify) over a few variables
-        last = _classify(draw, cat[:2] + cat[-2:], sets)
+        last = _classify(draw, cat[:2] + cat[-2:], sets, vocab, max_len)
     rasp.validate(last, vocab, max_len)
     return last
 
 
-def _classify(draw, pool: list[L.SOp], sets: dict) -> L.Classify:
-    """Weights in quarters and a bias lowering class c by c/64: any two class scores differ by
-    >= 1/64, so the float32 model never meets a tie the evaluator would break differently."""
+def _classify(draw, pool: list[L.SOp], sets: dict, vocab, max_len) -> L.Classify:
+    """Weights in quarters and a bias lowering class c by c/64; a number read is a numerical Map of
+    a categorical input with values in halves, scored by value x row (its table linear). Every
+    score is then a multiple of 1/8 plus the bias, so any two class scores differ by >= 1/64 and
+    the float32 model never meets a tie the evaluator would break differently."""
     ins = list({x.id: x for x in draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3))}.values())
     classes = ["x", "y", "z"]
     q = st.sampled_from([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0])
     weights = [{v: [draw(q) for _ in classes] for v in sets[x.id]} for x in ins]
+    if draw(st.booleans()):
+        x = draw(st.sampled_from(pool))
+        table = {v: draw(st.sampled_from([0.0, 0.5, 1.0, -2.0])) for v in sets[x.id]}
+        number = L.Map(table.__getitem__, x, numerical=True)
+        row = [draw(q) for _ in classes]
+        ins.append(number)
+        weights.append({v: [v * r for r in row] for v in set(table.values())})
     return L.Classify(ins, weights, [-c / 64 for c in range(len(classes))], classes)
 
 
