@@ -1,4 +1,4 @@
-"""ONNX translations of the quantized linear dialect ops (tcomp/ops.py, formats: tcomp/quant.py) for
+"""ONNX translations of the quantized linear dialect ops (tcomp/dialect/, formats: tcomp/quant.py) for
 the ONNX Runtime backend: the exported model carries the low-bit weights as they are in the graph
 (int8 / packed uint8 initializers), never float copies, and computes what the eager op computes.
 

@@ -1,4 +1,4 @@
-"""ONNX translation of ``tcomp.token_merge`` (see tcomp/ops.py) for the ONNX Runtime backend.
+"""ONNX translation of ``tcomp.token_merge`` (see tcomp/dialect/) for the ONNX Runtime backend.
 
 The same steps as the reference, in standard opset-18 ops: ReduceMean/MatMul for the key cosine
 scores, ReduceMax/ArgMax for each A token's best partner, TopK (ties: lower index first, as the

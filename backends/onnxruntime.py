@@ -307,7 +307,7 @@ class OnnxRuntimeBackend(Backend):
         # com.microsoft contrib ops: MultiHeadAttention instead of standard ops, and the fused
         # epilogues SkipLayerNormalization and BiasGelu/FastGelu (backends/onnxruntime_fusions.py)
         self.fused = fused
-        import tcomp.ops  # noqa: F401 - the dialect must be registered to key on it
+        import tcomp.dialect  # noqa: F401 - the dialect must be registered to key on it
 
     def available(self) -> str | None:
         for mod in ("onnxruntime", "onnxscript", "onnx"):

@@ -31,7 +31,7 @@ STAGE = "lower.onnxruntime"
 
 def fuse_epilogues(gm: fx.GraphModule) -> dict[str, int]:
     """Rewrite every matching site of ``gm`` in place; returns ``{dialect op: count}``."""
-    import tcomp.ops  # noqa: F401 - registers the dialect
+    import tcomp.dialect  # noqa: F401 - registers the dialect
 
     counts = {"bias_gelu": 0, "skip_layer_norm": 0}
     for n in list(gm.graph.nodes):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-import tcomp.ops  # noqa: F401 - registers the dialect
+import tcomp.dialect  # noqa: F401 - registers the dialect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_results  # noqa: E402
@@ -161,13 +161,13 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--compare-max-n", type=int, default=16384, help="largest n for quadratic and SDPA")
     ap.add_argument("--causal", action="store_true")
     ap.add_argument(
-        "--chunk-bytes", type=int, default=None, help="FFT chunk budget (tcomp.ops.RPE_CHUNK_BYTES)"
+        "--chunk-bytes", type=int, default=None, help="FFT chunk budget (tcomp.dialect.rpe.RPE_CHUNK_BYTES)"
     )
     ap.add_argument("--runs", type=int, default=10 if cuda else 3)
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/rpe-scaling-<device>.json)")
     a = ap.parse_args(argv)
     dev = "cuda" if cuda else "cpu"
-    tcomp.ops.RPE_CHUNK_BYTES = a.chunk_bytes
+    tcomp.dialect.rpe.RPE_CHUNK_BYTES = a.chunk_bytes
     sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
     names = [s.strip() for s in a.dtypes.split(",") if s.strip()]
     unknown = [s for s in names if s not in DTYPES]

@@ -23,6 +23,7 @@ import torch
 import torch.fx as fx
 
 from tcomp import meta
+from tcomp.dialect import attention_nodes
 from tcomp.graph import (
     add_node,
     copy_source_meta,
@@ -32,7 +33,6 @@ from tcomp.graph import (
     shape,
     val,
 )
-from tcomp.ops import attention_nodes
 from tcomp.passes.attention_chain import SOFTMAX, NotAttention, read_chain
 from tcomp.passes.projections import annotate
 from tcomp.pipeline import FP_EQUIVALENT, PassResult, register_pass

@@ -35,8 +35,8 @@ import torch
 import torch.fx as fx
 
 from tcomp import meta
+from tcomp.dialect import attention_nodes
 from tcomp.graph import copy_source_meta, module_path, remove_dead, val
-from tcomp.ops import attention_nodes
 from tcomp.passes.attention_transfer import fit_correction, fit_hedgehog, site_error
 from tcomp.passes.feature_maps import (
     FeatureMap,

@@ -29,8 +29,8 @@ import torch
 import torch.fx as fx
 
 from tcomp import meta
+from tcomp.dialect import attention_nodes
 from tcomp.graph import add_node, copy_source_meta, module_path, remove_dead, shape
-from tcomp.ops import attention_nodes
 from tcomp.passes.feature_maps import (
     LINEAR,
     NotKernelizable,

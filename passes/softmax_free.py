@@ -30,8 +30,8 @@ import torch.fx as fx
 from torch import Tensor
 
 from tcomp import meta
+from tcomp.dialect import attention_nodes
 from tcomp.graph import copy_source_meta, module_path, remove_dead
-from tcomp.ops import attention_nodes
 from tcomp.passes.feature_maps import (
     NotKernelizable,
     SiteSample,

@@ -37,9 +37,9 @@ import torch
 import torch.fx as fx
 
 from tcomp import meta
+from tcomp.dialect import attention_nodes
 from tcomp.errors import PassError
 from tcomp.graph import add_node, dead_code, module_path, shape, val
-from tcomp.ops import attention_nodes
 from tcomp.passes.token_merge_graph import (
     NotABlock,
     block_output,

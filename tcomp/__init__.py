@@ -8,7 +8,7 @@ print(fast.report)         # what each pass did, under which contract, measured 
 
 from __future__ import annotations
 
-from tcomp import ops  # noqa: F401 - registers the tcomp dialect (torch.ops.tcomp.*)
+from tcomp import dialect  # noqa: F401 - registers the tcomp dialect (torch.ops.tcomp.*)
 from tcomp.api import OptimizedModule, optimize
 from tcomp.artifacts import load
 from tcomp.backend import Backend, register_backend

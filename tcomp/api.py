@@ -21,7 +21,7 @@ from tcomp.targets import Target, get_target
 def _load_plugins() -> None:
     """Registration happens when the faces import the pass and backend packages."""
     import tcomp.backends  # noqa: F401
-    import tcomp.ops  # noqa: F401
+    import tcomp.dialect  # noqa: F401
     import tcomp.passes  # noqa: F401
 
 
@@ -242,7 +242,7 @@ def lowering_step(name: str, target: Target) -> Pass | None:
 def _sites(gm: fx.GraphModule) -> list[dict[str, Any]]:
     """Every attention site canonicalize found, whether still on the reference op or lowered."""
     from tcomp import meta
-    from tcomp.ops import is_attention
+    from tcomp.dialect import is_attention
     from tcomp.report import site_record
 
     sites = []

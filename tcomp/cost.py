@@ -31,8 +31,8 @@ import sympy
 import torch
 from torch.fx import GraphModule, Node
 
+from tcomp.dialect import is_attention, is_rpe_linear_attention
 from tcomp.meta import VAL
-from tcomp.ops import is_attention, is_rpe_linear_attention
 from tcomp.targets import DtypeKey, Target, get_target
 
 BATCH = sympy.Symbol("B", positive=True, integer=True)

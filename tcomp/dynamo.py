@@ -115,7 +115,7 @@ def tcomp_backend(gm: fx.GraphModule, example_inputs: list, **options: Any):
     from torch._functorch.aot_autograd import aot_module_simplified, make_boxed_func
 
     import tcomp.backends  # noqa: F401 - registers the lowering backends
-    import tcomp.ops  # noqa: F401 - registers torch.ops.tcomp.attention
+    import tcomp.dialect  # noqa: F401 - registers torch.ops.tcomp.attention
     import tcomp.passes  # noqa: F401 - registers canonicalize and the other passes
 
     opts = _options(options.pop("options", None), options)
@@ -148,7 +148,7 @@ def tcomp_backend(gm: fx.GraphModule, example_inputs: list, **options: Any):
 
 def _rewrite(aten_gm: fx.GraphModule, report: DynamoReport, opts: dict[str, Any]) -> fx.GraphModule:
     from tcomp import meta
-    from tcomp.ops import attention_nodes
+    from tcomp.dialect import attention_nodes
     from tcomp.pipeline import run_pipeline
 
     report.aten_code = aten_gm.code

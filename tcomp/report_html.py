@@ -32,8 +32,8 @@ import torch
 import torch.fx as fx
 
 from tcomp import meta
+from tcomp.dialect import is_attention
 from tcomp.graph import module_path, shape
-from tcomp.ops import is_attention
 
 SEQS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)  # sequence lengths of the cost plot
 MAX_COLS = 10  # columns of boxes per band before submodules are collapsed further (then wrapped)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.export import Dim
 
-import tcomp.ops  # noqa: F401  (registers torch.ops.tcomp.attention)
+import tcomp.dialect  # noqa: F401  (registers torch.ops.tcomp.attention)
 from tcomp.cost import (
     BATCH,
     SEQ,

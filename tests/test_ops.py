@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-import tcomp.ops  # noqa: F401
+import tcomp.dialect  # noqa: F401
 
 attention = torch.ops.tcomp.attention.default
 

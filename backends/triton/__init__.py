@@ -23,7 +23,7 @@ class TritonBackend(Backend):
 
     def __init__(self) -> None:
         super().__init__()
-        import tcomp.ops  # noqa: F401 - the dialect must be registered to key on it
+        import tcomp.dialect  # noqa: F401 - the dialect must be registered to key on it
         from tcomp.backends.triton import linear_attention as lin
         from tcomp.backends.triton import quant_gemm, runtime
 

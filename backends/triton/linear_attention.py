@@ -1,4 +1,4 @@
-"""Generated Triton kernels for ``tcomp.linear_attention`` (semantics in tcomp/ops.py) and their launcher.
+"""Generated Triton kernels for ``tcomp.linear_attention`` (semantics in tcomp/dialect/) and their launcher.
 
 Non-causal, two phases (memory-bound reductions over the sequence):
 

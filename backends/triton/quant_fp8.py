@@ -1,4 +1,4 @@
-"""fp8 e4m3 linear layers on Triton for the dialect op ``tcomp.fp8_linear`` (semantics: tcomp/ops.py).
+"""fp8 e4m3 linear layers on Triton for the dialect op ``tcomp.fp8_linear`` (semantics: tcomp/dialect/).
 
 Two generated kernels per specialisation (one source text): ``..._act`` quantizes the activations
 to e4m3 (one program per row; per row it first sweeps K for the amax and sets ``sx = amax / 448``,

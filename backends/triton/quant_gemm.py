@@ -1,5 +1,5 @@
 """Launching the generated weight-only quantized kernels for the dialect ops ``tcomp.linear_int8w``
-and ``tcomp.linear_int4w`` (same semantics, see tcomp/ops.py): the tensor-core GEMM
+and ``tcomp.linear_int4w`` (same semantics, see tcomp/dialect/): the tensor-core GEMM
 (``quant_template``) and, for at most ``quant_gemv.MAX_ROWS`` activation rows, the GEMV
 (``gemv_template``); a ``QConfig`` with ``block_m == 1`` names the GEMV. The autotuner times both
 families on a GPU; untuned, a few rows take the GEMV."""

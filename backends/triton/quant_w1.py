@@ -1,4 +1,4 @@
-"""W1A16 on Triton for the dialect op ``tcomp.linear_w1`` (semantics: tcomp/ops.py). Two generated
+"""W1A16 on Triton for the dialect op ``tcomp.linear_w1`` (semantics: tcomp/dialect/). Two generated
 kernels: for at most ``quant_gemv.MAX_ROWS`` activation rows (decode) the GEMV of gemv_template.py
 (the weight sign flips the activation's sign bit; autotuned on a GPU), else a GEMM whose main loop
 loads the packed sign bytes of a (BLOCK_K, BLOCK_N) tile, unpacks one bit per weight

@@ -1,4 +1,4 @@
-"""W1A1 on Triton for the dialect op ``tcomp.linear_w1a1`` (semantics: tcomp/ops.py): two generated
+"""W1A1 on Triton for the dialect op ``tcomp.linear_w1a1`` (semantics: tcomp/dialect/): two generated
 kernels.
 
 * ``_act``: one program per token row binarizes ``d = x - tau`` into sign bits packed 8 per byte in

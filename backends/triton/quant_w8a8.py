@@ -1,4 +1,4 @@
-"""W8A8 on Triton for the dialect op ``tcomp.linear_w8a8`` (semantics: tcomp/ops.py).
+"""W8A8 on Triton for the dialect op ``tcomp.linear_w8a8`` (semantics: tcomp/dialect/).
 
 Two generated kernels per specialisation (one source text): ``..._act`` quantizes each activation
 row (token) to int8 with its own scale (one program per row: an amax sweep over K, then a quantize

@@ -1,5 +1,5 @@
 """Launching the generated attention kernel: ``attention(q, k, v, bias, mask, scale, causal)``
-with the exact semantics of ``tcomp.attention`` (see tcomp/ops.py)."""
+with the exact semantics of ``tcomp.attention`` (see tcomp/dialect/)."""
 
 from __future__ import annotations
 

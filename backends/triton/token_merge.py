@@ -17,8 +17,8 @@ import torch
 import torch.fx as fx
 
 from tcomp.backends.triton.codegen import interpreting, load
+from tcomp.dialect import merge_plan, merged_sizes
 from tcomp.graph import val
-from tcomp.ops import merge_plan, merged_sizes
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 NAME = "tcomp_token_merge_apply"

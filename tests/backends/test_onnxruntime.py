@@ -22,7 +22,7 @@ REF = torch.ops.tcomp.attention.default if hasattr(torch.ops, "tcomp") else None
 @pytest.fixture(scope="module", autouse=True)
 def _register():
     import tcomp.backends.onnxruntime  # noqa: F401
-    import tcomp.ops  # noqa: F401
+    import tcomp.dialect  # noqa: F401
 
 
 def _lower_record(om):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import tcomp
-import tcomp.ops  # noqa: F401 - registers the dialect
+import tcomp.dialect  # noqa: F401 - registers the dialect
 from tcomp.backends.onnxruntime_fusions import fuse_epilogues
 from tcomp.capture import capture
 from tcomp.verify import rel_error

@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 
 import tcomp  # noqa: E402
 from tcomp.backends.triton.runtime import attention as triton_attention  # noqa: E402
-from tcomp.ops import attention_nodes  # noqa: E402
+from tcomp.dialect import attention_nodes  # noqa: E402
 
 REF = torch.ops.tcomp.attention.default
 CUDA = torch.cuda.is_available()

@@ -7,7 +7,7 @@ import torch
 
 import tcomp
 from tcomp import models as zoo
-from tcomp.ops import attention_nodes
+from tcomp.dialect import attention_nodes
 
 
 @pytest.mark.parametrize("name", zoo.names())

@@ -11,7 +11,7 @@ import torch
 import tcomp
 import tcomp.passes  # noqa: F401 - registers the passes
 from tcomp.capture import capture
-from tcomp.ops import attention_nodes
+from tcomp.dialect import attention_nodes
 from tcomp.passes.attention_transfer import (
     eager_site,
     fit_correction,

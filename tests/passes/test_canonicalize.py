@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import tcomp
 from tcomp.capture import capture
-from tcomp.ops import attention_nodes
+from tcomp.dialect import attention_nodes
 from tcomp.pipeline import run_pipeline
 from tcomp.verify import Reference
 from tests.attention_zoo import MASKS, SPELLINGS, AttnSpec, build, inputs

@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("transformers")
 
 import tcomp  # noqa: E402
-from tcomp.ops import attention_nodes  # noqa: E402
+from tcomp.dialect import attention_nodes  # noqa: E402
 from tests.hf_zoo import ARCHS, IMPLS, VOCAB, make  # noqa: E402
 
 aten = torch.ops.aten

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import tcomp
 import tcomp.passes  # noqa: F401 - registers the passes
 from tcomp.capture import capture
-from tcomp.ops import attention_nodes, is_linear_attention
+from tcomp.dialect import attention_nodes, is_linear_attention
 from tcomp.passes.attention_transfer import eager_site as _eager_site
 from tcomp.passes.feature_maps import analyze, capture_sites, favor_matrix, make_feature_map
 from tcomp.passes.linear_attention import fit_hedgehog, site_error

@@ -22,9 +22,9 @@ def bench():
 
 
 def test_tiny_run_writes_rows_with_ratios_and_small_errors(bench, tmp_path, monkeypatch):
-    import tcomp.ops
+    import tcomp.dialect
 
-    monkeypatch.setattr(tcomp.ops, "RPE_CHUNK_BYTES", None)  # restored after the test: main() sets it
+    monkeypatch.setattr(tcomp.dialect.rpe, "RPE_CHUNK_BYTES", None)  # restored after the test: main() sets it
     out = tmp_path / "r.json"
     args = ["--sizes", "16,33", "--heads", "2", "--dim", "8", "--features", "8", "--runs", "1"]
     bench.main([*args, "--out", str(out), "--dtypes", "fp32,bf16", "--causal", "--chunk-bytes", "1"])

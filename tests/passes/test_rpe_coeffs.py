@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 import tcomp.passes  # noqa: F401 - registers the passes
 from tcomp.capture import capture
-from tcomp.ops import attention_nodes, is_rpe_linear_attention
+from tcomp.dialect import attention_nodes, is_rpe_linear_attention
 from tcomp.pipeline import run_pipeline
 from tests.passes.test_rpe_fft_pass import PIPE, AlibiEncoder, _gpt, kernel_rpe_forward
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import tcomp.ops  # noqa: F401 - registers the dialect
+import tcomp.dialect  # noqa: F401 - registers the dialect
 
 RPE = torch.ops.tcomp.rpe_linear_attention
 
@@ -150,30 +150,30 @@ def test_feature_chunks_give_the_same_result(prob):
     q, k, v, coeffs, mask, causal = (t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
                                      for t in prob)  # fmt: skip
     whole = RPE(q, k, v, coeffs, mask, causal)
-    saved = tcomp.ops.RPE_CHUNK_BYTES
+    saved = tcomp.dialect.rpe.RPE_CHUNK_BYTES
     try:
-        tcomp.ops.RPE_CHUNK_BYTES = 1  # one feature at a time
+        tcomp.dialect.rpe.RPE_CHUNK_BYTES = 1  # one feature at a time
         chunked = RPE(q, k, v, coeffs, mask, causal)
     finally:
-        tcomp.ops.RPE_CHUNK_BYTES = saved
+        tcomp.dialect.rpe.RPE_CHUNK_BYTES = saved
     assert torch.allclose(chunked, whole, rtol=1e-10, atol=1e-12)
     ref = reference(q, k, v, coeffs, mask, causal)
     assert (chunked - ref).norm() <= TOL[torch.float64] * max(float(ref.norm()), 1e-6)
 
 
 def test_feature_chunk_size_follows_the_budget():
-    from tcomp.ops import rpe_feature_chunk
+    from tcomp.dialect import rpe_feature_chunk
 
     cpu, f32 = torch.device("cpu"), torch.float32
     # per feature: b*h*(dv+1) channels * 4 bytes * (n + 4*(L/2+1) + L), n = 1024, L = 2048
     per = 2 * 8 * 65 * 4 * (1024 + 4 * 1025 + 2048)
-    saved = tcomp.ops.RPE_CHUNK_BYTES
+    saved = tcomp.dialect.rpe.RPE_CHUNK_BYTES
     try:
         for budget, want in [(per * 10, 10), (per * 10 - 1, 9), (1, 1), (per * 1000, 64)]:
-            tcomp.ops.RPE_CHUNK_BYTES = budget
+            tcomp.dialect.rpe.RPE_CHUNK_BYTES = budget
             assert rpe_feature_chunk(2, 8, 1024, 64, 64, f32, cpu) == want
-        tcomp.ops.RPE_CHUNK_BYTES = None  # the CPU default, 4 GiB
+        tcomp.dialect.rpe.RPE_CHUNK_BYTES = None  # the CPU default, 4 GiB
         assert rpe_feature_chunk(2, 8, 1024, 64, 64, f32, cpu) == 64
         assert rpe_feature_chunk(16, 16, 262144, 64, 64, f32, cpu) == 1
     finally:
-        tcomp.ops.RPE_CHUNK_BYTES = saved
+        tcomp.dialect.rpe.RPE_CHUNK_BYTES = saved

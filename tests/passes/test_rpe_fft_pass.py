@@ -11,8 +11,8 @@ from torch.nn import functional as F
 import tcomp
 import tcomp.passes  # noqa: F401 - registers the passes
 from tcomp.capture import capture
+from tcomp.dialect import attention_nodes, is_rpe_linear_attention
 from tcomp.models.gpt import GPT, GPTConfig, alibi_slopes
-from tcomp.ops import attention_nodes, is_rpe_linear_attention
 from tcomp.passes.rpe_detect import NotRelative, toeplitz_coeffs
 from tcomp.pipeline import run_pipeline
 from tests.attention_zoo import AttnSpec, build, inputs

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 pytest.importorskip("transformers")
 
 import tcomp  # noqa: E402
-from tcomp.ops import attention_nodes, is_rpe_linear_attention  # noqa: E402
+from tcomp.dialect import attention_nodes, is_rpe_linear_attention  # noqa: E402
 from tests.hf_zoo import VOCAB, make  # noqa: E402
 from tests.passes.test_rpe_coeffs import quadratic_nodes  # noqa: E402
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import tcomp.passes  # noqa: F401
 from tcomp.capture import capture
-from tcomp.ops import attention_nodes, is_linear_attention
+from tcomp.dialect import attention_nodes, is_linear_attention
 from tcomp.passes.softmax_free import newton_pinv
 from tcomp.pipeline import run_pipeline
 from tests.attention_zoo import AttnSpec, build, inputs

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import tcomp.passes  # noqa: F401 - registers the passes
 from tcomp import models
 from tcomp.capture import capture
-from tcomp.ops import attention_nodes, is_token_merge
+from tcomp.dialect import attention_nodes, is_token_merge
 from tcomp.pipeline import copy_graph_module, get_pass, run_pipeline
 from tcomp.verify import bitwise_equal, rel_error
 

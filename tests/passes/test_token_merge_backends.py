@@ -13,7 +13,7 @@ import tcomp.passes  # noqa: F401 - registers the passes
 from tcomp import models
 from tcomp.backend import get_backend
 from tcomp.capture import capture
-from tcomp.ops import attention_nodes, merge_plan
+from tcomp.dialect import attention_nodes, merge_plan
 from tcomp.pipeline import copy_graph_module, run_pipeline
 from tcomp.verify import Reference, rel_error
 
