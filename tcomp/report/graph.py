@@ -78,6 +78,7 @@ def _drawn(n: fx.Node) -> bool:
 
 
 def node_path(n: fx.Node) -> str:
+    """The module path ``n`` came from in the user's model, "" at the top level."""
     p = module_path(n)
     return "" if p.startswith("_") else p  # export's "_empty_nn_module_stack..." placeholder name
 

@@ -167,6 +167,7 @@ def graph_svg(pic: Picture) -> str:
 
 
 def graph_section(after: fx.GraphModule | None, before: fx.GraphModule | None) -> str:
+    """The ``<section id='graph'>`` of the page: facts, legend, focus toggle and the picture."""
     head = "<section id='graph'><h2>Graph after the passes</h2>"
     if after is None:
         return head + "<p class='empty'>no graph available</p></section>"

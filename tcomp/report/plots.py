@@ -52,6 +52,8 @@ _METRICS = (("gflops", "GFLOPs"), ("mb", "MB moved"), ("roofline_us", "roofline 
 
 
 def cost_section(report: Any, before: Any, after: Any, target: Any, seqs: Sequence[int]) -> str:
+    """The ``<section id='cost'>`` of the page: what is missing, the change at the longest length,
+    a plot per metric (or the fixed size), the cost table and the symbolic totals."""
     series = [cost_series(before, "before", target, seqs), cost_series(after, "after", target, seqs)]
     drawn = [s for s in series if s.rows]
     parts = ["<section id='cost'><h2>Cost before / after by sequence length</h2>"]
