@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Debian's chromium (headless browser for tests/test_report_html.py) when it is missing.
+# Installs Debian's chromium (headless browser for tests/report/test_report_html.py) when it is missing.
 # Called by `make test`; needs root (CI and the dev machines run as root). Quiet unless it fails.
 set -euo pipefail
 if [ -x /usr/bin/chromium ]; then

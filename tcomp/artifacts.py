@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tcomp.errors import InputError
-from tcomp.report_html import render_module
+from tcomp.report import render_module
 from tcomp.runner import emit, specs_of, tensors_of
 
 

@@ -27,8 +27,7 @@ from tcomp import meta
 from tcomp import models as zoo
 from tcomp.artifacts import check
 from tcomp.pipeline import EXACT, Pass, PassRecord, run_pipeline
-from tcomp.report import Report
-from tcomp.report_html import build_picture, cost_series, line_plot, render_html, rewritten_nodes
+from tcomp.report import Report, build_picture, cost_series, line_plot, render_html, rewritten_nodes
 
 CHROMIUM = "/usr/bin/chromium"
 
