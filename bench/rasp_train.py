@@ -28,9 +28,10 @@ from safetensors.torch import save_file
 
 from tcomp import rasp
 from tcomp.capture import capture
-from tcomp.models.transformer_program import TASKS, make_split, predictions, train
 from tcomp.rasp import language as L
 from tcomp.rasp.extract import extract
+from tcomp.rasp.tasks import TASKS, make_split
+from tcomp.rasp.train import predictions, train
 
 # layers / heads / MLPs per task (small: CPU budget; the paper uses 3 layers of 4 categorical and
 # 4 numerical heads and 2 MLPs each) and training settings; restarts are selected on validation.

@@ -12,26 +12,14 @@ from hypothesis import strategies as st
 
 from tcomp import rasp
 from tcomp.capture import capture
-from tcomp.models.transformer_program import (
-    TASKS,
-    ProgramConfig,
-    Task,
-    TransformerProgram,
-    _key_units,
-    accuracy,
-    make_data,
-    make_split,
-    mean_values,
-    predict,
-    predictions,
-    round_classifier,
-    tau_schedule,
-    to_module,
-    train,
-)
 from tcomp.rasp import language as L
 from tcomp.rasp.compile import compile_program as rasp_compile
+from tcomp.rasp.export import _key_units, round_classifier, to_module
 from tcomp.rasp.extract import NotAProgram, extract
+from tcomp.rasp.language import mean_values
+from tcomp.rasp.program_model import ProgramConfig, TransformerProgram
+from tcomp.rasp.tasks import TASKS, Task, make_data, make_split
+from tcomp.rasp.train import accuracy, predict, predictions, tau_schedule, train
 
 
 def predictions_agree(tp: TransformerProgram, x: torch.Tensor) -> None:
