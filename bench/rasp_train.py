@@ -9,7 +9,8 @@ Per task and seed: ``restarts`` trainings, the one with the best validation accu
 ``train``); accuracy of its discrete model on 1000 test inputs (lengths as the paper's data, all
 tokens counted), agreement of the RASP program that ``rasp.extract`` reads from the captured
 weights with the model (must be 100%), how many numerical heads that program reads, wall time and the load average at the start (shared machine). Weights go to bench/results/rasp/<task>-<seed>[-<preset>].safetensors (not kept in git), the table to
-bench/results/rasp_train.json, the printed programs next to the weights.
+bench/results/rasp_train.json, the programs as JSON next to the weights (``tcomp.rasp.save_json``;
+``tcomp rasp show bench/results/rasp/hist-0.json`` prints one as Python).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from safetensors.torch import save_file
 
 from tcomp import rasp
 from tcomp.capture import capture
-from tcomp.models.transformer_program import TASKS, make_split, predictions, train
 from tcomp.rasp import language as L
 from tcomp.rasp.extract import extract
+from tcomp.rasp.tasks import TASKS, make_split
+from tcomp.rasp.train import predictions, train
 
 # layers / heads / MLPs per task (small: CPU budget; the paper uses 3 layers of 4 categorical and
 # 4 numerical heads and 2 MLPs each) and training settings; restarts are selected on validation.
@@ -139,7 +141,7 @@ def _keep_selected(row: dict) -> None:
     base = OUT / "rasp" / _stem(row["task"], row["seed"], row["preset"])
 
     def files(k: int) -> list[Path]:
-        return [base.with_name(f"{base.name}{f'-r{k}' if k else ''}{ext}") for ext in (".safetensors", ".py")]
+        return [base.with_name(f"{base.name}{f'-r{k}' if k else ''}{ext}") for ext in (".safetensors", ".json")]
 
     chosen = row["selected"]["restart"]
     for k in range(1, row["restarts"]):
@@ -191,9 +193,8 @@ def run(
         agree += int((prog_pred == model_pred).sum())
     if ex is not None:
         error = None
-        (OUT / "rasp" / f"{stem}.py").write_text(
-            rasp.to_source(ex.program, ex.vocab, ex.max_len, doc=f"{task}, seed {seed}")
-        )
+        doc = f"{task}, seed {seed}"
+        rasp.save_json(OUT / "rasp" / f"{stem}.json", ex.program, ex.vocab, ex.max_len, doc=doc)
     t = TASKS[task]
     walk = rasp.walk(ex.program) if ex else []
     return {

@@ -5,7 +5,7 @@ program -- ``sites[0]["program"]`` is standalone Python source (``tcomp.rasp.to_
 notes say how many variables the weights hold and how many the output uses (the rest is pruned).
 Precondition: the model is in the family described in ``tcomp.rasp.extract`` (disentangled one-hot
 residual stream, hard attention heads, lookup-table MLPs, as built by ``tcomp.rasp.compile`` and
-``tcomp.models.transformer_program``). Any other model is refused in the notes with the weight that
+``tcomp.rasp.export``). Any other model is refused in the notes with the weight that
 breaks the assumption; the graph is untouched either way.
 """
 

@@ -1,8 +1,13 @@
 """``tcomp rasp ...``: a typer sub-app (the main CLI adds it with ``app.add_typer(rasp_app, name="rasp")``).
 
-    tcomp rasp extract SPEC -o program.py     RASP program of a Transformer-Program-style model
-    tcomp rasp compile program.py -o DIR      weights (safetensors) of the transformer computing it
-    tcomp rasp run program.py "3 1 2"         run a program file on one input
+    tcomp rasp extract SPEC -o program.json   RASP program of a Transformer-Program-style model
+                                              (stored as JSON; -o program.py: printed Python)
+    tcomp rasp compile program.json -o DIR    weights (safetensors) of the transformer computing it
+    tcomp rasp run program.json "3 1 2"       run a program file on one input
+    tcomp rasp show program.json              print a program as standalone Python
+
+A program file is JSON (``tcomp.rasp.save_json``) or Python (a printed program, or one defining
+VOCAB, MAX_LEN and ``program``).
 
 Exit codes: 0 success, 2 bad input (a model outside the family, an invalid program).
 """
@@ -27,13 +32,22 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _load_program(path: Path):
+def _load_stored(path: Path):
+    """A program file as a ``StoredProgram``: JSON as stored, Python by running it (no doc)."""
     from tcomp.rasp.printer import load_namespace
+    from tcomp.rasp.store import StoredProgram, load_json
 
     try:
-        return load_namespace(runpy.run_path(str(path), run_name="tcomp_rasp_program"))
+        if path.suffix == ".json":
+            return load_json(path)
+        return StoredProgram(*load_namespace(runpy.run_path(str(path), run_name="tcomp_rasp_program")))
     except (OSError, ValueError, SyntaxError) as exc:
         _fail(exc)
+
+
+def _load_program(path: Path):
+    stored = _load_stored(path)
+    return stored.program, stored.vocab, stored.max_len
 
 
 def _tokens(text: str, vocab: list) -> list:
@@ -51,7 +65,9 @@ def extract(
     spec: str = typer.Argument(
         ..., help="package.module:factory returning (model, example_inputs), or a zoo name"
     ),
-    output: Path = typer.Option(..., "-o", "--output", help="where to write the program (Python source)"),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="where to write the program: FILE.json (data) or FILE.py (Python source)"
+    ),
 ) -> None:
     """Extract the RASP program a Transformer-Program-style model computes (pass rasp.extract)."""
     import warnings
@@ -60,6 +76,7 @@ def extract(
     from tcomp.errors import TcompError
     from tcomp.rasp.extract import extract as run_extract
     from tcomp.rasp.printer import to_source
+    from tcomp.rasp.store import save_json
     from tcomp.spec import load_spec
 
     warnings.filterwarnings("ignore")
@@ -68,7 +85,11 @@ def extract(
         ex = run_extract(capture(loaded.model, loaded.args, loaded.kwargs).gm)
     except TcompError as exc:
         _fail(exc)
-    output.write_text(to_source(ex.program, ex.vocab, ex.max_len, doc=f"RASP program extracted from {spec}"))
+    doc = f"RASP program extracted from {spec}"
+    if output.suffix == ".json":
+        save_json(output, ex.program, ex.vocab, ex.max_len, doc=doc)
+    else:
+        output.write_text(to_source(ex.program, ex.vocab, ex.max_len, doc=doc))
     console.print(
         f"wrote {output}: {ex.heads} heads, {ex.mlps} MLP tables, {ex.n_used} of {ex.n_variables} variables used"
     )
@@ -76,9 +97,11 @@ def extract(
 
 @rasp_app.command(name="compile")
 def compile_cmd(
-    program: Path = typer.Argument(..., help="program file: VOCAB, MAX_LEN and build(r) or program"),
+    program: Path = typer.Argument(
+        ..., help="program file: JSON, or Python with VOCAB, MAX_LEN and build(r) or program"
+    ),
     output: Path = typer.Option(
-        ..., "-o", "--output", help="folder for model.safetensors, rasp.json, program.py"
+        ..., "-o", "--output", help="folder for model.safetensors, rasp.json, program.py (or program.json)"
     ),
     check: int = typer.Option(200, help="random inputs on which the model is checked against the evaluator"),
     seed: int = typer.Option(0),
@@ -117,7 +140,7 @@ def compile_cmd(
         "layers": len(model.layers),
     }
     (output / "rasp.json").write_text(json.dumps(meta, indent=2, default=str))
-    (output / "program.py").write_text(program.read_text())
+    (output / f"program{'.json' if program.suffix == '.json' else '.py'}").write_text(program.read_text())
     console.print(
         f"wrote {output}: {len(model.layers)} layers, residual width {model.layout.size}, "
         f"checked on {check} random inputs"
@@ -142,3 +165,12 @@ def run(
         from tcomp.rasp.compile import compile_program
 
         typer.echo(" ".join(str(v) for v in compile_program(prog, vocab, max_len).run(xs)))
+
+
+@rasp_app.command()
+def show(program: Path = typer.Argument(..., help="program file (JSON, or Python)")) -> None:
+    """Print a program as Python source that runs on its own (tcomp.rasp.to_source)."""
+    from tcomp.rasp.printer import to_source
+
+    stored = _load_stored(program)
+    typer.echo(to_source(stored.program, stored.vocab, stored.max_len, doc=stored.doc), nl=False)

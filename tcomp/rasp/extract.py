@@ -1,6 +1,6 @@
 """Read a RASP program back out of the weights of a Transformer-Program-style model.
 
-The family (what ``tcomp.rasp.compile`` and ``tcomp.models.transformer_program`` build), found by
+The family (what ``tcomp.rasp.compile`` and ``tcomp.rasp.export`` build), found by
 parameter name in a captured graph:
 
 * ``embed_tokens`` (V+1, D) one-hot rows (the last one BOS), ``embed_positions`` (M+1, D) with a

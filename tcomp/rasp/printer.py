@@ -179,7 +179,7 @@ def _expr(e: L.Expr, names: dict[int, str], sets: dict[int, Any]) -> str:
     raise TypeError(f"cannot print {e!r}")
 
 
-class _Rasp:
+class TableBuilder:
     """The ``r`` interface of printed sources, building tcomp RASP objects."""
 
     tokens = L.tokens
@@ -226,7 +226,7 @@ def load_namespace(ns: dict[str, Any]) -> tuple[L.SOp, list, int]:
     if "VOCAB" not in ns or "MAX_LEN" not in ns:
         raise ValueError("a RASP program file defines VOCAB (the input tokens) and MAX_LEN (longest input)")
     if callable(ns.get("build")):
-        prog = ns["build"](_Rasp())
+        prog = ns["build"](TableBuilder())
     elif isinstance(ns.get("program"), L.SOp):
         prog = ns["program"]
     else:

@@ -1,5 +1,5 @@
 """rasp.extract: compile -> capture -> extract round trips; trained-model agreement lives in
-tests/models/test_transformer_program.py; models outside the family are refused."""
+tests/rasp/test_transformer_program.py; models outside the family are refused."""
 
 from __future__ import annotations
 
