@@ -98,8 +98,12 @@ def define(custom_op: Any, *, kind: str, cost: CostFn, family: str | None = None
 
 
 def op_def(target_or_node: Any) -> OpDef | None:
-    """The OpDef of an fx node (by its target), an op overload or packet, or a name
-    (``"tcomp.attention"``); None for anything that is not a registered dialect op."""
+    """The OpDef of an fx node (by its target), an op overload or packet, the custom op object
+    (``tcomp.dialect.attention``) or a name (``"tcomp.attention"``); None for anything that is not
+    a registered dialect op."""
+    qualname = getattr(target_or_node, "_qualname", None)  # a torch.library custom op object
+    if isinstance(qualname, str):
+        return _BY_NAME.get(qualname.replace("::", "."))
     if isinstance(target_or_node, Node):
         if target_or_node.op != "call_function":
             return None
