@@ -26,9 +26,10 @@ def test_cost_matches_counted_flops_and_bytes(with_size_keep):
         keep = torch.ones(b, n, dtype=torch.bool)
         keep[0, -2:] = False
     inputs = [t for t in (x, k, size, keep) if t is not None]
-    fn = lambda *t: token_merge(
-        t[0], t[1], t[2] if size is not None else None, t[3] if keep is not None else None, r, protected
-    )  # noqa: E731
+
+    def fn(*t):
+        return token_merge(t[0], t[1], *(t[2:] if with_size_keep else (None, None)), r, protected)
+
     flops, nbytes = static_cost(fn, inputs)
     matmul, out = counted_flops(op_def(token_merge), x, k, size, keep, r, protected)
     half = (n - len(protected)) // 2  # |A| = |B| = 4
