@@ -231,16 +231,6 @@ def tensor_bytes(t: torch.Tensor | None, symbols: SymbolMap | None = None) -> sy
     return sym_numel(sym_shape(t, symbols)) * t.dtype.itemsize
 
 
-def output_bytes(node: Node, symbols: SymbolMap | None = None) -> sympy.Expr:
-    """Bytes of every tensor ``node`` outputs (one tensor or a tuple of them); 0 when unknown."""
-    v = node.meta.get(VAL)
-    outs = v if isinstance(v, (tuple, list)) else (v,)
-    return sympy.Add(*(tensor_bytes(o, symbols) for o in outs if isinstance(o, torch.Tensor)))
-
-
-_shape, _numel, _val = sym_shape, sym_numel, fake  # the names this module used before
-
-
 def _itemsize(t: torch.Tensor) -> int:
     return t.dtype.itemsize
 
@@ -383,7 +373,7 @@ def graph_cost(gm: GraphModule, symbols: SymbolMap | None = None) -> list[SiteCo
     for node in gm.graph.nodes:
         c = node_cost(node, symbols)
         if c is not None:
-            v = _val(node.args[0]) if node.args else None
+            v = fake(node.args[0]) if node.args else None
             sites.append(SiteCost(node.name, site_kind(node), c, None if v is None else v.dtype))  # type: ignore[arg-type]
     return sites
 
@@ -397,18 +387,18 @@ def input_symbols(
     placeholder with a symbolic size. Dims whose size is not a plain symbol are skipped.
     """
     dims = {0: BATCH, 1: SEQ} if dims is None else dims
-    ph = [n for n in gm.graph.nodes if n.op == "placeholder" and _val(n) is not None]
+    ph = [n for n in gm.graph.nodes if n.op == "placeholder" and fake(n) is not None]
     if isinstance(input, str):
         ph = [n for n in ph if n.name == input]
     elif isinstance(input, int):
         ph = ph[input : input + 1]
     else:
-        ph = [n for n in ph if any(not to_sympy(s).is_number for s in _val(n).shape)][:1]
+        ph = [n for n in ph if any(not to_sympy(s).is_number for s in fake(n).shape)][:1]
     if not ph:
         raise ValueError(
             f"no graph input {input!r} with a symbolic size; was the graph exported with dynamic shapes?"
         )
-    shape = _val(ph[0]).shape
+    shape = fake(ph[0]).shape
     out: dict[sympy.Symbol, sympy.Symbol] = {}
     for d, sym in dims.items():
         e = to_sympy(shape[d])
@@ -451,7 +441,7 @@ def all_input_symbols(gm: GraphModule) -> dict[sympy.Symbol, sympy.Symbol]:
     symbols (inputs such as ``input_ids`` and ``attention_mask`` may carry separate symbols)."""
     out: dict[sympy.Symbol, sympy.Symbol] = {}
     for n in gm.graph.nodes:
-        v = _val(n) if n.op == "placeholder" else None
+        v = fake(n) if n.op == "placeholder" else None
         if not isinstance(v, torch.Tensor):
             continue
         for d, sym in ((0, BATCH), (1, SEQ))[: v.dim()]:
