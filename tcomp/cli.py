@@ -96,9 +96,11 @@ def inspect(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show the attention sites of a model (spelling, shapes), their cost by sequence length and the
-    growth of each site's cost in N (before and after ``--passes``)."""
+    growth of each site's cost in N (before and after ``--passes``). With ``--passes``, also the
+    cost rows of the graph after them, per site kind (linear attention, token merge, quantized
+    linears, ...: every dialect op has a cost formula), with each kind's growth in N."""
     import tcomp
-    from tcomp.cost import site_orders
+    from tcomp.cost import kind_orders, site_orders
     from tcomp.errors import TcompError
     from tcomp.spec import load_spec
 
@@ -128,6 +130,8 @@ def inspect(
     before_o, after_o = site_orders(om.graph_module), site_orders(after.graph_module)
     unknown = {"kind": "?", "flops": "no cost formula"}
     orders = [{"layer": i, "before": before_o[i], "after": after_o.get(i, unknown)} for i in sorted(before_o)]
+    kinds_before = kind_orders(om.graph_module)
+    kinds_after = kind_orders(after.graph_module) if extra else None
     if as_json:
         typer.echo(
             json.dumps(
@@ -136,8 +140,11 @@ def inspect(
                     "sites": rep.sites,
                     "cost": rep.cost,
                     "cost_symbolic": rep.cost_symbolic,
+                    "cost_orders": kinds_before,
                     "site_orders": orders,
+                    "cost_after": after.report.cost if extra else None,
                     "cost_symbolic_after": after.report.cost_symbolic if extra else None,
+                    "cost_orders_after": kinds_after,
                 },
                 indent=2,
                 default=str,
@@ -147,15 +154,36 @@ def inspect(
     rep.model = loaded.name
     console.print(rep.render())
     for kind, expr in rep.cost_symbolic.items():
-        console.print(f"[bold]{kind}[/bold]: {expr}")
+        console.print(f"[bold]{kind}[/bold]: {_orders_text(kinds_before.get(kind))}{expr}", soft_wrap=True)
     if extra:
+        applied = ", ".join(extra)
+        console.print(_cost_rows_table(f"cost after {applied} (roofline on target)", after.report.cost))
         for kind, expr in after.report.cost_symbolic.items():
-            console.print(f"[bold]{kind}[/bold] after {', '.join(extra)}: {expr}")
+            console.print(
+                f"[bold]{kind}[/bold] after {applied}: {_orders_text(kinds_after.get(kind))}{expr}",
+                soft_wrap=True,
+            )
     for o in orders:
         line = f"site {o['layer']}: {o['before']['kind']} {o['before']['flops']} FLOPs"
         if extra:
             line += f" -> {o['after']['kind']} {o['after']['flops']}"
         console.print(line)
+
+
+def _orders_text(orders: dict[str, str] | None) -> str:
+    """``"O(N) FLOPs, O(N) bytes; "`` for one site kind (empty when unknown)."""
+    return f"{orders['flops']} FLOPs, {orders['bytes']} bytes; " if orders else ""
+
+
+def _cost_rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    """Rows of ``tcomp.cost.cost_table`` (one per site kind and sequence length) as a table."""
+    t = Table(title=title)
+    for col in ("kind", "seq", "batch", "gflops", "mb", "roofline_us"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["kind"], str(r["seq"]), str(r["batch"]), f"{r['gflops']:.3g}", f"{r['mb']:.3g}",
+                  f"{r['roofline_us']:.3g}")  # fmt: skip
+    return t
 
 
 @app.command()

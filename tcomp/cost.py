@@ -4,10 +4,16 @@ Shapes come from ``node.meta[VAL]`` (FakeTensors whose sizes may be ``torch.SymI
 sizes become sympy expressions in the shape environment's symbols (``s0``, ``s77``, ...);
 pass ``symbols`` (see :func:`input_symbols`) to rename them to :data:`BATCH` and :data:`SEQ`.
 
-Conventions:
+Every ``tcomp.*`` dialect op carries its own formula (``OpDef.cost``, next to the op in
+``tcomp/dialect/<family>.py``, where each formula's docstring states its per-element constants);
+the ATen ops (linear, addmm, matmul, bmm, mm, SDPA) have theirs here. :func:`node_cost` asks the
+op first, then this table.
+
+Conventions (every formula):
 
 * A multiply-add is 2 FLOPs. Bytes are the compulsory traffic of a fused kernel: every input read
-  once from memory, the output written once (no intermediate round trips, caches ignored).
+  once from memory, every output written once (no intermediate round trips, caches ignored), each
+  tensor at its real element size (packed low-bit weights at their packed size).
 * Attention counts ``2·N·M·D`` (``Q Kᵀ``) + ``2·N·M·Dv`` (``P V``) + :data:`SOFTMAX_FLOPS` per score
   (+1 per score for an additive bias), per batch and query head. Causal attention counts half of
   the scores (``N·M/2``), the FlashAttention benchmark convention; for ``N = M`` the exact number of
@@ -17,13 +23,20 @@ Conventions:
   L = 2N (the op pads to the next power of two >= 2N-1; 2N is its smooth stand-in): a real FFT and
   its inverse at :data:`RFFT_FLOPS`·L·log2(L) each, one complex multiply per frequency, the outer
   products and the final contraction with φ(q): ``O(N log N · F · Dv)`` per batch and head.
+* Linear attention, token merging, the fused epilogues and the quantized linears: see their
+  formulas (``linear_attention_cost``, ``token_merge_cost``, ``bias_gelu_cost``,
+  ``skip_layer_norm_cost``, ``qlinear_cost`` in ``tcomp.dialect``).
 * The roofline time of a node is ``max(flops / peak, bytes / bandwidth)``; the time of a graph
   is the sum over nodes (each node is its own kernel).
+
+``attention_cost`` and ``rpe_attention_cost`` live with their ops (``tcomp.dialect.attention``,
+``tcomp.dialect.rpe``) and are re-exported here (loaded on first use: the dialect imports this
+module for :class:`Cost`, so this module imports the dialect only lazily).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
@@ -31,7 +44,6 @@ import sympy
 import torch
 from torch.fx import GraphModule, Node
 
-from tcomp.dialect import is_attention, is_rpe_linear_attention
 from tcomp.meta import VAL
 from tcomp.targets import DtypeKey, Target, get_target
 
@@ -44,8 +56,14 @@ SOFTMAX_FLOPS = 5  # per score: scale, max, subtract, exp, sum (the final divide
 RFFT_FLOPS = sympy.Rational(5, 2)
 
 SymLike = Union[int, sympy.Expr]
-SiteKind = Literal["attention", "rpe_attention", "linear", "matmul"]
-KINDS: tuple[SiteKind, ...] = ("attention", "rpe_attention", "linear", "matmul")
+# Site kinds in table order. ATen nodes are "attention" (SDPA), "linear" or "matmul"; a dialect
+# node's kind is its OpDef's (a kind missing here still gets its rows, after these).
+SiteKind = Literal[
+    "attention", "rpe_attention", "linear_attention", "token_merge", "linear", "qlinear", "matmul", "fused"
+]
+KINDS: tuple[SiteKind, ...] = (
+    "attention", "rpe_attention", "linear_attention", "token_merge", "linear", "qlinear", "matmul", "fused",
+)  # fmt: skip
 SymbolMap = Mapping[Union[sympy.Symbol, str], SymLike]
 
 
@@ -114,66 +132,6 @@ def _by_name(free: Iterable[sympy.Symbol], values: Mapping[Any, SymLike]) -> dic
 
 
 # -- formulas ------------------------------------------------------------------------------------
-
-
-def attention_cost(
-    B: SymLike,
-    H: SymLike,
-    N: SymLike,
-    M: SymLike,
-    D: SymLike,
-    Dv: SymLike,
-    elem_bytes: int,
-    causal: bool = False,
-    has_bias: bool = False,
-    bias_numel: SymLike | None = None,
-    has_mask: bool = False,
-    *,
-    Hk: SymLike | None = None,
-    mask_numel: SymLike | None = None,
-    bias_bytes: int | None = None,
-) -> Cost:
-    """Softmax attention of q (B,H,N,D), k (B,Hk,M,D), v (B,Hk,M,Dv) → out (B,H,N,Dv).
-
-    FLOPs: ``B·H·S·(2D + 2Dv + 5 [+1 with bias])`` where ``S = N·M`` scores per head, or ``N·M/2``
-    when causal (see the module docstring). Bytes: q, k, v, bias (``bias_numel``, default the full
-    ``B·H·N·M``, ``bias_bytes`` each, default ``elem_bytes``) and bool mask (``mask_numel``, default
-    ``B·H·N·M``, 1 byte each) read once, the output written once; ``Hk`` defaults to ``H``.
-    """
-    B, H, N, M, D, Dv = map(_s, (B, H, N, M, D, Dv))
-    Hk = H if Hk is None else _s(Hk)
-    scores = B * H * N * M
-    if causal:
-        scores = scores / 2
-    per_score = 2 * D + 2 * Dv + SOFTMAX_FLOPS + (1 if has_bias else 0)
-    flops = scores * per_score
-    nbytes = (B * H * N * D + B * Hk * M * D + B * Hk * M * Dv + B * H * N * Dv) * elem_bytes
-    if has_bias:
-        numel = B * H * N * M if bias_numel is None else _s(bias_numel)
-        nbytes += numel * (elem_bytes if bias_bytes is None else bias_bytes)
-    if has_mask:
-        nbytes += B * H * N * M if mask_numel is None else _s(mask_numel)
-    return Cost(sympy.expand(flops), sympy.expand(nbytes))
-
-
-def rpe_attention_cost(
-    B: SymLike, H: SymLike, N: SymLike, F: SymLike, Dv: SymLike, elem_bytes: int, *, Hk: SymLike | None = None
-) -> Cost:
-    """Kernelized attention with a Toeplitz relative-position weight by FFT (``tcomp.rpe_linear_attention``):
-    features q (B,H,N,F), k (B,Hk,N,F), v (B,Hk,N,Dv), coefficients (H, 2N-1) → out (B,H,N,Dv).
-
-    FLOPs per batch and head, with P = F·(Dv+1) channels and L = 2N: P·N (outer products
-    ``φ(k_j)[v_j, 1]ᵀ``) + P·(2·RFFT_FLOPS·L·log2 L + 6·(L/2+1)) (rfft, irfft, complex products) +
-    2·N·P (contraction with φ(q)) + N·Dv (normalisation); plus H·RFFT_FLOPS·L·log2 L for the weights.
-    Bytes: q, k, v and the coefficients read once, the output written once."""
-    B, H, N, F, Dv = map(_s, (B, H, N, F, Dv))
-    Hk = H if Hk is None else _s(Hk)
-    L = 2 * N
-    fft = RFFT_FLOPS * L * sympy.log(L) / sympy.log(2)
-    P = F * (Dv + 1)
-    flops = B * H * (P * N + P * (2 * fft + 6 * (L / 2 + 1)) + 2 * N * P + N * Dv) + H * fft
-    nbytes = (B * H * N * F + B * Hk * N * (F + Dv) + H * (2 * N - 1) + B * H * N * Dv) * elem_bytes
-    return Cost(sympy.expand(flops), sympy.expand(nbytes))
 
 
 ORDERS = [("N^3", SEQ**3), ("N^2 log N", SEQ**2 * sympy.log(SEQ)), ("N^2", SEQ**2),
@@ -250,18 +208,27 @@ def to_sympy(
     return expr
 
 
-def _shape(t: Any, symbols: SymbolMap | None) -> list[sympy.Expr]:
+def sym_shape(t: Any, symbols: SymbolMap | None = None) -> list[sympy.Expr]:
+    """The sizes of tensor ``t`` (a FakeTensor) as sympy expressions (see :func:`to_sympy`)."""
     return [to_sympy(s, symbols) for s in t.shape]
 
 
-def _numel(shape: Sequence[sympy.Expr]) -> sympy.Expr:
+def sym_numel(shape: Sequence[sympy.Expr]) -> sympy.Expr:
+    """The product of ``shape`` (1 for a scalar)."""
     return sympy.Mul(*shape) if shape else sympy.Integer(1)
 
 
-def _val(x: Any) -> Any:
+def fake(x: Any) -> Any:
     """The FakeTensor behind an fx argument (None when the argument is not a tensor node)."""
     v = x.meta.get(VAL) if isinstance(x, Node) else None
     return v if isinstance(v, torch.Tensor) else None
+
+
+def tensor_bytes(t: torch.Tensor | None, symbols: SymbolMap | None = None) -> sympy.Expr:
+    """Bytes of tensor ``t`` (numel times its element size); 0 for None (an absent optional input)."""
+    if t is None:
+        return sympy.Integer(0)
+    return sym_numel(sym_shape(t, symbols)) * t.dtype.itemsize
 
 
 def _itemsize(t: torch.Tensor) -> int:
@@ -270,24 +237,15 @@ def _itemsize(t: torch.Tensor) -> int:
 
 # -- nodes and graphs ----------------------------------------------------------------------------
 
-_LINEAR = {torch.ops.aten.linear.default, torch.ops.aten.addmm.default}
-_MATMUL = {torch.ops.aten.matmul.default, torch.ops.aten.bmm.default, torch.ops.aten.mm.default}
 _SDPA = torch.ops.aten.scaled_dot_product_attention.default
 
 
-def site_kind(node: Node) -> SiteKind | None:
-    """Which cost formula applies to ``node``, or None."""
-    if node.op != "call_function":
-        return None
-    if is_attention(node) or node.target is _SDPA:
-        return "attention"
-    if is_rpe_linear_attention(node):
-        return "rpe_attention"
-    if node.target in _LINEAR:
-        return "linear"
-    if node.target in _MATMUL:
-        return "matmul"
-    return None
+def _op_def(node: Node) -> Any:
+    """The dialect OpDef of ``node`` (None for other nodes); imports the dialect on first use."""
+    import tcomp.dialect  # noqa: F401 - registers every op with its formula
+    from tcomp.dialect.base import op_def
+
+    return op_def(node)
 
 
 def _arg(node: Node, i: int, name: str, default: Any = None) -> Any:
@@ -296,70 +254,95 @@ def _arg(node: Node, i: int, name: str, default: Any = None) -> Any:
     return node.kwargs.get(name, default)
 
 
-def _attention_node_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
-    q, k, v = (_val(a) for a in node.args[:3])
+def _sdpa_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
+    from tcomp.dialect.attention import attention_cost
+
+    q, k, v = (fake(a) for a in node.args[:3])
     if q is None or k is None or v is None:
         return None
-    if node.target is _SDPA:
-        m = _val(_arg(node, 3, "attn_mask"))
-        bias, mask = (None, m) if m is not None and m.dtype == torch.bool else (m, None)
-        causal = bool(_arg(node, 5, "is_causal", False))
-    else:
-        bias, mask = _val(_arg(node, 3, "bias")), _val(_arg(node, 4, "mask"))
-        causal = bool(_arg(node, 6, "causal", False))
-    qs, ks, vs = _shape(q, symbols), _shape(k, symbols), _shape(v, symbols)
-    B = _numel(qs[:-3])  # SDPA allows any number of leading batch dims (or none)
-    H = qs[-3] if len(qs) >= 3 else sympy.Integer(1)
-    Hk = ks[-3] if len(ks) >= 3 else sympy.Integer(1)
+    m = fake(_arg(node, 3, "attn_mask"))
+    bias, mask = (None, m) if m is not None and m.dtype == torch.bool else (m, None)
+    qs, ks, vs = sym_shape(q, symbols), sym_shape(k, symbols), sym_shape(v, symbols)
     return attention_cost(
-        B, H, qs[-2], ks[-2], qs[-1], vs[-1], _itemsize(q), causal=causal,
-        has_bias=bias is not None, bias_numel=None if bias is None else _numel(_shape(bias, symbols)),
-        has_mask=mask is not None, Hk=Hk,
-        mask_numel=None if mask is None else _numel(_shape(mask, symbols)),
+        sym_numel(qs[:-3]),  # SDPA allows any number of leading batch dims (or none)
+        qs[-3] if len(qs) >= 3 else 1, qs[-2], ks[-2], qs[-1], vs[-1], _itemsize(q),
+        causal=bool(_arg(node, 5, "is_causal", False)),
+        has_bias=bias is not None, bias_numel=None if bias is None else sym_numel(sym_shape(bias, symbols)),
+        has_mask=mask is not None, Hk=ks[-3] if len(ks) >= 3 else 1,
+        mask_numel=None if mask is None else sym_numel(sym_shape(mask, symbols)),
         bias_bytes=None if bias is None else _itemsize(bias),
     )  # fmt: skip
+
+
+def _linear_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
+    x, w = fake(node.args[0]), fake(node.args[1])
+    if x is None or w is None:
+        return None
+    xs, ws = sym_shape(x, symbols), sym_shape(w, symbols)
+    has_bias = fake(_arg(node, 2, "bias")) is not None
+    return linear_cost(sym_numel(xs[:-1]), ws[-1], ws[0], _itemsize(x), has_bias)
+
+
+def _addmm_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
+    x, w = fake(node.args[1]), fake(node.args[2])  # addmm(bias, x, w): x (r, i) @ w (i, o) + bias
+    if x is None or w is None:
+        return None
+    xs, ws = sym_shape(x, symbols), sym_shape(w, symbols)
+    return linear_cost(xs[0], xs[1], ws[1], _itemsize(x), has_bias=True)
+
+
+def _matmul_node_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
+    a, b, out = fake(node.args[0]), fake(node.args[1]), fake(node)
+    if a is None or b is None or out is None:
+        return None
+    as_, bs, os_ = sym_shape(a, symbols), sym_shape(b, symbols), sym_shape(out, symbols)
+    return matmul_cost(sym_numel(as_), sym_numel(bs), sym_numel(os_), as_[-1], _itemsize(a))
+
+
+# The ATen ops with a formula: target -> (site kind, cost function). Dialect ops carry their own.
+ATEN_COSTS: dict[Any, tuple[SiteKind, Callable[[Node, SymbolMap | None], Cost | None]]] = {
+    _SDPA: ("attention", _sdpa_cost),
+    torch.ops.aten.linear.default: ("linear", _linear_cost),
+    torch.ops.aten.addmm.default: ("linear", _addmm_cost),
+    torch.ops.aten.matmul.default: ("matmul", _matmul_node_cost),
+    torch.ops.aten.bmm.default: ("matmul", _matmul_node_cost),
+    torch.ops.aten.mm.default: ("matmul", _matmul_node_cost),
+}
+
+
+def site_kind(node: Node) -> SiteKind | None:
+    """Which kind of site ``node`` is in cost tables (its OpDef's kind for a dialect op, the
+    ATen table's otherwise), or None when no formula applies."""
+    if node.op != "call_function":
+        return None
+    d = _op_def(node)
+    if d is not None:
+        return d.kind
+    entry = ATEN_COSTS.get(node.target)
+    return None if entry is None else entry[0]
 
 
 def node_cost(node: Node, symbols: SymbolMap | None = None) -> Cost | None:
     """The Cost of one fx node, or None when no formula applies (or shapes are unknown).
 
-    Handles ``tcomp.attention``, ``aten.scaled_dot_product_attention``,
-    ``tcomp.rpe_linear_attention``, ``aten.linear``,
-    ``aten.addmm`` (a linear after decomposition), ``aten.matmul``, ``aten.bmm`` and ``aten.mm``.
+    A ``tcomp.*`` node is costed by its op's own formula (``OpDef.cost``, every dialect op has
+    one); ``aten.scaled_dot_product_attention``, ``aten.linear``, ``aten.addmm`` (a linear after
+    decomposition), ``aten.matmul``, ``aten.bmm`` and ``aten.mm`` by :data:`ATEN_COSTS`.
     ``symbols`` maps shape symbols (by symbol or name, e.g. ``{"s77": BATCH}``) to expressions.
     """
-    kind = site_kind(node)
-    if kind is None:
+    if node.op != "call_function":
         return None
-    if kind == "attention":
-        return _attention_node_cost(node, symbols)
-    if kind == "rpe_attention":
-        q, k, v = (_val(a) for a in node.args[:3])
-        if q is None or k is None or v is None:
-            return None
-        qs, ks, vs = _shape(q, symbols), _shape(k, symbols), _shape(v, symbols)
-        return rpe_attention_cost(qs[0], qs[1], qs[2], qs[3], vs[3], _itemsize(q), Hk=ks[1])
-    out = _val(node)
-    if out is None:
-        return None
-    if node.target is torch.ops.aten.linear.default:
-        x, w = _val(node.args[0]), _val(node.args[1])
-        if x is None or w is None:
-            return None
-        xs, ws = _shape(x, symbols), _shape(w, symbols)
-        has_bias = _val(_arg(node, 2, "bias")) is not None
-        return linear_cost(_numel(xs[:-1]), ws[-1], ws[0], _itemsize(x), has_bias)
-    if node.target is torch.ops.aten.addmm.default:  # addmm(bias, x, w): x (r, i) @ w (i, o) + bias
-        x, w = _val(node.args[1]), _val(node.args[2])
-        if x is None or w is None:
-            return None
-        xs, ws = _shape(x, symbols), _shape(w, symbols)
-        return linear_cost(xs[0], xs[1], ws[1], _itemsize(x), has_bias=True)
-    a, b = _val(node.args[0]), _val(node.args[1])
-    if a is None or b is None:
-        return None
-    as_, bs, os_ = _shape(a, symbols), _shape(b, symbols), _shape(out, symbols)
-    return matmul_cost(_numel(as_), _numel(bs), _numel(os_), as_[-1], _itemsize(a))
+    d = _op_def(node)
+    if d is not None:
+        return d.cost(node, symbols)
+    entry = ATEN_COSTS.get(node.target)
+    return None if entry is None else entry[1](node, symbols)
+
+
+def _present_kinds(sites: Iterable[SiteCost]) -> list[str]:
+    """The kinds of ``sites`` in :data:`KINDS` order, unknown kinds after them (sorted)."""
+    seen = {s.kind for s in sites}
+    return [k for k in KINDS if k in seen] + sorted(seen - set(KINDS))
 
 
 @dataclass
@@ -390,7 +373,7 @@ def graph_cost(gm: GraphModule, symbols: SymbolMap | None = None) -> list[SiteCo
     for node in gm.graph.nodes:
         c = node_cost(node, symbols)
         if c is not None:
-            v = _val(node.args[0]) if node.args else None
+            v = fake(node.args[0]) if node.args else None
             sites.append(SiteCost(node.name, site_kind(node), c, None if v is None else v.dtype))  # type: ignore[arg-type]
     return sites
 
@@ -404,18 +387,18 @@ def input_symbols(
     placeholder with a symbolic size. Dims whose size is not a plain symbol are skipped.
     """
     dims = {0: BATCH, 1: SEQ} if dims is None else dims
-    ph = [n for n in gm.graph.nodes if n.op == "placeholder" and _val(n) is not None]
+    ph = [n for n in gm.graph.nodes if n.op == "placeholder" and fake(n) is not None]
     if isinstance(input, str):
         ph = [n for n in ph if n.name == input]
     elif isinstance(input, int):
         ph = ph[input : input + 1]
     else:
-        ph = [n for n in ph if any(not to_sympy(s).is_number for s in _val(n).shape)][:1]
+        ph = [n for n in ph if any(not to_sympy(s).is_number for s in fake(n).shape)][:1]
     if not ph:
         raise ValueError(
             f"no graph input {input!r} with a symbolic size; was the graph exported with dynamic shapes?"
         )
-    shape = _val(ph[0]).shape
+    shape = fake(ph[0]).shape
     out: dict[sympy.Symbol, sympy.Symbol] = {}
     for d, sym in dims.items():
         e = to_sympy(shape[d])
@@ -435,7 +418,7 @@ def cost_table(
     ``mb`` (10⁶ bytes) and ``roofline_us`` (sum of per-site roofline times). Each site is timed in
     its own dtype unless ``dtype`` is given. Costs must depend on :data:`BATCH`/:data:`SEQ` only."""
     t = get_target(target)
-    kinds = [k for k in KINDS if any(s.kind == k for s in costs)]
+    kinds = _present_kinds(costs)
     rows = []
     for n in seqs:
         acc = {k: [0.0, 0.0, 0.0] for k in [*kinds, "all"]}
@@ -458,7 +441,7 @@ def all_input_symbols(gm: GraphModule) -> dict[sympy.Symbol, sympy.Symbol]:
     symbols (inputs such as ``input_ids`` and ``attention_mask`` may carry separate symbols)."""
     out: dict[sympy.Symbol, sympy.Symbol] = {}
     for n in gm.graph.nodes:
-        v = _val(n) if n.op == "placeholder" else None
+        v = fake(n) if n.op == "placeholder" else None
         if not isinstance(v, torch.Tensor):
             continue
         for d, sym in ((0, BATCH), (1, SEQ))[: v.dim()]:
@@ -480,7 +463,7 @@ def cost_summary(
     (FLOPs and bytes as text, in B and N). Sequence lengths only vary where N is symbolic."""
     sites = graph_cost(gm, all_input_symbols(gm))
     symbolic: dict[str, str] = {}
-    for kind in KINDS:
+    for kind in _present_kinds(sites):
         chosen = [s for s in sites if s.kind == kind]
         if chosen:
             c = total_cost(chosen)
@@ -509,3 +492,28 @@ def site_orders(gm: GraphModule) -> dict[int, dict[str, str]]:
         if c is not None:
             out[int(layer)] = {"kind": str(site_kind(node)), "flops": leading_order(c.flops)}
     return out
+
+
+def kind_orders(gm: GraphModule) -> dict[str, dict[str, str]]:
+    """Per site kind of ``gm``: the growth in the sequence length of the kind's total FLOPs and
+    bytes, e.g. ``{"linear_attention": {"flops": "O(N)", "bytes": "O(N)"}}`` (kinds in table order)."""
+    sites = graph_cost(gm, all_input_symbols(gm))
+    out: dict[str, dict[str, str]] = {}
+    for kind in _present_kinds(sites):
+        c = total_cost(s for s in sites if s.kind == kind)
+        out[kind] = {"flops": leading_order(c.flops), "bytes": leading_order(c.bytes)}
+    return out
+
+
+def __getattr__(name: str) -> Any:
+    """``attention_cost`` and ``rpe_attention_cost``: the formulas of their dialect ops, loaded on
+    first use (a module-level import would be a cycle: the dialect imports :class:`Cost` from here)."""
+    if name == "attention_cost":
+        from tcomp.dialect.attention import attention_cost
+
+        return attention_cost
+    if name == "rpe_attention_cost":
+        from tcomp.dialect.rpe import rpe_attention_cost
+
+        return rpe_attention_cost
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

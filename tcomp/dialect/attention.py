@@ -17,9 +17,13 @@ kernel for shape propagation and export. Backends lower these ops; passes produc
 
 from __future__ import annotations
 
+import sympy
 import torch
 from torch import Tensor
+from torch.fx import Node
 
+from tcomp.cost import SOFTMAX_FLOPS, Cost, SymbolMap, SymLike, fake, sym_numel, sym_shape
+from tcomp.dialect.base import define
 from tcomp.dialect.common import HALF, expand_kv
 
 
@@ -63,12 +67,69 @@ def _attention_fake(q, k, v, bias, mask, scale, causal):
     return q.new_empty((*q.shape[:-1], v.shape[-1]))
 
 
+def attention_cost(
+    B: SymLike,
+    H: SymLike,
+    N: SymLike,
+    M: SymLike,
+    D: SymLike,
+    Dv: SymLike,
+    elem_bytes: int,
+    causal: bool = False,
+    has_bias: bool = False,
+    bias_numel: SymLike | None = None,
+    has_mask: bool = False,
+    *,
+    Hk: SymLike | None = None,
+    mask_numel: SymLike | None = None,
+    bias_bytes: int | None = None,
+) -> Cost:
+    """Softmax attention of q (B,H,N,D), k (B,Hk,M,D), v (B,Hk,M,Dv) → out (B,H,N,Dv).
+
+    FLOPs: ``B·H·S·(2D + 2Dv + 5 [+1 with bias])`` where ``S = N·M`` scores per head, or ``N·M/2``
+    when causal (see the module docstring). Bytes: q, k, v, bias (``bias_numel``, default the full
+    ``B·H·N·M``, ``bias_bytes`` each, default ``elem_bytes``) and bool mask (``mask_numel``, default
+    ``B·H·N·M``, 1 byte each) read once, the output written once; ``Hk`` defaults to ``H``.
+    """
+    B, H, N, M, D, Dv = map(sympy.sympify, (B, H, N, M, D, Dv))
+    Hk = H if Hk is None else sympy.sympify(Hk)
+    scores = B * H * N * M
+    if causal:
+        scores = scores / 2
+    per_score = 2 * D + 2 * Dv + SOFTMAX_FLOPS + (1 if has_bias else 0)
+    flops = scores * per_score
+    nbytes = (B * H * N * D + B * Hk * M * D + B * Hk * M * Dv + B * H * N * Dv) * elem_bytes
+    if has_bias:
+        numel = B * H * N * M if bias_numel is None else sympy.sympify(bias_numel)
+        nbytes += numel * (elem_bytes if bias_bytes is None else bias_bytes)
+    if has_mask:
+        nbytes += B * H * N * M if mask_numel is None else sympy.sympify(mask_numel)
+    return Cost(sympy.expand(flops), sympy.expand(nbytes))
+
+
+def _attention_node_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
+    """:func:`attention_cost` of a ``tcomp.attention`` node, from its FakeTensor shapes."""
+    a = ATTENTION.bind(node)
+    q, k, v, bias, mask = (fake(a[n]) for n in ("q", "k", "v", "bias", "mask"))
+    if q is None or k is None or v is None:
+        return None
+    qs, ks, vs = sym_shape(q, symbols), sym_shape(k, symbols), sym_shape(v, symbols)
+    return attention_cost(
+        sym_numel(qs[:-3]), qs[-3], qs[-2], ks[-2], qs[-1], vs[-1], q.dtype.itemsize,
+        causal=bool(a["causal"]), has_bias=bias is not None,
+        bias_numel=None if bias is None else sym_numel(sym_shape(bias, symbols)),
+        has_mask=mask is not None, Hk=ks[-3],
+        mask_numel=None if mask is None else sym_numel(sym_shape(mask, symbols)),
+        bias_bytes=None if bias is None else bias.dtype.itemsize,
+    )  # fmt: skip
+
+
+ATTENTION = define(attention, kind="attention", cost=_attention_node_cost)
+
+
 def is_attention(node) -> bool:
     """True for an fx node that calls ``tcomp.attention``."""
-    return node.op == "call_function" and node.target in (
-        torch.ops.tcomp.attention.default,
-        torch.ops.tcomp.attention,
-    )
+    return ATTENTION.matches(node)
 
 
 def attention_nodes(gm) -> list:

@@ -4,9 +4,15 @@ Weight formats live in tcomp/quant.py."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import sympy
 import torch
 from torch import Tensor
+from torch.fx import Node
 
+from tcomp.cost import Cost, SymbolMap, SymLike, fake, sym_numel, sym_shape
+from tcomp.dialect.base import define
 from tcomp.dialect.common import work_dtype
 
 # -- weight-only quantized linear layers (formats: tcomp/quant.py) -------------------------------
@@ -142,3 +148,125 @@ def fp8_linear(x: Tensor, qweight: Tensor, scale: Tensor, granularity: str, bias
 @fp8_linear.register_fake
 def _fp8_linear_fake(x, qweight, scale, granularity, bias):
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+# -- cost formulas ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QFormat:
+    """Per-element FLOP constants of one quantized linear format (besides the 2·M·K·N of the
+    matmul itself; a ±1 or int8 product counts as a multiply-add). Scale computations (one per row
+    or tensor) are not counted."""
+
+    per_weight: int  # dequantizing one weight element
+    per_x: int  # quantizing / binarizing one activation element at run time
+    per_out: int  # the epilogue's rescale per output element (the bias add not included)
+
+
+QFORMATS: dict[str, QFormat] = {
+    "int8w": QFormat(per_weight=1, per_x=0, per_out=0),  # q·s
+    "int4w": QFormat(per_weight=2, per_x=0, per_out=0),  # (q - z)·s
+    "w8a8": QFormat(per_weight=0, per_x=3, per_out=2),  # |x| max, x/s, round; acc·sx·sw
+    "w1": QFormat(per_weight=1, per_x=0, per_out=0),  # sign·alpha
+    "w1a1": QFormat(
+        per_weight=0, per_x=4, per_out=3
+    ),  # x - tau, sign, |d| and its sum; beta·alpha·dot + shift
+    "fp8": QFormat(per_weight=0, per_x=3, per_out=2),  # |x| max, x/s, cast; acc·sx·sw
+}
+
+
+def qweight_bytes(
+    fmt: str,
+    K: SymLike,
+    N: SymLike,
+    scale_bytes: int,
+    *,
+    group: SymLike | None = None,
+    n_scales: SymLike | None = None,
+) -> sympy.Expr:
+    """Bytes of a packed (N, K) weight in format ``fmt`` with its scales (``scale_bytes`` each):
+
+    * ``int8w``, ``w8a8``: K·N int8 codes + N scales;
+    * ``fp8``: K·N e4m3 codes + ``n_scales`` scales (N per row, 1 per tensor; default N);
+    * ``int4w``: K·N/2 bytes (two codes a byte) + (K/group)·N scales and as many uint8 zero points;
+    * ``w1``: ceil(K/8)·N bytes of sign bits + N alphas;
+    * ``w1a1``: as ``w1``, + the threshold tau (K) and the folded shift (N), ``scale_bytes`` each.
+    """
+    K, N = sympy.sympify(K), sympy.sympify(N)
+    if fmt in ("int8w", "w8a8"):
+        return K * N + N * scale_bytes
+    if fmt == "fp8":
+        return K * N + (N if n_scales is None else sympy.sympify(n_scales)) * scale_bytes
+    if fmt == "int4w":
+        if group is None:
+            raise ValueError("int4w weight bytes need the group size")
+        return K * N / 2 + K / sympy.sympify(group) * N * (scale_bytes + 1)
+    if fmt == "w1":
+        return sympy.ceiling(K / 8) * N + N * scale_bytes
+    if fmt == "w1a1":
+        return sympy.ceiling(K / 8) * N + (2 * N + K) * scale_bytes
+    raise ValueError(f"unknown quantized format {fmt!r}; known: {', '.join(QFORMATS)}")
+
+
+def qlinear_cost(
+    fmt: str,
+    M: SymLike,
+    K: SymLike,
+    N: SymLike,
+    x_bytes: int,
+    *,
+    scale_bytes: int = 4,
+    has_bias: bool = False,
+    bias_bytes: int | None = None,
+    group: SymLike | None = None,
+    n_scales: SymLike | None = None,
+) -> Cost:
+    """``y = x Wᵀ (+ b)`` for M rows of x (M, K) and a quantized weight (N, K) in format ``fmt``
+    (one of :data:`QFORMATS`).
+
+    FLOPs: 2·M·K·N (the matmul) + ``per_weight``·K·N (dequantizing each weight once) +
+    ``per_x``·M·K (quantizing or binarizing the activations in the kernel) + ``per_out``·M·N (the
+    rescale) + M·N for the bias. Bytes: x (``x_bytes``), the packed weight with its scales
+    (:func:`qweight_bytes`: the point of these formats is fewer weight bytes), the bias (N,
+    ``bias_bytes``, default ``x_bytes``) read once; y (M, N, ``x_bytes``) written once.
+    Activations quantized at run time stay in the kernel (no round trip)."""
+    f = QFORMATS[fmt]
+    M, K, N = map(sympy.sympify, (M, K, N))
+    flops = 2 * M * K * N + f.per_weight * K * N + f.per_x * M * K + f.per_out * M * N
+    nbytes = M * K * x_bytes + qweight_bytes(fmt, K, N, scale_bytes, group=group, n_scales=n_scales)
+    nbytes += M * N * x_bytes
+    if has_bias:
+        flops += M * N
+        nbytes += N * (x_bytes if bias_bytes is None else bias_bytes)
+    return Cost(sympy.expand(flops), sympy.expand(nbytes))
+
+
+def _qlinear_node_cost(fmt: str, scale_arg: str):
+    """The node cost function of the ops of format ``fmt``; ``scale_arg`` names the op's scales."""
+
+    def cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
+        a = QLINEAR_OPS[fmt].bind(node)
+        x, scale, bias, out = fake(a["x"]), fake(a[scale_arg]), fake(a["bias"]), fake(node)
+        if x is None or scale is None or out is None:
+            return None
+        xs = sym_shape(x, symbols)
+        return qlinear_cost(
+            fmt, sym_numel(xs[:-1]), xs[-1], sym_shape(out, symbols)[-1], x.dtype.itemsize,
+            scale_bytes=scale.dtype.itemsize, has_bias=bias is not None,
+            bias_bytes=None if bias is None else bias.dtype.itemsize, group=a.get("group"),
+            n_scales=sym_numel(sym_shape(scale, symbols)) if fmt == "fp8" else None,
+        )  # fmt: skip
+
+    cost.__doc__ = f":func:`qlinear_cost` of a node of the {fmt} format, from its shapes and dtypes."
+    return cost
+
+
+QLINEAR_OPS = {
+    "int8w": define(linear_int8w, kind="qlinear", cost=_qlinear_node_cost("int8w", "scale")),
+    "int4w": define(linear_int4w, kind="qlinear", cost=_qlinear_node_cost("int4w", "scales")),
+    "w8a8": define(linear_w8a8, kind="qlinear", cost=_qlinear_node_cost("w8a8", "scale")),
+    "w1": define(linear_w1, kind="qlinear", cost=_qlinear_node_cost("w1", "alpha")),
+    "w1a1": define(linear_w1a1, kind="qlinear", cost=_qlinear_node_cost("w1a1", "alpha")),
+    "fp8": define(fp8_linear, kind="qlinear", cost=_qlinear_node_cost("fp8", "scale")),
+}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sympy
 import torch
 from torch import Tensor
+from torch.fx import Node
 
+from tcomp.cost import RFFT_FLOPS, Cost, SymbolMap, SymLike, fake, sym_shape, tensor_bytes
+from tcomp.dialect.base import define
 from tcomp.dialect.common import expand_kv
 
 # -- kernelized attention with relative positions (RPE), by FFT ------------------------------------
@@ -130,9 +134,41 @@ def _rpe_linear_attention_fake(q, k, v, coeffs, key_mask, causal):
     return q.new_empty((*q.shape[:-1], v.shape[-1]))
 
 
+def rpe_attention_cost(
+    B: SymLike, H: SymLike, N: SymLike, F: SymLike, Dv: SymLike, elem_bytes: int, *, Hk: SymLike | None = None
+) -> Cost:
+    """Kernelized attention with a Toeplitz relative-position weight by FFT (``tcomp.rpe_linear_attention``):
+    features q (B,H,N,F), k (B,Hk,N,F), v (B,Hk,N,Dv), coefficients (H, 2N-1) → out (B,H,N,Dv).
+
+    FLOPs per batch and head, with P = F·(Dv+1) channels and L = 2N: P·N (outer products
+    ``φ(k_j)[v_j, 1]ᵀ``) + P·(2·RFFT_FLOPS·L·log2 L + 6·(L/2+1)) (rfft, irfft, complex products) +
+    2·N·P (contraction with φ(q)) + N·Dv (normalisation); plus H·RFFT_FLOPS·L·log2 L for the weights.
+    Bytes: q, k, v and the coefficients read once, the output written once."""
+    B, H, N, F, Dv = map(sympy.sympify, (B, H, N, F, Dv))
+    Hk = H if Hk is None else sympy.sympify(Hk)
+    L = 2 * N
+    fft = RFFT_FLOPS * L * sympy.log(L) / sympy.log(2)
+    P = F * (Dv + 1)
+    flops = B * H * (P * N + P * (2 * fft + 6 * (L / 2 + 1)) + 2 * N * P + N * Dv) + H * fft
+    nbytes = (B * H * N * F + B * Hk * N * (F + Dv) + H * (2 * N - 1) + B * H * N * Dv) * elem_bytes
+    return Cost(sympy.expand(flops), sympy.expand(nbytes))
+
+
+def _rpe_node_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
+    """:func:`rpe_attention_cost` of a ``tcomp.rpe_linear_attention`` node, plus the bool key mask
+    (1 byte per element) when it has one."""
+    a = RPE_LINEAR_ATTENTION.bind(node)
+    q, k, v = (fake(a[n]) for n in ("q", "k", "v"))
+    if q is None or k is None or v is None:
+        return None
+    qs, ks, vs = sym_shape(q, symbols), sym_shape(k, symbols), sym_shape(v, symbols)
+    c = rpe_attention_cost(qs[0], qs[1], qs[2], qs[3], vs[3], q.dtype.itemsize, Hk=ks[1])
+    return Cost(c.flops, c.bytes + tensor_bytes(fake(a["key_mask"]), symbols))
+
+
+RPE_LINEAR_ATTENTION = define(rpe_linear_attention, kind="rpe_attention", cost=_rpe_node_cost)
+
+
 def is_rpe_linear_attention(node) -> bool:
     """True for an fx node that calls ``tcomp.rpe_linear_attention``."""
-    return node.op == "call_function" and node.target in (
-        torch.ops.tcomp.rpe_linear_attention.default,
-        torch.ops.tcomp.rpe_linear_attention,
-    )
+    return RPE_LINEAR_ATTENTION.matches(node)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import sympy
 import torch
 from torch import Tensor
+from torch.fx import Node
 
+from tcomp.cost import Cost, SymbolMap, SymLike, fake, sym_shape
+from tcomp.dialect.base import define
 from tcomp.dialect.common import work_dtype
+from tcomp.meta import VAL
 
 # -- tcomp.token_merge ------------------------------------------------------------------------------
 # ``tcomp.token_merge(x, k, size, keep, r, protected) -> (x', size', keep', assign)``: one step of
@@ -127,9 +132,69 @@ def _token_merge_fake(x, k, size, keep, r, protected):
     )
 
 
+def token_merge_cost(
+    B: SymLike,
+    N: SymLike,
+    C: SymLike,
+    H: SymLike,
+    D: SymLike,
+    r: SymLike,
+    n_protected: int,
+    x_bytes: int,
+    k_bytes: int,
+    *,
+    size_bytes: int = 4,
+    size_in_bytes: int = 0,
+    has_keep: bool = False,
+) -> Cost:
+    """One bipartite soft matching step (``tcomp.token_merge``) on x (B,N,C) with keys k
+    (B,H,N,D), removing ``r`` tokens; sets A and B hold ``(N - P)/2`` tokens each for P protected
+    ones (exact for even N - P; for odd N - P, A holds one more). A multiply-add is 2 FLOPs; a
+    compare counts 1. Per batch:
+
+    * metric: mean of the keys over heads, 1 per key element (N·H·D); cosine normalisation, 3 per
+      element of the mean (square, accumulate, divide: 3·N·D) + 1 per token (the square root);
+    * similarity of the split, ``A Bᵀ``: 2·(N-P)/2·(N-P)/2·D; best partner (argmax): 1 per score;
+      ranking the A tokens (sort): ``nA·log2(nA)`` compares;
+    * merge: the size-weighted scatter-add of x, 2 per element of x (2·N·C), and the mean, 1 per
+      element of x' ((N-r)·C); new sizes: 1 add per token (N), and with a ``keep`` mask another
+      multiply and add per token (2·N) for the new mask. Padding masks are selects (no FLOPs).
+
+    Bytes: x (``x_bytes`` per element), k (``k_bytes``), ``size`` (``size_in_bytes`` per element, 0
+    when absent) and the bool ``keep`` when given, read once; x' (B,N-r,C), size' (B,N-r;
+    ``size_bytes``, the op's work precision: 4, or 8 for float64 inputs), keep' (B,N-r; bool) and
+    assign (B,N; int64) written once."""
+    B, N, C, H, D, r = map(sympy.sympify, (B, N, C, H, D, r))
+    half = (N - n_protected) / 2
+    per_batch = (
+        N * H * D + 3 * N * D + N  # metric
+        + 2 * half * half * D + half * half + half * sympy.log(half) / sympy.log(2)  # matching
+        + 2 * N * C + (N - r) * C + N + (2 * N if has_keep else 0)  # merge and sizes
+    )  # fmt: skip
+    reads = N * C * x_bytes + H * N * D * k_bytes + N * size_in_bytes + (N if has_keep else 0)
+    writes = (N - r) * (C * x_bytes + size_bytes + 1) + N * 8
+    return Cost(sympy.expand(B * per_batch), sympy.expand(B * (reads + writes)))
+
+
+def _token_merge_node_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
+    """:func:`token_merge_cost` of a ``tcomp.token_merge`` node; bytes of the optional inputs and
+    of the outputs at their real element sizes."""
+    a = TOKEN_MERGE.bind(node)
+    x, k, size, keep = (fake(a[n]) for n in ("x", "k", "size", "keep"))
+    out = node.meta.get(VAL)
+    if x is None or k is None or not isinstance(out, (tuple, list)):
+        return None
+    (b, n, c), (_, h, _, d) = sym_shape(x, symbols), sym_shape(k, symbols)
+    return token_merge_cost(
+        b, n, c, h, d, int(a["r"]), len(a["protected"]), x.dtype.itemsize, k.dtype.itemsize,
+        size_bytes=out[1].dtype.itemsize, size_in_bytes=0 if size is None else size.dtype.itemsize,
+        has_keep=keep is not None,
+    )  # fmt: skip
+
+
+TOKEN_MERGE = define(token_merge, kind="token_merge", cost=_token_merge_node_cost)
+
+
 def is_token_merge(node) -> bool:
     """True for an fx node that calls ``tcomp.token_merge``."""
-    return node.op == "call_function" and node.target in (
-        torch.ops.tcomp.token_merge.default,
-        torch.ops.tcomp.token_merge,
-    )
+    return TOKEN_MERGE.matches(node)

@@ -1,5 +1,6 @@
 """The tcomp.attention reference: equal to SDPA in float64 on random shapes, masks, biases, causal
-flags and GQA; fully masked rows give zeros, never NaN; the fake kernel gives the right shape."""
+flags and GQA; fully masked rows give zeros, never NaN; the fake kernel gives the right shape. Its
+cost formula against counted FLOPs and bytes of one reference call."""
 
 from __future__ import annotations
 
@@ -76,3 +77,23 @@ def test_fake_kernel_shape():
         q, k, v = torch.empty(2, 4, 7, 8), torch.empty(2, 2, 9, 8), torch.empty(2, 2, 9, 16)
         out = attention(q, k, v, None, None, 1.0, False)
     assert out.shape == (2, 4, 7, 16)
+
+
+# -- cost formula ----------------------------------------------------------------------------------
+
+
+def test_cost_matches_counted_flops_and_bytes():
+    from tcomp.cost import SOFTMAX_FLOPS
+    from tcomp.dialect import op_def
+    from tests.dialect.costing import counted_flops, io_bytes, static_cost
+
+    b, h, hk, n, m, d, dv = 2, 4, 2, 5, 7, 8, 6
+    q, k, v = torch.randn(b, h, n, d), torch.randn(b, hk, m, d), torch.randn(b, hk, m, dv)
+    bias, mask = torch.randn(1, h, n, m), torch.rand(b, 1, n, m) > 0.3
+    for causal in (False, True):
+        flops, nbytes = static_cost(lambda *t, c=causal: attention(*t, 0.5, c), (q, k, v, bias, mask))
+        matmuls, out = counted_flops(op_def(attention), q, k, v, bias, mask, 0.5, causal)
+        assert nbytes == io_bytes((q, k, v, bias, mask), out)
+        # QK^T and PV (counted on the expanded GQA heads) + softmax and the bias add per score
+        dense = matmuls + (SOFTMAX_FLOPS + 1) * b * h * n * m
+        assert flops == (dense / 2 if causal else dense)  # causal: half the scores (documented)
