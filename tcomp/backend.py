@@ -67,7 +67,7 @@ class Backend:
     def __init__(self) -> None:
         self._impls: dict[Any, Implementation] = {}
         self._launchers: dict[Callable, Implementation] = {}
-        self._discovered = False
+        self._modules: list[str] | None = None  # set once discovery has imported the package
 
     # ---- declaring implementations ------------------------------------------------------------
 
@@ -103,19 +103,19 @@ class Backend:
         return register
 
     def discover(self) -> list[str]:
-        """Import every module of ``package`` (their decorators register the implementations);
-        once per process. Returns the module names found."""
+        """Import every module of ``package`` (their decorators register the implementations),
+        once per process; returns the module names found."""
         if self.package is None:
             return []
-        import tcomp.dialect  # noqa: F401 - implementations key on the dialect's ops
+        if self._modules is None:
+            import tcomp.dialect  # noqa: F401 - implementations key on the dialect's ops
 
-        pkg = importlib.import_module(self.package)
-        names = [m.name for m in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}.")]
-        if not self._discovered:
+            pkg = importlib.import_module(self.package)
+            names = [m.name for m in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}.")]
             for name in names:
                 importlib.import_module(name)
-            self._discovered = True
-        return names
+            self._modules = names
+        return list(self._modules)
 
     @property
     def impls(self) -> dict[Any, Implementation]:

@@ -205,7 +205,9 @@ class OnnxRuntimeBackend(Backend):
             v = val(n)
             if isinstance(v, torch.Tensor):
                 if v.device.type != "cpu":
-                    return f"input {n.name} is on {v.device.type}: the backend runs ONNX Runtime's CPU provider"
+                    return (
+                        f"input {n.name} is on {v.device.type}: the backend runs ONNX Runtime's CPU provider"
+                    )
                 if v.is_floating_point() and v.dtype not in SUPPORTED_DTYPES:
                     return f"input {n.name} has dtype {v.dtype} (supported: float32, float64)"
         impls = self.impls

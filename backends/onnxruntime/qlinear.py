@@ -317,5 +317,3 @@ def fp8_onnx(fused: bool = False):
         "return": FLOAT,
     }
     return tcomp_fp8_linear
-
-

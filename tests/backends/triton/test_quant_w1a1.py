@@ -64,7 +64,7 @@ def test_triton_lowering_of_w1a1_model():
     x = torch.randn(2, 6, 40, device=DEVICE)
     spec = ("binarize", {"activations": True, "skip_first_last": False})
     om = tcomp.optimize(model, (x,), passes=[spec], backend="triton", verify=False)
-    low = om.report.passes[-1]
+    low = om.report["lower.triton"]
     assert low.status == "applied" and low.rewrites >= 3, (low.reason, low.notes)
     assert sum(n.target is quant_w1a1.linear_w1a1 for n in om.graph_module.graph.nodes) == 3
     assert any(name.startswith("tcomp_w1a1") for name in TRITON.kernel_sources(om.graph_module))

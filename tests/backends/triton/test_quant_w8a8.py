@@ -59,7 +59,7 @@ def test_triton_lowering_of_w8a8_model():
     x = torch.randn(3, 4, 48, device=DEVICE)
     spec = ("quantize.int8_dynamic", {"skip_first_last": False})
     om = tcomp.optimize(model, (x,), passes=[spec], backend="triton")
-    low = om.report.passes[-1]
+    low = om.report["lower.triton"]
     assert low.status == "applied" and low.rewrites >= 3, (low.reason, low.notes)
     assert sum(n.target is quant_w8a8.linear_w8a8 for n in om.graph_module.graph.nodes) == 3
     assert any(name.startswith("tcomp_w8a8") for name in TRITON.kernel_sources(om.graph_module))
