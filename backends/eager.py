@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from tcomp.backend import Backend, register_backend
+from tcomp.pipeline import Pass
+from tcomp.targets import Target
 
 
 class EagerBackend(Backend):
     name = "eager"
+
+    def steps(self, target: Target | str) -> list[Pass]:
+        """No steps: the graph runs as the passes left it."""
+        return []
 
 
 register_backend(EagerBackend())

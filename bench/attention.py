@@ -56,7 +56,7 @@ def main() -> None:
                                 try:
                                     t = do_bench(
                                         lambda cfg=cfg: tcomp_attention(
-                                            q, k, v, None, None, 0.1, causal, config=cfg
+                                            q, k, v, None, None, 0.1, causal, target=args.target, config=cfg
                                         )
                                     )
                                 except Exception as exc:  # noqa: BLE001 - out of shared memory etc.

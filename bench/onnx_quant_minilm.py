@@ -1,5 +1,5 @@
 """Low-bit ONNX export on the real all-MiniLM-L6-v2 (this CPU): tcomp's quantization passes followed by
-``backend="onnxruntime"`` (translations: backends/onnx_quant.py) against the fp32 export.
+``backend="onnxruntime"`` (translations: backends/onnxruntime/qlinear.py) against the fp32 export.
 
 Per pass: the pipeline's verdicts (the pass vs float64, the lowering's drift from the eager
 quantized graph), the embedding cosine to fp32 torch on models.minilm.SENTENCES (mean-pooled,

@@ -106,6 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--target", default="h200", help="tcomp target the kernels are tiled for")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--suffix", default="", help="appended to the results file name")
     args = ap.parse_args()
@@ -133,13 +134,15 @@ def main() -> None:
             x = torch.randn(m, k, device=dev, dtype=dt)
             cands = {
                 "bf16_cublas": lambda x=x, w=w: F.linear(x, w),
-                "int8_weight": lambda x=x: quant_gemm.linear_int8w(x, q8, s8),
-                f"int4_weight_g{args.group}": lambda x=x: quant_gemm.linear_int4w(x, p4, s4, z4, args.group),
+                "int8_weight": lambda x=x: quant_gemm.linear_int8w(x, q8, s8, target=args.target),
+                f"int4_weight_g{args.group}": lambda x=x: quant_gemm.linear_int4w(
+                    x, p4, s4, z4, args.group, target=args.target
+                ),
             }
             for name, fn in tao.items():  # each checked against its own dequantized weight below
                 cands[name] = lambda x=x, fn=fn: fn(x)
-            cands["w1a16"] = lambda x=x: quant_w1.linear_w1(x, pb, ab, k)
-            cands["w1a1"] = lambda x=x: quant_w1a1.linear_w1a1(x, pb, ab, tau, shift, k)
+            cands["w1a16"] = lambda x=x: quant_w1.linear_w1(x, pb, ab, k, target=args.target)
+            cands["w1a1"] = lambda x=x: quant_w1a1.linear_w1a1(x, pb, ab, tau, shift, k, target=args.target)
             # correctness in the same run: each kernel against the fp32 linear of its dequantized weight
             errs = {}
             for name, ref_w in (
@@ -171,7 +174,7 @@ def main() -> None:
             }
             if fp8_cap:  # fp8: against the dialect's reference op (same e4m3 numbers, fp32 sums)
                 ref = torch.ops.tcomp.fp8_linear(x, f8, sf8, "row", None).float()
-                cands["fp8_row"] = lambda x=x: quant_fp8.linear_fp8(x, f8, sf8, "row")
+                cands["fp8_row"] = lambda x=x: quant_fp8.linear_fp8(x, f8, sf8, "row", target=args.target)
                 errs["fp8_row"] = ((cands["fp8_row"]().float() - ref).norm() / ref.norm()).item()
                 xq, sx = Q.quantize_fp8(x, "row")
                 mm = lambda xq=xq, sx=sx: torch._scaled_mm(  # noqa: E731

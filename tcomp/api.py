@@ -175,9 +175,7 @@ def optimize(
     tgt = get_target(target)
     args, kwargs = _normalize_inputs(example_inputs, example_kwargs)
     specs = _pass_specs(passes, calibration, tgt.name)
-    lowering = lowering_step(backend or tgt.default_backend, tgt)
-    if lowering is not None:
-        specs.append(lowering)
+    specs += lowering_steps(backend or tgt.default_backend, tgt)
     step = progress or (lambda _name: None)
     step("capture")
     captured = capture(model, args, kwargs, dynamic=dynamic)
@@ -221,22 +219,11 @@ def _pass_specs(
     return specs
 
 
-def lowering_step(name: str, target: Target) -> Pass | None:
-    """The backend's lowering as a verified pipeline step (none for the eager reference)."""
-    from functools import partial
-
+def lowering_steps(name: str, target: Target) -> list[Pass]:
+    """The backend's named steps (its lowering and fusions), verified like passes (none for eager)."""
     from tcomp.backend import get_backend
-    from tcomp.pipeline import FP_EQUIVALENT
 
-    b = get_backend(name)
-    if b.name == "eager":
-        return None
-    return Pass(
-        f"lower.{b.name}",
-        partial(b.lower, target=target.name),
-        FP_EQUIVALENT,
-        description=f"lower to {b.name}",
-    )
+    return get_backend(name).steps(target)
 
 
 def _sites(gm: fx.GraphModule) -> list[dict[str, Any]]:

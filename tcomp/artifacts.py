@@ -66,7 +66,7 @@ def write(om: Any, folder: str | Path) -> Path:
         runner_src, names = emit(om.graph_module)
         (tmp / "runner.py").write_text(runner_src)
         save_file(_dedup(tensors_of(om.graph_module, names)), str(tmp / "weights.safetensors"))
-        kernels = _kernel_sources(om.graph_module)
+        kernels = kernel_sources(om)
         if kernels:
             (tmp / "kernels").mkdir()
             for name, text in kernels.items():
@@ -116,12 +116,30 @@ def check(folder: str | Path) -> list[str]:
     return bad
 
 
-def _kernel_sources(gm: Any) -> dict[str, str]:
-    try:
-        from tcomp.backends.triton import kernel_sources
-    except ImportError:  # pragma: no cover - backends not installed
-        return {}
-    return kernel_sources(gm)
+def backend_names(om: Any) -> list[str]:
+    """The backends whose steps changed the graph of ``om``: its ``backend`` when it names one,
+    else those of the applied ``lower.<backend>`` / ``fuse.<backend>.*`` steps in its report."""
+    named = getattr(om, "backend", None)
+    if isinstance(named, str):
+        return [named]
+    names = []
+    for r in om.report.passes:
+        kind, _, rest = r.name.partition(".")
+        if kind in ("lower", "fuse") and r.status == "applied" and rest:
+            names.append(rest.split(".")[0])
+    return list(dict.fromkeys(names))
+
+
+def kernel_sources(om: Any) -> dict[str, str]:
+    """File name -> source of every generated kernel the graph of ``om`` launches, as its
+    backends report them (``Backend.kernel_sources``)."""
+    from tcomp.backend import get_backend, registered_backends
+
+    out: dict[str, str] = {}
+    for name in backend_names(om):
+        if name in registered_backends():
+            out.update(get_backend(name).kernel_sources(om.graph_module))
+    return out
 
 
 def _dedup(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -161,9 +161,7 @@ def _rewrite(aten_gm: fx.GraphModule, report: DynamoReport, opts: dict[str, Any]
         )
     specs: list[Any] = [("canonicalize", {})]
     specs += [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in opts.get("passes") or ()]
-    lowering = _lowering(report.backend, opts.get("target") or "cpu")
-    if lowering is not None:
-        specs.append(lowering)
+    specs += _lowering(report.backend, opts.get("target") or "cpu")
     result = run_pipeline(aten_gm, specs)
     report.passes = [r.to_dict() for r in result.records]
     for r in result.records:
@@ -182,10 +180,10 @@ def _rewrite(aten_gm: fx.GraphModule, report: DynamoReport, opts: dict[str, Any]
 
 
 def _lowering(name: str, target: str):
-    from tcomp.api import lowering_step
+    from tcomp.api import lowering_steps
     from tcomp.targets import get_target
 
-    return lowering_step(name, get_target(target))
+    return lowering_steps(name, get_target(target))
 
 
 def _register() -> None:

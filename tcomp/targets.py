@@ -88,7 +88,8 @@ class Target:
     """A machine tcomp compiles for.
 
     ``peak_flops`` and ``bandwidth`` are datasheet values; ``measured`` (optional) holds measured
-    ceilings that take precedence in the roofline. ``smem_per_sm`` and ``sm_count`` are None for CPUs.
+    ceilings that take precedence in the roofline. ``smem_per_sm``, ``sm_count`` and
+    ``compute_capability`` are None for CPUs; kernels choose tiles from these properties.
     """
 
     name: str
@@ -101,6 +102,17 @@ class Target:
     description: str
     memory_bytes: int | None = None
     measured: Measured | None = None
+    compute_capability: tuple[int, int] | None = None  # CUDA (major, minor); None for CPUs
+
+    @property
+    def hopper(self) -> bool:
+        """Hopper-class or newer (sm_90+): TMA descriptors, wgmma; the kernels' larger tiles."""
+        return self.compute_capability is not None and self.compute_capability >= (9, 0)
+
+    @property
+    def ampere(self) -> bool:
+        """Ampere-class or newer (sm_80+): bf16 tensor cores, async copies."""
+        return self.compute_capability is not None and self.compute_capability >= (8, 0)
 
     def __post_init__(self) -> None:
         if self.kind not in ("gpu", "cpu"):
@@ -160,21 +172,25 @@ def get_target(name: str | Target) -> Target:
 register_target(Target(
     name="a100", kind="gpu", peak_flops=_A100_FLOPS, bandwidth=2.039 * _T,
     smem_per_sm=164 * _KB, sm_count=108, default_backend="triton", memory_bytes=80 * _GB,
+    compute_capability=(8, 0),
     description="NVIDIA A100 80GB SXM (datasheet: 312 TFLOP/s bf16/fp16 dense, 2.039 TB/s HBM2e)",
 ))  # fmt: skip
 register_target(Target(
     name="a100-40gb", kind="gpu", peak_flops=_A100_FLOPS, bandwidth=1.555 * _T,
     smem_per_sm=164 * _KB, sm_count=108, default_backend="triton", memory_bytes=40 * _GB,
+    compute_capability=(8, 0),
     description="NVIDIA A100 40GB SXM (datasheet: 312 TFLOP/s bf16/fp16 dense, 1.555 TB/s HBM2)",
 ))  # fmt: skip
 register_target(Target(
     name="h100", kind="gpu", peak_flops=_H100_FLOPS, bandwidth=3.35 * _T,
     smem_per_sm=228 * _KB, sm_count=132, default_backend="triton", memory_bytes=80 * _GB,
+    compute_capability=(9, 0),
     description="NVIDIA H100 SXM 80GB (datasheet: 989 TFLOP/s bf16 dense, 3.35 TB/s HBM3)",
 ))  # fmt: skip
 register_target(Target(
     name="h200", kind="gpu", peak_flops=_H100_FLOPS, bandwidth=4.8 * _T,
     smem_per_sm=228 * _KB, sm_count=132, default_backend="triton", memory_bytes=141 * _GB,
+    compute_capability=(9, 0),
     measured=Measured(
         peak_flops={"bf16": 780 * _T}, bandwidth=4.2 * _T,
         note="project's H200: bf16 matmul ~780 TFLOP/s, device copy ~4.2 TB/s, "

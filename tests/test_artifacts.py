@@ -4,6 +4,7 @@ hashes; tcomp.load runs it without the original model's code and refuses tampere
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,3 +75,31 @@ def test_triton_lowered_artifact_carries_kernels(tmp_path):
     loaded = tcomp.load(tmp_path / "a", device=dev)
     with torch.no_grad():
         assert torch.allclose(loaded(*args, **kwargs), model(*args, **kwargs), atol=1e-5)
+
+
+def test_artifacts_ask_the_backend_for_kernel_sources(monkeypatch):
+    """tcomp/artifacts.py imports no backend: the kernels/ folder comes from the backend the
+    report's applied steps name (``Backend.kernel_sources``)."""
+    from types import SimpleNamespace
+
+    import tcomp.backend as backend_mod
+    from tcomp import artifacts
+
+    assert "tcomp.backends" not in Path(artifacts.__file__).read_text()
+
+    class Toy(backend_mod.Backend):
+        name = "toy"
+
+        def kernel_sources(self, gm):
+            return {"toy_kernel.py": f"# {len(gm.graph.nodes)} nodes"}
+
+    monkeypatch.setitem(backend_mod._BACKENDS, "toy", Toy())
+    gm = torch.fx.symbolic_trace(torch.nn.ReLU())
+    for steps, want in (
+        ([("lower.toy", "applied")], {"toy_kernel.py": "# 3 nodes"}),
+        ([("lower.toy", "skipped"), ("fuse.toy.elementwise", "applied")], {"toy_kernel.py": "# 3 nodes"}),
+        ([("lower.toy", "rolled_back")], {}),
+        ([("canonicalize", "applied")], {}),
+    ):
+        report = SimpleNamespace(passes=[SimpleNamespace(name=n, status=s) for n, s in steps])
+        assert artifacts.kernel_sources(SimpleNamespace(report=report, graph_module=gm)) == want

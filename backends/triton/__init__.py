@@ -1,14 +1,22 @@
-"""The Triton backend: generated kernels for the dialect (``tcomp.attention`` so far).
+"""The Triton backend: generated kernels for the dialect.
 
-Kernels are generated as source text (``attention_template.render``), cached on disk and launched
-from ``runtime``. Without a GPU they run under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU
-tensors, which is how CI tests them.
+Each kernel module of this package declares the dialect ops it implements with
+``@TRITON.implements(op, check=..., sources=...)``; the backend imports them all the first time it
+lowers a graph (``Backend.discover``), so adding a kernel touches only its own file. Kernels are
+generated as source text, cached on disk (``codegen``) and launched with the plan's target, whose
+properties (``Target.hopper``, shared memory) choose tiles, warps and stages. Without a GPU they
+run under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU tensors, which is how CI tests them.
+
+A plan runs three named steps for this backend, each verified like a pass:
+``lower.triton`` (dialect ops to their kernels), ``fuse.triton.gemm_epilogue`` (linear layers with
+their activation / residual epilogue to one GEMM launch) and ``fuse.triton.elementwise``
+(elementwise chains, and the LayerNorm ending one, to generated fused kernels).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
+from functools import partial
 from typing import Any
 
 import torch
@@ -16,36 +24,13 @@ import torch.fx as fx
 
 from tcomp.backend import Backend, register_backend
 from tcomp.graph import val
+from tcomp.pipeline import FP_EQUIVALENT, Pass, PassResult
+from tcomp.targets import Target, get_target
 
 
 class TritonBackend(Backend):
     name = "triton"
-
-    def __init__(self) -> None:
-        super().__init__()
-        import tcomp.dialect  # noqa: F401 - the dialect must be registered to key on it
-        from tcomp.backends.triton import linear_attention as lin
-        from tcomp.backends.triton import quant_gemm, runtime
-
-        self.impls[torch.ops.tcomp.attention.default] = (_check_attention, runtime.attention)
-        self.impls[torch.ops.tcomp.linear_attention.default] = (_check_attention, lin.linear_attention)
-        self.impls[torch.ops.tcomp.linear_int8w.default] = (quant_gemm.check, quant_gemm.linear_int8w)
-        self.impls[torch.ops.tcomp.linear_int4w.default] = (quant_gemm.check, quant_gemm.linear_int4w)
-        from tcomp.backends.triton import quant_w8a8  # W8A8 (quantize.int8_dynamic)
-
-        self.impls[torch.ops.tcomp.linear_w8a8.default] = (quant_gemm.check, quant_w8a8.linear_w8a8)
-        from tcomp.backends.triton import quant_w1  # W1A16 (binarize)
-
-        self.impls[torch.ops.tcomp.linear_w1.default] = (quant_gemm.check, quant_w1.linear_w1)
-        from tcomp.backends.triton import quant_w1a1  # W1A1 (binarize, activations=True)
-
-        self.impls[torch.ops.tcomp.linear_w1a1.default] = (quant_gemm.check, quant_w1a1.linear_w1a1)
-        from tcomp.backends.triton import quant_fp8  # fp8 e4m3 (quantize.fp8), capability >= 8.9
-
-        self.impls[torch.ops.tcomp.fp8_linear.default] = (quant_fp8.check, quant_fp8.linear_fp8)
-        from tcomp.backends.triton import token_merge  # tokens.merge: the merge as one kernel
-
-        self.impls[torch.ops.tcomp.token_merge.default] = (token_merge.check, token_merge.token_merge)
+    package = "tcomp.backends.triton"
 
     def available(self) -> str | None:
         if importlib.util.find_spec("triton") is None:
@@ -55,95 +40,70 @@ class TritonBackend(Backend):
     def launch_kwargs(self, target: str) -> dict[str, Any]:
         return {"target": target}
 
-    def lower(self, gm: fx.GraphModule, target: str = ""):
-        """Attention sites to the generated attention kernel, linear layers with an epilogue
-        (activation, residual) to the fused GEMM, then elementwise chains (and the LayerNorm ending
-        one) to generated fused kernels."""
-        from tcomp.backends.triton.codegen import interpreting
-        from tcomp.backends.triton.fusion import fuse
-        from tcomp.backends.triton.gemm import fuse_epilogues
-
-        result = super().lower(gm, target)
-        devices = {
-            v.device.type
-            for n in gm.graph.nodes
-            if n.op == "placeholder" and isinstance(v := val(n), torch.Tensor)
-        }
-        if self.available() is None and ("cuda" in devices or interpreting()):
-            gemms = fuse_epilogues(gm, target)
-            result.rewrites += gemms
-            result.notes.append(f"fused the epilogue of {gemms} linear layers into GEMM launches")
-            fused, notes = fuse(gm)
-            result.rewrites += fused
-            result.notes += [f"fused {fused} elementwise/LayerNorm groups into generated kernels"] + notes
-        return result
+    def steps(self, target: Target | str) -> list[Pass]:
+        """``lower.triton``, then the two fusions (they act only where tensors are on CUDA, or
+        under the interpreter)."""
+        tgt = get_target(target)
+        return [
+            *super().steps(tgt),
+            Pass(
+                "fuse.triton.gemm_epilogue",
+                partial(fuse_gemm_epilogues, target=tgt.name),
+                FP_EQUIVALENT,
+                description="linear + activation / residual add to one generated GEMM launch "
+                "(or cuBLAS, whichever the autotuner measures faster)",
+            ),
+            Pass(
+                "fuse.triton.elementwise",
+                fuse_elementwise,
+                FP_EQUIVALENT,
+                description="elementwise chains (and the LayerNorm ending one) to generated fused kernels",
+            ),
+        ]
 
 
-def _check_attention(node: fx.Node) -> str | None:
+TRITON = register_backend(TritonBackend())
+
+
+def _why_not_fuse(gm: fx.GraphModule) -> str | None:
     from tcomp.backends.triton.codegen import interpreting
-    from tcomp.backends.triton.runtime import SUPPORTED_DTYPES
 
-    q, k, v = (val(a) for a in node.args[:3])
-    if any(x is None for x in (q, k, v)) or q.dim() != 4:
-        return "needs 4-D q/k/v with known shapes"
-    if q.dtype not in SUPPORTED_DTYPES:
-        return f"dtype {q.dtype} (supported: fp16, bf16, fp32)"
-    if q.device.type != "cuda" and not interpreting():
-        return f"tensors on {q.device.type}: Triton needs CUDA (or TRITON_INTERPRET=1)"
-    d, dv = q.shape[-1], v.shape[-1]
-    if not (isinstance(d, int) and isinstance(dv, int)) or max(d, dv) > 256:
-        return "head dim must be static and at most 256"
-    return None
+    if (reason := TRITON.available()) is not None:
+        return reason
+    devices = {
+        v.device.type
+        for n in gm.graph.nodes
+        if n.op == "placeholder" and isinstance(v := val(n), torch.Tensor)
+    }
+    if "cuda" in devices or interpreting():
+        return None
+    return f"inputs on {', '.join(sorted(devices)) or 'no device'}: Triton needs CUDA (or TRITON_INTERPRET=1)"
 
 
-def kernel_sources(gm: fx.GraphModule) -> dict[str, str]:
-    """Source text of every generated kernel a lowered graph launches (file name -> text): the
-    attention specialisations its attention nodes select and the kernels of its fused groups."""
-    from tcomp.backends.triton import attention_template as tmpl
-    from tcomp.backends.triton import fusion, gemm, quant_gemm, quant_w1, runtime
-    from tcomp.backends.triton import linear_attention as lin
+def fuse_gemm_epilogues(gm: fx.GraphModule, target: Target | str) -> PassResult:
+    """Step ``fuse.triton.gemm_epilogue``: every ``linear -> activation -> residual add`` chain
+    becomes one ``gemm.linear`` launch on ``target``. FP_EQUIVALENT (the epilogue runs in fp32
+    registers instead of after a rounded store)."""
+    from tcomp.backends.triton.gemm import fuse_epilogues
 
-    out = {}
-    for n in gm.graph.nodes:
-        if n.op != "call_function":
-            continue
-        if n.target is runtime.attention:
-            q, _k, _v, bias, mask, scale, causal = n.args[:7]
-            spec = tmpl.AttnKernelSpec(
-                bias is not None, mask is not None, bool(causal), val(q).dtype == torch.float32, scale > 0
-            )
-            out[f"{spec.name}.py"] = tmpl.render(spec)
-        elif n.target is gemm.linear:
-            x, _w, bias, residual, act = n.args[:5]
-            spec = gemm.tmpl.GemmSpec(
-                bias is not None, act, residual is not None, val(x).dtype == torch.float32
-            )
-            out[f"{spec.name}.py"] = gemm.tmpl.render(spec)
-            if n.kwargs.get("target") in ("h100", "h200"):  # the autotuner may pick the Hopper variant
-                tma = dataclasses.replace(spec, tma=True)
-                out[f"{tma.name}.py"] = gemm.tmpl.render(tma)
-        elif n.target is lin.linear_attention:
-            out.update(lin.sources(n))
-
-        elif found := quant_gemm.kernel_sources_of(n) or quant_w1.kernel_sources_of(n):
-            out.update(found)
-        elif (found := _quant_low_bit_source(n)) is not None:
-            out[found[0]] = found[1]
-        elif n.target is fusion.run_fused:
-            src, name = fusion.render(n.args[0])
-            out[f"{name}.py"] = src
-    return out
+    result = PassResult(gm)
+    if (reason := _why_not_fuse(gm)) is not None:
+        result.notes.append(f"nothing fused ({reason})")
+        return result
+    result.rewrites = fuse_epilogues(gm, get_target(target).name)
+    result.notes.append(f"fused the epilogue of {result.rewrites} linear layers into GEMM launches")
+    return result
 
 
-def _quant_low_bit_source(n: fx.Node) -> tuple[str, str] | None:
-    from tcomp.backends.triton import quant_fp8, quant_w1a1, quant_w8a8, token_merge
+def fuse_elementwise(gm: fx.GraphModule) -> PassResult:
+    """Step ``fuse.triton.elementwise``: elementwise chains (and a LayerNorm ending one) become
+    one generated kernel each. FP_EQUIVALENT (intermediates stay in fp32 registers)."""
+    from tcomp.backends.triton.fusion import fuse
 
-    return (
-        token_merge.kernel_name_and_source(n)
-        or quant_w1a1.kernel_name_and_source(n)
-        or quant_w8a8.kernel_name_and_source(n)
-        or quant_fp8.kernel_name_and_source(n)
-    )
-
-
-register_backend(TritonBackend())
+    result = PassResult(gm)
+    if (reason := _why_not_fuse(gm)) is not None:
+        result.notes.append(f"nothing fused ({reason})")
+        return result
+    result.rewrites, notes = fuse(gm)
+    result.notes += [f"fused {result.rewrites} elementwise/LayerNorm groups into generated kernels", *notes]
+    return result

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tcomp.targets import Target
+
 
 @dataclass(frozen=True)
 class AttnConfig:
@@ -20,19 +22,20 @@ def _pow2(n: int, lo: int = 16) -> int:
     return p
 
 
-def attention_config(target: str, head_dim: int, n: int, m: int, interpreting: bool) -> AttnConfig:
+def attention_config(target: Target, head_dim: int, n: int, m: int, interpreting: bool) -> AttnConfig:
     """Tiles for one attention launch. Under the interpreter (CPU tests) the cost grows with the
     number of programs, so tiles are as large as the sequence allows; on GPUs they follow the
-    FlashAttention-2 shapes that fit Hopper/Ampere shared memory for the head dim."""
+    FlashAttention-2 shapes that fit the target's shared memory (Hopper, Ampere) for the head dim."""
     if interpreting:
         return AttnConfig(min(64, _pow2(n)), min(64, _pow2(m)), 4, 1)
-    if target in ("h100", "h200"):
+    smem = target.smem_per_sm or 0
+    if target.hopper and smem >= 200 * 1024:
         # best of a 36-config sweep on the H200 at N=4096, bf16 (bench/attention.py --sweep,
         # bench/results/attention-h200.json), causal and not alike
         if head_dim <= 64:
             return AttnConfig(128, 64, 8, 3)
         return AttnConfig(128, 128, 8, 3)
-    if target.startswith("a100"):
+    if target.ampere and smem >= 160 * 1024:
         return AttnConfig(128, 64, 4 if head_dim <= 64 else 8, 2)
     return AttnConfig(64, 64, 4, 2)
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from tcomp.backends.triton import TRITON
 from tcomp.graph import shape, val
 
 aten = torch.ops.aten
@@ -268,6 +269,13 @@ def _compiled(desc: str, interp: bool) -> tuple[dict, Any]:
     return json.loads(desc), load(src, name)
 
 
+def sources(node: fx.Node) -> dict[str, str]:
+    """The generated kernel of a fused node (file name -> source)."""
+    src, name = render(node.args[0])
+    return {f"{name}.py": src}
+
+
+@TRITON.launcher(sources=sources)
 def run_fused(desc: str, *inputs: torch.Tensor) -> torch.Tensor:
     """Run a fused group (the target of fused nodes in lowered graphs)."""
     from tcomp.backends.triton.codegen import interpreting

@@ -17,12 +17,13 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from tcomp.backends.triton import autotune
+from tcomp.backends.triton import TRITON, autotune
 from tcomp.backends.triton import gemm_template as tmpl
 from tcomp.backends.triton.codegen import interpreting, load
 from tcomp.backends.triton.configs import _pow2
 from tcomp.backends.triton.runtime import triton_cdiv
 from tcomp.graph import shape, val
+from tcomp.targets import Target, get_target
 
 aten = torch.ops.aten
 _ACT_OF = {op: name for name, op in tmpl.ACTIVATION_OPS.items()}
@@ -109,17 +110,33 @@ def reference(x, w, bias, residual, activation: str):
     return y if residual is None else y + residual
 
 
+def sources(node: fx.Node) -> dict[str, str]:
+    """The GEMM a lowered ``linear`` node launches, and its TMA variant where the target has TMA
+    (the autotuner may pick it)."""
+    x, _w, bias, residual, act = node.args[:5]
+    spec = tmpl.GemmSpec(bias is not None, act, residual is not None, val(x).dtype == torch.float32)
+    out = {f"{spec.name}.py": tmpl.render(spec)}
+    if get_target(node.kwargs["target"]).hopper:
+        tma = replace(spec, tma=True)
+        out[f"{tma.name}.py"] = tmpl.render(tma)
+    return out
+
+
+@TRITON.launcher(sources=sources)
 def linear(
     x,
     w,
     bias=None,
     residual=None,
     activation: str = "none",
-    target: str = "h200",
+    *,
+    target: Target | str,
     config: GemmConfig | None = None,
 ):
     """``act(x @ w.T + bias) + residual`` on the faster of the fused Triton kernel and cuBLAS
-    (``config`` forces one Triton configuration)."""
+    (``config`` forces one Triton configuration); the TMA variants are candidates on targets that
+    have TMA."""
+    tgt = get_target(target)
     n, k = w.shape
     a = x.reshape(-1, k)
     m = a.shape[0]
@@ -153,10 +170,10 @@ def linear(
         return launch(config)
     if interpreting():
         return launch(interpreter_config(m, n, k))
-    key = f"gemm|{spec.name}|m{_pow2(m)}|n{n}|k{k}|{x.dtype}|{target}"
+    key = f"gemm|{spec.name}|m{_pow2(m)}|n{n}|k{k}|{x.dtype}|{tgt.name}"
     choice = autotune.lookup(key)  # steady state: no candidates built, nothing timed
     if choice is None:
-        hopper = target in ("h100", "h200") and torch.cuda.get_device_capability(x.device)[0] >= 9
+        hopper = tgt.hopper and torch.cuda.get_device_capability(x.device)[0] >= 9
         configs = GPU_CONFIGS + (HOPPER_CONFIGS if hopper and tma_ok(a, w, res) else [])
         candidates = {"cublas": lambda: reference(x, w, bias, residual, activation)}
         candidates.update({c.name: functools.partial(launch, c) for c in configs})
@@ -240,7 +257,7 @@ def _supported(lin: fx.Node) -> bool:
     return isinstance(k, int) and isinstance(shape(lin.args[1])[0], int)
 
 
-def fuse_epilogues(gm: fx.GraphModule, target: str) -> int:
+def fuse_epilogues(gm: fx.GraphModule, target: Target | str) -> int:
     """Replace each linear+epilogue chain by one ``linear`` node; returns how many."""
     count = 0
     for lin in list(gm.graph.nodes):
@@ -254,7 +271,9 @@ def fuse_epilogues(gm: fx.GraphModule, target: str) -> int:
         bias = lin.args[2] if len(lin.args) > 2 else lin.kwargs.get("bias")
         last = nodes[-1]
         with gm.graph.inserting_before(last):
-            new = gm.graph.call_function(linear, (x, w, bias, residual, act), {"target": target})
+            new = gm.graph.call_function(
+                linear, (x, w, bias, residual, act), {"target": get_target(target).name}
+            )
         new.meta.update(last.meta)  # value, source line and module of the chain's result
         last.replace_all_uses_with(new)
         for n in reversed(nodes):

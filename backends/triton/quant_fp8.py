@@ -22,12 +22,15 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.fp8_linear
+from tcomp.backends.triton import TRITON
 from tcomp.backends.triton.codegen import load
 from tcomp.backends.triton.quant_gemm import check as check_quant
 from tcomp.backends.triton.quant_gemm import triton_cdiv
 from tcomp.backends.triton.quant_w8a8 import header, output_for
 from tcomp.graph import val
 from tcomp.quant import fp8_scale
+from tcomp.targets import Target
 
 MIN_CAPABILITY = (8, 9)
 
@@ -128,31 +131,6 @@ def blocks(m: int) -> tuple[int, int, int, int, int]:
     return 128, 128, 128, 8, 3
 
 
-def linear_fp8(x, qweight, scale, granularity: str, bias=None, target: str = "h200"):
-    """``tcomp.fp8_linear`` on the generated kernels (a CUDA GPU of capability >= 8.9)."""
-    n, k = qweight.shape
-    a, out = output_for(x, k, n)
-    m = a.shape[0]
-    if m == 0:
-        return out.view(*x.shape[:-1], n)
-    per_row = granularity == "row"
-    act, gemm = _module(Fp8Spec(per_row, bias is not None))
-    qx = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
-    if per_row:
-        sx = torch.empty((m,), dtype=torch.float32, device=x.device)
-    else:  # one scale over the whole activation, as the reference computes it
-        sx = fp8_scale(a, "tensor").float()
-    act[(m,)](a, qx, sx, k, *a.stride(), BLOCK_K=min(1024, max(32, 1 << (k - 1).bit_length())))
-    bm, bn, bk, warps, stages = blocks(m)
-    grid = (triton_cdiv(m, bm) * triton_cdiv(n, bn),)
-    gemm[grid](
-        qx, qweight, sx, scale, bias if bias is not None else sx, out, m, n, k,
-        qweight.stride(0), *out.stride(),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages,
-    )  # fmt: skip
-    return out.view(*x.shape[:-1], n)
-
-
 def fp8_unsupported_device(device: torch.device) -> str | None:
     """Why the fp8 kernels cannot run on ``device`` (None: they can)."""
     if device.type != "cuda":
@@ -184,10 +162,34 @@ def check(node: fx.Node) -> str | None:
     return fp8_unsupported_device(val(node.args[0]).device)
 
 
-def kernel_name_and_source(node: fx.Node) -> tuple[str, str] | None:
-    """(file name, source) of the kernels a lowered fp8 node launches, else None."""
-    if node.target is not linear_fp8:
-        return None
+def sources(node: fx.Node) -> dict[str, str]:
+    """File name -> source of the kernels a lowered fp8 node launches."""
     bias = node.args[4] if len(node.args) > 4 else node.kwargs.get("bias")
     spec = Fp8Spec(node.args[3] == "row", bias is not None)
-    return f"{spec.name}.py", render(spec)
+    return {f"{spec.name}.py": render(spec)}
+
+
+@TRITON.implements(torch.ops.tcomp.fp8_linear.default, check=check, sources=sources)
+def linear_fp8(x, qweight, scale, granularity: str, bias=None, *, target: Target | str):
+    """``tcomp.fp8_linear`` on the generated kernels (a CUDA GPU of capability >= 8.9)."""
+    n, k = qweight.shape
+    a, out = output_for(x, k, n)
+    m = a.shape[0]
+    if m == 0:
+        return out.view(*x.shape[:-1], n)
+    per_row = granularity == "row"
+    act, gemm = _module(Fp8Spec(per_row, bias is not None))
+    qx = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
+    if per_row:
+        sx = torch.empty((m,), dtype=torch.float32, device=x.device)
+    else:  # one scale over the whole activation, as the reference computes it
+        sx = fp8_scale(a, "tensor").float()
+    act[(m,)](a, qx, sx, k, *a.stride(), BLOCK_K=min(1024, max(32, 1 << (k - 1).bit_length())))
+    bm, bn, bk, warps, stages = blocks(m)
+    grid = (triton_cdiv(m, bm) * triton_cdiv(n, bn),)
+    gemm[grid](
+        qx, qweight, sx, scale, bias if bias is not None else sx, out, m, n, k,
+        qweight.stride(0), *out.stride(),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return out.view(*x.shape[:-1], n)

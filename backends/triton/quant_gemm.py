@@ -11,11 +11,13 @@ import functools
 import torch
 import torch.fx as fx
 
-from tcomp.backends.triton import quant_gemv
+import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.linear_int8w / linear_int4w
+from tcomp.backends.triton import TRITON, quant_gemv
 from tcomp.backends.triton import quant_template as tmpl
 from tcomp.backends.triton.codegen import interpreting, load
 from tcomp.backends.triton.configs import QConfig
 from tcomp.graph import val
+from tcomp.targets import Target, get_target
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -108,7 +110,7 @@ def tune_key(fmt: str, m: int, n: int, k: int, group: int, dtype, has_bias: bool
     return f"qgemm|{fmt}|m{rows}|n{n}|k{k}|g{group}|{dtype}|{'b' if has_bias else ''}|{target}"
 
 
-def _launch(fmt, x, w, s, z, group, bias, config: QConfig | None = None, target: str = "h200"):
+def _launch(fmt, x, w, s, z, group, bias, config: QConfig | None, target: Target | str):
     n = w.shape[0]
     k = w.shape[1] * (2 if fmt == "int4" else 1)
     a = x.reshape(-1, k)
@@ -125,26 +127,13 @@ def _launch(fmt, x, w, s, z, group, bias, config: QConfig | None = None, target:
             dots = [_fit(c, fmt, k, group) for c in candidates(dot, m)]
             return quant_gemv.candidates(fmt, m, n, k, group) + dots if gemv else dots
 
-        key = tune_key(fmt, m, n, k, group, x.dtype, bias is not None, target)
+        key = tune_key(fmt, m, n, k, group, x.dtype, bias is not None, get_target(target).name)
         config = quant_gemv.tuned(key, family, run, default)
         if config.block_m == 1 and not gemv:  # a winner for another layout of this shape
             config = dot
     else:
         config = _fit(config, fmt, k, group)
     return run(config).view(*x.shape[:-1], n)
-
-
-def linear_int8w(x, qweight, scale, bias=None, target: str = "h200", config: QConfig | None = None):
-    """``tcomp.linear_int8w`` on the generated kernel (``config`` fixes the launch, else the
-    autotuner picks on a GPU, cached per shape)."""
-    return _launch("int8", x, qweight, scale, None, 1, bias, config, target)
-
-
-def linear_int4w(
-    x, packed, scales, zeros, group: int, bias=None, target: str = "h200", config: QConfig | None = None
-):
-    """``tcomp.linear_int4w`` on the generated kernel (``config`` as for ``linear_int8w``)."""
-    return _launch("int4", x, packed, scales, zeros, group, bias, config, target)
 
 
 def check(node: fx.Node) -> str | None:
@@ -161,15 +150,10 @@ def check(node: fx.Node) -> str | None:
     return None
 
 
-def kernel_sources_of(node: fx.Node) -> dict[str, str]:
+def _sources(fmt: str, node: fx.Node, bias_at: int) -> dict[str, str]:
     """{file name: source} of the kernels a lowered quantized linear node may launch (the GEMM,
-    and the GEMV when its batch is small enough), else {}."""
-    if node.target is linear_int8w:
-        fmt, bias = "int8", node.args[3] if len(node.args) > 3 else node.kwargs.get("bias")
-    elif node.target is linear_int4w:
-        fmt, bias = "int4", node.args[5] if len(node.args) > 5 else node.kwargs.get("bias")
-    else:
-        return {}
+    and the GEMV when its batch is small enough)."""
+    bias = node.args[bias_at] if len(node.args) > bias_at else node.kwargs.get("bias")
     x = val(node.args[0])
     spec = spec_of(fmt, x.dtype, bias)
     out = {f"{spec.name}.py": tmpl.render(spec)}
@@ -177,6 +161,25 @@ def kernel_sources_of(node: fx.Node) -> dict[str, str]:
     if not isinstance(rows, int) or rows <= quant_gemv.MAX_ROWS:  # symbolic batch: may be small
         out.update([quant_gemv.source_of(fmt, bias)])
     return out
+
+
+@TRITON.implements(
+    torch.ops.tcomp.linear_int8w.default, check=check, sources=functools.partial(_sources, "int8", bias_at=3)
+)
+def linear_int8w(x, qweight, scale, bias=None, *, target: Target | str, config: QConfig | None = None):
+    """``tcomp.linear_int8w`` on the generated kernel (``config`` fixes the launch, else the
+    autotuner picks on a GPU, cached per shape)."""
+    return _launch("int8", x, qweight, scale, None, 1, bias, config, target)
+
+
+@TRITON.implements(
+    torch.ops.tcomp.linear_int4w.default, check=check, sources=functools.partial(_sources, "int4", bias_at=5)
+)
+def linear_int4w(
+    x, packed, scales, zeros, group: int, bias=None, *, target: Target | str, config: QConfig | None = None
+):
+    """``tcomp.linear_int4w`` on the generated kernel (``config`` as for ``linear_int8w``)."""
+    return _launch("int4", x, packed, scales, zeros, group, bias, config, target)
 
 
 def triton_cdiv(a: int, b: int) -> int:

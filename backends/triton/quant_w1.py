@@ -15,11 +15,14 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from tcomp.backends.triton import quant_gemv
+import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.linear_w1
+from tcomp.backends.triton import TRITON, quant_gemv
 from tcomp.backends.triton.codegen import interpreting, load
 from tcomp.backends.triton.configs import QConfig
-from tcomp.backends.triton.quant_gemm import _blocks, triton_cdiv
+from tcomp.backends.triton.quant_gemm import _blocks, check, triton_cdiv
 from tcomp.backends.triton.quant_w8a8 import header, output_for
+from tcomp.graph import val
+from tcomp.targets import Target, get_target
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,26 @@ def _spec(x_dtype: torch.dtype, bias) -> W1Spec:
     return W1Spec(bias is not None, x_dtype == torch.float32)
 
 
-def linear_w1(x, packed, alpha, k: int, bias=None, target: str = "h200", config: QConfig | None = None):
+def sources(node: fx.Node) -> dict[str, str]:
+    """{file name: source} of the kernels a lowered 1-bit linear node may launch (the GEMV for a
+    few rows, or a symbolic batch, when K % 32 == 0; the GEMM otherwise)."""
+    x, k = val(node.args[0]), node.args[3]
+    bias = node.args[4] if len(node.args) > 4 else node.kwargs.get("bias")
+    rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+    out = {}
+    if k % 32 == 0 and (not isinstance(rows, int) or 0 < rows <= quant_gemv.MAX_ROWS):
+        out.update([quant_gemv.source_of("w1", bias)])
+    if not isinstance(rows, int) or rows > quant_gemv.MAX_ROWS or k % 32:
+        spec = _spec(x.dtype, bias)
+        out[f"{spec.name}.py"] = render(spec)
+    return out
+
+
+@TRITON.implements(torch.ops.tcomp.linear_w1.default, check=check, sources=sources)
+def linear_w1(x, packed, alpha, k: int, bias=None, *, target: Target | str, config: QConfig | None = None):
     """``tcomp.linear_w1`` on the generated kernels (``config``: a GEMV launch to use instead of the
     autotuner's choice; only for at most ``quant_gemv.MAX_ROWS`` rows)."""
+    target = get_target(target).name
     n = packed.shape[0]
     a = x.reshape(-1, k)
     m = a.shape[0]
@@ -106,22 +126,3 @@ def _gemv(a, words, alpha, k, bias, out_dtype, config, target):
     key = f"gemv|w1|m{m}|n{n}|k{k}|{a.dtype}|{'b' if bias is not None else ''}|{target}"
     family = lambda: quant_gemv.candidates("w1", m, n, k, 1)  # noqa: E731 - built only when tuning
     return run(quant_gemv.tuned(key, family, run, quant_gemv.default("w1", m, n, k, 1)))
-
-
-def kernel_sources_of(node: fx.Node) -> dict[str, str]:
-    """{file name: source} of the kernels a lowered 1-bit linear node may launch (the GEMV for a
-    few rows, or a symbolic batch, when K % 32 == 0; the GEMM otherwise), else {}."""
-    if node.target is not linear_w1:
-        return {}
-    from tcomp.graph import val
-
-    x, k = val(node.args[0]), node.args[3]
-    bias = node.args[4] if len(node.args) > 4 else node.kwargs.get("bias")
-    rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
-    out = {}
-    if k % 32 == 0 and (not isinstance(rows, int) or 0 < rows <= quant_gemv.MAX_ROWS):
-        out.update([quant_gemv.source_of("w1", bias)])
-    if not isinstance(rows, int) or rows > quant_gemv.MAX_ROWS or k % 32:
-        spec = _spec(x.dtype, bias)
-        out[f"{spec.name}.py"] = render(spec)
-    return out

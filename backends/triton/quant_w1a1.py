@@ -19,9 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.linear_w1a1
+from tcomp.backends.triton import TRITON
 from tcomp.backends.triton.codegen import interpreting, load
-from tcomp.backends.triton.quant_gemm import triton_cdiv
+from tcomp.backends.triton.quant_gemm import check, triton_cdiv
 from tcomp.backends.triton.quant_w8a8 import header, output_for
+from tcomp.targets import Target
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,15 @@ def _pow2(n: int) -> int:
     return 1 << (max(n, 1) - 1).bit_length()
 
 
-def linear_w1a1(x, packed, alpha, tau, shift, k: int, bias=None, target: str = "h200"):
+def sources(node: fx.Node) -> dict[str, str]:
+    """File name -> source of the kernels a lowered W1A1 node launches."""
+    bias = node.args[6] if len(node.args) > 6 else node.kwargs.get("bias")
+    spec = W1A1Spec(bias is not None)
+    return {f"{spec.name}.py": render(spec)}
+
+
+@TRITON.implements(torch.ops.tcomp.linear_w1a1.default, check=check, sources=sources)
+def linear_w1a1(x, packed, alpha, tau, shift, k: int, bias=None, *, target: Target | str):
     """``tcomp.linear_w1a1`` on the generated kernels."""
     n, kb = packed.shape
     a, out = output_for(x, k, n)
@@ -118,12 +129,3 @@ def linear_w1a1(x, packed, alpha, tau, shift, k: int, bias=None, target: str = "
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_B=bb, num_warps=4,
     )  # fmt: skip
     return out.view(*x.shape[:-1], n)
-
-
-def kernel_name_and_source(node: fx.Node) -> tuple[str, str] | None:
-    """(file name, source) of the kernels a lowered W1A1 node launches, else None."""
-    if node.target is not linear_w1a1:
-        return None
-    bias = node.args[6] if len(node.args) > 6 else node.kwargs.get("bias")
-    spec = W1A1Spec(bias is not None)
-    return f"{spec.name}.py", render(spec)

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.linear_w8a8
+from tcomp.backends.triton import TRITON
 from tcomp.backends.triton.codegen import interpreting, load
-from tcomp.backends.triton.quant_gemm import _blocks, triton_cdiv
+from tcomp.backends.triton.quant_gemm import _blocks, check, triton_cdiv
+from tcomp.targets import Target
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,15 @@ def _module(spec: W8A8Spec, interp: bool):
     return load(src, spec.name + "_act"), load(src, spec.name)
 
 
-def linear_w8a8(x, qweight, scale, bias=None, target: str = "h200"):
+def sources(node: fx.Node) -> dict[str, str]:
+    """File name -> source of the kernels a lowered W8A8 node launches."""
+    bias = node.args[3] if len(node.args) > 3 else node.kwargs.get("bias")
+    spec = W8A8Spec(bias is not None)
+    return {f"{spec.name}.py": render(spec)}
+
+
+@TRITON.implements(torch.ops.tcomp.linear_w8a8.default, check=check, sources=sources)
+def linear_w8a8(x, qweight, scale, bias=None, *, target: Target | str):
     """``tcomp.linear_w8a8`` on the generated kernels."""
     n, k = qweight.shape
     a, out = output_for(x, k, n)
@@ -124,12 +135,3 @@ def linear_w8a8(x, qweight, scale, bias=None, target: str = "h200"):
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out.view(*x.shape[:-1], n)
-
-
-def kernel_name_and_source(node: fx.Node) -> tuple[str, str] | None:
-    """(file name, source) of the kernels a lowered W8A8 node launches, else None."""
-    if node.target is not linear_w8a8:
-        return None
-    bias = node.args[3] if len(node.args) > 3 else node.kwargs.get("bias")
-    spec = W8A8Spec(bias is not None)
-    return f"{spec.name}.py", render(spec)

@@ -1,16 +1,21 @@
 """Launching the generated attention kernel: ``attention(q, k, v, bias, mask, scale, causal)``
-with the exact semantics of ``tcomp.attention`` (see tcomp/dialect/)."""
+with the exact semantics of ``tcomp.attention`` (see tcomp/dialect/), declared to the Triton
+backend as its implementation of that op."""
 
 from __future__ import annotations
 
 import functools
 
 import torch
+import torch.fx as fx
 
+import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.attention
+from tcomp.backends.triton import TRITON, autotune
 from tcomp.backends.triton import attention_template as tmpl
-from tcomp.backends.triton import autotune
 from tcomp.backends.triton.codegen import interpreting, load
 from tcomp.backends.triton.configs import AttnConfig, _pow2, attention_config
+from tcomp.graph import val
+from tcomp.targets import Target, get_target
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -27,9 +32,38 @@ def _strides4(t: torch.Tensor | None, shape: tuple[int, int, int, int]) -> tuple
     return tuple(t.expand(shape).stride())  # broadcast dims get stride 0: no copy
 
 
+def check(node: fx.Node) -> str | None:
+    """Why an attention node (``tcomp.attention`` or ``tcomp.linear_attention``) cannot run on
+    the generated kernels (None: it can)."""
+    q, k, v = (val(a) for a in node.args[:3])
+    if any(x is None for x in (q, k, v)) or q.dim() != 4:
+        return "needs 4-D q/k/v with known shapes"
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {q.dtype} (supported: fp16, bf16, fp32)"
+    if q.device.type != "cuda" and not interpreting():
+        return f"tensors on {q.device.type}: Triton needs CUDA (or TRITON_INTERPRET=1)"
+    d, dv = q.shape[-1], v.shape[-1]
+    if not (isinstance(d, int) and isinstance(dv, int)) or max(d, dv) > 256:
+        return "head dim must be static and at most 256"
+    return None
+
+
+def sources(node: fx.Node) -> dict[str, str]:
+    """The attention specialisation a lowered node launches (file name -> source)."""
+    q, _k, _v, bias, mask, scale, causal = node.args[:7]
+    spec = tmpl.AttnKernelSpec(
+        bias is not None, mask is not None, bool(causal), val(q).dtype == torch.float32, scale > 0
+    )
+    return {f"{spec.name}.py": tmpl.render(spec)}
+
+
+@TRITON.implements(torch.ops.tcomp.attention.default, check=check, sources=sources)
 def attention(
-    q, k, v, bias, mask, scale: float, causal: bool, target: str = "h200", config: AttnConfig | None = None
+    q, k, v, bias, mask, scale: float, causal: bool, *, target: Target | str, config: AttnConfig | None = None
 ) -> torch.Tensor:
+    """``tcomp.attention`` on the generated kernel, tiled for ``target`` (``config`` forces one
+    launch configuration; else the autotuner picks on a GPU)."""
+    tgt = get_target(target)
     b, h, n, d = q.shape
     hk, m, dv = k.shape[1], k.shape[2], v.shape[3]
     # (b, n, h, dv) in memory, like SDPA's flash output: the usual transpose(1, 2).reshape(b, n, h * dv)
@@ -61,17 +95,17 @@ def attention(
 
     if config is not None:
         return launch(config)
-    default = attention_config(target, d, n, m, interpreting())
+    default = attention_config(tgt, d, n, m, interpreting())
     if autotune.enabled():
         cands = _candidates_by_name(default)
         # the number of (batch, head) programs is part of the key: tiles timed on the small verification
         # batch are the wrong choice for a large one (measured: ViT-B/16 at batch 256, 5x slower)
-        key = f"attn|{spec.name}|bh{_pow2(b * h)}|d{d}|dv{dv}|n{_pow2(n)}|m{_pow2(m)}|{q.dtype}|{target}"
+        key = f"attn|{spec.name}|bh{_pow2(b * h)}|d{d}|dv{dv}|n{_pow2(n)}|m{_pow2(m)}|{q.dtype}|{tgt.name}"
         best = autotune.lookup(key) or autotune.choose(
             key, {k: functools.partial(launch, c) for k, c in cands.items()}, _name(default)
         )
         return launch(cands[best])
-    key = (spec, d, dv, q.dtype, target)
+    key = (spec, d, dv, q.dtype, tgt.name)
     ladder = _fitting.get(key) or fallbacks(default)
     for i, cfg in enumerate(ladder):
         try:

@@ -16,9 +16,11 @@ import functools
 import torch
 import torch.fx as fx
 
+from tcomp.backends.triton import TRITON
 from tcomp.backends.triton.codegen import interpreting, load
 from tcomp.dialect import merge_plan, merged_sizes
 from tcomp.graph import val
+from tcomp.targets import Target
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 NAME = "tcomp_token_merge_apply"
@@ -61,7 +63,25 @@ def _block_c(c: int) -> int:
     return min(4096, max(16, 1 << (c - 1).bit_length()))
 
 
-def token_merge(x, k, size, keep, r: int, protected: list[int], target: str = "h200"):
+def check(node: fx.Node) -> str | None:
+    """Why a ``tcomp.token_merge`` node cannot run on the kernel (None: it can)."""
+    x = val(node.args[0])
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        return "needs a 3-D token tensor with known shape"
+    if x.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {x.dtype} (supported: fp16, bf16, fp32)"
+    if x.device.type != "cuda" and not interpreting():
+        return f"tensors on {x.device.type}: Triton needs CUDA (or TRITON_INTERPRET=1)"
+    return None
+
+
+def sources(node: fx.Node) -> dict[str, str]:
+    """File name -> source of the merge kernel."""
+    return {f"{NAME}.py": SOURCE}
+
+
+@TRITON.implements(torch.ops.tcomp.token_merge.default, check=check, sources=sources)
+def token_merge(x, k, size, keep, r: int, protected: list[int], *, target: Target | str):
     """``tcomp.token_merge`` with the merge on the generated kernel (same arguments and results)."""
     b, n, c = x.shape
     assign, weight = merge_plan(k, size, keep, r, protected)
@@ -81,19 +101,3 @@ def token_merge(x, k, size, keep, r: int, protected: list[int], target: str = "h
         *x.stride(), *out.stride(), BLOCK_C=block, num_warps=4 if block <= 1024 else 8,
     )  # fmt: skip
     return out, new_size, new_keep, assign
-
-
-def check(node: fx.Node) -> str | None:
-    """Why a ``tcomp.token_merge`` node cannot run on the kernel (None: it can)."""
-    x = val(node.args[0])
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        return "needs a 3-D token tensor with known shape"
-    if x.dtype not in SUPPORTED_DTYPES:
-        return f"dtype {x.dtype} (supported: fp16, bf16, fp32)"
-    if x.device.type != "cuda" and not interpreting():
-        return f"tensors on {x.device.type}: Triton needs CUDA (or TRITON_INTERPRET=1)"
-    return None
-
-
-def kernel_name_and_source(node: fx.Node) -> tuple[str, str] | None:
-    return (f"{NAME}.py", SOURCE) if node.target is token_merge else None

@@ -1,5 +1,9 @@
-"""Fx rewrites the ONNX Runtime backend makes before export: epilogues that ORT has fused contrib
-kernels for become tcomp dialect ops, which the exporter then translates one-to-one.
+"""Fused epilogues on ONNX Runtime: the fx rewrite that makes them (step
+``fuse.onnxruntime.epilogues``, with the backend's ``fused`` option) and the translations of the
+dialect ops it produces into ORT's com.microsoft kernels.
+
+Epilogues that ORT has fused contrib kernels for become tcomp dialect ops, which the exporter then
+translates one-to-one.
 
 * ``linear(x, W, b) -> gelu``             => ``tcomp.bias_gelu(linear(x, W), b, approximate)``
   (com.microsoft ``BiasGelu`` for the exact erf GELU, ``FastGelu`` for ``approximate="tanh"``:
@@ -8,8 +12,9 @@ kernels for become tcomp dialect ops, which the exporter then translates one-to-
   (com.microsoft ``SkipLayerNormalization``); when ``a`` is ``linear(x, W, bias)`` (through
   eval-mode dropout) the linear's bias moves into the fused op.
 
-Both are FP_EQUIVALENT (same real function; the float additions are regrouped inside one kernel)
-and run inside ``lower.onnxruntime``, which the pipeline verifies against the float64 reference.
+Both are FP_EQUIVALENT (same real function; the float additions are regrouped inside one kernel);
+the step runs before ``lower.onnxruntime`` and the pipeline verifies each against the float64
+reference (the dialect ops run their eager references in between).
 Preconditions (a site that misses one stays as it is): float32 values (ORT's CPU kernels),
 the GELU's linear has a bias and no other user; the residual add has no other user, both operands
 have the LayerNorm's 3-D shape (B, N, C), and the LayerNorm has a weight.
@@ -22,16 +27,30 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.bias_gelu / skip_layer_norm
 from tcomp import meta
+from tcomp.backends.onnxruntime import ONNX
+from tcomp.backends.onnxruntime.contrib import MsftOps
 from tcomp.graph import copy_source_meta, val
+from tcomp.pipeline import PassResult
 
 aten = torch.ops.aten
-STAGE = "lower.onnxruntime"
+STAGE = "fuse.onnxruntime.epilogues"
+
+
+def fuse_step(gm: fx.GraphModule) -> PassResult:
+    """Step ``fuse.onnxruntime.epilogues``: :func:`fuse_epilogues` as a pipeline pass."""
+    counts = fuse_epilogues(gm)
+    result = PassResult(gm, rewrites=sum(counts.values()))
+    result.notes.append(
+        f"{counts['skip_layer_norm']} residual add + LayerNorm as com.microsoft.SkipLayerNormalization, "
+        f"{counts['bias_gelu']} linear bias + GELU as com.microsoft.BiasGelu/FastGelu"
+    )
+    return result
 
 
 def fuse_epilogues(gm: fx.GraphModule) -> dict[str, int]:
     """Rewrite every matching site of ``gm`` in place; returns ``{dialect op: count}``."""
-    import tcomp.dialect  # noqa: F401 - registers the dialect
 
     counts = {"bias_gelu": 0, "skip_layer_norm": 0}
     for n in list(gm.graph.nodes):
@@ -148,3 +167,51 @@ def _skip_layer_norm(graph: fx.Graph, ln: fx.Node) -> bool:
     graph.erase_node(ln)
     graph.erase_node(add)
     return True
+
+
+# --------------------------------------------------------------------------- translations
+
+
+@ONNX.implements(torch.ops.tcomp.bias_gelu.default)
+def bias_gelu_onnx(fused: bool = False):
+    """``tcomp.bias_gelu`` as com.microsoft ``BiasGelu`` (erf) or ``FastGelu`` (tanh)."""
+    from onnxscript import FLOAT
+
+    msft = MsftOps()
+
+    def tcomp_bias_gelu(x: FLOAT, bias: FLOAT, approximate: str = "none") -> FLOAT:
+        if approximate == "none":
+            return msft.BiasGelu(x, bias)  # exact erf GELU
+        return msft.FastGelu(x, bias)  # the tanh formula, as aten.gelu(approximate="tanh")
+
+    tcomp_bias_gelu.__annotations__ = {"x": FLOAT, "bias": FLOAT, "approximate": str, "return": FLOAT}
+    return tcomp_bias_gelu
+
+
+@ONNX.implements(torch.ops.tcomp.skip_layer_norm.default)
+def skip_layer_norm_onnx(fused: bool = False):
+    """``tcomp.skip_layer_norm`` as com.microsoft ``SkipLayerNormalization``."""
+    from onnxscript import FLOAT
+
+    msft = MsftOps()
+
+    def tcomp_skip_layer_norm(
+        x: FLOAT,
+        skip: FLOAT,
+        weight: FLOAT,
+        bias: FLOAT | None = None,
+        residual_bias: FLOAT | None = None,
+        eps: float = 1e-5,
+    ) -> FLOAT:
+        return msft.SkipLayerNormalization(x, skip, weight, bias, residual_bias, epsilon=float(eps))
+
+    tcomp_skip_layer_norm.__annotations__ = {
+        "x": FLOAT,
+        "skip": FLOAT,
+        "weight": FLOAT,
+        "bias": FLOAT | None,
+        "residual_bias": FLOAT | None,
+        "eps": float,
+        "return": FLOAT,
+    }
+    return tcomp_skip_layer_norm

@@ -13,7 +13,7 @@ pytest.importorskip("triton")
 
 import tcomp  # noqa: E402
 from tcomp import quant as Q  # noqa: E402
-from tcomp.backends.triton import kernel_sources, quant_gemm  # noqa: E402
+from tcomp.backends.triton import TRITON, quant_gemm  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter (conftest)
 
@@ -27,14 +27,18 @@ def _case(draw_seed, m, n, k, dtype, fmt, group, with_bias):
         q, s = Q.quantize_int8(w.float())
         w_hat = Q.dequantize_int8(q, s)
         out = quant_gemm.linear_int8w(
-            x.to(DEVICE, dtype), q.to(DEVICE), s.to(DEVICE), None if bias is None else bias.to(DEVICE, dtype)
+            x.to(DEVICE, dtype),
+            q.to(DEVICE),
+            s.to(DEVICE),
+            None if bias is None else bias.to(DEVICE, dtype),
+            target="h200",
         ).cpu()
     else:
         p, s, z = Q.quantize_int4(w.float(), group)
         w_hat = Q.dequantize_int4(p, s, z, group)
         dev = [t.to(DEVICE) for t in (p, s, z)]
         out = quant_gemm.linear_int4w(
-            x.to(DEVICE, dtype), *dev, group, None if bias is None else bias.to(DEVICE, dtype)
+            x.to(DEVICE, dtype), *dev, group, None if bias is None else bias.to(DEVICE, dtype), target="h200"
         ).cpu()
     ref = torch.nn.functional.linear(
         x.to(dtype).double(), w_hat, bias if bias is None else bias.to(dtype).double()
@@ -73,12 +77,12 @@ def test_triton_lowering_of_quantized_model(spec, tmp_path):
     name, opts = (spec, {}) if isinstance(spec, str) else spec
     # verified: after the approximate pass the lowering is checked against the previous stage
     om = tcomp.optimize(model, (x,), passes=[(name, {**opts, "skip_first_last": False})], backend="triton")
-    lowering = om.report.passes[-1]
+    lowering = om.report["lower.triton"]
     assert lowering.status == "applied" and lowering.rewrites >= 3, (lowering.reason, lowering.notes)
     targets = [n.target for n in om.graph_module.graph.nodes if n.op == "call_function"]
     launched = [t for t in targets if t in (quant_gemm.linear_int8w, quant_gemm.linear_int4w)]
     assert len(launched) == 3
-    src = kernel_sources(om.graph_module)
+    src = TRITON.kernel_sources(om.graph_module)
     assert any(k.startswith("tcomp_qgemm_int") for k in src)
     eager = tcomp.optimize(
         model, (x,), passes=[(name, {**opts, "skip_first_last": False})], backend="eager", verify=False
@@ -113,7 +117,7 @@ def test_every_autotune_candidate_matches_reference(fmt, group, m):
     for cfg in cands:
         dev_args = [a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args]
         try:
-            out = fn(x.to(DEVICE, torch.float32), *dev_args, bias=bias.to(DEVICE, torch.float32), config=cfg)
+            out = fn(x.to(DEVICE, torch.float32), *dev_args, bias=bias.to(DEVICE, torch.float32), target="h200", config=cfg)
         except Exception as exc:  # on a GPU a tile may not fit in shared memory: the autotuner skips it
             if type(exc).__name__ != "OutOfResources":
                 raise

@@ -44,8 +44,8 @@ the ONNX Runtime backend: the exported model carries the low-bit weights as they
   FLOAT8E4M3FN and back (opset 19), ``MatMul`` in float32 (the e4m3 products are exact), then the
   scales and the bias (measured: equal to the eager op on a 2-layer MLP).
 
-Registered into ``tcomp.backends.onnxruntime.TRANSLATIONS`` on import; onnxscript is imported
-lazily. Each translation is trace-only: Python branches on the call's constant arguments and the
+Each factory below is declared with ``@ONNX.implements(op)``; onnxscript is imported lazily.
+Each translation is trace-only: Python branches on the call's constant arguments and the
 static dtype of ``x``.
 """
 
@@ -54,6 +54,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.linear_* / fp8_linear
+from tcomp.backends.onnxruntime import ONNX
+from tcomp.backends.onnxruntime.contrib import contrib_op
 
 _F32 = 1  # onnx.TensorProto.FLOAT
 _F64 = 11  # onnx.TensorProto.DOUBLE
@@ -66,9 +70,7 @@ def _dtype(x: Any) -> int | None:
 
 
 def _msft_matmul_nbits() -> Any:
-    from tcomp.backends.onnxruntime import _contrib_op
-
-    return _contrib_op(
+    return contrib_op(
         "MatMulNBits",
         ["A", "B:T2", "scales", "zero_points?:T3"],
         {"K": "INT", "N": "INT", "bits": "INT", "block_size": "INT", "accuracy_level": "INT"},
@@ -80,7 +82,8 @@ def _add_bias(op: Any, y: Any, bias: Any, x: Any) -> Any:
     return y if bias is None else op.Add(y, op.CastLike(bias, x))
 
 
-def int8w_onnx():
+@ONNX.implements(torch.ops.tcomp.linear_int8w.default)
+def int8w_onnx(fused: bool = False):
     """``tcomp.linear_int8w`` as DequantizeLinear(int8 weight) + MatMul."""
     from onnxscript import FLOAT, INT8
     from onnxscript import opset18 as op
@@ -103,7 +106,8 @@ def int8w_onnx():
     return tcomp_linear_int8w
 
 
-def w8a8_onnx():
+@ONNX.implements(torch.ops.tcomp.linear_w8a8.default)
+def w8a8_onnx(fused: bool = False):
     """``tcomp.linear_w8a8`` as per-token symmetric int8 quantization + MatMulInteger + rescale."""
     from onnxscript import DOUBLE, FLOAT, INT8, INT32, UINT8
     from onnxscript import opset18 as op
@@ -138,7 +142,8 @@ def w8a8_onnx():
     return tcomp_linear_w8a8
 
 
-def int4w_onnx():
+@ONNX.implements(torch.ops.tcomp.linear_int4w.default)
+def int4w_onnx(fused: bool = False):
     """``tcomp.linear_int4w`` as com.microsoft.MatMulNBits (float32) or basic ops (other dtypes)."""
     from onnxscript import FLOAT, UINT8
     from onnxscript import opset18 as op
@@ -201,7 +206,8 @@ def _sign_matrix(op: Any, packed, alpha, k: int):
     return op.Sub(op.Add(op.CastLike(bits, alpha), op.CastLike(bits, alpha)), one)  # {0,1} -> {-1,+1}
 
 
-def w1_onnx():
+@ONNX.implements(torch.ops.tcomp.linear_w1.default)
+def w1_onnx(fused: bool = False):
     """``tcomp.linear_w1``: unpack the sign bits with basic ops (folded by ORT), then MatMul."""
     from onnxscript import FLOAT, UINT8
     from onnxscript import opset18 as op
@@ -222,7 +228,8 @@ def w1_onnx():
     return tcomp_linear_w1
 
 
-def w1a1_onnx():
+@ONNX.implements(torch.ops.tcomp.linear_w1a1.default)
+def w1a1_onnx(fused: bool = False):
     """``tcomp.linear_w1a1``: the activations' signs and per-token mean |x - tau| with basic ops,
     the sign product as a float MatMul of ±1 (exact: integer sums far below 2^24), then the scales."""
     from onnxscript import FLOAT, UINT8
@@ -267,18 +274,8 @@ def _c(kind: str, value: float | list, op: Any) -> Any:
     return op.Constant(value=onnx.helper.make_tensor("c", getattr(onnx.TensorProto, kind), [], [value]))
 
 
-def register() -> None:
-    from tcomp.backends.onnxruntime import TRANSLATIONS
-
-    TRANSLATIONS[torch.ops.tcomp.linear_int8w.default] = int8w_onnx
-    TRANSLATIONS[torch.ops.tcomp.linear_w8a8.default] = w8a8_onnx
-    TRANSLATIONS[torch.ops.tcomp.linear_int4w.default] = int4w_onnx
-    TRANSLATIONS[torch.ops.tcomp.linear_w1.default] = w1_onnx
-    TRANSLATIONS[torch.ops.tcomp.linear_w1a1.default] = w1a1_onnx
-    TRANSLATIONS[torch.ops.tcomp.fp8_linear.default] = fp8_onnx
-
-
-def fp8_onnx():
+@ONNX.implements(torch.ops.tcomp.fp8_linear.default)
+def fp8_onnx(fused: bool = False):
     """``tcomp.fp8_linear``: e4m3 weights stay 1 byte each in the file (a FLOAT8E4M3FN initializer,
     dequantized in-graph); the activations get their dynamic scales and the e4m3 rounding with basic
     ops (a saturating Cast to FLOAT8E4M3FN and back, opset 19); MatMul in float32 sums the exact
@@ -320,6 +317,3 @@ def fp8_onnx():
         "return": FLOAT,
     }
     return tcomp_fp8_linear
-
-
-register()

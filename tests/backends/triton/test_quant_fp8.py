@@ -24,7 +24,7 @@ pytest.importorskip("triton")
 
 import tcomp  # noqa: E402
 from tcomp import quant as Q  # noqa: E402
-from tcomp.backends.triton import kernel_sources, quant_fp8  # noqa: E402
+from tcomp.backends.triton import TRITON, quant_fp8  # noqa: E402
 from tcomp.verify import eps  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -72,19 +72,21 @@ def test_triton_lowering_runs_kernels_or_falls_back(granularity):
     spec = ("quantize.fp8", {"target": "h200", "granularity": granularity, "skip_first_last": False})
     om = tcomp.optimize(model, (x,), passes=[spec], backend="triton", verify=not FP8_GPU)
     ref = tcomp.optimize(model, (x,), passes=[spec], backend="eager")
-    assert om.report.passes[-2].rewrites == 4 and ref.report.passes[-1].rewrites == 4
-    low = om.report.passes[-1]
+    assert om.report["quantize.fp8"].rewrites == 4 and ref.report["quantize.fp8"].rewrites == 4
+    low = om.report["lower.triton"]
     targets = [n.target for n in om.graph_module.graph.nodes if n.op == "call_function"]
     with torch.no_grad():
         got, want, exact = om(x), ref(x), copy.deepcopy(model).double()(x.double())
     if FP8_GPU:
         assert low.status == "applied" and targets.count(quant_fp8.linear_fp8) == 4, (low.reason, low.notes)
-        assert any(name.startswith("tcomp_fp8_" + granularity) for name in kernel_sources(om.graph_module))
+        assert any(
+            name.startswith("tcomp_fp8_" + granularity) for name in TRITON.kernel_sources(om.graph_module)
+        )
         assert torch.isfinite(got).all() and ((got - want).norm() / want.norm()).item() <= 1e-2
         assert ((got.double() - exact).norm() / exact.norm()).item() <= 0.2  # the contract's tolerance
     else:
         assert targets.count(torch.ops.tcomp.fp8_linear.default) == 4
-        assert not any(name.startswith("tcomp_fp8") for name in kernel_sources(om.graph_module))
+        assert not any(name.startswith("tcomp_fp8") for name in TRITON.kernel_sources(om.graph_module))
         stays = [n for n in low.notes if "fp8_linear" in n]
         assert len(stays) == 4 and all("fp8 kernels need a CUDA GPU" in n for n in stays), low.notes
         # the same reference op either way; only the fused elementwise kernels round differently
@@ -153,7 +155,7 @@ def test_kernel_matches_reference_op(seed, m, n, k, dtype, granularity, with_bia
     bias = torch.randn(n, generator=g).to(dtype) if with_bias else None
     q, s = Q.quantize_fp8(w, granularity)
     cuda = lambda t: None if t is None else t.cuda()  # noqa: E731
-    out = quant_fp8.linear_fp8(cuda(x), cuda(q), cuda(s), granularity, cuda(bias)).cpu()
+    out = quant_fp8.linear_fp8(cuda(x), cuda(q), cuda(s), granularity, cuda(bias), target="h200").cpu()
     ref = torch.ops.tcomp.fp8_linear(x, q, s, granularity, bias)  # the reference op, on the CPU
     assert out.dtype == dtype and out.shape == (m, n) and torch.isfinite(out).all()
     # The kernel quantizes x as the reference does (same scale, IEEE division, nearest-even cast), so
@@ -182,7 +184,7 @@ def test_kernel_nan_never_passes(granularity):
     x = torch.randn(7, 96, dtype=torch.bfloat16)
     x[3, 10] = float("nan")
     x[5, 20] = float("inf")
-    out = quant_fp8.linear_fp8(x.cuda(), q.cuda(), s.cuda(), granularity, None).cpu()
+    out = quant_fp8.linear_fp8(x.cuda(), q.cuda(), s.cuda(), granularity, None, target="h200").cpu()
     ref = torch.ops.tcomp.fp8_linear(x, q, s, granularity, None)
     bad = [3, 5] if granularity == "row" else list(range(7))
     assert torch.isnan(out[bad]).all() and torch.isnan(ref[bad]).all()

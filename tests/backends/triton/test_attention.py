@@ -38,7 +38,7 @@ def _check(b, h, rep, n, m, d, dv, causal, use_bias, use_mask, dtype, seed):
     cast = [x.to(DEVICE, dtype) if x is not None else None for x in (q, k, v, bias)]
     m_dev = mask.to(DEVICE) if mask is not None else None
     own = REF(*cast[:3], cast[3], m_dev, scale, causal)
-    got = triton_attention(*cast[:3], cast[3], m_dev, scale, causal)
+    got = triton_attention(*cast[:3], cast[3], m_dev, scale, causal, target="h200")
     assert got.shape == ref.shape and got.dtype == dtype
     assert torch.isfinite(got).all()
     denom = ref.norm().item() or 1.0
@@ -65,7 +65,7 @@ def test_odd_head_dims_and_value_dim(dtype):
 def test_non_positive_scale(scale):
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(1, 2, 20, 16, generator=g) for _ in range(3))
-    got = triton_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), None, None, scale, False)
+    got = triton_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), None, None, scale, False, target="h200")
     ref = REF(q.double(), k.double(), v.double(), None, None, scale, False)
     assert ((got.double().cpu() - ref).norm() / ref.norm()).item() < 1e-5
 
@@ -74,7 +74,7 @@ def test_fully_masked_rows_are_zero():
     q, k, v = (torch.randn(1, 1, 4, 16, device=DEVICE) for _ in range(3))
     mask = torch.ones(1, 1, 4, 4, dtype=torch.bool, device=DEVICE)
     mask[..., 2, :] = False
-    out = triton_attention(q, k, v, None, mask, 0.25, False)
+    out = triton_attention(q, k, v, None, mask, 0.25, False, target="h200")
     assert torch.isfinite(out).all() and torch.equal(out[0, 0, 2].cpu(), torch.zeros(16))
 
 

@@ -13,6 +13,7 @@ pytest.importorskip("triton")
 
 import tcomp.passes  # noqa: E402,F401
 from tcomp.backends.triton import linear_attention as lin  # noqa: E402
+from tcomp.targets import get_target  # noqa: E402
 from tests.passes.test_linear_attention import reference  # noqa: E402
 
 TOL = {torch.float32: 2e-5, torch.float16: 4e-3}
@@ -46,7 +47,7 @@ def test_kernels_match_float64_reference(prob, causal, dtype, block, parallel):
     q, k, v, mask = (t.to(dtype) if t is not None and t.is_floating_point() else t for t in prob)
     dev = [t.to(DEVICE) if t is not None else None for t in (q, k, v, mask)]
     out = lin.linear_attention(
-        *dev, causal, block=block, splits=3 if block else None, parallel=parallel
+        *dev, causal, target="h200", block=block, splits=3 if block else None, parallel=parallel
     ).cpu()
     ref = reference(q, k, v, mask, causal)
     assert out.dtype == dtype and torch.isfinite(out).all()
@@ -57,10 +58,10 @@ def test_kernels_match_float64_reference(prob, causal, dtype, block, parallel):
 def test_fully_masked_rows_are_zero(causal, parallel):
     q, k, v = (f(1, 2, 5, 16, device=DEVICE) for f in (torch.rand, torch.rand, torch.randn))
     mask = torch.zeros(1, 5, dtype=torch.bool, device=DEVICE)
-    out = lin.linear_attention(q, k, v, mask, causal, parallel=parallel)
+    out = lin.linear_attention(q, k, v, mask, causal, target="h200", parallel=parallel)
     assert torch.equal(out, torch.zeros_like(out))
     mask[0, 3] = True
-    out = lin.linear_attention(q, k, v, mask, causal, parallel=parallel)
+    out = lin.linear_attention(q, k, v, mask, causal, target="h200", parallel=parallel)
     assert torch.isfinite(out).all() and (out[0, :, 3:] != 0).any()
     if causal:
         assert torch.equal(out[0, :, :3], torch.zeros_like(out[0, :, :3]))  # no visible key yet
@@ -74,13 +75,13 @@ def test_every_autotune_candidate_is_correct(causal):
     v = torch.randn(2, 2, 70, 40, generator=g)
     mask = torch.rand(2, 70, generator=g) > 0.2
     ref = reference(q, k, v, mask, causal)
-    default = lin.default_config(2, 2, 70, 40, causal, interp=False)
+    default = lin.default_config(2, 2, 70, 40, causal, interp=False, target=get_target("h200"))
     cands = lin.candidates(default, causal, 40)
     assert len(cands) > 3 and cands[0] == default
     for cfg in cands:
         assert lin._by_name(cfg.name) == cfg
         dev = [t.to(DEVICE) for t in (q, k, v, mask)]
-        out = lin.linear_attention(*dev, causal, config=cfg).cpu()
+        out = lin.linear_attention(*dev, causal, target="h200", config=cfg).cpu()
         assert torch.isfinite(out).all()
         assert (out.double() - ref).norm() <= TOL[torch.float32] * ref.norm(), cfg.name
 
@@ -98,10 +99,10 @@ def test_backend_lowers_linear_attention_sites():
         capture(model, args).gm, ["canonicalize", ("attention.linear", {"feature_map": "elu1"})]
     ).gm
     want = gm(*args)
-    res = get_backend("triton").lower(gm)
+    res = get_backend("triton").lower(gm, target="h200")
     assert any(n.target is lin.linear_attention for n in res.gm.graph.nodes)
     got = res.gm(*args)
     assert (got - want).norm() <= 1e-4 * want.norm()
-    from tcomp.backends.triton import kernel_sources
-
-    assert any(name.startswith("tcomp_linattn_state") for name in kernel_sources(res.gm))
+    assert any(
+        name.startswith("tcomp_linattn_state") for name in get_backend("triton").kernel_sources(res.gm)
+    )

@@ -16,7 +16,7 @@ from torch import nn
 
 import tcomp
 import tcomp.dialect  # noqa: F401 - registers the dialect
-from tcomp.backends.onnxruntime_fusions import fuse_epilogues
+from tcomp.backends.onnxruntime.fused import fuse_epilogues
 from tcomp.capture import capture
 from tcomp.verify import rel_error
 
@@ -158,12 +158,15 @@ def lowered(request, fused_backend):
 @needs_ort
 def test_ort_kernels_emitted(lowered):
     approximate, _, om = lowered
-    rec = next(r for r in om.report.passes if r.name == "lower.onnxruntime")
+    fuse = om.report["fuse.onnxruntime.epilogues"]  # a named step of the plan, verified on its own
+    assert fuse.status == "applied" and fuse.rewrites == 3, (fuse.reason, fuse.notes)
+    assert fuse.error <= fuse.tolerance
+    assert any("2 residual add + LayerNorm" in n and "1 linear bias + GELU" in n for n in fuse.notes), (
+        fuse.notes
+    )
+    rec = om.report["lower.onnxruntime"]
     assert rec.status == "applied", rec.reason
     assert rec.error <= rec.tolerance
-    assert any("2 residual add + LayerNorm" in n and "1 linear bias + GELU" in n for n in rec.notes), (
-        rec.notes
-    )
     ops = _onnx_ops(om)
     assert ops["com.microsoft.SkipLayerNormalization"] == 2
     assert ops["com.microsoft.BiasGelu" if approximate == "none" else "com.microsoft.FastGelu"] == 1

@@ -3,16 +3,20 @@
 The same steps as the reference, in standard opset-18 ops: ReduceMean/MatMul for the key cosine
 scores, ReduceMax/ArgMax for each A token's best partner, TopK (ties: lower index first, as the
 reference's stable sort) for the ``r`` best pairs, CumSum for the new positions, and
-ScatterElements with ``reduction="add"`` for sizes and size-weighted sums. Registered into
-``tcomp.backends.onnxruntime.TRANSLATIONS`` on import; onnxscript is imported lazily.
+ScatterElements with ``reduction="add"`` for sizes and size-weighted sums. Declared with
+``@ONNX.implements``; onnxscript is imported lazily.
 """
 
 from __future__ import annotations
 
 import torch
 
+import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.token_merge
+from tcomp.backends.onnxruntime import ONNX
 
-def token_merge_onnx():
+
+@ONNX.implements(torch.ops.tcomp.token_merge.default)
+def token_merge_onnx(fused: bool = False):
     """The trace-only onnxscript function translating ``tcomp.token_merge``."""
     from onnxscript import BOOL, FLOAT, INT64
     from onnxscript import opset18 as op
@@ -134,12 +138,3 @@ def _bool_true():
     import onnx
 
     return onnx.helper.make_tensor("true", onnx.TensorProto.BOOL, [], [True])
-
-
-def register() -> None:
-    from tcomp.backends.onnxruntime import TRANSLATIONS
-
-    TRANSLATIONS[torch.ops.tcomp.token_merge.default] = token_merge_onnx
-
-
-register()

@@ -1,4 +1,4 @@
-"""Low-bit ONNX export (backends/onnx_quant.py): each quantization pass followed by
+"""Low-bit ONNX export (backends/onnxruntime/qlinear.py): each quantization pass followed by
 ``backend="onnxruntime"`` runs in ONNX Runtime, matches the eager quantized model (the pipeline's
 FP_EQUIVALENT check, and again on fresh inputs of other batch/sequence sizes), stays within the
 pass's bound against the float64 reference, and the saved artifact carries the low-bit weights

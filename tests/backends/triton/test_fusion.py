@@ -23,7 +23,7 @@ class Chain(torch.nn.Module):
         super().__init__()
         self.ops, self.ln_on = ops, layer_norm
         self.w = torch.nn.Parameter(torch.randn(c, c) / c**0.5)  # a matmul, not a linear: a linear's
-        # epilogue would go to the fused GEMM (tests/backends/test_gemm.py), not to these groups
+        # epilogue would go to the fused GEMM (tests/backends/triton/test_gemm.py), not to these groups
         self.bias = torch.nn.Parameter(torch.randn(c))
         self.ln = torch.nn.LayerNorm(c)
 
@@ -59,7 +59,7 @@ def test_random_chains_fuse_and_stay_equivalent(ops, layer_norm, c, n, seed):
     model = Chain(ops, layer_norm, c).eval().to(DEVICE)
     x = torch.randn(2, n, c, device=DEVICE)
     fast = tcomp.optimize(model, (x,), target="h200")
-    rec = fast.report["lower.triton"]
+    rec = fast.report["fuse.triton.elementwise"]
     assert rec.status == "applied", (rec.reason, rec.notes)
     assert len(_fused_nodes(fast.graph_module)) == 1
     assert rec.error <= rec.tolerance
@@ -88,7 +88,7 @@ def test_unsupported_broadcast_stays_eager():
     x, y = torch.randn(2, 4, 8, device=DEVICE), torch.randn(1, 4, 8, device=DEVICE)
     fast = tcomp.optimize(Bcast(), (x, y), target="h200")
     assert not _fused_nodes(fast.graph_module)
-    assert any("stays eager" in n for n in fast.report["lower.triton"].notes)
+    assert any("stays eager" in n for n in fast.report["fuse.triton.elementwise"].notes)
     assert torch.allclose(fast(x, y), Bcast()(x, y))
 
 
@@ -112,7 +112,7 @@ def test_residual_used_after_layer_norm_is_a_second_output(c, n, seed):
     model = PreLN(c).eval().to(DEVICE)
     x, a = torch.randn(2, n, c, device=DEVICE), torch.randn(2, n, c, device=DEVICE)
     fast = tcomp.optimize(model, (x, a), target="h200")
-    rec = fast.report["lower.triton"]
+    rec = fast.report["fuse.triton.elementwise"]
     assert rec.status == "applied" and rec.error <= rec.tolerance, (rec.reason, rec.notes)
     (node,) = _fused_nodes(fast.graph_module)
     assert '"extra"' in node.args[0] and len(node.users) == 2  # two getitems: LN output and the sum
