@@ -67,7 +67,7 @@ class LinearAttentionOptions(KernelOptions):
         "data is at most max_error",
     )  # fmt: skip
     keep: tuple[int, ...] = option((), help="site indices that stay softmax (hybrid models)")
-    max_error: float = option(0.35, gt=0.0, help="layers='auto': largest measured attention-output error")
+    max_error: float = option(0.35, range=(0.0, None), help="layers='auto': largest measured attention-output error")
     feature_dim: int | None = option(
         None, range=(1, None), help="outputs of each hedgehog linear map (default: the head dim)"
     )

@@ -92,9 +92,31 @@ def passes(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     console.print(t)
 
 
-def _build_plan(target: str, passes: str, backend: str, plan_file: str):
+OPTION_HELP = "a pass option, PASS.OPTION=VALUE (VALUE read as JSON, else as text); repeat it"
+
+
+def _pass_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """``["tokens.merge.r=2", ...]`` -> ``{"tokens.merge": {"r": 2}}`` (values parsed as JSON)."""
+    from tcomp.errors import InputError
+
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        name, dot, opt = key.strip().rpartition(".")
+        if not (eq and dot and name and opt):
+            raise InputError(f"--option {pair!r}: write PASS.OPTION=VALUE, e.g. tokens.merge.r=2")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        out.setdefault(name, {})[opt] = value
+    return out
+
+
+def _build_plan(target: str, passes: str, backend: str, plan_file: str, options: list[str] | None = None):
     """The Plan of a command line: ``--plan FILE`` (Plan JSON, or a list of steps run for
-    ``--target``), else the comma-separated ``--passes`` (empty: the default pipeline)."""
+    ``--target``), else the comma-separated ``--passes`` (empty: the default pipeline) with the
+    ``--option`` values of each."""
     from tcomp.errors import InputError
     from tcomp.plan import Plan, build_plan
 
@@ -108,8 +130,13 @@ def _build_plan(target: str, passes: str, backend: str, plan_file: str):
         if isinstance(data, dict):
             return Plan.from_json(data)
         return build_plan(target, data, backend or None)
-    names = [p.strip() for p in passes.split(",") if p.strip()] or None
-    return build_plan(target, names, backend or None)
+    opts = _pass_options(options or [])
+    names = [p.strip() for p in passes.split(",") if p.strip()]
+    for name in opts:
+        if name not in names:
+            raise InputError(f"--option for {name!r}, which is not in --passes {','.join(names) or '(empty)'}")
+    specs = [(n, opts.get(n, {})) for n in names] or None
+    return build_plan(target, specs, backend or None)
 
 
 @app.command()
@@ -118,6 +145,7 @@ def plan(
     passes: str = typer.Option("", help="comma-separated pass names (default: the default pipeline)"),
     backend: str = typer.Option("", help="backend (default: the target's)"),
     plan_file: str = typer.Option("", "--plan", help="a plan JSON file to check (from Plan.to_json)"),
+    option: list[str] = typer.Option([], "--option", "-O", help=OPTION_HELP),
 ) -> None:
     """Print the plan ``tcomp optimize`` would run, as JSON: names resolved, options validated and
     filled with their defaults, passes ordered, the backend's steps appended. Edit it and give it
@@ -126,7 +154,7 @@ def plan(
     from tcomp.errors import TcompError
 
     try:
-        typer.echo(_build_plan(target, passes, backend, plan_file).to_json())
+        typer.echo(_build_plan(target, passes, backend, plan_file, option).to_json())
     except TcompError as exc:
         _fail(exc)
 
@@ -210,6 +238,7 @@ def optimize(
     passes: str = typer.Option("", help="comma-separated pass names (default: the target's exact pipeline)"),
     backend: str = typer.Option("", help="backend (default: the target's)"),
     plan_file: str = typer.Option("", "--plan", help="a plan JSON file (tcomp plan, Plan.to_json) to run"),
+    option: list[str] = typer.Option([], "--option", "-O", help=OPTION_HELP),
     output: str = typer.Option(..., "-o", "--output", help="artifact folder to write"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip checking each pass against its contract"),
     as_json: bool = typer.Option(False, "--json"),
@@ -221,7 +250,7 @@ def optimize(
 
     _quiet()
     try:
-        the_plan = _build_plan(target, passes, backend, plan_file)  # checked before the model loads
+        the_plan = _build_plan(target, passes, backend, plan_file, option)  # checked before the model loads
         loaded = load_spec(spec)
         with _steps(f"optimizing {loaded.name} for {the_plan.target.name}", quiet=as_json) as step:
             om = tcomp.optimize(

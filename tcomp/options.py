@@ -55,7 +55,14 @@ def option(
     if isinstance(default, (list, dict, set)):
         raise TypeError("option defaults must be immutable: use a tuple")
     lo, hi = range or (None, None)
-    meta = {"lo": lo, "hi": hi, "gt": gt, "lt": lt, "choices": tuple(choices) if choices else None, "help": help}
+    meta = {
+        "lo": lo,
+        "hi": hi,
+        "gt": gt,
+        "lt": lt,
+        "choices": tuple(choices) if choices else None,
+        "help": help,
+    }
     return dataclasses.field(default=default, metadata={"option": meta})
 
 
@@ -78,7 +85,9 @@ def make(cls: type, raw: Mapping[str, Any] | Any | None, owner: str) -> Any:
     for key in raw:
         if key not in fields:
             valid = ", ".join(fields) or "none (this pass takes no options)"
-            raise OptionError(f"pass {owner!r} has no option {key!r}{suggest(key, fields)}; valid options: {valid}")
+            raise OptionError(
+                f"pass {owner!r} has no option {key!r}{suggest(key, fields)}; valid options: {valid}"
+            )
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in raw.items():
@@ -119,9 +128,10 @@ def document(cls: type) -> None:
     if _DOC_MARK in doc or not dataclasses.fields(cls):
         return
     lines = []
-    for r in describe(cls):
+    for f, r in zip(dataclasses.fields(cls), describe(cls)):
         extra = "".join(f"; {k} {r[k]}" for k in ("range", "choices") if k in r)
-        lines.append(f"    * ``{r['name']}``: {r['type']} = {r['default']!r}{extra} -- {r['help']}")
+        default = repr(f.default) if f.default is not _MISSING else "(required)"
+        lines.append(f"    * ``{r['name']}``: {r['type']} = {default}{extra} -- {r['help']}")
     cls.__doc__ = doc.rstrip() + "\n\n    " + _DOC_MARK + "\n\n" + "\n".join(lines) + "\n"
 
 
@@ -211,7 +221,9 @@ def _check_meta(value: Any, f: dataclasses.Field, where: str) -> None:
         bad = [v for v in items if v not in m["choices"]]
         if bad and value not in m["choices"]:
             allowed = ", ".join(repr(c) for c in m["choices"])
-            raise OptionError(f"{where}: must be one of {allowed}{suggest(str(bad[0]), map(str, m['choices']))}")
+            raise OptionError(
+                f"{where}: must be one of {allowed}{suggest(str(bad[0]), map(str, m['choices']))}"
+            )
     for v in items:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue

@@ -227,28 +227,27 @@ def default_pipeline() -> list[str]:
 def order(names: list[str]) -> list[str]:
     """Order pass names so every ``after``/``before`` constraint among them holds (stable
     otherwise). Uses networkx for the topological sort; a cycle is an error naming its passes."""
-    return [names[i] for i in order_indices(names)]
+    return [names[i] for i in order_indices([get_pass(n) for n in names])]
 
 
-def order_indices(names: list[str]) -> list[int]:
-    """Positions of ``names`` in an order that meets the passes' constraints (a name may repeat)."""
+def order_indices(passes: list[Pass]) -> list[int]:
+    """Positions of ``passes`` in an order that meets their constraints (a pass may repeat)."""
     import networkx as nx
 
     g = nx.DiGraph()
-    g.add_nodes_from(range(len(names)))
-    for i, n in enumerate(names):
-        p = get_pass(n)
-        for j, m in enumerate(names):
-            if m in p.after and j != i:
+    g.add_nodes_from(range(len(passes)))
+    for i, p in enumerate(passes):
+        for j, q in enumerate(passes):
+            if i != j and q.name in p.after:
                 g.add_edge(j, i)
-            if m in p.before and j != i:
+            if i != j and q.name in p.before:
                 g.add_edge(i, j)
     try:
         return list(nx.lexicographical_topological_sort(g))
     except nx.NetworkXUnfeasible:
-        cycle = " -> ".join(names[u] for u, _ in nx.find_cycle(g))
+        cycle = [passes[u].name for u, _ in nx.find_cycle(g)]
         raise PassError(
-            f"the passes' after/before constraints form a cycle: {cycle} -> {names[nx.find_cycle(g)[0][0]]}; "
+            f"the passes' after/before constraints form a cycle: {' -> '.join([*cycle, cycle[0]])}; "
             "drop one of these passes from the list"
         ) from None
 

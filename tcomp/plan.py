@@ -82,11 +82,15 @@ class Plan:
         """The plan ``to_json`` wrote (a JSON string or the parsed dict), built and checked again."""
         d = json.loads(data) if isinstance(data, str) else dict(data)
         if d.get("version", JSON_VERSION) != JSON_VERSION:
-            raise InputError(f"plan JSON version {d.get('version')!r}; this tcomp reads version {JSON_VERSION}")
+            raise InputError(
+                f"plan JSON version {d.get('version')!r}; this tcomp reads version {JSON_VERSION}"
+            )
         missing = {"target", "backend", "steps"} - set(d)
         if missing:
             raise InputError(f"plan JSON lacks {sorted(missing)}; write it with Plan.to_json()")
-        return build_plan(d["target"], d["steps"], d["backend"], calibration=calibration, seed=d.get("seed", 0))
+        return build_plan(
+            d["target"], d["steps"], d["backend"], calibration=calibration, seed=d.get("seed", 0)
+        )
 
 
 def build_plan(
@@ -115,7 +119,7 @@ def build_plan(
     steps = [make_step(s) for s in specs]
     if "canonicalize" not in [s.name for s in steps]:
         steps.insert(0, make_step("canonicalize"))
-    steps = [steps[i] for i in order_indices([s.name for s in steps])]
+    steps = [steps[i] for i in order_indices([s.p for s in steps])]
     ctx = PassContext(target=tgt, calibration=calibration, seed=seed)
     _check_all(steps, ctx)
     return Plan(tgt, back.name, tuple(steps), tuple(backend_steps(back, tgt)), seed, calibration)
@@ -143,7 +147,9 @@ def resolve_backend(name: str) -> Any:
 
     known = registered_backends()
     if name not in known:
-        raise InputError(f"unknown backend {name!r}{suggest(name, known)}; valid backends: {', '.join(sorted(known))}")
+        raise InputError(
+            f"unknown backend {name!r}{suggest(name, known)}; valid backends: {', '.join(sorted(known))}"
+        )
     return known[name]
 
 
