@@ -1,16 +1,10 @@
-"""tcomp's passes, one per file. Importing this package registers them all."""
+"""tcomp's passes, one per file. Importing this package imports every module in it (pkgutil), and
+each pass module registers its pass: a new pass is a new file, with no list to keep up to date."""
 
-from tcomp.passes import (  # noqa: F401
-    binarize,
-    canonicalize,
-    linear_attention,
-    quantize_fp8,
-    quantize_int4_gptq,
-    quantize_int4_weight,
-    quantize_int8_dynamic,
-    quantize_int8_weight,
-    rasp_extract,
-    rpe_fft,
-    softmax_free,
-    token_merge,
-)
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

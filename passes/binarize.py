@@ -27,14 +27,16 @@ bench/quant_minilm.py. Selection and its defaults: ``tcomp/passes/quant_common.p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from tcomp.calibration import record_inputs
-from tcomp.passes.quant_common import DEFAULT_SKIP, quantize_linears, select
-from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
+from tcomp.options import option
+from tcomp.passes.quant_common import Selection, quantize_linears, select
+from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 from tcomp.quant import binarize as binarize_weight
 from tcomp.quant import binarize_activations, dequantize_bits, max_weight_error, scale_dtype
 
@@ -98,21 +100,19 @@ def _layer_inputs(gm, selection: dict[str, Any], calibration: Any) -> dict[str, 
     return {name: torch.cat(xs) for name, xs in seen.items()}
 
 
-@register_pass("binarize", CONTRACT, after=("canonicalize",))
-def binarize(
-    gm,
-    activations: bool = False,
-    calibration: Any = None,
-    include: tuple[str, ...] = ("*",),
-    skip: tuple[str, ...] = DEFAULT_SKIP,
-    types: tuple[str, ...] = ("Linear",),
-    skip_first_last: bool = True,
-) -> PassResult:
+@dataclass(frozen=True)
+class BinarizeOptions(Selection):
+    """Options of ``binarize`` (calibration batches, when the run has them, fit the scales)."""
+
+    activations: bool = option(False, help="binarize activations too (W1A1, XNOR-popcount) instead of W1A16")
+
+
+@register_pass("binarize", CONTRACT, options=BinarizeOptions, after=("canonicalize",))
+def binarize(gm, opts: BinarizeOptions, ctx: PassContext) -> PassResult:
     """1-bit weights (sign * per-channel scale, bit-packed) for the selected linear layers; with
-    ``activations=True`` 1-bit activations too (W1A1). ``calibration`` batches fit the scales and
-    thresholds (see the module docstring)."""
-    selection = {"include": tuple(include), "skip": tuple(skip), "types": tuple(types)}
-    selection["skip_first_last"] = skip_first_last
+    ``activations=True`` 1-bit activations too (W1A1). The context's calibration batches fit the
+    scales and thresholds (see the module docstring)."""
+    selection, activations, calibration = opts.selection, opts.activations, ctx.calibration
     op = torch.ops.tcomp.linear_w1a1.default if activations else torch.ops.tcomp.linear_w1.default
     fmt = "w1a1" if activations else "w1"
     if calibration is None:

@@ -33,9 +33,10 @@ from tcomp.graph import (
     shape,
     val,
 )
+from tcomp.options import NoOptions
 from tcomp.passes.attention_chain import SOFTMAX, NotAttention, read_chain
 from tcomp.passes.projections import annotate
-from tcomp.pipeline import FP_EQUIVALENT, PassResult, register_pass
+from tcomp.pipeline import FP_EQUIVALENT, PassContext, PassResult, register_pass
 from tcomp.report import site_record
 
 aten = torch.ops.aten
@@ -44,8 +45,8 @@ SDPA = aten.scaled_dot_product_attention.default
 
 
 @register_pass("canonicalize", FP_EQUIVALENT, default=True)
-def canonicalize(gm: fx.GraphModule) -> PassResult:
-    """Rewrite every attention site to ``tcomp.attention`` (FP_EQUIVALENT)."""
+def canonicalize(gm: fx.GraphModule, opts: NoOptions, ctx: PassContext) -> PassResult:
+    """Rewrite every attention site to ``tcomp.attention`` (FP_EQUIVALENT). No options."""
     result = PassResult(gm)
     # metadata assertions left by .to() calls hold by construction and would keep dead chains alive
     for n in [

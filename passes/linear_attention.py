@@ -1,24 +1,10 @@
 """``attention.linear``: softmax attention sites -> ``tcomp.linear_attention`` with a feature map.
 
-Options (``("attention.linear", {...})``):
-
-* ``feature_map``: ``"elu1"`` (default), ``"relu"``, ``"favor"``, ``"hedgehog"`` (passes/feature_maps.py).
-* ``num_features`` / ``seed``: FAVOR+ random features (default 256, seed 0); ``feature_dim``:
-  outputs of each hedgehog linear map (default: the head dim; features are twice that).
-* ``layers``: None (every site), a list of site indices to convert, or ``"auto"``: convert the
-  sites whose measured attention-output error on the calibration data is at most ``max_error``
-  (default 0.35); ``keep``: site indices that stay softmax (the hybrid MASFormer/LoLCATs use).
-* ``calibration``: model inputs (``tcomp.optimize(..., calibration=batches)`` hands them over).
-  Hedgehog maps are fit on them by attention transfer, layer by layer (``steps``, ``lr``), with a
-  progress bar; without calibration hedgehog keeps its identity initialisation.
-* Attention-transfer options (passes/attention_transfer.py): ``loss`` -- ``"attention"`` (KL
-  between softmax and linear attention rows, the Hedgehog loss), ``"output"`` (relative squared
-  error of the attention output) or ``"both"``; ``sequential``: fit layer l on the inputs that the
-  already-linearized layers 0..l-1 produce (targets: the original model's outputs), so that errors
-  do not compound unseen; ``correction``: also fit a per-head affine correction of each site's
-  output in closed form (ridge ``ridge`` towards the identity) -- weights beyond the feature maps;
-  ``holdout``: fraction of the calibration sentences kept out of the fit to choose the best step.
-* ``tolerance``: the contract's threshold on the model's relative output error.
+Options: :class:`LinearAttentionOptions` (feature map, which sites, attention transfer). Hedgehog
+maps are fit on the run's calibration batches (``tcomp.optimize(..., calibration=batches)``) by
+attention transfer, layer by layer (passes/attention_transfer.py), with a progress bar; without
+calibration hedgehog keeps its identity initialisation. FAVOR+ features are drawn from the run's
+seed (plus the site index).
 
 Contract: ``favor`` is BOUNDED (relative error ~ 1/sqrt(m), see ``feature_maps.favor_bound``);
 the other maps are EMPIRICAL (measured on real MiniLM by bench/linear_minilm.py). Sites whose
@@ -29,7 +15,8 @@ with the reason.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.fx as fx
@@ -37,8 +24,10 @@ import torch.fx as fx
 from tcomp import meta
 from tcomp.dialect import attention_nodes
 from tcomp.graph import copy_source_meta, module_path, remove_dead, val
+from tcomp.options import option
 from tcomp.passes.attention_transfer import fit_correction, fit_hedgehog, site_error
 from tcomp.passes.feature_maps import (
+    FEATURE_MAPS,
     FeatureMap,
     NotKernelizable,
     analyze,
@@ -50,18 +39,66 @@ from tcomp.passes.feature_maps import (
     kernelize,
     make_feature_map,
 )
-from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
+from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 
 # default thresholds on the model's relative output error vs float64 (EMPIRICAL maps); chosen from
 # the MiniLM measurements in bench/results/linear-minilm-cpu.json
 TOLERANCE = {"elu1": 0.6, "relu": 0.6, "hedgehog": 0.5}
 
 
-def contract_for(options: dict) -> Contract:
-    fm = options.get("feature_map", "elu1")
-    tol = options.get("tolerance")
+@dataclass(frozen=True)
+class KernelOptions:
+    """The feature map of a kernelized rewrite (shared with ``attention.rpe_fft``)."""
+
+    feature_map: str = option("elu1", choices=FEATURE_MAPS, help="phi of phi(q) phi(k)^T (passes/feature_maps.py)")
+    num_features: int = option(256, range=(1, None), help="FAVOR+ random features m (error ~ 1/sqrt(m))")
+    tolerance: float | None = option(
+        None, gt=0.0, help="the contract's threshold on the model's relative output error (default: per map, "
+        "elu1/relu 0.6, hedgehog 0.5, favor min(1, its bound))",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LinearAttentionOptions(KernelOptions):
+    """Options of ``attention.linear``."""
+
+    layers: tuple[int, ...] | Literal["auto"] | None = option(
+        None, help="site indices to convert (None: all); 'auto': those whose error on the calibration "
+        "data is at most max_error",
+    )  # fmt: skip
+    keep: tuple[int, ...] = option((), help="site indices that stay softmax (hybrid models)")
+    max_error: float = option(0.35, range=(0.0, None), help="layers='auto': largest measured attention-output error")
+    feature_dim: int | None = option(
+        None, range=(1, None), help="outputs of each hedgehog linear map (default: the head dim)"
+    )
+    steps: int = option(300, range=(0, None), help="attention-transfer steps per layer (hedgehog)")
+    lr: float = option(0.01, gt=0.0, help="attention-transfer learning rate")
+    loss: str = option(
+        "attention", choices=("attention", "output", "both"), help="attention transfer's loss: KL between "
+        "softmax and linear attention rows (Hedgehog), relative squared error of the output, or both",
+    )  # fmt: skip
+    sequential: bool = option(
+        False, help="fit layer l on the inputs the already-linearized layers produce (targets: the original's)"
+    )
+    correction: bool = option(
+        False, help="also fit a per-head affine correction of each site's output in closed form"
+    )
+    ridge: float = option(0.1, range=(0.0, None), help="correction: ridge towards the identity")
+    holdout: float = option(
+        0.0, range=(0.0, None), lt=1.0, help="fraction of calibration sentences kept out of the fit to pick the best step"
+    )
+
+    def check(self, ctx: PassContext) -> None:
+        if self.layers == "auto" and ctx.calibration is None:
+            raise ValueError(
+                "layers='auto' measures each layer's error on calibration data: pass calibration=batches"
+            )
+
+
+def contract(opts: KernelOptions) -> Contract:
+    fm, tol = opts.feature_map, opts.tolerance
     if fm == "favor":
-        m = int(options.get("num_features", 256))
+        m = opts.num_features
         return Contract(
             Exactness.BOUNDED,
             bound=f"site rel. error <= 2 exp(2 R^2) / sqrt(m) = {favor_bound(m):.3g} at R = 1, m = {m}",
@@ -75,27 +112,11 @@ def contract_for(options: dict) -> Contract:
     )
 
 
-@register_pass("attention.linear", contract_for({}), after=("canonicalize",), contract_for=contract_for)
-def linear_attention(
-    gm: fx.GraphModule,
-    feature_map: str = "elu1",
-    layers: Any = None,
-    keep: Any = (),
-    num_features: int = 256,
-    seed: int = 0,
-    calibration: Any = None,
-    steps: int = 300,
-    lr: float = 0.01,
-    max_error: float = 0.35,
-    tolerance: float | None = None,
-    feature_dim: int | None = None,
-    loss: str = "attention",
-    sequential: bool = False,
-    correction: bool = False,
-    ridge: float = 0.1,
-    holdout: float = 0.0,
-) -> PassResult:
+@register_pass("attention.linear", contract, options=LinearAttentionOptions, after=("canonicalize",))
+def linear_attention(gm: fx.GraphModule, opts: LinearAttentionOptions, ctx: PassContext) -> PassResult:
     """Rewrite softmax attention to linear attention with a feature map (favor BOUNDED, else EMPIRICAL)."""
+    feature_map, layers, calibration, steps, loss = opts.feature_map, opts.layers, ctx.calibration, opts.steps, opts.loss
+    sequential, correction, holdout = opts.sequential, opts.correction, opts.holdout
     result = PassResult(gm)
     sites = []
     for node in attention_nodes(gm):
@@ -103,13 +124,9 @@ def linear_attention(
             sites.append(analyze(node))
         except NotKernelizable as why:
             result.notes.append(f"skipped site {node.meta.get(meta.ATTN_LAYER)} ({module_path(node)}): {why}")
-    if layers == "auto" and calibration is None:
-        raise ValueError(
-            "layers='auto' measures each layer's error on calibration data: pass calibration=batches"
-        )
     fit = feature_map == "hedgehog" and calibration is not None
     samples = capture_sites(gm, calibration) if calibration is not None and (fit or layers == "auto") else {}
-    keep = set(keep or ())
+    keep = set(opts.keep)
     chosen = [
         s for s in sites if s.layer not in keep and (layers in (None, "auto") or s.layer in set(layers))
     ]
@@ -127,7 +144,7 @@ def linear_attention(
             qv, kv = s.q.meta["val"], s.k.meta["val"]
             fmap = make_feature_map(
                 feature_map, s.scale, int(qv.shape[-1]), int(qv.shape[1]), int(kv.shape[1]),
-                num_features=num_features, seed=seed + s.layer, feature_dim=feature_dim,
+                num_features=opts.num_features, seed=ctx.seed + s.layer, feature_dim=opts.feature_dim,
             )  # fmt: skip
             rec = {"layer": s.layer, "module": module_path(s.node), "feature_map": feature_map}
             smp, targets = samples.get(s.node.name), None
@@ -138,15 +155,15 @@ def linear_attention(
             if smp is not None and fit:
                 advance(f"layer {i + 1}/{len(chosen)}", 0)
                 fit_hedgehog(
-                    fmap, smp, steps, lr, lambda: advance(None, 1), loss=loss, targets=targets, holdout=holdout
+                    fmap, smp, steps, opts.lr, lambda: advance(None, 1), loss=loss, targets=targets, holdout=holdout
                 )
                 if correction:
-                    fit_correction(fmap, smp, targets, ridge)
+                    fit_correction(fmap, smp, targets, opts.ridge)
             if smp is not None:
                 rec["calib_error"] = site_error(fmap, smp)
-                if layers == "auto" and rec["calib_error"] > max_error:
+                if layers == "auto" and rec["calib_error"] > opts.max_error:
                     result.notes.append(
-                        f"kept softmax at site {s.layer}: measured error {rec['calib_error']:.3f} > max_error {max_error}"
+                        f"kept softmax at site {s.layer}: measured error {rec['calib_error']:.3f} > max_error {opts.max_error}"
                     )
                     continue
             _rewrite(gm, s, fmap)

@@ -1,15 +1,10 @@
 """What the weight-quantization passes share: choosing the linear layers and swapping each for a
 quantized dialect op whose low-bit tensors live in the graph as buffers (so artifacts carry them).
 
-Selection, in this order, each excluded site reported with its reason:
-
-* the weight must be a 2-D floating parameter of the graph (``get_attr``), finite;
-* ``skip_first_last`` (default on): the first and the last linear layer of the model in graph
-  order stay in full precision, as users expect (input projections and classifier/LM heads are
-  the most sensitive);
-* ``skip``: fnmatch patterns on the module path (default: embeddings, ``lm_head``, classifiers);
-* ``include``: fnmatch patterns on the module path (default: all);
-* ``types``: module class names the layer must be (default: ``Linear``; empty: any).
+Selection, in this order, each excluded site reported with its reason: the weight must be a 2-D
+floating parameter of the graph (``get_attr``), finite; then the options of :class:`Selection`
+(every quantization pass's options class derives from it): ``skip_first_last``, ``skip``,
+``include``, ``types``.
 """
 
 from __future__ import annotations
@@ -17,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,10 +21,30 @@ from torch._guards import detect_fake_mode
 
 from tcomp import meta
 from tcomp.graph import add_node, copy_source_meta, module_path, val
+from tcomp.options import option
 from tcomp.pipeline import PassResult
 
 aten = torch.ops.aten
 DEFAULT_SKIP = ("*embed*", "*lm_head*", "*classifier*")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which linear layers a quantization pass rewrites (options shared by every such pass)."""
+
+    include: tuple[str, ...] = option(("*",), help="fnmatch patterns on the module path a layer must match")
+    skip: tuple[str, ...] = option(
+        DEFAULT_SKIP, help="fnmatch patterns on the module path that stay in full precision (embeddings, heads)"
+    )
+    types: tuple[str, ...] = option(("Linear",), help="module class names a layer must be (empty: any)")
+    skip_first_last: bool = option(
+        True, help="keep the model's first and last linear layer (in graph order) in full precision"
+    )
+
+    @property
+    def selection(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`select`."""
+        return {"include": self.include, "skip": self.skip, "types": self.types, "skip_first_last": self.skip_first_last}
 
 # encode(weight) -> (buffers {suffix: tensor} in op order, extra non-tensor args, max error in scales)
 Encoder = Callable[[torch.Tensor], tuple[dict[str, torch.Tensor], tuple, float]]

@@ -3,8 +3,8 @@ e4m3 activations quantized at run time with the same granularity (per token or p
 accumulation, rescaled by ``sx * sw`` (op ``tcomp.fp8_linear``; format: tcomp/quant.py).
 
 Targets: e4m3 matmuls need fp8 tensor cores (compute capability 8.9+: Hopper, Ada). The pass asks
-the target it is given (``target`` option; ``optimize`` does not hand its own target to passes):
-a target whose peak-rate table lists an fp8 rate gets the rewrite — of the built-in ones h100 and
+its ``target`` option, else the plan's target (``optimize(target=...)``; none under a bare
+``run_pipeline``): a target whose peak-rate table lists an fp8 rate gets the rewrite — of the built-in ones h100 and
 h200, and any registered later with an fp8 rate (no name list to keep up to date); any other
 (``cpu``, ``a100``, or none given) gets none, and every site is reported skipped with the reason,
 because there fp8 would only be simulated — slower and less accurate than the model as it is.
@@ -27,11 +27,14 @@ Selection and its defaults: ``tcomp/passes/quant_common.py``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from tcomp.graph import module_path
-from tcomp.passes.quant_common import DEFAULT_SKIP, quantize_linears, select
-from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
+from tcomp.options import option
+from tcomp.passes.quant_common import Selection, quantize_linears, select
+from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 from tcomp.quant import FP8_GRANULARITIES, fp8_error_ratio, quantize_fp8
 from tcomp.targets import Target, get_target
 
@@ -54,8 +57,8 @@ def fp8_unsupported(target: str | Target | None) -> str | None:
 
 WHY = (
     "e4m3 matmuls need fp8 tensor cores (Hopper: h100, h200); elsewhere fp8 would only be simulated, "
-    "slower and less accurate than the model as it is. Give the pass the target "
-    "(('quantize.fp8', {'target': 'h200'})) or force=True to simulate e4m3 anyway"
+    "slower and less accurate than the model as it is. Optimize for such a target (target='h200'), "
+    "give the pass its target (('quantize.fp8', {'target': 'h200'})) or force=True to simulate e4m3 anyway"
 )
 
 
@@ -67,31 +70,37 @@ def _encode(granularity: str):
     return encode
 
 
-@register_pass("quantize.fp8", CONTRACT, after=("canonicalize",))
-def quantize_fp8_pass(
-    gm,
-    granularity: str = "row",
-    target: str | Target | None = None,
-    force: bool = False,
-    include: tuple[str, ...] = ("*",),
-    skip: tuple[str, ...] = DEFAULT_SKIP,
-    types: tuple[str, ...] = ("Linear",),
-    skip_first_last: bool = True,
-) -> PassResult:
+@dataclass(frozen=True)
+class Fp8Options(Selection):
+    """Options of ``quantize.fp8``."""
+
+    granularity: str = option(
+        "row", choices=FP8_GRANULARITIES, help="scales per output channel and token ('row') or one per tensor"
+    )
+    target: str | None = option(
+        None, help="the target whose tensor cores decide (default: the plan's target)"
+    )
+    force: bool = option(False, help="rewrite even without fp8 tensor cores (e4m3 simulated by the reference op)")
+
+    def __post_init__(self) -> None:
+        if self.target is not None:
+            get_target(self.target)  # an unknown name fails when the plan is built
+
+
+@register_pass("quantize.fp8", CONTRACT, options=Fp8Options, after=("canonicalize",))
+def quantize_fp8_pass(gm, opts: Fp8Options, ctx: PassContext) -> PassResult:
     """fp8 e4m3 weights and dynamic e4m3 activations (per row or per tensor) for the selected linears,
     on targets with fp8 tensor cores (h100, h200) or when forced."""
-    if granularity not in FP8_GRANULARITIES:
-        raise ValueError(f"quantize.fp8: granularity must be one of {FP8_GRANULARITIES}, not {granularity!r}")
-    sel = dict(include=tuple(include), skip=tuple(skip), types=tuple(types), skip_first_last=skip_first_last)
-    why_not = fp8_unsupported(target)
-    if why_not and not force:
+    sel = opts.selection
+    why_not = fp8_unsupported(opts.target or ctx.target)
+    if why_not and not opts.force:
         chosen, sites = select(gm, **sel)
         reason = f"{why_not}: {WHY}"
         sites += [{"site": module_path(n) or n.name, "status": "skipped", "reason": reason} for n in chosen]
         return PassResult(gm, notes=[f"fp8: rewrote nothing: {reason}"], sites=sites)
-    fmt = f"fp8_{granularity}"
+    fmt = f"fp8_{opts.granularity}"
     result = quantize_linears(
-        gm, fmt, torch.ops.tcomp.fp8_linear.default, _encode(granularity), selection=sel,
+        gm, fmt, torch.ops.tcomp.fp8_linear.default, _encode(opts.granularity), selection=sel,
         rounds_activations=True,
     )  # fmt: skip
     if why_not:

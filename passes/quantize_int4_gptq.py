@@ -17,6 +17,7 @@ Selection and its defaults: ``tcomp/passes/quant_common.py``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,8 +27,9 @@ from torch import Tensor
 from tcomp.calibration import record_inputs
 from tcomp.errors import PassError
 from tcomp.graph import module_path
-from tcomp.passes.quant_common import DEFAULT_SKIP, select, swap_linear, weight_of
-from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
+from tcomp.options import option
+from tcomp.passes.quant_common import Selection, select, swap_linear, weight_of
+from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 from tcomp.quant import (
     INT4_GROUPS,
     dequantize_int4,
@@ -42,44 +44,39 @@ from tcomp.quant import (
 LINEAR_INT4 = torch.ops.tcomp.linear_int4w.default
 
 
-def contract_for(options: dict) -> Contract:
-    tol = options.get("tolerance")
+@dataclass(frozen=True)
+class GptqOptions(Selection):
+    """Options of ``quantize.int4_gptq`` (it needs the run's calibration batches)."""
+
+    group: int = option(128, choices=INT4_GROUPS, help="weights per scale and zero point, along K")
+    damp: float = option(0.01, gt=0.0, lt=1.0, help="Hessian dampening, a fraction of its mean diagonal")
+    act_order: bool = option(True, help="quantize columns in order of decreasing Hessian diagonal")
+    sequential: bool = option(True, help="each layer sees the inputs the already-quantized layers produce")
+    clip: bool = option(True, help="choose each group's range by a clipping search instead of min/max")
+    tolerance: float = option(0.5, gt=0.0, help="the contract's threshold on the model's relative output error")
+
+    def check(self, ctx: PassContext) -> None:
+        if ctx.calibration is None:
+            raise PassError(
+                "quantize.int4_gptq needs calibration data: tcomp.optimize(..., calibration=batches) "
+                "with inputs like the model's (or use quantize.int4_weight, which needs none)"
+            )
+
+
+def contract(opts: GptqOptions) -> Contract:
     return Contract(
         Exactness.EMPIRICAL,
         metric="relative error of the model outputs vs float64 (int4 weights chosen by GPTQ)",
-        tolerance=0.5 if tol is None else float(tol),
+        tolerance=opts.tolerance,
         preconditions="calibration batches representative of the inputs; K % group == 0",
     )
 
 
-@register_pass("quantize.int4_gptq", contract_for({}), after=("canonicalize",), contract_for=contract_for)
-def quantize_int4_gptq(
-    gm: fx.GraphModule,
-    calibration: Any = None,
-    group: int = 128,
-    damp: float = 0.01,
-    act_order: bool = True,
-    sequential: bool = True,
-    clip: bool = True,
-    tolerance: float | None = None,
-    include: tuple[str, ...] = ("*",),
-    skip: tuple[str, ...] = DEFAULT_SKIP,
-    types: tuple[str, ...] = ("Linear",),
-    skip_first_last: bool = True,
-) -> PassResult:
-    """Int4 weights chosen by GPTQ on ``calibration`` batches (EMPIRICAL)."""
-    if calibration is None:
-        raise PassError(
-            "quantize.int4_gptq needs calibration data: tcomp.optimize(..., calibration=batches) "
-            "with inputs like the model's (or use quantize.int4_weight, which needs none)"
-        )
-    if group not in INT4_GROUPS:
-        raise PassError(f"quantize.int4_gptq: group must be one of {INT4_GROUPS}, got {group}")
-    if not 0 < damp < 1:
-        raise PassError(f"quantize.int4_gptq: damp={damp!r}; give a fraction of the mean diagonal, e.g. 0.01")
-    nodes, sites = select(
-        gm, include=tuple(include), skip=tuple(skip), types=tuple(types), skip_first_last=skip_first_last
-    )
+@register_pass("quantize.int4_gptq", contract, options=GptqOptions, after=("canonicalize",))
+def quantize_int4_gptq(gm: fx.GraphModule, opts: GptqOptions, ctx: PassContext) -> PassResult:
+    """Int4 weights chosen by GPTQ on the context's calibration batches (EMPIRICAL)."""
+    calibration, group, sequential = ctx.calibration, opts.group, opts.sequential
+    nodes, sites = select(gm, **opts.selection)
     result = PassResult(gm, sites=sites)
     hessians = {} if sequential else _hessians(gm, nodes, calibration)
     for idx, lin in enumerate(nodes):
@@ -91,7 +88,7 @@ def quantize_int4_gptq(
             )
             continue
         h = _hessians(gm, [lin], calibration)[lin.name] if sequential else hessians[lin.name]
-        packed, s, z = gptq_int4(w, h, group, damp, act_order, clip=clip)
+        packed, s, z = gptq_int4(w, h, group, opts.damp, opts.act_order, clip=opts.clip)
         row = {"site": path, "status": "quantized", "format": f"int4_gptq_g{group}"}
         row |= _layer_errors(w, h, group, dequantize_int4(packed, s, z, group))
         swap_linear(

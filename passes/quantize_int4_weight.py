@@ -10,11 +10,13 @@ Selection and its defaults: ``tcomp/passes/quant_common.py``.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
-from tcomp.passes.quant_common import DEFAULT_SKIP, quantize_linears
-from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
+from tcomp.options import option
+from tcomp.passes.quant_common import Selection, quantize_linears
+from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 from tcomp.quant import INT4_GROUPS, dequantize_int4, max_weight_error, quantize_int4
 
 CONTRACT = Contract(
@@ -34,18 +36,17 @@ def _encode(w: torch.Tensor, group: int):
     )
 
 
-@register_pass("quantize.int4_weight", CONTRACT, after=("canonicalize",))
-def quantize_int4_weight(
-    gm,
-    group: int = 128,
-    include: tuple[str, ...] = ("*",),
-    skip: tuple[str, ...] = DEFAULT_SKIP,
-    types: tuple[str, ...] = ("Linear",),
-    skip_first_last: bool = True,
-) -> PassResult:
+@dataclass(frozen=True)
+class Int4WeightOptions(Selection):
+    """Options of ``quantize.int4_weight``."""
+
+    group: int = option(128, choices=INT4_GROUPS, help="weights per scale and zero point, along K")
+
+
+@register_pass("quantize.int4_weight", CONTRACT, options=Int4WeightOptions, after=("canonicalize",))
+def quantize_int4_weight(gm, opts: Int4WeightOptions, ctx: PassContext) -> PassResult:
     """Weight-only int4 (group-wise asymmetric, packed) for the selected linear layers."""
-    if group not in INT4_GROUPS:
-        raise ValueError(f"quantize.int4_weight: group must be one of {INT4_GROUPS}, got {group}")
-    sel = dict(include=tuple(include), skip=tuple(skip), types=tuple(types), skip_first_last=skip_first_last)
-    enc = functools.partial(_encode, group=group)
-    return quantize_linears(gm, f"int4w_g{group}", torch.ops.tcomp.linear_int4w.default, enc, selection=sel)
+    enc = functools.partial(_encode, group=opts.group)
+    return quantize_linears(
+        gm, f"int4w_g{opts.group}", torch.ops.tcomp.linear_int4w.default, enc, selection=opts.selection
+    )

@@ -11,11 +11,13 @@ on any input. Selection and its defaults: ``tcomp/passes/quant_common.py``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from tcomp.passes.quant_common import DEFAULT_SKIP, quantize_linears
+from tcomp.passes.quant_common import Selection, quantize_linears
 from tcomp.passes.quantize_int8_weight import _encode
-from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
+from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 
 CONTRACT = Contract(
     Exactness.BOUNDED,
@@ -28,16 +30,14 @@ CONTRACT = Contract(
 )
 
 
-@register_pass("quantize.int8_dynamic", CONTRACT, after=("canonicalize",))
-def quantize_int8_dynamic(
-    gm,
-    include: tuple[str, ...] = ("*",),
-    skip: tuple[str, ...] = DEFAULT_SKIP,
-    types: tuple[str, ...] = ("Linear",),
-    skip_first_last: bool = True,
-) -> PassResult:
+@dataclass(frozen=True)
+class Int8DynamicOptions(Selection):
+    """Options of ``quantize.int8_dynamic``: which linear layers (the format has no options)."""
+
+
+@register_pass("quantize.int8_dynamic", CONTRACT, options=Int8DynamicOptions, after=("canonicalize",))
+def quantize_int8_dynamic(gm, opts: Int8DynamicOptions, ctx: PassContext) -> PassResult:
     """W8A8 (per-channel int8 weights, per-token dynamic int8 activations) for the selected linears."""
-    sel = dict(include=tuple(include), skip=tuple(skip), types=tuple(types), skip_first_last=skip_first_last)
     return quantize_linears(
-        gm, "w8a8", torch.ops.tcomp.linear_w8a8.default, _encode, selection=sel, rounds_activations=True
+        gm, "w8a8", torch.ops.tcomp.linear_w8a8.default, _encode, selection=opts.selection, rounds_activations=True
     )

@@ -9,10 +9,12 @@ in the model's dtype. Selection and its defaults: ``tcomp/passes/quant_common.py
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from tcomp.passes.quant_common import DEFAULT_SKIP, quantize_linears
-from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
+from tcomp.passes.quant_common import Selection, quantize_linears
+from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 from tcomp.quant import dequantize_int8, max_weight_error, quantize_int8
 
 CONTRACT = Contract(
@@ -28,14 +30,12 @@ def _encode(w: torch.Tensor):
     return {"qweight": q, "scale": s}, (), max_weight_error(w, dequantize_int8(q, s), s)
 
 
-@register_pass("quantize.int8_weight", CONTRACT, after=("canonicalize",))
-def quantize_int8_weight(
-    gm,
-    include: tuple[str, ...] = ("*",),
-    skip: tuple[str, ...] = DEFAULT_SKIP,
-    types: tuple[str, ...] = ("Linear",),
-    skip_first_last: bool = True,
-) -> PassResult:
+@dataclass(frozen=True)
+class Int8WeightOptions(Selection):
+    """Options of ``quantize.int8_weight``: which linear layers (the format has no options)."""
+
+
+@register_pass("quantize.int8_weight", CONTRACT, options=Int8WeightOptions, after=("canonicalize",))
+def quantize_int8_weight(gm, opts: Int8WeightOptions, ctx: PassContext) -> PassResult:
     """Weight-only int8 (per-channel symmetric) for the selected linear layers."""
-    sel = dict(include=tuple(include), skip=tuple(skip), types=tuple(types), skip_first_last=skip_first_last)
-    return quantize_linears(gm, "int8w", torch.ops.tcomp.linear_int8w.default, _encode, selection=sel)
+    return quantize_linears(gm, "int8w", torch.ops.tcomp.linear_int8w.default, _encode, selection=opts.selection)

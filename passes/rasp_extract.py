@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from tcomp.pipeline import EXACT, PassResult, register_pass
+from tcomp.options import NoOptions
+from tcomp.pipeline import EXACT, PassContext, PassResult, register_pass
 from tcomp.rasp.extract import NotAProgram, extract
 from tcomp.rasp.printer import to_source
 
 
 @register_pass("rasp.extract", EXACT, after=("canonicalize",))
-def rasp_extract(gm: fx.GraphModule) -> PassResult:
-    """Recover the RASP program of a Transformer Program from its weights (graph unchanged)."""
+def rasp_extract(gm: fx.GraphModule, opts: NoOptions, ctx: PassContext) -> PassResult:
+    """Recover the RASP program of a Transformer Program from its weights (graph unchanged). No options."""
     try:
         ex = extract(gm)
     except NotAProgram as exc:

@@ -4,9 +4,9 @@ attention with RPE, ``tcomp.rpe_linear_attention`` (Luo et al. 2021), O(n log n)
 ``attention.linear`` skips sites whose bias couples queries and keys; this pass takes exactly those
 whose bias ``passes/rpe_detect.py`` proves to depend only on ``j - i`` (ALiBi, T5 buckets, learned
 offset tables), so the two compose: ``["canonicalize", "attention.linear", "attention.rpe_fft"]``.
-Each site gets the same feature map as ``attention.linear`` (``feature_map``: "elu1" (default),
-"relu", "favor", "hedgehog" (identity-initialised: no attention transfer here); ``num_features``,
-``seed``) and the weights ``c_{j-i} = exp(b_{j-i} - max b)``. The 2n-1 log-weights per head are
+Each site gets the same feature map as ``attention.linear`` (options: :class:`RpeFftOptions`, the
+feature-map options of ``attention.linear``; hedgehog is identity-initialised here, no attention
+transfer; FAVOR+ features from the run's seed) and the weights ``c_{j-i} = exp(b_{j-i} - max b)``. The 2n-1 log-weights per head are
 computed from the bias's producer with its query dim, then its key dim, cut to the first index
 (``passes/rpe_coeffs.py``): T5 buckets of each offset then the table lookup, ALiBi slope * offset,
 a gather from a learned offset table -- O(n) memory, valid at every length, checked equal bit for
@@ -24,6 +24,7 @@ quadratic kernelized-attention-with-RPE reference (tests/passes/test_rpe_fft_op.
 from __future__ import annotations
 
 import types
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
@@ -41,20 +42,24 @@ from tcomp.passes.feature_maps import (
     kernelize,
     make_feature_map,
 )
-from tcomp.passes.linear_attention import TOLERANCE
+from tcomp.passes.linear_attention import TOLERANCE, KernelOptions
 from tcomp.passes.rpe_coeffs import Restrictor, coefficients, drop_unobserved_inplace
 from tcomp.passes.rpe_detect import NotRelative, evaluate, relative_bias, sequence_symbol, toeplitz_coeffs
 from tcomp.passes.rpe_masks import peel_masks
-from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
+from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 
 aten = torch.ops.aten
 RPE = torch.ops.tcomp.rpe_linear_attention.default
 FROM_FAMILY = "from the bias family, O(n)"  # how the coefficients are computed when no n x n tensor is read
 
 
-def contract_for(options: dict) -> Contract:
-    fm = options.get("feature_map", "elu1")
-    tol = options.get("tolerance")
+@dataclass(frozen=True)
+class RpeFftOptions(KernelOptions):
+    """Options of ``attention.rpe_fft``: the feature map, as ``attention.linear``'s."""
+
+
+def contract(opts: RpeFftOptions) -> Contract:
+    fm, tol = opts.feature_map, opts.tolerance
     return Contract(
         Exactness.EMPIRICAL,
         metric=f"relative L2 error of the model outputs vs float64 with {fm} features and FFT relative-position weights",
@@ -63,14 +68,8 @@ def contract_for(options: dict) -> Contract:
     )
 
 
-@register_pass("attention.rpe_fft", contract_for({}), after=("canonicalize",), contract_for=contract_for)
-def rpe_fft(
-    gm: fx.GraphModule,
-    feature_map: str = "elu1",
-    num_features: int = 256,
-    seed: int = 0,
-    tolerance: float | None = None,
-) -> PassResult:
+@register_pass("attention.rpe_fft", contract, options=RpeFftOptions, after=("canonicalize",))
+def rpe_fft(gm: fx.GraphModule, opts: RpeFftOptions, ctx: PassContext) -> PassResult:
     """Rewrite softmax sites with a relative-position bias to FFT kernelized attention (EMPIRICAL)."""
     result = PassResult(gm)
     restrictors: dict[str, Restrictor] = {}  # per sequence length symbol; shared producers cut once
@@ -95,14 +94,14 @@ def rpe_fft(
             _skip(result, gm, node, mask, f"skipped {where}: bias has {rel.heads} heads, the site {heads}")
             continue
         fmap = make_feature_map(
-            feature_map, site.scale, int(qv.shape[-1]), heads, int(kv.shape[1]),
-            num_features=num_features, seed=seed + site.layer,
+            opts.feature_map, site.scale, int(qv.shape[-1]), heads, int(kv.shape[1]),
+            num_features=opts.num_features, seed=ctx.seed + site.layer,
         )  # fmt: skip
         with gm.graph.inserting_before(node):
             coeffs, how = _coeffs(gm, restrictor, bias, rel, heads)
         _rewrite(gm, node, site, fmap, coeffs)
         result.sites.append(
-            {"layer": site.layer, "module": module_path(node), "feature_map": feature_map,
+            {"layer": site.layer, "module": module_path(node), "feature_map": opts.feature_map,
              "rpe_family": rel.family, "rpe_checked_lengths": rel.lengths, "rpe_coefficients": how}
         )  # fmt: skip
         if how != FROM_FAMILY:

@@ -10,20 +10,14 @@ skipped and the residual reported). The site becomes ``linear_attention(G(Q, L) 
 G(K, L) * w_k, v)`` with ``w_k = exp(|k'|^2/2 - max)``; features may be negative, the op's
 normaliser guard returns zeros for rows whose normaliser is not positive.
 
-Options: ``landmarks`` (m, default 32); ``normalize``: ``"row"`` (default) or ``"symmetric"``
-(keys also divided by the square root of their column sums, SOFT++'s symmetric normalisation,
-then rows normalised; the column sums run over every query of the batch, padded ones
-included); ``tied``: use the queries as keys in the kernel (SOFT's tied q/k; changes a
-pretrained model's function, for models trained that way); ``scales``: kernel-bandwidth
-multipliers tried on the calibration data (the best measured one is kept); ``newton_iters``,
-``newton_tol``. Landmarks (k-means of the calibration queries and keys of each head) and the scale
-are chosen on ``calibration`` data, which the pass requires. Contract: EMPIRICAL.
+Options: :class:`SoftmaxFreeOptions`. Landmarks (k-means of the calibration queries and keys of
+each head) and the kernel scale are chosen on ``calibration`` data, which the pass requires. Contract: EMPIRICAL.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
@@ -32,6 +26,7 @@ from torch import Tensor
 from tcomp import meta
 from tcomp.dialect import attention_nodes
 from tcomp.graph import copy_source_meta, module_path, remove_dead
+from tcomp.options import option
 from tcomp.passes.feature_maps import (
     NotKernelizable,
     SiteSample,
@@ -43,17 +38,39 @@ from tcomp.passes.feature_maps import (
     graph_call,
     rel_err,
 )
-from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
+from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 
 aten = torch.ops.aten
 LINEAR = torch.ops.tcomp.linear_attention.default
 
 
-def contract_for(options: dict) -> Contract:
+@dataclass(frozen=True)
+class SoftmaxFreeOptions:
+    """Options of ``attention.softmax_free`` (landmarks come from the run's calibration batches)."""
+
+    landmarks: int = option(32, range=(1, None), help="Nyström landmarks m per head")
+    normalize: str = option(
+        "row", choices=("row", "symmetric"), help="'row', or 'symmetric': keys also divided by the square "
+        "root of their column sums (SOFT++), then rows normalised",
+    )  # fmt: skip
+    tied: bool = option(
+        False, help="use the queries as keys in the kernel (SOFT's tied q/k; changes a pretrained model)"
+    )
+    scales: tuple[float, ...] = option(
+        (0.7, 0.85, 1.0), gt=0.0, help="kernel-bandwidth multipliers tried on the calibration data (best kept)"
+    )
+    newton_iters: int = option(100, range=(1, None), help="most Newton–Schulz iterations of the pseudo-inverse")
+    newton_tol: float = option(1e-6, gt=0.0, help="residual |A X A - A| / |A| the iteration must reach")
+    layers: tuple[int, ...] | None = option(None, help="site indices to convert (None: all)")
+    keep: tuple[int, ...] = option((), help="site indices that stay softmax")
+    tolerance: float = option(0.6, gt=0.0, help="the contract's threshold on the model's relative output error")
+
+
+def contract(opts: SoftmaxFreeOptions) -> Contract:
     return Contract(
         Exactness.EMPIRICAL,
         metric="relative L2 error of the model outputs vs float64 (SOFT, Nyström landmarks)",
-        tolerance=options.get("tolerance", 0.6),
+        tolerance=opts.tolerance,
     )
 
 
@@ -123,23 +140,10 @@ def soft_site(call, q, k, v, key_mask, query_mask, causal, scale, lm, lm_sq, pin
     return call(aten._to_copy.default, out, dtype=v.dtype if isinstance(v, Tensor) else v.meta["val"].dtype)
 
 
-@register_pass("attention.softmax_free", contract_for({}), after=("canonicalize",), contract_for=contract_for)
-def softmax_free(
-    gm: fx.GraphModule,
-    calibration: Any = None,
-    landmarks: int = 32,
-    normalize: str = "row",
-    tied: bool = False,
-    scales: tuple[float, ...] = (0.7, 0.85, 1.0),
-    newton_iters: int = 100,
-    newton_tol: float = 1e-6,
-    layers: Any = None,
-    keep: Any = (),
-    tolerance: float | None = None,
-) -> PassResult:
+@register_pass("attention.softmax_free", contract, options=SoftmaxFreeOptions, after=("canonicalize",))
+def softmax_free(gm: fx.GraphModule, opts: SoftmaxFreeOptions, ctx: PassContext) -> PassResult:
     """Rewrite softmax attention to SOFT (Gaussian kernel, Nyström landmarks) via linear attention (EMPIRICAL)."""
-    if normalize not in ("row", "symmetric"):
-        raise ValueError(f"normalize must be 'row' or 'symmetric', got {normalize!r}")
+    calibration, layers, normalize, tied = ctx.calibration, opts.layers, opts.normalize, opts.tied
     result = PassResult(gm)
     if calibration is None:
         result.notes.append(
@@ -147,7 +151,7 @@ def softmax_free(
         )
         return result
     samples = capture_sites(gm, calibration)
-    keep = set(keep or ())
+    keep = set(opts.keep)
     for node in attention_nodes(gm):
         layer = node.meta.get(meta.ATTN_LAYER)
         if layer in keep or (layers is not None and layer not in set(layers)):
@@ -158,7 +162,7 @@ def softmax_free(
                 raise NotKernelizable("additive key bias (not supported by the Gaussian-kernel rewrite)")
             if node.args[0].meta["val"].shape[1] != node.args[1].meta["val"].shape[1]:
                 raise NotKernelizable("grouped kv heads (landmarks are per query head)")
-            fit = _fit(samples[node.name], landmarks, scales, normalize, tied, newton_iters, newton_tol)
+            fit = _fit(samples[node.name], opts.landmarks, opts.scales, normalize, tied, opts.newton_iters, opts.newton_tol)
         except NotKernelizable as why:
             result.notes.append(f"skipped site {layer} ({module_path(node)}): {why}")
             continue

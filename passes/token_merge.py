@@ -8,20 +8,22 @@ each key (an additive (B, 1, 1, N) bias of ``tcomp.attention``), so a merged tok
 originals weighed together. Shapes stay static: ``r`` per block is fixed when the pass runs
 (:mod:`tcomp.passes.token_merge_schedule`).
 
-* Protected tokens (``protected``, default ``(0,)``: CLS) are never merged and never merged into;
+Options: :class:`TokenMergeOptions` (the schedule, protected tokens, outputs, tolerance).
+
+* Protected tokens (``protected``: CLS by default) are never merged and never merged into;
   they move to the front in the order given, so ``x[:, 0]`` stays the CLS token.
 * Padding: when a site's mask/bias is computed from a (B, N) padding-mask input, merging knows which
   tokens are padding: padding only merges with padding (first: it is free), real tokens only with
   real tokens, merged padding stays masked in every later attention.
-* Outputs (``outputs``): ``"unmerge"`` (default) restores the original token count after the last
+* Outputs (``outputs``): ``"unmerge"`` restores the original token count after the last
   block (each original token takes the value of the token it was merged into, through a source map
   composed of each step's ``assign``), so output shapes never change; CLS pooling reads the CLS
   token's own value and mean pooling over the original tokens equals the size-weighted mean over
   merged ones (exactly). ``"merged"`` leaves the final norm/pooling/head on the merged tokens (no
   gather) and is refused when an output would change shape; ``aten.mean`` over the token axis
   becomes the size-weighted mean there.
-* ``tolerance``: the EMPIRICAL contract's threshold (default 0.35) on the relative error of the
-  graph's outputs; token-level outputs carry much more error than a pooled embedding does.
+* ``tolerance``: the EMPIRICAL contract's threshold on the relative error of the graph's outputs;
+  token-level outputs carry much more error than a pooled embedding does.
 
 Contract: EMPIRICAL. ``r = 0`` everywhere rewrites nothing (EXACT, the identity). Merging exact
 duplicate tokens with proportional attention is lossless (FP_EQUIVALENT; the property test in
@@ -32,6 +34,7 @@ tests/passes/test_token_merge.py). Precondition: at run time every block still h
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
@@ -40,6 +43,7 @@ from tcomp import meta
 from tcomp.dialect import attention_nodes
 from tcomp.errors import PassError
 from tcomp.graph import add_node, dead_code, module_path, shape, val
+from tcomp.options import option
 from tcomp.passes.token_merge_graph import (
     NotABlock,
     block_output,
@@ -48,29 +52,54 @@ from tcomp.passes.token_merge_graph import (
     reshape_tokens,
 )
 from tcomp.passes.token_merge_schedule import resolve
-from tcomp.pipeline import Contract, Exactness, PassResult, register_pass
+from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 
 aten = torch.ops.aten
 TOKEN_MERGE = torch.ops.tcomp.token_merge.default
 
 
-def contract_for(options: dict) -> Contract:
-    """EMPIRICAL; ``tolerance`` (default 0.35) is the threshold on the relative output error. The
+@dataclass(frozen=True)
+class TokenMergeOptions:
+    """Options of ``tokens.merge``: give exactly one of ``r`` and ``keep`` (the schedule,
+    :mod:`tcomp.passes.token_merge_schedule`)."""
+
+    r: int | tuple[int, ...] | None = option(
+        None, range=(0, None), help="tokens removed per block: one int for every block, or one per attention site"
+    )
+    inflect: float = option(
+        0.0, range=(-1.0, 1.0), help="with an int r, a linear ramp of the same total: < 0 merges more early"
+    )
+    keep: float | None = option(
+        None, gt=0.0, range=(None, 1.0), help="instead of r: fraction of the unprotected tokens left at the end"
+    )
+    protected: tuple[int, ...] = option((0,), range=(0, None), help="token positions never merged (CLS)")
+    prop_attn: bool = option(True, help="proportional attention: log(size) added to each key's logits")
+    outputs: str = option(
+        "unmerge", choices=("unmerge", "merged"), help="'unmerge' restores the token count after the last "
+        "block; 'merged' leaves the head on the merged tokens (refused if an output changes shape)",
+    )  # fmt: skip
+    tolerance: float = option(
+        0.35, gt=0.0, help="the contract's threshold on the relative error of the graph's outputs"
+    )
+
+    def check(self, ctx: PassContext) -> None:
+        if (self.r is None) == (self.keep is None):
+            raise ValueError("give exactly one of r= (int or per-layer list) and keep= (fraction)")
+
+
+def contract(opts: TokenMergeOptions) -> Contract:
+    """EMPIRICAL with ``opts.tolerance`` as the threshold on the relative output error. The
     error is measured on the graph's outputs: for token-level outputs (an encoder's hidden states,
     unmerged) it is far larger than for a pooled embedding of the same run (real MiniLM, r = 1:
     0.52 on the hidden states at cosine 0.94 of the mean-pooled embedding), so a user who pools
     sets a tolerance for what they read."""
-    tol = options.get("tolerance")
     return Contract(
         Exactness.EMPIRICAL,
         metric="relative error of the outputs vs the unmerged float64 reference",
-        tolerance=0.35 if tol is None else float(tol),
+        tolerance=opts.tolerance,
         preconditions="encoder blocks (attention -> residual -> MLP), key-padding masks only, "
         "run-time sequence length >= the example's",
     )
-
-
-CONTRACT = contract_for({})
 
 
 def _hint(d) -> int:
@@ -79,25 +108,10 @@ def _hint(d) -> int:
     return int(d.node.hint if d.node.hint is not None else d.node.shape_env.size_hint(d.node.expr))
 
 
-@register_pass("tokens.merge", CONTRACT, after=("canonicalize",), contract_for=contract_for)
-def token_merge(
-    gm: fx.GraphModule,
-    *,
-    r: int | list[int] | None = None,
-    inflect: float = 0.0,
-    keep: float | None = None,
-    protected: tuple[int, ...] | list[int] = (0,),
-    prop_attn: bool = True,
-    outputs: str = "unmerge",
-    tolerance: float | None = None,
-) -> PassResult:
+@register_pass("tokens.merge", contract, options=TokenMergeOptions, after=("canonicalize",))
+def token_merge(gm: fx.GraphModule, opts: TokenMergeOptions, ctx: PassContext) -> PassResult:
     """Merge similar tokens between attention and MLP of encoder blocks (EMPIRICAL; r = 0: EXACT)."""
-    if tolerance is not None and not tolerance > 0:
-        raise PassError(
-            f"tokens.merge: tolerance={tolerance!r}; give a positive relative error (default 0.35)"
-        )
-    if outputs not in ("unmerge", "merged"):
-        raise PassError(f"tokens.merge: outputs={outputs!r}; use 'unmerge' (default) or 'merged'")
+    prop_attn, outputs = opts.prop_attn, opts.outputs
     result = PassResult(gm)
     sites = attention_nodes(gm)
     if not sites:
@@ -114,8 +128,8 @@ def token_merge(
     if first_ok is None:
         return result
     tokens = shape(first_ok)[:2]
-    protected = [int(i) for i in protected]
-    schedule = resolve(len(sites), _hint(tokens[1]), len(protected), r=r, inflect=inflect, keep=keep)
+    protected = list(opts.protected)
+    schedule = resolve(len(sites), _hint(tokens[1]), len(protected), r=opts.r, inflect=opts.inflect, keep=opts.keep)
     schedule = [ri if p is not None else 0 for ri, p in zip(schedule, points)]
     if not any(schedule):
         result.notes.append("r = 0 at every site: graph unchanged")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -13,9 +12,9 @@ import torch.fx as fx
 from tcomp.capture import Captured, capture
 from tcomp.errors import InputError
 from tcomp.graph import drop_unused_tensors
-from tcomp.pipeline import Pass, default_pipeline, get_pass, run_pipeline
+from tcomp.pipeline import run_pipeline
 from tcomp.report import Report
-from tcomp.targets import Target, get_target
+from tcomp.targets import Target
 
 
 def _load_plugins() -> None:
@@ -53,6 +52,7 @@ class OptimizedModule(torch.nn.Module):
         self.graph_before = CapturedGraph(copy.deepcopy(captured.gm.graph))
         self.report = report
         self.target = target
+        self.plan: Any = None  # the tcomp.plan.Plan that produced it (set by optimize)
         self._static_dims = {k: v for k, v in captured.static_dims.items() if v}
         self._model_name = report.model
         self._runner = None
@@ -140,7 +140,7 @@ def optimize(
     model: torch.nn.Module,
     example_inputs: Any = None,
     target: str | Target = "cpu",
-    passes: list[Any] | None = None,
+    passes: Any = None,
     verify: bool = True,
     calibration: Any = None,
     *,
@@ -157,25 +157,30 @@ def optimize(
 
     * ``example_inputs``: a tuple of positional arguments, a dict of keyword arguments, or one tensor.
     * ``target``: ``"cpu"``, ``"a100"``, ``"h100"``, ``"h200"`` or a ``Target``.
-    * ``passes``: names or ``(name, options)``; None runs the target's default pipeline (exact and
-      FP-equivalent passes only). ``canonicalize`` always runs first.
+    * ``passes``: names, ``(name, options)`` pairs or ``{"pass": name, "options": {...}}`` dicts
+      (``Plan.to_json``'s steps), ordered by the passes' declared after/before constraints; None
+      runs the default pipeline (exact and FP-equivalent passes only); ``canonicalize`` always runs
+      first. Or a ``tcomp.plan.Plan``, run as built (its target and backend win). Every option is
+      checked against the pass's options dataclass before the model is captured.
     * ``verify``: check every pass against its contract on float64 references of the example inputs
       and ``verify_samples - 1`` fresh random draws; a pass that breaks its contract is rolled back.
-    * ``calibration``: data for passes that need statistics, handed to those that take it.
+    * ``calibration``: model inputs for passes that fit statistics (in each pass's context).
     * ``backend``: ``"triton"``, ``"onnxruntime"`` or ``"eager"``; None takes the target's default. Lowering is verified
       like a pass (FP_EQUIVALENT); ops a backend cannot run stay on the eager reference.
     * ``dynamic``: keep batch and sequence dims dynamic (the default).
     * ``cudagraphs``: replay the lowered graph as CUDA graphs, one per input shape, for CUDA inputs
       in inference (outputs are returned as fresh tensors). None: on for GPU targets.
     * ``progress``: called with the name of each step as it starts (capture, reference, each pass).
+    * ``seed``: the seed of the reference's random draws and of every pass's randomness.
 
-    The user's model is never modified.
+    The user's model is never modified; ``.plan`` of the result is the Plan that ran.
     """
     _load_plugins()
-    tgt = get_target(target)
+    from tcomp.plan import build_plan
+
     args, kwargs = _normalize_inputs(example_inputs, example_kwargs)
-    specs = _pass_specs(passes, calibration, tgt.name)
-    specs += lowering_steps(backend or tgt.default_backend, tgt)
+    plan = build_plan(target, passes, backend, calibration=calibration, seed=seed)  # checks before work
+    tgt = plan.target
     step = progress or (lambda _name: None)
     step("capture")
     captured = capture(model, args, kwargs, dynamic=dynamic)
@@ -185,7 +190,7 @@ def optimize(
 
         step("float64 reference")
         reference = Reference.build(model, args, kwargs, samples=verify_samples, seed=seed)
-    result = run_pipeline(captured.gm, specs, reference=reference, progress=progress)
+    result = run_pipeline(captured.gm, plan, reference=reference, progress=progress)
     drop_unused_tensors(result.gm)  # e.g. float weights a quantization pass replaced
     report = Report(
         model=type(model).__name__, target=tgt.name, passes=result.records, dynamic_dims=captured.dims
@@ -196,34 +201,9 @@ def optimize(
         report.final_error = result.final_error
     _add_cost(report, result.gm, tgt)
     use_graphs = tgt.kind == "gpu" if cudagraphs is None else cudagraphs
-    return OptimizedModule(result.gm, report, tgt, captured, result.snapshots, cudagraphs=use_graphs)
-
-
-def _pass_specs(
-    passes: list[Any] | None, calibration: Any, target: str | None = None
-) -> list[tuple[str, dict[str, Any]]]:
-    """(name, options) of every step; ``calibration`` and the target's name go to the passes whose
-    function takes them (an option the user gave wins)."""
-    names = default_pipeline() if passes is None else list(passes)
-    specs = [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in names]
-    for name, _ in specs:
-        get_pass(name)  # unknown names fail before any work is done
-    if "canonicalize" not in [n for n, _ in specs]:
-        specs.insert(0, ("canonicalize", {}))
-    for name, opts in specs:
-        params = inspect.signature(get_pass(name).fn).parameters
-        if calibration is not None and "calibration" in params:
-            opts.setdefault("calibration", calibration)
-        if target is not None and "target" in params:
-            opts.setdefault("target", target)
-    return specs
-
-
-def lowering_steps(name: str, target: Target) -> list[Pass]:
-    """The backend's named steps (its lowering and fusions), verified like passes (none for eager)."""
-    from tcomp.backend import get_backend
-
-    return get_backend(name).steps(target)
+    om = OptimizedModule(result.gm, report, tgt, captured, result.snapshots, cudagraphs=use_graphs)
+    om.plan = plan
+    return om
 
 
 def _sites(gm: fx.GraphModule) -> list[dict[str, Any]]:

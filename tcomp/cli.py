@@ -1,8 +1,9 @@
 """The ``tcomp`` command (typer + rich).
 
-    tcomp passes                                  registered passes with their contracts
+    tcomp passes                                  registered passes, their contracts and options
+    tcomp plan --target T [--passes P | --plan F]  the plan (JSON) optimize would run, checked
     tcomp inspect SPEC                            attention sites, spelling, shapes, cost by sequence length
-    tcomp optimize SPEC --target T [--passes P] -o DIR   optimize and write the artifact folder
+    tcomp optimize SPEC --target T [--passes P | --plan F] -o DIR   optimize, write the artifact folder
     tcomp verify DIR [--model SPEC]               re-check hashes (and outputs against the source model)
     tcomp run DIR --input FILE [-o OUT]           run an artifact on inputs stored as safetensors
     tcomp bench SPEC --target T                   median latency: tcomp vs eager vs torch.compile
@@ -63,8 +64,9 @@ def _fail(exc: Exception) -> None:
 
 @app.command()
 def passes(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
-    """List the registered passes and their contracts."""
+    """List the registered passes, their contracts and their options (types, defaults, ranges)."""
     import tcomp
+    from tcomp.options import describe
 
     rows = [
         {
@@ -72,6 +74,9 @@ def passes(as_json: bool = typer.Option(False, "--json", help="machine-readable 
             "contract": p.contract.describe(),
             "default": p.default,
             "description": p.description,
+            "after": list(p.after),
+            "before": list(p.before),
+            "options": describe(p.options),
         }
         for p in tcomp.registered_passes().values()
     ]
@@ -79,11 +84,79 @@ def passes(as_json: bool = typer.Option(False, "--json", help="machine-readable 
         typer.echo(json.dumps(rows, indent=2))
         return
     t = Table(title="passes")
-    for col in ("name", "contract", "default", "description"):
+    for col in ("name", "contract", "default", "description", "options"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["name"], r["contract"], "yes" if r["default"] else "", r["description"])
+        opts = ", ".join(f"{o['name']}={o['default']!r}" for o in r["options"])
+        t.add_row(r["name"], r["contract"], "yes" if r["default"] else "", r["description"], opts)
     console.print(t)
+
+
+OPTION_HELP = "a pass option, PASS.OPTION=VALUE (VALUE read as JSON, else as text); repeat it"
+
+
+def _pass_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """``["tokens.merge.r=2", ...]`` -> ``{"tokens.merge": {"r": 2}}`` (values parsed as JSON)."""
+    from tcomp.errors import InputError
+
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        name, dot, opt = key.strip().rpartition(".")
+        if not (eq and dot and name and opt):
+            raise InputError(f"--option {pair!r}: write PASS.OPTION=VALUE, e.g. tokens.merge.r=2")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        out.setdefault(name, {})[opt] = value
+    return out
+
+
+def _build_plan(target: str, passes: str, backend: str, plan_file: str, options: list[str] | None = None):
+    """The Plan of a command line: ``--plan FILE`` (Plan JSON, or a list of steps run for
+    ``--target``), else the comma-separated ``--passes`` (empty: the default pipeline) with the
+    ``--option`` values of each."""
+    from tcomp.errors import InputError
+    from tcomp.plan import Plan, build_plan
+
+    if plan_file:
+        from pathlib import Path
+
+        try:
+            data = json.loads(Path(plan_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read the plan {plan_file}: {exc}") from exc
+        if isinstance(data, dict):
+            return Plan.from_json(data)
+        return build_plan(target, data, backend or None)
+    opts = _pass_options(options or [])
+    names = [p.strip() for p in passes.split(",") if p.strip()]
+    for name in opts:
+        if name not in names:
+            raise InputError(f"--option for {name!r}, which is not in --passes {','.join(names) or '(empty)'}")
+    specs = [(n, opts.get(n, {})) for n in names] or None
+    return build_plan(target, specs, backend or None)
+
+
+@app.command()
+def plan(
+    target: str = typer.Option("cpu", help="cpu, a100, h100, h200"),
+    passes: str = typer.Option("", help="comma-separated pass names (default: the default pipeline)"),
+    backend: str = typer.Option("", help="backend (default: the target's)"),
+    plan_file: str = typer.Option("", "--plan", help="a plan JSON file to check (from Plan.to_json)"),
+    option: list[str] = typer.Option([], "--option", "-O", help=OPTION_HELP),
+) -> None:
+    """Print the plan ``tcomp optimize`` would run, as JSON: names resolved, options validated and
+    filled with their defaults, passes ordered, the backend's steps appended. Edit it and give it
+    back with ``--plan``."""
+    import tcomp  # noqa: F401 - registers passes and backends
+    from tcomp.errors import TcompError
+
+    try:
+        typer.echo(_build_plan(target, passes, backend, plan_file, option).to_json())
+    except TcompError as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -191,6 +264,9 @@ def optimize(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     target: str = typer.Option("cpu", help="cpu, a100, h100, h200"),
     passes: str = typer.Option("", help="comma-separated pass names (default: the target's exact pipeline)"),
+    backend: str = typer.Option("", help="backend (default: the target's)"),
+    plan_file: str = typer.Option("", "--plan", help="a plan JSON file (tcomp plan, Plan.to_json) to run"),
+    option: list[str] = typer.Option([], "--option", "-O", help=OPTION_HELP),
     output: str = typer.Option(..., "-o", "--output", help="artifact folder to write"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip checking each pass against its contract"),
     as_json: bool = typer.Option(False, "--json"),
@@ -201,15 +277,14 @@ def optimize(
     from tcomp.spec import load_spec
 
     _quiet()
-    names = [p.strip() for p in passes.split(",") if p.strip()] or None
     try:
+        the_plan = _build_plan(target, passes, backend, plan_file, option)  # checked before the model loads
         loaded = load_spec(spec)
-        with _steps(f"optimizing {loaded.name} for {target}", quiet=as_json) as step:
+        with _steps(f"optimizing {loaded.name} for {the_plan.target.name}", quiet=as_json) as step:
             om = tcomp.optimize(
                 loaded.model,
                 loaded.args,
-                target=target,
-                passes=names,
+                passes=the_plan,
                 verify=not no_verify,
                 example_kwargs=loaded.kwargs,
                 progress=step,

@@ -11,9 +11,11 @@ at dispatch -- SDPA into the device-specific ``aten._scaled_dot_product_flash_at
 Keeping them uses torch.export's private helpers; where those are missing the ops decompose and
 the report's notes say so.
 
-The inference graph then runs the ``canonicalize`` pass (every attention spelling becomes one
-``torch.ops.tcomp.attention`` node) and, when ``options={"backend": ...}`` names a backend other
-than ``"eager"``, that backend's lowering. Each compiled graph leaves a :class:`DynamoReport` in
+The inference graph then runs the Plan that ``tcomp.plan.build_plan`` makes of the options (the
+same builder as ``tcomp.optimize`` and the CLI): the ``canonicalize`` pass (every attention
+spelling becomes one ``torch.ops.tcomp.attention`` node), the extra ``passes`` ordered by their
+constraints and, when ``options={"backend": ...}`` names a backend other than ``"eager"``, that
+backend's steps. Each compiled graph leaves a :class:`DynamoReport` in
 :data:`REPORTS` (attention sites found, pass records, notes).
 
 Training graphs (grad enabled and an input or parameter requiring grad) are compiled by
@@ -56,6 +58,7 @@ class DynamoReport:
     sites: list[dict[str, Any]] = field(default_factory=list)
     preserved: list[str] = field(default_factory=list)  # ops kept whole in the ATen graph
     passes: list[dict[str, Any]] = field(default_factory=list)  # PassRecord.to_dict() per step
+    plan: dict[str, Any] = field(default_factory=dict)  # Plan.to_dict() of what ran
     notes: list[str] = field(default_factory=list)
     aten_code: str = ""  # the ATen graph as AOTAutograd produced it (before canonicalize)
     code: str = ""  # the graph that runs
@@ -96,12 +99,23 @@ def _needs_grad(gm: fx.GraphModule, example_inputs: list) -> bool:
 
 
 def _options(options: dict[str, Any] | None, extra: dict[str, Any]) -> dict[str, Any]:
+    from tcomp.options import suggest
+
     opts = dict(options or {})
     opts.update({k: v for k, v in extra.items() if k != "mode"})
-    unknown = set(opts) - {"backend", "target", "passes"}
-    if unknown:
-        raise TypeError(f"tcomp backend: unknown option(s) {sorted(unknown)}; known: backend, target, passes")
+    known = ("backend", "target", "passes")
+    for key in opts:
+        if key not in known:
+            raise TypeError(f"tcomp backend: unknown option {key!r}{suggest(key, known)}; known: {', '.join(known)}")
     return opts
+
+
+def build_dynamo_plan(opts: dict[str, Any]):
+    """The Plan of ``torch.compile(m, backend="tcomp", options=opts)``: canonicalize, the extra
+    ``passes`` (default none), the backend's steps (default backend ``"eager"``, target ``"cpu"``)."""
+    from tcomp.plan import build_plan
+
+    return build_plan(opts.get("target") or "cpu", list(opts.get("passes") or ()), opts.get("backend") or "eager")
 
 
 def tcomp_backend(gm: fx.GraphModule, example_inputs: list, **options: Any):
@@ -110,7 +124,8 @@ def tcomp_backend(gm: fx.GraphModule, example_inputs: list, **options: Any):
     Options (``torch.compile(m, backend="tcomp", options={...})`` or keyword arguments when called
     directly): ``backend`` (``"eager"``, the default, runs the canonicalized graph; ``"triton"`` ...
     lowers with that tcomp backend), ``target`` (for the lowering, default ``"cpu"``) and ``passes``
-    (extra exact / FP-equivalent passes run after canonicalize, default none).
+    (extra passes run after canonicalize, in any form ``build_plan`` reads; default none). Unknown
+    names and options raise before anything is compiled.
     """
     from torch._functorch.aot_autograd import aot_module_simplified, make_boxed_func
 
@@ -119,8 +134,8 @@ def tcomp_backend(gm: fx.GraphModule, example_inputs: list, **options: Any):
     import tcomp.passes  # noqa: F401 - registers canonicalize and the other passes
 
     opts = _options(options.pop("options", None), options)
-    backend = opts.get("backend") or "eager"
-    report = DynamoReport(graph_id=len(REPORTS), mode="inference", backend=backend)
+    plan = build_dynamo_plan(opts)  # names and options checked before AOTAutograd runs
+    report = DynamoReport(graph_id=len(REPORTS), mode="inference", backend=plan.backend, plan=plan.to_dict())
     REPORTS.append(report)
 
     def nop(fx_gm: fx.GraphModule, _inputs):
@@ -133,7 +148,7 @@ def tcomp_backend(gm: fx.GraphModule, example_inputs: list, **options: Any):
         return aot_module_simplified(gm, example_inputs, fw_compiler=nop, bw_compiler=nop)
 
     def inference_compiler(aten_gm: fx.GraphModule, _inputs):
-        return make_boxed_func(_rewrite(aten_gm, report, opts))
+        return make_boxed_func(_rewrite(aten_gm, report, plan))
 
     with _preserve_ops() as ok:
         compiled = aot_module_simplified(
@@ -146,7 +161,7 @@ def tcomp_backend(gm: fx.GraphModule, example_inputs: list, **options: Any):
     return compiled
 
 
-def _rewrite(aten_gm: fx.GraphModule, report: DynamoReport, opts: dict[str, Any]) -> fx.GraphModule:
+def _rewrite(aten_gm: fx.GraphModule, report: DynamoReport, plan: Any) -> fx.GraphModule:
     from tcomp import meta
     from tcomp.dialect import attention_nodes
     from tcomp.pipeline import run_pipeline
@@ -159,10 +174,7 @@ def _rewrite(aten_gm: fx.GraphModule, report: DynamoReport, opts: dict[str, Any]
             "is one fused op tcomp cannot see or rewrite; call torch.backends.mha.set_fastpath_enabled(False) "
             "before compiling, or use tcomp.optimize, which turns the fast path off while capturing"
         )
-    specs: list[Any] = [("canonicalize", {})]
-    specs += [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in opts.get("passes") or ()]
-    specs += _lowering(report.backend, opts.get("target") or "cpu")
-    result = run_pipeline(aten_gm, specs)
+    result = run_pipeline(aten_gm, plan)
     report.passes = [r.to_dict() for r in result.records]
     for r in result.records:
         report.notes += [f"{r.name}: {n}" for n in r.notes]
@@ -177,13 +189,6 @@ def _rewrite(aten_gm: fx.GraphModule, report: DynamoReport, opts: dict[str, Any]
     report.spellings = [n.meta.get(meta.ATTN_SPELLING, "") for n in attention_nodes(result.gm)]
     report.code = result.gm.code
     return result.gm
-
-
-def _lowering(name: str, target: str):
-    from tcomp.api import lowering_steps
-    from tcomp.targets import get_target
-
-    return lowering_steps(name, get_target(target))
 
 
 def _register() -> None:

@@ -1,9 +1,14 @@
 """Pass infrastructure: contracts, the registry and the verified pipeline.
 
-A pass is a pure function ``GraphModule -> PassResult``. The pipeline hands each pass its own copy
-of the graph (parameters shared, never mutated), verifies the result against its contract when
-asked, and rolls the pass back -- keeping the previous graph and recording why -- when the check
-fails or the pass raises. Nothing wrong is handed to the user silently.
+A pass is a pure function ``fn(gm, opts, ctx) -> PassResult``: ``opts`` is an instance of the
+pass's frozen options dataclass (``tcomp.options``: types, defaults, ranges, allowed values -- the
+one place defaults live; the contract is derived from it), ``ctx`` a :class:`PassContext` with
+what the run provides and is not an option: the plan's Target, calibration batches and the seed.
+Options are validated and the context checked when the plan is built (``tcomp.plan.build_plan``),
+before any capture. The pipeline hands each step its own copy of the graph (parameters shared,
+never mutated), verifies the result against its contract when asked, and rolls the step back --
+keeping the previous graph and recording why -- when the check fails or the pass raises. Nothing
+wrong is handed to the user silently.
 """
 
 from __future__ import annotations
@@ -13,14 +18,19 @@ import enum
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
 
+from tcomp import options as options_mod
 from tcomp.errors import PassError
+from tcomp.options import NoOptions
 from tcomp.verify import bitwise_equal, rel_error
+
+if TYPE_CHECKING:
+    from tcomp.targets import Target
 
 
 class Exactness(enum.Enum):
@@ -88,22 +98,69 @@ PassFn = Callable[..., PassResult]
 
 
 @dataclass(frozen=True)
+class PassContext:
+    """What a run hands every pass besides its options: the plan's target (None when no face gave
+    one, e.g. ``run_pipeline`` on a list), calibration batches (model inputs; never a JSON option)
+    and the seed all randomness derives from."""
+
+    target: Target | None = None
+    calibration: Any = field(default=None, compare=False, repr=False)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Pass:
+    """A registered pass: ``fn(gm, opts, ctx) -> PassResult`` with ``opts`` an instance of
+    ``options`` (its frozen dataclass) and ``ctx`` a :class:`PassContext`. A step built by hand
+    without ``options`` (a backend's lowering) is called ``fn(gm)``."""
+
     name: str
     fn: PassFn
-    contract: Contract
+    contract: Contract  # under the default options
     after: tuple[str, ...] = ()
     before: tuple[str, ...] = ()
     default: bool = False  # part of the default pipeline (only exact / FP-equivalent passes may be)
     description: str = ""
-    contract_for: Callable[[dict], Contract] | None = None  # contract that depends on the options
+    options: type | None = None
+    derive: Callable[[Any], Contract] | None = None  # contract from the options instance
 
-    def contract_of(self, options: dict) -> Contract:
-        """The contract this pass promises under ``options`` (e.g. per feature map)."""
-        return self.contract_for(options) if self.contract_for is not None else self.contract
+    def make_options(self, raw: Any = None, **kw: Any) -> Any:
+        """Validated options from a mapping and keywords; None when the step declares none."""
+        if self.options is None:
+            if raw or kw:
+                raise options_mod.OptionError(f"step {self.name!r} takes no options")
+            return None
+        if isinstance(raw, self.options) and not kw:
+            return raw
+        merged = options_mod.to_dict(raw) if isinstance(raw, self.options) else dict(raw or {})
+        return options_mod.make(self.options, {**merged, **kw}, self.name)
 
-    def __call__(self, gm: fx.GraphModule, **options: Any) -> PassResult:
-        return self.fn(gm, **options)
+    def contract_of(self, opts: Any = None) -> Contract:
+        """The contract this pass promises under ``opts`` (an options instance or a mapping)."""
+        if self.derive is None:
+            return self.contract
+        return self.derive(opts if isinstance(opts, self.options) else self.make_options(opts))
+
+    def run(self, gm: fx.GraphModule, opts: Any, ctx: PassContext) -> PassResult:
+        return self.fn(gm) if self.options is None else self.fn(gm, opts, ctx)
+
+    def __call__(self, gm: fx.GraphModule, ctx: PassContext | None = None, **kw: Any) -> PassResult:
+        """Run directly with keyword options (tests, notebooks); ``calibration=`` and ``seed=`` go to
+        the context. Options are validated and the context checked as ``build_plan`` does."""
+        ctx = ctx or PassContext(calibration=kw.pop("calibration", None), seed=kw.pop("seed", 0))
+        opts = self.make_options(kw)
+        check_context(self, opts, ctx)
+        return self.run(gm, opts, ctx)
+
+
+def check_context(p: Pass, opts: Any, ctx: PassContext) -> None:
+    """Run the options' ``check(ctx)`` (e.g. "needs calibration data") as an OptionError."""
+    check = getattr(opts, "check", None)
+    if check is not None:
+        try:
+            check(ctx)
+        except (ValueError, PassError) as exc:
+            raise options_mod.OptionError(f"pass {p.name!r}: {exc}") from exc
 
 
 _REGISTRY: dict[str, Pass] = {}
@@ -111,32 +168,41 @@ _REGISTRY: dict[str, Pass] = {}
 
 def register_pass(
     name: str,
-    contract: Contract,
+    contract: Contract | Callable[[Any], Contract],
     *,
+    options: type = NoOptions,
     after: tuple[str, ...] = (),
     before: tuple[str, ...] = (),
     default: bool = False,
-    contract_for: Callable[[dict], Contract] | None = None,
 ) -> Callable[[PassFn], PassFn]:
-    """Decorator registering ``fn(gm, **options) -> PassResult`` as pass ``name``.
+    """Decorator registering ``fn(gm, opts, ctx) -> PassResult`` as pass ``name``.
 
+    ``options``: the pass's frozen options dataclass (``tcomp.options.option`` fields); ``contract``:
+    a Contract, or a function of the options instance returning one (no defaults repeated there).
     Registry names are dotted lowercase (``attention.linear``). The registry refuses approximate
     passes without a bound or a metric (the Contract refuses them) and approximate passes in the
     default pipeline.
     """
     if name != name.lower() or " " in name:
         raise PassError(f"pass names are dotted lowercase, got {name!r}")
+    if not options_mod.is_options_class(options):
+        raise PassError(f"pass {name!r}: options must be a frozen dataclass, got {options!r}")
+    derive = None if isinstance(contract, Contract) else contract
+    if derive is not None:
+        contract = derive(options_mod.make(options, {}, name))
     if not isinstance(contract, Contract):
-        raise PassError(f"pass {name!r}: contract must be a tcomp.Contract")
+        raise PassError(f"pass {name!r}: contract must be a tcomp.Contract or a function returning one")
     if default and contract.exactness.approximate:
         raise PassError(
             f"pass {name!r} is approximate ({contract.exactness.value}); it cannot run by default"
         )
 
+    options_mod.document(options)
+
     def deco(fn: PassFn) -> PassFn:
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = Pass(
-            name, fn, contract, tuple(after), tuple(before), default, doc[0] if doc else "", contract_for
+            name, fn, contract, tuple(after), tuple(before), default, doc[0] if doc else "", options, derive
         )
         return fn
 
@@ -146,7 +212,7 @@ def register_pass(
 def get_pass(name: str) -> Pass:
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "(none registered)"
-        raise PassError(f"unknown pass {name!r}; registered passes: {known}")
+        raise PassError(f"unknown pass {name!r}{options_mod.suggest(name, _REGISTRY)}; registered passes: {known}")
     return _REGISTRY[name]
 
 
@@ -160,24 +226,67 @@ def default_pipeline() -> list[str]:
 
 def order(names: list[str]) -> list[str]:
     """Order pass names so every ``after``/``before`` constraint among them holds (stable
-    otherwise). Uses networkx for the topological sort; a cycle is an error."""
+    otherwise). Uses networkx for the topological sort; a cycle is an error naming its passes."""
+    return [names[i] for i in order_indices([get_pass(n) for n in names])]
+
+
+def order_indices(passes: list[Pass]) -> list[int]:
+    """Positions of ``passes`` in an order that meets their constraints (a pass may repeat)."""
     import networkx as nx
 
     g = nx.DiGraph()
-    for i, n in enumerate(names):
-        g.add_node(n, i=i)
-    for n in names:
-        p = get_pass(n)
-        for a in p.after:
-            if a in g:
-                g.add_edge(a, n)
-        for b in p.before:
-            if b in g:
-                g.add_edge(n, b)
+    g.add_nodes_from(range(len(passes)))
+    for i, p in enumerate(passes):
+        for j, q in enumerate(passes):
+            if i != j and q.name in p.after:
+                g.add_edge(j, i)
+            if i != j and q.name in p.before:
+                g.add_edge(i, j)
     try:
-        return list(nx.lexicographical_topological_sort(g, key=lambda n: g.nodes[n]["i"]))
-    except nx.NetworkXUnfeasible as exc:
-        raise PassError(f"pass ordering constraints form a cycle among {names}") from exc
+        return list(nx.lexicographical_topological_sort(g))
+    except nx.NetworkXUnfeasible:
+        cycle = [passes[u].name for u, _ in nx.find_cycle(g)]
+        raise PassError(
+            f"the passes' after/before constraints form a cycle: {' -> '.join([*cycle, cycle[0]])}; "
+            "drop one of these passes from the list"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a plan: a pass and its validated options (None for a plain step)."""
+
+    p: Pass
+    options: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.p.name
+
+    @property
+    def contract(self) -> Contract:
+        return self.p.contract_of(self.options)
+
+
+def make_step(spec: Any) -> Step:
+    """A Step from a name, a Pass, ``(name, options)`` or ``{"pass": name, "options": {...}}``."""
+    if isinstance(spec, Step):
+        return spec
+    if isinstance(spec, Pass):
+        return Step(spec, spec.make_options())
+    if isinstance(spec, str):
+        name, raw = spec, {}
+    elif isinstance(spec, Mapping) and "pass" in spec:
+        extra = set(spec) - {"pass", "options"}
+        if extra:
+            raise PassError(f"a plan step has the keys 'pass' and 'options', not {sorted(extra)}")
+        name, raw = spec["pass"], spec.get("options") or {}
+    elif isinstance(spec, (tuple, list)) and len(spec) == 2:
+        name, raw = spec
+    else:
+        raise PassError(f"a pass is a name, (name, options) or {{'pass': name, 'options': ...}}; got {spec!r}")
+    p = get_pass(name)
+    return Step(p, p.make_options(raw))
 
 
 # -- the pipeline --------------------------------------------------------------------------------
@@ -226,42 +335,57 @@ class PipelineResult:
 
 def run_pipeline(
     gm: fx.GraphModule,
-    passes: list[str | Pass | tuple[str, dict[str, Any]]],
+    plan: Any,
     *,
     reference: Any | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PipelineResult:
-    """Run ``passes`` in order on a copy of ``gm``.
+    """Run the steps of ``plan`` in order on a copy of ``gm``.
+
+    ``plan``: a ``tcomp.plan.Plan`` (its passes, then its backend's steps), or a list of steps as
+    ``make_step`` reads them, run as given with no target (``calibration`` and ``seed`` may then sit
+    in a step's options dict, handed to the context: the form tests use).
 
     With a ``reference`` (``tcomp.verify.Reference``) each pass is verified against its contract:
     EXACT -> bitwise equal to the previous stage; FP_EQUIVALENT -> error vs float64 no worse than
     the original's own error times a small factor; BOUNDED/EMPIRICAL -> error within the contract's
     tolerance. A failing or raising pass is rolled back and recorded with the reason.
     """
+    steps, ctx = plan.runnable() if hasattr(plan, "runnable") else _listed(plan)
     debug = os.environ.get("TCOMP_DEBUG", "") not in ("", "0")
-    specs = [(p, {}) if isinstance(p, (str, Pass)) else (p[0], dict(p[1])) for p in passes]
-    current = gm
-    snapshots = [("captured", gm.code)]
-    records: list[PassRecord] = []
+    current, snapshots, records = gm, [("captured", gm.code)], []
     prev_out = reference.run(current) if reference is not None else None
-    for spec, options in specs:
-        p = spec if isinstance(spec, Pass) else get_pass(spec)
+    for step in steps:
         if progress:
-            progress(p.name)
+            progress(step.name)
         t0 = time.perf_counter()
-        rec, new_gm, outs = _apply(
-            p, options, current, reference, prev_out, _rounding_budget(current, records)
-        )
+        rec, new_gm, outs = _apply(step, ctx, current, reference, prev_out, _rounding_budget(current, records))
         rec.seconds = time.perf_counter() - t0
         records.append(rec)
         if new_gm is None:
             continue
         current, prev_out = new_gm, outs if outs is not None else prev_out
-        snapshots.append((p.name, current.code))
+        snapshots.append((step.name, current.code))
         if debug:
-            print(f"[tcomp] after {p.name}:\n{current.graph}")
+            print(f"[tcomp] after {step.name}:\n{current.graph}")
     final = reference.error_of(prev_out) if reference is not None else None
     return PipelineResult(current, records, snapshots, final)
+
+
+def _listed(specs: list[Any]) -> tuple[list[Step], PassContext]:
+    """Steps and context of a plain list (see ``run_pipeline``); options are validated first."""
+    calibration, seed, steps = None, 0, []
+    for spec in specs:
+        if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[1], Mapping):
+            raw = dict(spec[1])
+            calibration = raw.pop("calibration", calibration)
+            seed = raw.pop("seed", seed)
+            spec = (spec[0], raw)
+        steps.append(make_step(spec))
+    ctx = PassContext(calibration=calibration, seed=seed)
+    for s in steps:
+        check_context(s.p, s.options, ctx)
+    return steps, ctx
 
 
 def _rounding_budget(gm: fx.GraphModule, records: list[PassRecord]) -> float | None:
@@ -276,21 +400,14 @@ def _rounding_budget(gm: fx.GraphModule, records: list[PassRecord]) -> float | N
     return max(tols, default=None)
 
 
-def _apply(
-    p: Pass,
-    options: dict,
-    current: fx.GraphModule,
-    reference: Any,
-    prev_out: Any,
-    budget: float | None = None,
-):
-    """Run one pass on a copy of ``current`` and check it: ``(record, new graph or None if not
+def _apply(step: Step, ctx: PassContext, current: fx.GraphModule, reference: Any, prev_out: Any, budget=None):
+    """Run one step on a copy of ``current`` and check it: ``(record, new graph or None if not
     applied, its outputs on the reference inputs or None if unverified)``. ``budget``: see
     ``_rounding_budget`` and ``_check``."""
-    contract = p.contract_of(options)
-    rec = PassRecord(p.name, contract.describe(), contract.exactness.value, "applied")
+    contract = step.contract
+    rec = PassRecord(step.name, contract.describe(), contract.exactness.value, "applied")
     try:
-        result = p(copy_graph_module(current), **options)
+        result = step.p.run(copy_graph_module(current), step.options, ctx)
         result.gm.graph.lint()
         result.gm.recompile()
     except Exception as exc:  # noqa: BLE001 - a failing pass is rolled back, never fatal

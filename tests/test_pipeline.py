@@ -4,6 +4,7 @@ contract is rolled back with the reason, ordering constraints hold, snapshots ar
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 import tcomp
 from tcomp.capture import capture
 from tcomp.errors import PassError
+from tcomp.options import option
 from tcomp.pipeline import Contract, Exactness, PassResult, get_pass, order, register_pass, run_pipeline
 from tcomp.verify import Reference
 from tests.attention_zoo import AttnSpec, build, inputs
@@ -38,9 +40,15 @@ def test_registry_refuses_approximate_passes_without_bound_or_metric():
         get_pass("no.such.pass")
 
 
-@register_pass("test.scale_output", Contract(Exactness.FP_EQUIVALENT), after=("canonicalize",))
-def _scale_output(gm, factor: float = 1.5):
+@dataclass(frozen=True)
+class _ScaleOptions:
+    factor: float = option(1.5, help="what the first output is multiplied by")
+
+
+@register_pass("test.scale_output", Contract(Exactness.FP_EQUIVALENT), options=_ScaleOptions, after=("canonicalize",))
+def _scale_output(gm, opts, ctx):
     """Multiplies the first output by ``factor`` while claiming FP equivalence: a broken pass."""
+    factor = opts.factor
     out = next(n for n in gm.graph.nodes if n.op == "output")
     first = out.args[0][0]
     with gm.graph.inserting_before(out):
@@ -50,13 +58,13 @@ def _scale_output(gm, factor: float = 1.5):
 
 
 @register_pass("test.identity_exact", Contract(Exactness.EXACT), after=("canonicalize",))
-def _identity(gm):
+def _identity(gm, opts, ctx):
     """Rebuilds nothing, counts one rewrite: EXACT holds trivially."""
     return PassResult(gm, rewrites=1)
 
 
 @register_pass("test.raises", Contract(Exactness.EXACT))
-def _raises(gm):
+def _raises(gm, opts, ctx):
     """Always fails."""
     raise RuntimeError("boom")
 

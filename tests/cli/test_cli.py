@@ -16,6 +16,12 @@ def test_passes_lists_canonicalize_with_contract():
     assert res.exit_code == 0
     rows = {r["name"]: r for r in json.loads(res.stdout)}
     assert rows["canonicalize"]["contract"] == "fp_equivalent" and rows["canonicalize"]["default"]
+    # every pass's options come from its dataclass: type, default, range, allowed values, help
+    group = {o["name"]: o for o in rows["quantize.int4_gptq"]["options"]}
+    assert group["group"]["type"] == "int" and group["group"]["default"] == 128
+    assert group["group"]["choices"] == [32, 64, 128] and group["damp"]["range"] == "(0.0, 1.0)"
+    assert all(o["help"] for r in rows.values() for o in r["options"])
+    assert rows["canonicalize"]["options"] == [] and "canonicalize" in rows["tokens.merge"]["after"]
 
 
 def test_inspect_shows_sites_and_cost():

@@ -259,7 +259,7 @@ def test_contract_depends_on_the_feature_map():
         model = build(spec, layers=1)
         cap = capture(model, inputs(spec, 2, 4, padded=False))
         gm = run_pipeline(cap.gm, ["canonicalize"]).gm
-        p.fn(gm, layers="auto")
+        p(gm, layers="auto")
 
 
 def test_artifact_round_trip_keeps_feature_map_weights(tmp_path):

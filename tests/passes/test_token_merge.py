@@ -207,6 +207,6 @@ def test_tolerance_option_sets_the_checked_contract():
     loose = tcomp.optimize(e.model, e.example_inputs, passes=passes(), backend="eager")
     rec = loose.report["tokens.merge"]
     assert rec.status == "applied" and rec.tolerance == 0.35 and 1e-9 < rec.error <= 0.35
-    assert MERGE.contract_for({"tolerance": 0.7}).tolerance == 0.7
+    assert MERGE.contract_of({"tolerance": 0.7}).tolerance == 0.7
     with pytest.raises(PassError, match="tolerance"):
         _merge(_canonical("vit", depth=2)[1], r=1, tolerance=-1.0)
