@@ -35,9 +35,9 @@ def _sha256(path: Path) -> str:
 
 
 def versions() -> dict[str, str]:
-    import tcomp
+    from importlib.metadata import version
 
-    out = {"tcomp": tcomp.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    out = {"tcomp": version("tcomp"), "torch": torch.__version__, "python": platform.python_version()}
     for mod in ("triton", "onnxruntime", "transformers"):
         try:
             out[mod] = __import__(mod).__version__

@@ -20,13 +20,11 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from tcomp.errors import InputError
 from tcomp.options import suggest, to_dict
 from tcomp.pipeline import (
-    FP_EQUIVALENT,
     Pass,
     PassContext,
     Step,
@@ -154,14 +152,6 @@ def resolve_backend(name: str) -> Any:
 
 
 def backend_steps(backend: Any, target: Target) -> list[Pass]:
-    """The backend's named steps for ``target`` (``Backend.steps``); for a backend without that
-    method, its lowering as one FP_EQUIVALENT step (none for the eager reference)."""
-    steps = getattr(backend, "steps", None)
-    if steps is not None:
-        return list(steps(target))
-    if backend.name == "eager":
-        return []
-    return [
-        Pass(f"lower.{backend.name}", partial(backend.lower, target=target.name), FP_EQUIVALENT,
-             description=f"lower to {backend.name}")
-    ]  # fmt: skip
+    """The backend's named steps for ``target`` (``Backend.steps``: its lowering and fusions, none
+    for the eager reference), verified and reported like passes."""
+    return list(backend.steps(target))
