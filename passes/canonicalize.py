@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 
 from tcomp import meta
-from tcomp.dialect import attention_nodes
+from tcomp.dialect import attention_nodes, dialect_ops
 from tcomp.graph import (
     add_node,
     copy_source_meta,
@@ -46,7 +46,8 @@ SDPA = aten.scaled_dot_product_attention.default
 
 @register_pass("canonicalize", FP_EQUIVALENT, default=True)
 def canonicalize(gm: fx.GraphModule, opts: NoOptions, ctx: PassContext) -> PassResult:
-    """Rewrite every attention site to ``tcomp.attention`` (FP_EQUIVALENT). No options."""
+    """Rewrite every attention site to ``tcomp.attention``, and every spelling of a fused dialect op
+    that registers canonical forms (``tcomp.rms_norm``, ...) to that op (FP_EQUIVALENT). No options."""
     result = PassResult(gm)
     # metadata assertions left by .to() calls hold by construction and would keep dead chains alive
     for n in [
@@ -76,6 +77,11 @@ def canonicalize(gm: fx.GraphModule, opts: NoOptions, ctx: PassContext) -> PassR
         n.meta[meta.ATTN_LAYER] = i
         annotate(n)  # q/k/v projections stay recognisable (fused QKV included) for later passes
     result.sites = [site_record(n) for n in attention_nodes(gm)]
+    for op in dialect_ops():  # fused ops models spell out (RMSNorm, ...), each op's own rewrites
+        for form in op.canonical_forms:
+            notes = form(gm)
+            result.rewrites += len(notes)
+            result.notes += notes
     gm.graph.lint()
     gm.recompile()
     return result

@@ -6,8 +6,13 @@ registered as an :class:`OpDef` (``define(...)`` below the op). Importing this p
 every op (``torch.ops.tcomp.*``); :func:`op_def` finds an op's OpDef, :func:`dialect_ops` lists them.
 
 Passes produce these ops; backends lower them (``@backend.implements(op, ...)`` in the kernel's
-own file). Nothing else needs editing to add an op.
+own file). Nothing else needs editing to add an op: every module of this package is imported
+(discovered, no hand-kept list), so a new family file registers its ops by being there. The names
+below are re-exported for convenience.
 """
+
+import importlib
+import pkgutil
 
 from tcomp.dialect.attention import attention, attention_cost, attention_nodes, is_attention
 from tcomp.dialect.base import OpDef, define, dialect_ops, op_def
@@ -43,3 +48,6 @@ __all__ = [
     "skip_layer_norm", "skip_layer_norm_cost", "toeplitz_conv", "toeplitz_spectrum", "token_merge",
     "token_merge_cost",
 ]  # fmt: skip
+
+for _m in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
+    importlib.import_module(_m.name)  # a family file registers its ops when imported

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from tcomp.cost import Cost
 
 CostFn = Callable[[Node, "Mapping[Any, Any] | None"], "Cost | None"]
+# a canonical form: rewrites every spelling of the op it recognises in a GraphModule (in place) into
+# the op and returns one note per rewritten site; canonicalize applies every op's forms
+CanonicalForm = Callable[[Any], "list[str]"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class OpDef:
     * ``cost(node, symbols)``: the node's FLOPs and bytes as sympy expressions of its shapes
       (``symbols`` renames shape symbols, see ``tcomp.cost.node_cost``), None when the shapes
       are unknown.
+    * ``canonical_forms``: rewrites that turn the op's ATen spellings into it (for fused ops that
+      models spell out, e.g. RMSNorm); the ``canonicalize`` pass applies them, in registration order.
     """
 
     name: str
@@ -46,6 +51,7 @@ class OpDef:
     packet: torch._ops.OpOverloadPacket
     reference: Callable[..., Any]
     cost: CostFn
+    canonical_forms: tuple[CanonicalForm, ...] = ()
 
     def matches(self, node: Any) -> bool:
         """True for an fx node that calls this op (the overload or its packet)."""
@@ -76,9 +82,16 @@ _BY_TARGET: dict[Any, OpDef] = {}
 _BY_NAME: dict[str, OpDef] = {}
 
 
-def define(custom_op: Any, *, kind: str, cost: CostFn, family: str | None = None) -> OpDef:
+def define(
+    custom_op: Any,
+    *,
+    kind: str,
+    cost: CostFn,
+    family: str | None = None,
+    canonical_forms: tuple[CanonicalForm, ...] = (),
+) -> OpDef:
     """Register the ``torch.library.custom_op`` ``custom_op`` (namespace ``tcomp``) with its site
-    kind and cost formula; returns its :class:`OpDef`. ``family`` defaults to the name of the
+    kind, cost formula and canonical forms; returns its :class:`OpDef`. ``family`` defaults to the name of the
     module that defines the op (``tcomp.dialect.qlinear`` -> ``"qlinear"``). Registering a name
     twice replaces the earlier definition (module reloads)."""
     qualname = custom_op._qualname  # "tcomp::attention"
@@ -86,7 +99,7 @@ def define(custom_op: Any, *, kind: str, cost: CostFn, family: str | None = None
     packet = getattr(getattr(torch.ops, ns), short)
     reference = getattr(custom_op, "_init_fn", custom_op)
     fam = family or reference.__module__.rsplit(".", 1)[-1]
-    d = OpDef(f"{ns}.{short}", fam, kind, packet.default, packet, reference, cost)
+    d = OpDef(f"{ns}.{short}", fam, kind, packet.default, packet, reference, cost, tuple(canonical_forms))
     old = _BY_NAME.get(d.name)
     if old is not None:
         _BY_TARGET.pop(old.op, None)
