@@ -38,7 +38,7 @@ def test_triton_discovers_every_kernel_module():
     impls = b.impls
     want = {
         getattr(torch.ops.tcomp, op).default
-        for op in ("attention", "linear_attention", "token_merge", *DIALECT_QLINEARS)
+        for op in ("attention", "linear_attention", "token_merge", "rms_norm", *DIALECT_QLINEARS)
     }
     assert want <= set(impls)
     # every declaration found, no hand-kept list
@@ -54,7 +54,7 @@ def test_onnxruntime_translations_come_from_the_declarations():
     impls = b.impls
     want = {
         getattr(torch.ops.tcomp, op).default
-        for op in ("attention", "token_merge", "bias_gelu", "skip_layer_norm", *DIALECT_QLINEARS)
+        for op in ("attention", "token_merge", "bias_gelu", "skip_layer_norm", "rms_norm", *DIALECT_QLINEARS)
     }
     assert set(impls) == want
     assert len(impls) == _declared(BACKENDS / "onnxruntime", "ONNX")
