@@ -14,9 +14,9 @@ from tcomp.artifacts import load
 from tcomp.backend import Backend, register_backend
 from tcomp.errors import CaptureError, InputError, PassError, TcompError
 from tcomp.pipeline import Contract, Exactness, PassResult, register_pass, registered_passes
+from tcomp.plan import Plan, build_plan
 from tcomp.targets import Target, get_target
-
-__version__ = "0.1.0"
+from tcomp.version import __version__
 
 __all__ = [
     "Backend",
@@ -27,9 +27,11 @@ __all__ = [
     "OptimizedModule",
     "PassError",
     "PassResult",
+    "Plan",
     "Target",
     "TcompError",
     "__version__",
+    "build_plan",
     "get_target",
     "load",
     "optimize",

@@ -35,9 +35,9 @@ def _sha256(path: Path) -> str:
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import version
+    from tcomp.version import __version__
 
-    out = {"tcomp": version("tcomp"), "torch": torch.__version__, "python": platform.python_version()}
+    out = {"tcomp": __version__, "torch": torch.__version__, "python": platform.python_version()}
     for mod in ("triton", "onnxruntime", "transformers"):
         try:
             out[mod] = __import__(mod).__version__
