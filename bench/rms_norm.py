@@ -22,32 +22,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quant_linear import time_graph  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 
-def graph_time(fn, calls: int, reps: int = 20) -> float:
-    """Seconds per call of ``fn`` replayed from a CUDA graph of ``calls`` calls (median of reps)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    for _ in range(3):
-        g.replay()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3 / calls)
-    return sorted(times)[len(times) // 2]
+def graph_time(fn, calls: int) -> float:
+    """Seconds per call of ``fn``, replayed from a CUDA graph of ``calls`` calls (quant_linear's timer)."""
+    return time_graph(fn, iters=20 * calls, per_graph=calls) / 1e3
 
 
 def main() -> None:
