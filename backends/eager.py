@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tcomp.backend import Backend, register_backend
-from tcomp.pipeline import Pass
+from tcomp.registry import Pass
 from tcomp.targets import Target
 
 

@@ -34,11 +34,12 @@ import torch
 from torch import Tensor
 
 from tcomp.calibration import record_inputs
+from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.options import option
 from tcomp.passes.quant_common import Selection, quantize_linears, select
-from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 from tcomp.quant import binarize as binarize_weight
 from tcomp.quant import binarize_activations, dequantize_bits, max_weight_error, scale_dtype
+from tcomp.registry import PassContext, register_pass
 
 CONTRACT = Contract(
     Exactness.EMPIRICAL,

@@ -23,6 +23,7 @@ import torch
 import torch.fx as fx
 
 from tcomp import meta
+from tcomp.contract import FP_EQUIVALENT, PassResult
 from tcomp.dialect import attention_nodes, dialect_ops
 from tcomp.graph import (
     add_node,
@@ -36,7 +37,7 @@ from tcomp.graph import (
 from tcomp.options import NoOptions
 from tcomp.passes.attention_chain import SOFTMAX, NotAttention, read_chain
 from tcomp.passes.projections import annotate
-from tcomp.pipeline import FP_EQUIVALENT, PassContext, PassResult, register_pass
+from tcomp.registry import PassContext, register_pass
 from tcomp.report import site_record
 
 aten = torch.ops.aten

@@ -22,6 +22,7 @@ import torch
 import torch.fx as fx
 
 from tcomp import meta
+from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.dialect import attention_nodes
 from tcomp.graph import copy_source_meta, module_path, remove_dead, val
 from tcomp.options import option
@@ -39,7 +40,7 @@ from tcomp.passes.feature_maps import (
     kernelize,
     make_feature_map,
 )
-from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
+from tcomp.registry import PassContext, register_pass
 
 # default thresholds on the model's relative output error vs float64 (EMPIRICAL maps); chosen from
 # the MiniLM measurements in bench/results/linear-minilm-cpu.json

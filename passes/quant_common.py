@@ -20,9 +20,9 @@ import torch.fx as fx
 from torch._guards import detect_fake_mode
 
 from tcomp import meta
+from tcomp.contract import PassResult
 from tcomp.graph import add_node, copy_source_meta, module_path, val
 from tcomp.options import option
-from tcomp.pipeline import PassResult
 
 aten = torch.ops.aten
 DEFAULT_SKIP = ("*embed*", "*lm_head*", "*classifier*")

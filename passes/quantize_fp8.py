@@ -31,11 +31,12 @@ from dataclasses import dataclass
 
 import torch
 
+from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.graph import module_path
 from tcomp.options import option
 from tcomp.passes.quant_common import Selection, quantize_linears, select
-from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 from tcomp.quant import FP8_GRANULARITIES, fp8_error_ratio, quantize_fp8
+from tcomp.registry import PassContext, register_pass
 from tcomp.targets import Target, get_target
 
 CONTRACT = Contract(

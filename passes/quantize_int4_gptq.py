@@ -25,11 +25,11 @@ import torch.fx as fx
 from torch import Tensor
 
 from tcomp.calibration import record_inputs
+from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.errors import PassError
 from tcomp.graph import module_path
 from tcomp.options import option
 from tcomp.passes.quant_common import Selection, select, swap_linear, weight_of
-from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 from tcomp.quant import (
     INT4_GROUPS,
     dequantize_int4,
@@ -40,6 +40,7 @@ from tcomp.quant import (
     quantize_int4,
     scale_dtype,
 )
+from tcomp.registry import PassContext, register_pass
 
 LINEAR_INT4 = torch.ops.tcomp.linear_int4w.default
 

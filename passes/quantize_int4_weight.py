@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
+from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.options import option
 from tcomp.passes.quant_common import Selection, quantize_linears
-from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 from tcomp.quant import INT4_GROUPS, dequantize_int4, max_weight_error, quantize_int4
+from tcomp.registry import PassContext, register_pass
 
 CONTRACT = Contract(
     Exactness.BOUNDED,

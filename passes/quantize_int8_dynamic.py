@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.passes.quant_common import Selection, quantize_linears
 from tcomp.passes.quantize_int8_weight import _encode
-from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
+from tcomp.registry import PassContext, register_pass
 
 CONTRACT = Contract(
     Exactness.BOUNDED,

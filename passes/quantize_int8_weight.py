@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.passes.quant_common import Selection, quantize_linears
-from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
 from tcomp.quant import dequantize_int8, max_weight_error, quantize_int8
+from tcomp.registry import PassContext, register_pass
 
 CONTRACT = Contract(
     Exactness.BOUNDED,

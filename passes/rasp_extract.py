@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import torch.fx as fx
 
+from tcomp.contract import EXACT, PassResult
 from tcomp.options import NoOptions
-from tcomp.pipeline import EXACT, PassContext, PassResult, register_pass
 from tcomp.rasp.extract import NotAProgram, extract
 from tcomp.rasp.printer import to_source
+from tcomp.registry import PassContext, register_pass
 
 
 @register_pass("rasp.extract", EXACT, after=("canonicalize",))

@@ -30,6 +30,7 @@ import torch
 import torch.fx as fx
 
 from tcomp import meta
+from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.dialect import attention_nodes
 from tcomp.graph import add_node, copy_source_meta, module_path, remove_dead, shape
 from tcomp.passes.feature_maps import (
@@ -46,7 +47,7 @@ from tcomp.passes.linear_attention import TOLERANCE, KernelOptions
 from tcomp.passes.rpe_coeffs import Restrictor, coefficients, drop_unobserved_inplace
 from tcomp.passes.rpe_detect import NotRelative, evaluate, relative_bias, sequence_symbol, toeplitz_coeffs
 from tcomp.passes.rpe_masks import peel_masks
-from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
+from tcomp.registry import PassContext, register_pass
 
 aten = torch.ops.aten
 RPE = torch.ops.tcomp.rpe_linear_attention.default

@@ -24,6 +24,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from tcomp import meta
+from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.dialect import attention_nodes
 from tcomp.graph import copy_source_meta, module_path, remove_dead
 from tcomp.options import option
@@ -38,7 +39,7 @@ from tcomp.passes.feature_maps import (
     graph_call,
     rel_err,
 )
-from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
+from tcomp.registry import PassContext, register_pass
 
 aten = torch.ops.aten
 LINEAR = torch.ops.tcomp.linear_attention.default

@@ -40,6 +40,7 @@ import torch
 import torch.fx as fx
 
 from tcomp import meta
+from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.dialect import attention_nodes
 from tcomp.errors import PassError
 from tcomp.graph import add_node, dead_code, module_path, shape, val
@@ -52,7 +53,7 @@ from tcomp.passes.token_merge_graph import (
     reshape_tokens,
 )
 from tcomp.passes.token_merge_schedule import resolve
-from tcomp.pipeline import Contract, Exactness, PassContext, PassResult, register_pass
+from tcomp.registry import PassContext, register_pass
 
 aten = torch.ops.aten
 TOKEN_MERGE = torch.ops.tcomp.token_merge.default

@@ -107,7 +107,8 @@ class OptimizedModule(torch.nn.Module):
         return self._runner.disabled or "on"
 
     def save(self, folder: str) -> str:
-        """Write the artifact folder (report, graphs, manifest with hashes); returns the manifest path."""
+        """Write the artifact folder (report, graphs, ``plan.json``, manifest with hashes); returns the
+        manifest path. ``plan.json`` re-runs with ``tcomp optimize SPEC --plan`` (no calibration data)."""
         from tcomp.artifacts import write
 
         return str(write(self, folder))

@@ -3,10 +3,15 @@
 A folder holds ``report.json`` / ``report.txt`` (the per-pass report), ``report.html`` (the same
 as one self-contained page with the cost plot and a picture of the graph), ``graph_before.txt`` /
 ``graph_after.txt``, ``runner.py`` (the rewritten graph as generated PyTorch source),
-``weights.safetensors``, ``kernels/`` (the generated Triton sources, when any were compiled) and
-``manifest.json`` (versions, target, passes with contracts and measured errors, input/output tree
-specs, sha256 of every file). ``load(folder)`` checks every hash and runs the runner: no pickle,
-no need for the original model's code.
+``weights.safetensors``, ``kernels/`` (the generated Triton sources, when any were compiled),
+``plan.json`` (the typed Plan that ran, ``Plan.to_json()``: target, backend, seed and every step's
+full options, when the module carries one) and ``manifest.json`` (versions, target, passes with
+contracts and measured errors, input/output tree specs, sha256 of every file). ``load(folder)``
+checks every hash and runs the runner: no pickle, no need for the original model's code.
+
+``tcomp optimize SPEC --plan DIR/plan.json`` (or ``Plan.from_json``) runs the same plan again.
+Calibration batches are not in ``plan.json``: a plan whose passes need them (e.g.
+``quantize.int4_gptq``) is refused when re-run without them, before any work.
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ def versions() -> dict[str, str]:
 
 def write(om: Any, folder: str | Path) -> Path:
     """Write the artifact folder of an ``OptimizedModule``; returns the manifest path. Files are
-    written to a temporary folder first and moved into place, so a failure leaves nothing half-done."""
+    written to a temporary folder first and moved into place, so a failure leaves nothing half-done.
+    ``plan.json`` is ``om.plan.to_json()`` (absent when ``om.plan`` is None); it holds no
+    calibration data, so a plan that needs calibration must be given it again to re-run."""
     import shutil
     import tempfile
 
@@ -66,6 +73,9 @@ def write(om: Any, folder: str | Path) -> Path:
         runner_src, names = emit(om.graph_module)
         (tmp / "runner.py").write_text(runner_src)
         save_file(_dedup(tensors_of(om.graph_module, names)), str(tmp / "weights.safetensors"))
+        plan = getattr(om, "plan", None)
+        if plan is not None:  # what ran, re-runnable; calibration data is not part of it
+            (tmp / "plan.json").write_text(plan.to_json())
         kernels = kernel_sources(om)
         if kernels:
             (tmp / "kernels").mkdir()

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
 
+from tcomp.contract import FP_EQUIVALENT, PassResult
 from tcomp.errors import InputError, TcompError
-from tcomp.pipeline import FP_EQUIVALENT, Pass, PassResult
+from tcomp.registry import Pass
 
 if TYPE_CHECKING:
     from tcomp.targets import Target

@@ -265,7 +265,7 @@ def optimize(
     target: str = typer.Option("cpu", help="cpu, a100, h100, h200"),
     passes: str = typer.Option("", help="comma-separated pass names (default: the target's exact pipeline)"),
     backend: str = typer.Option("", help="backend (default: the target's)"),
-    plan_file: str = typer.Option("", "--plan", help="a plan JSON file (tcomp plan, Plan.to_json) to run"),
+    plan_file: str = typer.Option("", "--plan", help="a plan JSON file to run (tcomp plan, Plan.to_json, an artifact's plan.json)"),
     option: list[str] = typer.Option([], "--option", "-O", help=OPTION_HELP),
     output: str = typer.Option(..., "-o", "--output", help="artifact folder to write"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip checking each pass against its contract"),

@@ -1,295 +1,65 @@
-"""Pass infrastructure: contracts, the registry and the verified pipeline.
+"""The verified pipeline: run a plan's steps in order, check each against its contract, roll back
+what fails.
 
-A pass is a pure function ``fn(gm, opts, ctx) -> PassResult``: ``opts`` is an instance of the
-pass's frozen options dataclass (``tcomp.options``: types, defaults, ranges, allowed values -- the
-one place defaults live; the contract is derived from it), ``ctx`` a :class:`PassContext` with
-what the run provides and is not an option: the plan's Target, calibration batches and the seed.
-Options are validated and the context checked when the plan is built (``tcomp.plan.build_plan``),
-before any capture. The pipeline hands each step its own copy of the graph (parameters shared,
-never mutated), verifies the result against its contract when asked, and rolls the step back --
-keeping the previous graph and recording why -- when the check fails or the pass raises. Nothing
-wrong is handed to the user silently.
+The pipeline hands each step its own copy of the graph (parameters shared, never mutated),
+verifies the result against its contract when given a float64 reference, and rolls the step back
+-- keeping the previous graph and recording why -- when the check fails or the pass raises.
+Nothing wrong is handed to the user silently. Passes, steps and their ordering live in
+``tcomp.registry``, contracts in ``tcomp.contract``; their names are importable from here too.
 """
 
 from __future__ import annotations
 
 import copy
-import enum
 import math
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch.fx as fx
 
-from tcomp import options as options_mod
-from tcomp.errors import PassError
-from tcomp.options import NoOptions
+from tcomp.contract import EXACT, FP_EQUIVALENT, Contract, Exactness, PassResult
+from tcomp.registry import (
+    Pass,
+    PassContext,
+    PassFn,
+    Step,
+    check_context,
+    default_pipeline,
+    get_pass,
+    make_step,
+    order,
+    order_indices,
+    register_pass,
+    registered_passes,
+)
 from tcomp.verify import bitwise_equal, rel_error
 
-if TYPE_CHECKING:
-    from tcomp.targets import Target
-
-
-class Exactness(enum.Enum):
-    """How close a rewritten graph is to the one before (see DESIGN.md, "Pass contracts")."""
-
-    EXACT = "exact"  # same float operations: bitwise equal outputs
-    FP_EQUIVALENT = "fp_equivalent"  # equal in real arithmetic, differs by rounding
-    BOUNDED = "bounded"  # approximate with an analytic bound under stated preconditions
-    EMPIRICAL = "empirical"  # approximate, no theorem: a named metric and a threshold
-
-    @property
-    def approximate(self) -> bool:
-        return self in (Exactness.BOUNDED, Exactness.EMPIRICAL)
-
-
-@dataclass(frozen=True)
-class Contract:
-    """What a pass promises. Approximate passes must state a bound or a metric with a threshold.
-
-    ``tolerance`` is the relative-error bound the pipeline checks against the float64 reference for
-    BOUNDED and EMPIRICAL passes (``metric`` names what it measures, ``bound`` states the theorem).
-    """
-
-    exactness: Exactness
-    bound: str | None = None
-    metric: str | None = None
-    tolerance: float | None = None
-    preconditions: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.exactness is Exactness.BOUNDED and not (self.bound and self.tolerance is not None):
-            raise PassError(
-                "a BOUNDED contract needs `bound` (the statement) and `tolerance` (what is checked)"
-            )
-        if self.exactness is Exactness.EMPIRICAL and not (self.metric and self.tolerance is not None):
-            raise PassError(
-                "an EMPIRICAL contract needs `metric` (what is measured) and `tolerance` (its threshold)"
-            )
-
-    def describe(self) -> str:
-        s = self.exactness.value
-        if self.bound:
-            s += f" ({self.bound})"
-        if self.metric:
-            s += f" ({self.metric} <= {self.tolerance:g})"
-        return s
-
-
-EXACT = Contract(Exactness.EXACT)
-FP_EQUIVALENT = Contract(Exactness.FP_EQUIVALENT)
-
-
-@dataclass
-class PassResult:
-    """What a pass returns: the new graph, how many rewrites it made, and notes for the report
-    (e.g. a site it skipped and why)."""
-
-    gm: fx.GraphModule
-    rewrites: int = 0
-    notes: list[str] = field(default_factory=list)
-    sites: list[dict[str, Any]] = field(default_factory=list)
-
-
-PassFn = Callable[..., PassResult]
-
-
-@dataclass(frozen=True)
-class PassContext:
-    """What a run hands every pass besides its options: the plan's target (None when no face gave
-    one, e.g. ``run_pipeline`` on a list), calibration batches (model inputs; never a JSON option)
-    and the seed all randomness derives from."""
-
-    target: Target | None = None
-    calibration: Any = field(default=None, compare=False, repr=False)
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class Pass:
-    """A registered pass: ``fn(gm, opts, ctx) -> PassResult`` with ``opts`` an instance of
-    ``options`` (its frozen dataclass) and ``ctx`` a :class:`PassContext`. A step built by hand
-    without ``options`` (a backend's lowering) is called ``fn(gm)``."""
-
-    name: str
-    fn: PassFn
-    contract: Contract  # under the default options
-    after: tuple[str, ...] = ()
-    before: tuple[str, ...] = ()
-    default: bool = False  # part of the default pipeline (only exact / FP-equivalent passes may be)
-    description: str = ""
-    options: type | None = None
-    derive: Callable[[Any], Contract] | None = None  # contract from the options instance
-
-    def make_options(self, raw: Any = None, **kw: Any) -> Any:
-        """Validated options from a mapping and keywords; None when the step declares none."""
-        if self.options is None:
-            if raw or kw:
-                raise options_mod.OptionError(f"step {self.name!r} takes no options")
-            return None
-        if isinstance(raw, self.options) and not kw:
-            return raw
-        merged = options_mod.to_dict(raw) if isinstance(raw, self.options) else dict(raw or {})
-        return options_mod.make(self.options, {**merged, **kw}, self.name)
-
-    def contract_of(self, opts: Any = None) -> Contract:
-        """The contract this pass promises under ``opts`` (an options instance or a mapping)."""
-        if self.derive is None:
-            return self.contract
-        return self.derive(opts if isinstance(opts, self.options) else self.make_options(opts))
-
-    def run(self, gm: fx.GraphModule, opts: Any, ctx: PassContext) -> PassResult:
-        return self.fn(gm) if self.options is None else self.fn(gm, opts, ctx)
-
-    def __call__(self, gm: fx.GraphModule, ctx: PassContext | None = None, **kw: Any) -> PassResult:
-        """Run directly with keyword options (tests, notebooks); ``calibration=`` and ``seed=`` go to
-        the context. Options are validated and the context checked as ``build_plan`` does."""
-        ctx = ctx or PassContext(calibration=kw.pop("calibration", None), seed=kw.pop("seed", 0))
-        opts = self.make_options(kw)
-        check_context(self, opts, ctx)
-        return self.run(gm, opts, ctx)
-
-
-def check_context(p: Pass, opts: Any, ctx: PassContext) -> None:
-    """Run the options' ``check(ctx)`` (e.g. "needs calibration data") as an OptionError."""
-    check = getattr(opts, "check", None)
-    if check is not None:
-        try:
-            check(ctx)
-        except (ValueError, PassError) as exc:
-            raise options_mod.OptionError(f"pass {p.name!r}: {exc}") from exc
-
-
-_REGISTRY: dict[str, Pass] = {}
-
-
-def register_pass(
-    name: str,
-    contract: Contract | Callable[[Any], Contract],
-    *,
-    options: type = NoOptions,
-    after: tuple[str, ...] = (),
-    before: tuple[str, ...] = (),
-    default: bool = False,
-) -> Callable[[PassFn], PassFn]:
-    """Decorator registering ``fn(gm, opts, ctx) -> PassResult`` as pass ``name``.
-
-    ``options``: the pass's frozen options dataclass (``tcomp.options.option`` fields); ``contract``:
-    a Contract, or a function of the options instance returning one (no defaults repeated there).
-    Registry names are dotted lowercase (``attention.linear``). The registry refuses approximate
-    passes without a bound or a metric (the Contract refuses them) and approximate passes in the
-    default pipeline.
-    """
-    if name != name.lower() or " " in name:
-        raise PassError(f"pass names are dotted lowercase, got {name!r}")
-    if not options_mod.is_options_class(options):
-        raise PassError(f"pass {name!r}: options must be a frozen dataclass, got {options!r}")
-    derive = None if isinstance(contract, Contract) else contract
-    if derive is not None:
-        contract = derive(options_mod.make(options, {}, name))
-    if not isinstance(contract, Contract):
-        raise PassError(f"pass {name!r}: contract must be a tcomp.Contract or a function returning one")
-    if default and contract.exactness.approximate:
-        raise PassError(
-            f"pass {name!r} is approximate ({contract.exactness.value}); it cannot run by default"
-        )
-
-    options_mod.document(options)
-
-    def deco(fn: PassFn) -> PassFn:
-        doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = Pass(
-            name, fn, contract, tuple(after), tuple(before), default, doc[0] if doc else "", options, derive
-        )
-        return fn
-
-    return deco
-
-
-def get_pass(name: str) -> Pass:
-    if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY)) or "(none registered)"
-        raise PassError(f"unknown pass {name!r}{options_mod.suggest(name, _REGISTRY)}; registered passes: {known}")
-    return _REGISTRY[name]
-
-
-def registered_passes() -> dict[str, Pass]:
-    return dict(_REGISTRY)
-
-
-def default_pipeline() -> list[str]:
-    return order([n for n, p in _REGISTRY.items() if p.default])
-
-
-def order(names: list[str]) -> list[str]:
-    """Order pass names so every ``after``/``before`` constraint among them holds (stable
-    otherwise). Uses networkx for the topological sort; a cycle is an error naming its passes."""
-    return [names[i] for i in order_indices([get_pass(n) for n in names])]
-
-
-def order_indices(passes: list[Pass]) -> list[int]:
-    """Positions of ``passes`` in an order that meets their constraints (a pass may repeat)."""
-    import networkx as nx
-
-    g = nx.DiGraph()
-    g.add_nodes_from(range(len(passes)))
-    for i, p in enumerate(passes):
-        for j, q in enumerate(passes):
-            if i != j and q.name in p.after:
-                g.add_edge(j, i)
-            if i != j and q.name in p.before:
-                g.add_edge(i, j)
-    try:
-        return list(nx.lexicographical_topological_sort(g))
-    except nx.NetworkXUnfeasible:
-        cycle = [passes[u].name for u, _ in nx.find_cycle(g)]
-        raise PassError(
-            f"the passes' after/before constraints form a cycle: {' -> '.join([*cycle, cycle[0]])}; "
-            "drop one of these passes from the list"
-        ) from None
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of a plan: a pass and its validated options (None for a plain step)."""
-
-    p: Pass
-    options: Any = None
-
-    @property
-    def name(self) -> str:
-        return self.p.name
-
-    @property
-    def contract(self) -> Contract:
-        return self.p.contract_of(self.options)
-
-
-def make_step(spec: Any) -> Step:
-    """A Step from a name, a Pass, ``(name, options)`` or ``{"pass": name, "options": {...}}``."""
-    if isinstance(spec, Step):
-        return spec
-    if isinstance(spec, Pass):
-        return Step(spec, spec.make_options())
-    if isinstance(spec, str):
-        name, raw = spec, {}
-    elif isinstance(spec, Mapping) and "pass" in spec:
-        extra = set(spec) - {"pass", "options"}
-        if extra:
-            raise PassError(f"a plan step has the keys 'pass' and 'options', not {sorted(extra)}")
-        name, raw = spec["pass"], spec.get("options") or {}
-    elif isinstance(spec, (tuple, list)) and len(spec) == 2:
-        name, raw = spec
-    else:
-        raise PassError(f"a pass is a name, (name, options) or {{'pass': name, 'options': ...}}; got {spec!r}")
-    p = get_pass(name)
-    return Step(p, p.make_options(raw))
-
-
-# -- the pipeline --------------------------------------------------------------------------------
+__all__ = [
+    "EXACT",
+    "FP_EQUIVALENT",
+    "Contract",
+    "Exactness",
+    "Pass",
+    "PassContext",
+    "PassFn",
+    "PassRecord",
+    "PassResult",
+    "PipelineResult",
+    "Step",
+    "check_context",
+    "copy_graph_module",
+    "default_pipeline",
+    "get_pass",
+    "make_step",
+    "order",
+    "order_indices",
+    "register_pass",
+    "registered_passes",
+    "run_pipeline",
+]
 
 
 @dataclass
@@ -359,7 +129,9 @@ def run_pipeline(
         if progress:
             progress(step.name)
         t0 = time.perf_counter()
-        rec, new_gm, outs = _apply(step, ctx, current, reference, prev_out, _rounding_budget(current, records))
+        rec, new_gm, outs = _apply(
+            step, ctx, current, reference, prev_out, _rounding_budget(current, records)
+        )
         rec.seconds = time.perf_counter() - t0
         records.append(rec)
         if new_gm is None:

@@ -24,15 +24,7 @@ from typing import Any
 
 from tcomp.errors import InputError
 from tcomp.options import suggest, to_dict
-from tcomp.pipeline import (
-    Pass,
-    PassContext,
-    Step,
-    check_context,
-    default_pipeline,
-    make_step,
-    order_indices,
-)
+from tcomp.registry import Pass, PassContext, Step, check_context, default_pipeline, make_step, order_indices
 from tcomp.targets import TARGETS, Target, UnknownTargetError, get_target
 
 JSON_VERSION = 1

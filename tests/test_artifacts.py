@@ -103,3 +103,28 @@ def test_artifacts_ask_the_backend_for_kernel_sources(monkeypatch):
     ):
         report = SimpleNamespace(passes=[SimpleNamespace(name=n, status=s) for n, s in steps])
         assert artifacts.kernel_sources(SimpleNamespace(report=report, graph_module=gm)) == want
+
+
+def test_save_writes_the_plan_that_ran(tmp_path):
+    from tcomp.plan import Plan
+
+    e = zoo.get("gpt-alibi")
+    passes = [("quantize.int4_weight", {"group": 32, "skip_first_last": False})]
+    fast = tcomp.optimize(
+        e.model, e.example_inputs, passes=passes, example_kwargs=e.example_kwargs, verify=False
+    )
+    fast.save(tmp_path / "a")
+    text = (tmp_path / "a" / "plan.json").read_text()
+    assert (
+        text == fast.plan.to_json()
+        and "plan.json" in json.loads((tmp_path / "a" / "manifest.json").read_text())["files"]
+    )
+    again = Plan.from_json(text)
+    assert again == fast.plan and again.steps[1].options.group == 32
+    rerun = tcomp.optimize(
+        e.model, e.example_inputs, passes=again, example_kwargs=e.example_kwargs, verify=False
+    )
+    assert rerun.code == fast.code and rerun.report["quantize.int4_weight"].rewrites > 0
+    (tmp_path / "a" / "plan.json").write_text(text.replace("32", "64"))
+    with pytest.raises(InputError, match="plan.json"):
+        tcomp.load(tmp_path / "a")

@@ -40,6 +40,22 @@ def test_registry_refuses_approximate_passes_without_bound_or_metric():
         get_pass("no.such.pass")
 
 
+def test_pipeline_reexports_the_names_of_contract_and_registry():
+    """Passes, backends and users import from tcomp.pipeline; the names are the same objects as in
+    their homes (tcomp.contract, tcomp.registry), so a pass registered either way is one pass."""
+    import tcomp.contract
+    import tcomp.pipeline
+    import tcomp.registry
+
+    for name in tcomp.pipeline.__all__:
+        assert hasattr(tcomp.pipeline, name), name
+        for home in (tcomp.contract, tcomp.registry):
+            if hasattr(home, name):
+                assert getattr(tcomp.pipeline, name) is getattr(home, name), name
+    assert tcomp.pipeline.get_pass("canonicalize") is tcomp.registry.registered_passes()["canonicalize"]
+    assert not hasattr(tcomp.contract, "register_pass") and not hasattr(tcomp.registry, "run_pipeline")
+
+
 @dataclass(frozen=True)
 class _ScaleOptions:
     factor: float = option(1.5, help="what the first output is multiplied by")

@@ -31,8 +31,8 @@ import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.bias_gelu / skip_layer_norm
 from tcomp import meta
 from tcomp.backends.onnxruntime import ONNX
 from tcomp.backends.onnxruntime.contrib import MsftOps
+from tcomp.contract import PassResult
 from tcomp.graph import copy_source_meta, val
-from tcomp.pipeline import PassResult
 
 aten = torch.ops.aten
 STAGE = "fuse.onnxruntime.epilogues"

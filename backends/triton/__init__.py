@@ -23,8 +23,9 @@ import torch
 import torch.fx as fx
 
 from tcomp.backend import Backend, register_backend
+from tcomp.contract import FP_EQUIVALENT, PassResult
 from tcomp.graph import val
-from tcomp.pipeline import FP_EQUIVALENT, Pass, PassResult
+from tcomp.registry import Pass
 from tcomp.targets import Target, get_target
 
 
