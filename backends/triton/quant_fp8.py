@@ -16,18 +16,13 @@ op (``check`` says why).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 
 import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.fp8_linear
-from tcomp.backends.triton import TRITON
-from tcomp.backends.triton.codegen import load
-from tcomp.backends.triton.quant_gemm import check as check_quant
-from tcomp.backends.triton.quant_gemm import triton_cdiv
-from tcomp.backends.triton.quant_w8a8 import header, output_for
+from tcomp.backends.triton import TRITON, lowbit
 from tcomp.graph import val
 from tcomp.quant import fp8_scale
 from tcomp.targets import Target
@@ -46,12 +41,11 @@ class Fp8Spec:
 
 
 def render(spec: Fp8Spec) -> str:
-    head, bias = header("quant_fp8.py", spec, spec.has_bias)
+    bias = lowbit.BIAS_EPILOGUE if spec.has_bias else ""
     if spec.per_row:
-        act_scale = """amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        act_scale = f"""amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
-        cols = k * BLOCK_K + rk
-        x = tl.load(X + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
+{lowbit.LOAD_ROW}
         amax = tl.maximum(amax, tl.abs(x), propagate_nan=tl.PropagateNan.ALL)
     top = tl.max(amax, axis=0)
     s = tl.math.div_rn(top, 448.0)
@@ -63,16 +57,12 @@ def render(spec: Fp8Spec) -> str:
         act_scale = "s = tl.load(SX)"
         gemm_scale = "sx = tl.load(SX)"
     return (
-        head
+        lowbit.header("quant_fp8.py", spec)
         + f"""
-@triton.jit
-def {spec.name}_act(X, Q, SX, K, stride_xm, stride_xk, BLOCK_K: tl.constexpr):
-    row = tl.program_id(0)
-    rk = tl.arange(0, BLOCK_K)
+{lowbit.ACT_HEAD.format(name=spec.name)}
     {act_scale}
     for k in range(0, tl.cdiv(K, BLOCK_K)):
-        cols = k * BLOCK_K + rk
-        x = tl.load(X + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)
+{lowbit.LOAD_ROW}
         v = tl.math.div_rn(x, s)
         v = tl.minimum(tl.maximum(v, -448.0, propagate_nan=tl.PropagateNan.ALL), 448.0, propagate_nan=tl.PropagateNan.ALL)
         tl.store(Q + row * K + cols, v.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=cols < K)
@@ -110,16 +100,21 @@ def {spec.name}(
     {gemm_scale}
     sw = tl.load(SW + {"wn" if spec.per_row else "0"}).to(tl.float32)
     acc = acc * sx * sw{"[None, :]" if spec.per_row else ""}{bias}
-    ok = (rm[:, None] < M) & (rn[None, :] < N)
-    tl.store(C + rm[:, None] * stride_cm + rn[None, :] * stride_cn, acc.to(C.dtype.element_ty), mask=ok)
+{lowbit.STORE}
 """
     )
 
 
-@functools.cache
-def _module(spec: Fp8Spec):
-    src = render(spec)
-    return load(src, spec.name + "_act"), load(src, spec.name)
+def _spec(node: fx.Node) -> Fp8Spec:
+    return Fp8Spec(node.args[3] == "row", lowbit.arg(node, 4, "bias") is not None)
+
+
+FP8 = lowbit.LowBitFormat(render, _spec, kernels=("_act", ""))
+
+
+def _module(spec: Fp8Spec) -> tuple:
+    """(activation quantizer, GEMM) of ``spec``, compiled."""
+    return FP8.load(spec)
 
 
 def blocks(m: int) -> tuple[int, int, int, int, int]:
@@ -151,7 +146,7 @@ def capability_reason(capability: tuple[int, int]) -> str | None:
 
 def check(node: fx.Node) -> str | None:
     """Why an fp8_linear node cannot run on the kernels (None: it can)."""
-    reason = check_quant(node)
+    reason = lowbit.check(node)
     if reason:
         return reason
     if node.args[3] not in ("row", "tensor"):
@@ -162,34 +157,27 @@ def check(node: fx.Node) -> str | None:
     return fp8_unsupported_device(val(node.args[0]).device)
 
 
-def sources(node: fx.Node) -> dict[str, str]:
-    """File name -> source of the kernels a lowered fp8 node launches."""
-    bias = node.args[4] if len(node.args) > 4 else node.kwargs.get("bias")
-    spec = Fp8Spec(node.args[3] == "row", bias is not None)
-    return {f"{spec.name}.py": render(spec)}
-
-
-@TRITON.implements(torch.ops.tcomp.fp8_linear.default, check=check, sources=sources)
+@TRITON.implements(torch.ops.tcomp.fp8_linear.default, check=check, sources=FP8.sources)
 def linear_fp8(x, qweight, scale, granularity: str, bias=None, *, target: Target | str):
     """``tcomp.fp8_linear`` on the generated kernels (a CUDA GPU of capability >= 8.9)."""
     n, k = qweight.shape
-    a, out = output_for(x, k, n)
-    m = a.shape[0]
-    if m == 0:
-        return out.view(*x.shape[:-1], n)
     per_row = granularity == "row"
-    act, gemm = _module(Fp8Spec(per_row, bias is not None))
-    qx = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
-    if per_row:
-        sx = torch.empty((m,), dtype=torch.float32, device=x.device)
-    else:  # one scale over the whole activation, as the reference computes it
-        sx = fp8_scale(a, "tensor").float()
-    act[(m,)](a, qx, sx, k, *a.stride(), BLOCK_K=min(1024, max(32, 1 << (k - 1).bit_length())))
-    bm, bn, bk, warps, stages = blocks(m)
-    grid = (triton_cdiv(m, bm) * triton_cdiv(n, bn),)
-    gemm[grid](
-        qx, qweight, sx, scale, bias if bias is not None else sx, out, m, n, k,
-        qweight.stride(0), *out.stride(),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages,
-    )  # fmt: skip
-    return out.view(*x.shape[:-1], n)
+
+    def run(a: torch.Tensor) -> torch.Tensor:
+        m = a.shape[0]
+        act, gemm = _module(Fp8Spec(per_row, bias is not None))
+        if per_row:
+            sx = torch.empty((m,), dtype=torch.float32, device=x.device)
+        else:  # one scale over the whole activation, as the reference computes it
+            sx = fp8_scale(a, "tensor").float()
+        qx = lowbit.quantize_rows(act, a, torch.float8_e4m3fn, sx, min_block=32)
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        bm, bn, bk, warps, stages = blocks(m)
+        gemm[(lowbit.cdiv(m, bm) * lowbit.cdiv(n, bn),)](
+            qx, qweight, sx, scale, bias if bias is not None else sx, out, m, n, k,
+            qweight.stride(0), *out.stride(),
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+        return out
+
+    return lowbit.launch(x, k, n, run)

@@ -12,42 +12,22 @@ import torch
 import torch.fx as fx
 
 import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.linear_int8w / linear_int4w
-from tcomp.backends.triton import TRITON, quant_gemv
+from tcomp.backends.triton import TRITON, lowbit, quant_gemv
 from tcomp.backends.triton import quant_template as tmpl
-from tcomp.backends.triton.codegen import interpreting, load
 from tcomp.backends.triton.configs import QConfig
+from tcomp.backends.triton.lowbit import cdiv, pow2
 from tcomp.graph import val
 from tcomp.targets import Target, get_target
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-@functools.cache
-def kernel_for(spec: tmpl.QuantGemmSpec, interp: bool):
-    return load(tmpl.render(spec), spec.name)
+QGEMM = lowbit.LowBitFormat(tmpl.render)
 
 
 def spec_of(fmt: str, x_dtype: torch.dtype, bias) -> tmpl.QuantGemmSpec:
     return tmpl.QuantGemmSpec(fmt, bias is not None, x_dtype == torch.float32)
 
 
-def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, 1 << (max(n, 1) - 1).bit_length())
-
-
-def _blocks(m: int, n: int, k: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of the untuned launch (the W8A8 and 1-bit
-    kernels share it): few large programs in the interpreter; on a GPU a small M (decode,
-    GEMV-like) takes a 16-row tile and wide N/K tiles."""
-    if interpreting():
-        return min(64, _pow2(m)), min(64, _pow2(n)), min(64, _pow2(k)), 4, 1
-    if m <= 16:
-        return 16, 64, 128, 4, 4
-    return min(128, _pow2(m)), 128, 64, 8, 3
-
-
 def default_config(m: int, n: int, k: int) -> QConfig:
-    bm, bn, bk, warps, stages = _blocks(m, n, k)
+    bm, bn, bk, warps, stages = lowbit.blocks(m, n, k)
     return QConfig(bm, bn, bk, 1, warps, stages)
 
 
@@ -73,7 +53,7 @@ def _fit(cfg: QConfig, fmt: str, k: int, group: int) -> QConfig:
     """The config made valid for the weight: an int4 K tile never straddles a group."""
     if cfg.block_m == 1:
         return quant_gemv.fit(cfg, fmt, k, group)
-    bk = min(cfg.block_k, group) if fmt == "int4" else min(cfg.block_k, max(16, _pow2(k)))
+    bk = min(cfg.block_k, group) if fmt == "int4" else min(cfg.block_k, pow2(k, 16))
     k_tiles = -(-k // bk)
     return QConfig(cfg.block_m, cfg.block_n, bk, max(1, min(cfg.split_k, k_tiles)), cfg.num_warps,
                    cfg.num_stages)  # fmt: skip
@@ -90,36 +70,37 @@ def _run(fmt, a, w, s, z, group, bias, out_dtype, cfg: QConfig):
             )
         return quant_gemv.launch(fmt, a, words, s, z, group, bias, out_dtype, cfg)
     split = cfg.split_k
-    out, stride_cs = quant_gemv.output_for(split, m, n, out_dtype, a.device)
+    out, stride_cs = lowbit.split_output(split, m, n, out_dtype, a.device)
     sg = s.stride(1) if s.dim() == 2 else 0
     zz = z if z is not None else s
-    grid = (triton_cdiv(m, cfg.block_m) * triton_cdiv(n, cfg.block_n), split)
-    kernel_for(spec_of(fmt, a.dtype, bias), interpreting())[grid](
+    grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n), split)
+    (kernel,) = QGEMM.load(spec_of(fmt, a.dtype, bias))
+    kernel[grid](
         a, w, s, zz, bias if bias is not None else a, out, m, n, k,
         *a.stride(), *w.stride(), s.stride(0), sg, zz.stride(0), *out.stride()[-2:],
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=8, GROUP=group,
         SPLIT_K=split, stride_cs=stride_cs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    return out if split == 1 else out.sum(0).to(out_dtype)
+    return lowbit.reduce_splits(out, split, out_dtype)
 
 
 def tune_key(fmt: str, m: int, n: int, k: int, group: int, dtype, has_bias: bool, target: str) -> str:
     """The autotuner's key of a launch (M bucketed to a power of two, rows the GEMV can take
     apart from the rest; the weight shape exact)."""
-    rows = _pow2(m, 1) if m <= quant_gemv.MAX_ROWS else _pow2(m)
+    rows = pow2(m) if m <= quant_gemv.MAX_ROWS else pow2(m, 16)
     return f"qgemm|{fmt}|m{rows}|n{n}|k{k}|g{group}|{dtype}|{'b' if has_bias else ''}|{target}"
 
 
 def _launch(fmt, x, w, s, z, group, bias, config: QConfig | None, target: Target | str):
     n = w.shape[0]
     k = w.shape[1] * (2 if fmt == "int4" else 1)
-    a = x.reshape(-1, k)
-    m = a.shape[0]
-    if m == 0:
-        return torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
-    run = functools.partial(_run, fmt, a, w, s, z, group, bias, x.dtype)
-    if config is None:
-        gemv = m <= quant_gemv.MAX_ROWS and quant_gemv.words_of(w, fmt, k) is not None
+
+    def run_rows(a: torch.Tensor) -> torch.Tensor:
+        m = a.shape[0]
+        run = functools.partial(_run, fmt, a, w, s, z, group, bias, x.dtype)
+        if config is not None:
+            return run(_fit(config, fmt, k, group))
+        gemv = quant_gemv.words_for(w, fmt, k, m) is not None
         dot = _fit(default_config(m, n, k), fmt, k, group)
         default = quant_gemv.default(fmt, m, n, k, group) if gemv else dot
 
@@ -128,43 +109,30 @@ def _launch(fmt, x, w, s, z, group, bias, config: QConfig | None, target: Target
             return quant_gemv.candidates(fmt, m, n, k, group) + dots if gemv else dots
 
         key = tune_key(fmt, m, n, k, group, x.dtype, bias is not None, get_target(target).name)
-        config = quant_gemv.tuned(key, family, run, default)
-        if config.block_m == 1 and not gemv:  # a winner for another layout of this shape
-            config = dot
-    else:
-        config = _fit(config, fmt, k, group)
-    return run(config).view(*x.shape[:-1], n)
+        chosen = lowbit.tuned(key, family, run, default)
+        if chosen.block_m == 1 and not gemv:  # a winner for another layout of this shape
+            chosen = dot
+        return run(chosen)
 
-
-def check(node: fx.Node) -> str | None:
-    """Why a quantized linear node cannot run on the kernel (None: it can)."""
-    x, w = val(node.args[0]), val(node.args[1])
-    if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor):
-        return "needs known shapes"
-    if x.dtype not in SUPPORTED_DTYPES:
-        return f"dtype {x.dtype} (supported: fp16, bf16, fp32)"
-    if x.device.type != "cuda" and not interpreting():
-        return f"tensors on {x.device.type}: Triton needs CUDA (or TRITON_INTERPRET=1)"
-    if not all(isinstance(d, int) for d in w.shape):
-        return "weight shape must be static"
-    return None
+    return lowbit.launch(x, k, n, run_rows)
 
 
 def _sources(fmt: str, node: fx.Node, bias_at: int) -> dict[str, str]:
     """{file name: source} of the kernels a lowered quantized linear node may launch (the GEMM,
     and the GEMV when its batch is small enough)."""
-    bias = node.args[bias_at] if len(node.args) > bias_at else node.kwargs.get("bias")
+    bias = lowbit.arg(node, bias_at, "bias")
     x = val(node.args[0])
-    spec = spec_of(fmt, x.dtype, bias)
-    out = {f"{spec.name}.py": tmpl.render(spec)}
-    rows = x.numel() // x.shape[-1] if x.dim() else 0
+    out = dict([QGEMM.source(spec_of(fmt, x.dtype, bias))])
+    rows = lowbit.rows_of(x)
     if not isinstance(rows, int) or rows <= quant_gemv.MAX_ROWS:  # symbolic batch: may be small
         out.update([quant_gemv.source_of(fmt, bias)])
     return out
 
 
 @TRITON.implements(
-    torch.ops.tcomp.linear_int8w.default, check=check, sources=functools.partial(_sources, "int8", bias_at=3)
+    torch.ops.tcomp.linear_int8w.default,
+    check=lowbit.check,
+    sources=functools.partial(_sources, "int8", bias_at=3),
 )
 def linear_int8w(x, qweight, scale, bias=None, *, target: Target | str, config: QConfig | None = None):
     """``tcomp.linear_int8w`` on the generated kernel (``config`` fixes the launch, else the
@@ -173,14 +141,12 @@ def linear_int8w(x, qweight, scale, bias=None, *, target: Target | str, config: 
 
 
 @TRITON.implements(
-    torch.ops.tcomp.linear_int4w.default, check=check, sources=functools.partial(_sources, "int4", bias_at=5)
+    torch.ops.tcomp.linear_int4w.default,
+    check=lowbit.check,
+    sources=functools.partial(_sources, "int4", bias_at=5),
 )
 def linear_int4w(
     x, packed, scales, zeros, group: int, bias=None, *, target: Target | str, config: QConfig | None = None
 ):
     """``tcomp.linear_int4w`` on the generated kernel (``config`` as for ``linear_int8w``)."""
     return _launch("int4", x, packed, scales, zeros, group, bias, config, target)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b

@@ -4,21 +4,15 @@ family of autotune candidates) and ``tcomp.linear_w1`` (from quant_w1)."""
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from tcomp.backends.triton import autotune
 from tcomp.backends.triton import gemv_template as tmpl
-from tcomp.backends.triton.codegen import interpreting, load
+from tcomp.backends.triton import lowbit
+from tcomp.backends.triton.codegen import interpreting
 from tcomp.backends.triton.configs import QConfig
 
 MAX_ROWS = tmpl.MAX_ROWS
-
-
-@functools.cache
-def _kernel(spec: tmpl.GemvSpec, interp: bool):
-    return load(tmpl.render(spec), spec.name)
+GEMV = lowbit.LowBitFormat(tmpl.render)
 
 
 def spec_of(fmt: str, bias) -> tmpl.GemvSpec:
@@ -26,8 +20,7 @@ def spec_of(fmt: str, bias) -> tmpl.GemvSpec:
 
 
 def source_of(fmt: str, bias) -> tuple[str, str]:
-    spec = spec_of(fmt, bias)
-    return f"{spec.name}.py", tmpl.render(spec)
+    return GEMV.source(spec_of(fmt, bias))
 
 
 def words_of(packed: torch.Tensor, fmt: str, k: int) -> torch.Tensor | None:
@@ -49,11 +42,16 @@ def words_of(packed: torch.Tensor, fmt: str, k: int) -> torch.Tensor | None:
     return packed.view(torch.int32)
 
 
+def words_for(packed: torch.Tensor, fmt: str, k: int, m: int) -> torch.Tensor | None:
+    """``words_of(packed)`` when the GEMV can take ``m`` rows (1 to ``MAX_ROWS``), else None."""
+    return words_of(packed, fmt, k) if 0 < m <= MAX_ROWS else None
+
+
 def fit(cfg: QConfig, fmt: str, k: int, group: int) -> QConfig:
     """``cfg`` made valid for the weight: a power-of-two K tile of whole words, within one int4
     group, no longer than K needs; no more K splits than K tiles."""
     per = tmpl.PER_WORD[fmt]
-    need = max(per, 1 << (max(k, 1) - 1).bit_length())
+    need = lowbit.pow2(k, per)
     bk = max(per, min(cfg.block_k, need, group if fmt == "int4" else need))
     splits = max(1, min(cfg.split_k, -(-k // bk)))
     return QConfig(1, cfg.block_n, bk, splits, cfg.num_warps, cfg.num_stages)
@@ -63,7 +61,7 @@ def default(fmt: str, m: int, n: int, k: int, group: int) -> QConfig:
     """The untuned GEMV launch: in the interpreter few, large programs; on a GPU the tile that won
     the H200 sweep, with enough K splits to give every SM several programs."""
     if interpreting():
-        return fit(QConfig(1, min(128, max(16, 1 << (n - 1).bit_length())), 1024, 1, 4, 1), fmt, k, group)
+        return fit(QConfig(1, min(128, lowbit.pow2(n, 16)), 1024, 1, 4, 1), fmt, k, group)
     bk = {"int8": 256, "int4": 128, "w1": 1024}[fmt]
     tiles = m * -(-n // 64)
     split = 1
@@ -88,40 +86,20 @@ def candidates(fmt: str, m: int, n: int, k: int, group: int) -> list[QConfig]:
     return list(dict.fromkeys(cands))
 
 
-def tuned(key: str, family, run, default: QConfig) -> QConfig:
-    """The launch to use for ``key``: ``default`` without a GPU autotuner, else the fastest of
-    ``family()`` (built and timed once per key with ``run(config)``, then cached)."""
-    if not autotune.enabled():
-        return default
-    best = autotune.lookup(key)
-    if best is None:
-        cands = {c.name: c for c in family()}
-        best = autotune.choose(key, {nm: functools.partial(run, c) for nm, c in cands.items()}, default.name)
-    return QConfig.parse(best)
-
-
-def output_for(split: int, m: int, n: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, int]:
-    """(output, its split stride): (M, N) in ``dtype``, or with K splits fp32 partial sums, one
-    (M, N) slab per split (the GEMM and the GEMV launchers sum them)."""
-    if split == 1:
-        return torch.empty((m, n), dtype=dtype, device=device), 0
-    out = torch.empty((split, m, n), dtype=torch.float32, device=device)
-    return out, out.stride(0)
-
-
 def launch(fmt, a, words, s, z, group, bias, out_dtype, cfg: QConfig):
     """``a`` (M, K) times the decoded ``words`` (N, K / per) transposed, scaled (+ bias): (M, N)."""
     m, k = a.shape
     n = words.shape[0]
     split = cfg.split_k
-    out, stride_cs = output_for(split, m, n, out_dtype, a.device)
+    out, stride_cs = lowbit.split_output(split, m, n, out_dtype, a.device)
     zz = z if z is not None else s
     grid = (m * -(-n // cfg.block_n), split)
-    _kernel(spec_of(fmt, bias), interpreting())[grid](
+    (kernel,) = GEMV.load(spec_of(fmt, bias))
+    kernel[grid](
         a, words, s, zz, bias if bias is not None else s, out, m, n, k,
         *a.stride(), words.stride(0), s.stride(0), s.stride(1) if s.dim() == 2 else 0, zz.stride(0),
         out.stride(-2), stride_cs,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group, SPLIT_K=split, EVEN_K=k % cfg.block_k == 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    return out if split == 1 else out.sum(0).to(out_dtype)
+    return lowbit.reduce_splits(out, split, out_dtype)

@@ -16,11 +16,9 @@ import torch
 import torch.fx as fx
 
 import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.linear_w1
-from tcomp.backends.triton import TRITON, quant_gemv
-from tcomp.backends.triton.codegen import interpreting, load
+from tcomp.backends.triton import TRITON, lowbit, quant_gemv
 from tcomp.backends.triton.configs import QConfig
-from tcomp.backends.triton.quant_gemm import _blocks, check, triton_cdiv
-from tcomp.backends.triton.quant_w8a8 import header, output_for
+from tcomp.backends.triton.lowbit import cdiv
 from tcomp.graph import val
 from tcomp.targets import Target, get_target
 
@@ -37,9 +35,9 @@ class W1Spec:
 
 def render(spec: W1Spec) -> str:
     precision = ', input_precision="ieee"' if spec.ieee else ""
-    head, bias = header("quant_w1.py", spec, spec.has_bias)
+    bias = lowbit.BIAS_EPILOGUE if spec.has_bias else ""
     return (
-        head
+        lowbit.header("quant_w1.py", spec)
         + f"""
 @triton.jit
 def {spec.name}(
@@ -47,10 +45,7 @@ def {spec.name}(
     stride_am, stride_ak, stride_pn, stride_cm, stride_cn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    am = rm % M
-    wn = rn % N
+{lowbit.TILE_2D}
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         rk = k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -60,15 +55,12 @@ def {spec.name}(
         sign = (bit * 2 - 1).to(a.dtype)
         acc = tl.dot(a, sign, acc{precision})
     acc = acc * tl.load(ALPHA + wn).to(tl.float32)[None, :]{bias}
-    ok = (rm[:, None] < M) & (rn[None, :] < N)
-    tl.store(C + rm[:, None] * stride_cm + rn[None, :] * stride_cn, acc.to(C.dtype.element_ty), mask=ok)
+{lowbit.STORE}
 """
     )
 
 
-@functools.cache
-def _kernel(spec: W1Spec, interp: bool):
-    return load(render(spec), spec.name)
+W1 = lowbit.LowBitFormat(render)
 
 
 def _spec(x_dtype: torch.dtype, bias) -> W1Spec:
@@ -79,43 +71,44 @@ def sources(node: fx.Node) -> dict[str, str]:
     """{file name: source} of the kernels a lowered 1-bit linear node may launch (the GEMV for a
     few rows, or a symbolic batch, when K % 32 == 0; the GEMM otherwise)."""
     x, k = val(node.args[0]), node.args[3]
-    bias = node.args[4] if len(node.args) > 4 else node.kwargs.get("bias")
-    rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+    bias = lowbit.arg(node, 4, "bias")
+    rows = lowbit.rows_of(x)
     out = {}
     if k % 32 == 0 and (not isinstance(rows, int) or 0 < rows <= quant_gemv.MAX_ROWS):
         out.update([quant_gemv.source_of("w1", bias)])
     if not isinstance(rows, int) or rows > quant_gemv.MAX_ROWS or k % 32:
-        spec = _spec(x.dtype, bias)
-        out[f"{spec.name}.py"] = render(spec)
+        out.update([W1.source(_spec(x.dtype, bias))])
     return out
 
 
-@TRITON.implements(torch.ops.tcomp.linear_w1.default, check=check, sources=sources)
+@TRITON.implements(torch.ops.tcomp.linear_w1.default, check=lowbit.check, sources=sources)
 def linear_w1(x, packed, alpha, k: int, bias=None, *, target: Target | str, config: QConfig | None = None):
     """``tcomp.linear_w1`` on the generated kernels (``config``: a GEMV launch to use instead of the
     autotuner's choice; only for at most ``quant_gemv.MAX_ROWS`` rows)."""
     target = get_target(target).name
     n = packed.shape[0]
-    a = x.reshape(-1, k)
-    m = a.shape[0]
-    words = quant_gemv.words_of(packed, "w1", k) if 0 < m <= quant_gemv.MAX_ROWS else None
-    if words is not None:
-        return _gemv(a, words, alpha, k, bias, x.dtype, config, target).view(*x.shape[:-1], n)
-    if config is not None:
+    m = x.reshape(-1, k).shape[0]
+    words = quant_gemv.words_for(packed, "w1", k, m)
+    if words is None and config is not None:
         raise ValueError(
             f"a W1 GEMV config needs 1..{quant_gemv.MAX_ROWS} rows and K % 32 == 0 (got {m}, {k})"
         )
-    a, out = output_for(x, k, n)
-    if m == 0:
-        return out.view(*x.shape[:-1], n)
-    bm, bn, bk, warps, stages = _blocks(m, n, k)
-    bk = max(bk, 32)  # a multiple of 8: a K tile holds whole bytes
-    _kernel(_spec(x.dtype, bias), interpreting())[(triton_cdiv(m, bm), triton_cdiv(n, bn))](
-        a, packed, alpha, bias if bias is not None else alpha, out, m, n, k,
-        *a.stride(), packed.stride(0), *out.stride(),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
-    )  # fmt: skip
-    return out.view(*x.shape[:-1], n)
+
+    def run(a: torch.Tensor) -> torch.Tensor:
+        if words is not None:
+            return _gemv(a, words, alpha, k, bias, x.dtype, config, target)
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        bm, bn, bk, warps, stages = lowbit.blocks(m, n, k)
+        bk = max(bk, 32)  # a multiple of 8: a K tile holds whole bytes
+        (kernel,) = W1.load(_spec(x.dtype, bias))
+        kernel[(cdiv(m, bm), cdiv(n, bn))](
+            a, packed, alpha, bias if bias is not None else alpha, out, m, n, k,
+            *a.stride(), packed.stride(0), *out.stride(),
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+        return out
+
+    return lowbit.launch(x, k, n, run)
 
 
 def _gemv(a, words, alpha, k, bias, out_dtype, config, target):
@@ -125,4 +118,4 @@ def _gemv(a, words, alpha, k, bias, out_dtype, config, target):
         return run(quant_gemv.fit(config, "w1", k, 1))
     key = f"gemv|w1|m{m}|n{n}|k{k}|{a.dtype}|{'b' if bias is not None else ''}|{target}"
     family = lambda: quant_gemv.candidates("w1", m, n, k, 1)  # noqa: E731 - built only when tuning
-    return run(quant_gemv.tuned(key, family, run, quant_gemv.default("w1", m, n, k, 1)))
+    return run(lowbit.tuned(key, family, run, quant_gemv.default("w1", m, n, k, 1)))

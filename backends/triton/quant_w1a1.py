@@ -13,17 +13,15 @@ kernels.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 
 import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.linear_w1a1
-from tcomp.backends.triton import TRITON
-from tcomp.backends.triton.codegen import interpreting, load
-from tcomp.backends.triton.quant_gemm import check, triton_cdiv
-from tcomp.backends.triton.quant_w8a8 import header, output_for
+from tcomp.backends.triton import TRITON, lowbit
+from tcomp.backends.triton.codegen import interpreting
+from tcomp.backends.triton.lowbit import cdiv, pow2
 from tcomp.targets import Target
 
 
@@ -37,9 +35,9 @@ class W1A1Spec:
 
 
 def render(spec: W1A1Spec) -> str:
-    head, bias = header("quant_w1a1.py", spec, spec.has_bias)
+    bias = lowbit.BIAS_EPILOGUE if spec.has_bias else ""
     return (
-        head
+        lowbit.header("quant_w1a1.py", spec)
         + f"""
 @triton.jit
 def {spec.name}_act(X, TAU, XB, BETA, K, KB, stride_xm, stride_xk, stride_bm, BLOCK_B: tl.constexpr):
@@ -65,10 +63,7 @@ def {spec.name}(
     stride_xm, stride_wn, stride_cm, stride_cn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    am = rm % M
-    wn = rn % N
+{lowbit.TILE_2D}
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for b0 in range(0, KB, BLOCK_B):
         rb = b0 + tl.arange(0, BLOCK_B)
@@ -83,49 +78,41 @@ def {spec.name}(
     beta = tl.load(BETA + am)
     alpha = tl.load(ALPHA + wn).to(tl.float32)
     acc = beta[:, None] * alpha[None, :] * dot + tl.load(SHIFT + wn).to(tl.float32)[None, :]{bias}
-    ok = (rm[:, None] < M) & (rn[None, :] < N)
-    tl.store(C + rm[:, None] * stride_cm + rn[None, :] * stride_cn, acc.to(C.dtype.element_ty), mask=ok)
+{lowbit.STORE}
 """
     )
 
 
-@functools.cache
-def _kernels(spec: W1A1Spec, interp: bool):
-    return load(render(spec), f"{spec.name}_act"), load(render(spec), spec.name)
+def _spec(node: fx.Node) -> W1A1Spec:
+    return W1A1Spec(lowbit.arg(node, 6, "bias") is not None)
 
 
-def _pow2(n: int) -> int:
-    return 1 << (max(n, 1) - 1).bit_length()
+W1A1 = lowbit.LowBitFormat(render, _spec, kernels=("_act", ""))
 
 
-def sources(node: fx.Node) -> dict[str, str]:
-    """File name -> source of the kernels a lowered W1A1 node launches."""
-    bias = node.args[6] if len(node.args) > 6 else node.kwargs.get("bias")
-    spec = W1A1Spec(bias is not None)
-    return {f"{spec.name}.py": render(spec)}
-
-
-@TRITON.implements(torch.ops.tcomp.linear_w1a1.default, check=check, sources=sources)
+@TRITON.implements(torch.ops.tcomp.linear_w1a1.default, check=lowbit.check, sources=W1A1.sources)
 def linear_w1a1(x, packed, alpha, tau, shift, k: int, bias=None, *, target: Target | str):
     """``tcomp.linear_w1a1`` on the generated kernels."""
     n, kb = packed.shape
-    a, out = output_for(x, k, n)
-    m = a.shape[0]
-    if m == 0:
-        return out.view(*x.shape[:-1], n)
-    act, gemm = _kernels(W1A1Spec(bias is not None), interpreting())
-    xb = torch.empty((m, kb), dtype=torch.uint8, device=x.device)
-    beta = torch.empty((m,), dtype=torch.float32, device=x.device)
-    act[(m,)](a, tau, xb, beta, k, kb, *a.stride(), xb.stride(0), BLOCK_B=min(512, _pow2(kb)))
-    if interpreting():  # few, large programs
-        bm, bn, bb = min(16, _pow2(m)), min(64, _pow2(n)), min(64, _pow2(kb))
-    else:  # a (BM, BN, BB) XOR tile per step, kept to 8k lanes
-        bm = min(16, _pow2(m))
-        bn = 64 if bm <= 4 else 32
-        bb = max(8, 8192 // (bm * bn))
-    gemm[(triton_cdiv(m, bm), triton_cdiv(n, bn))](
-        xb, packed, beta, alpha, shift, bias if bias is not None else alpha, out, m, n, k, kb,
-        xb.stride(0), packed.stride(0), *out.stride(),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_B=bb, num_warps=4,
-    )  # fmt: skip
-    return out.view(*x.shape[:-1], n)
+
+    def run(a: torch.Tensor) -> torch.Tensor:
+        m = a.shape[0]
+        act, gemm = W1A1.load(W1A1Spec(bias is not None))
+        xb = torch.empty((m, kb), dtype=torch.uint8, device=x.device)
+        beta = torch.empty((m,), dtype=torch.float32, device=x.device)
+        act[(m,)](a, tau, xb, beta, k, kb, *a.stride(), xb.stride(0), BLOCK_B=min(512, pow2(kb)))
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        if interpreting():  # few, large programs
+            bm, bn, bb = min(16, pow2(m)), min(64, pow2(n)), min(64, pow2(kb))
+        else:  # a (BM, BN, BB) XOR tile per step, kept to 8k lanes
+            bm = min(16, pow2(m))
+            bn = 64 if bm <= 4 else 32
+            bb = max(8, 8192 // (bm * bn))
+        gemm[(cdiv(m, bm), cdiv(n, bn))](
+            xb, packed, beta, alpha, shift, bias if bias is not None else alpha, out, m, n, k, kb,
+            xb.stride(0), packed.stride(0), *out.stride(),
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_B=bb, num_warps=4,
+        )  # fmt: skip
+        return out
+
+    return lowbit.launch(x, k, n, run)
