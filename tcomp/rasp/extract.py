@@ -264,7 +264,7 @@ class _Reader:
             relabel = {lab: col_of.get(d) for d, lab in zip(out.dims, out.labels)}
             if any(lab != col for lab, col in relabel.items()):
                 prog = L.Map(relabel.__getitem__, prog, name="output")
-        elif out.values is not None:
+        elif out.values is not None and U.shape[1] > 1:  # one column: the number is the output
             prog = self._number_output(out, col_of.get(out.dims[0]), U.shape[1])
         return self._done(prog)
 
