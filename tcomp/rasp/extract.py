@@ -264,7 +264,26 @@ class _Reader:
             relabel = {lab: col_of.get(d) for d, lab in zip(out.dims, out.labels)}
             if any(lab != col for lab, col in relabel.items()):
                 prog = L.Map(relabel.__getitem__, prog, name="output")
+        elif out.values is not None and U.shape[1] > 1:  # one column: the number is the output
+            prog = self._number_output(out, col_of.get(out.dims[0]), U.shape[1])
         return self._done(prog)
+
+    def _number_output(self, out: Var, col: int | None, classes: int) -> L.SOp:
+        """The class an unembedding copying one numerical dim (a categorical table with one output
+        value, read as 0/1, or a copy of one) into class column ``col`` predicts for each value ``v``
+        the dim holds: the argmax of the scores (``v`` at ``col``, 0 elsewhere), no value (every class
+        0) where ``v`` is 0. The variable itself where that is ``v`` (values 0/1, ``col`` 1)."""
+        table: dict = {}
+        for v in out.values:
+            if v == 0 or col is None:
+                table[v] = None
+                continue
+            scores = [0.0] * classes
+            scores[col] = float(v)
+            table[v] = scores.index(max(scores))
+        if all(table[v] == v or (v == 0 and table[v] is None) for v in out.values):
+            return out.expr
+        return L.Map(lambda v, t=table: t[v], out.expr, name="output")
 
     def _done(self, prog: L.SOp) -> Extracted:
         used = {e.id for e in L.walk(prog)}
@@ -573,7 +592,9 @@ class _Reader:
                 decoders.setdefault(id(rec), (rec, []))[1].append(u)
         for rec, us in decoders.values():
             self._key_decoder(layer, rec, us, w1, b1, w2)
-        units = [u for u in units if all(u not in us for _, us in decoders.values())]
+        units = [
+            u for u in units if all(u not in us for _, us in decoders.values()) and self._fires(u, w1, b1)
+        ]
         # units reading the same variables form one table; units sharing an output dim too
         groups: list[tuple[set[int], set[int]]] = []
         by_key: dict[frozenset, int] = {}
@@ -599,6 +620,36 @@ class _Reader:
         for us, ds in sorted(groups, key=lambda g: min(g[1])):
             self.mlps += 1
             self._mlp_group(layer, sorted(us), sorted(ds), w1, b1, w2)
+
+    def _fires(self, u: int, w1: Tensor, b1: Tensor) -> bool:
+        """Whether MLP unit ``u`` can be on: its pre-activation is above 0 for some value (or no
+        value) of each variable it reads, dims nothing writes held at 0. A unit that never fires adds
+        nothing, e.g. a table's row for a value its input never takes (an unreachable table entry):
+        it reads a dim nothing writes, so it would look like a table of its own, writing dims of the
+        same variable. Units reading a head's internal dims (width or key-head averages), BOS or a
+        number with no known finite set of values are taken to fire."""
+        readers: list[Var] = []
+        for d in (w1[:, u].abs() > TOL).nonzero().flatten().tolist():
+            if d == self.one:
+                continue
+            if d == self.bos or d in self.widths or d in self.keyheads:
+                return True
+            v = self.by_dim.get(d)
+            if v is None:
+                continue  # nothing writes it: 0 everywhere
+            if not v.labels and v.values is None:
+                return True
+            if v not in readers:
+                readers.append(v)
+        options = [
+            [{}, *({d: 1.0} for d in v.dims)] if v.labels else [{v.dims[0]: float(x)} for x in v.values]
+            for v in readers
+        ]
+        for combo in itertools.product(*options):
+            x = self._vector({d: t for at in combo for d, t in at.items()})
+            if float(x @ w1[:, u] + b1[u]) > TOL:
+                return True
+        return False
 
     def _mlp_group(self, layer: int, us: list[int], outs: list[int], w1, b1, w2) -> None:
         where = f"layers.{layer}.mlp units {us[:4]}{'...' if len(us) > 4 else ''}"

@@ -238,9 +238,7 @@ def _nearest_same_label(xs, v):
 NEAREST_SAME = Task("nearest-same", 3, 5, _nearest_same_label, 5)
 
 
-@settings(max_examples=4, deadline=None)
-@given(st.integers(0, 10_000), st.integers(2, 4), st.booleans())
-def test_closest_heads_export_and_extract_exactly_on_every_input(seed, max_len, more):
+def _closest_model(seed: int, max_len: int, more: bool) -> TransformerProgram:
     torch.manual_seed(seed)
     cfg = ProgramConfig(
         vocab=3,
@@ -251,8 +249,25 @@ def test_closest_heads_export_and_extract_exactly_on_every_input(seed, max_len, 
         key_heads=int(more),
         closest_heads=2,
     )
-    tp = TransformerProgram(cfg).eval()
-    agrees_on_every_input(tp, 3, max_len)
+    return TransformerProgram(cfg).eval()
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 4), st.booleans())
+def test_closest_heads_export_and_extract_exactly_on_every_input(seed, max_len, more):
+    agrees_on_every_input(_closest_model(seed, max_len, more), 3, max_len)
+
+
+# random models the property test above once failed on (seed, max_len, more):
+# 3351: the output table never reads one value of an input (a table row that never fires), which
+#       extraction took for a second table writing the output's dims ("reads several variables");
+# 365:  the output table takes one value (one dim, read as 0/1), which extraction output as the number 1
+CLOSEST_REGRESSIONS = [(3351, 2, True), (365, 2, False)]
+
+
+@pytest.mark.parametrize("seed,max_len,more", CLOSEST_REGRESSIONS)
+def test_closest_heads_regressions_export_and_extract_exactly(seed, max_len, more):
+    agrees_on_every_input(_closest_model(seed, max_len, more), 3, max_len)
 
 
 def _nearest_same_module(max_len: int):
