@@ -271,17 +271,15 @@ class _Reader:
     def _number_output(self, out: Var, col: int | None, classes: int) -> L.SOp:
         """The class an unembedding copying one numerical dim (a categorical table with one output
         value, read as 0/1, or a copy of one) into class column ``col`` predicts for each value ``v``
-        the dim holds: the argmax of the scores (``v`` at ``col``, 0 elsewhere), no value (every class
-        0) where ``v`` is 0. The variable itself where that is ``v`` (values 0/1, ``col`` 1)."""
+        the dim holds: the argmax of the scores (``v`` at ``col``, 0 elsewhere; the first class where
+        every score is 0, as the model's argmax). The variable itself where that is ``v`` (values 0/1, ``col`` 1)."""
         table: dict = {}
         for v in out.values:
-            if v == 0 or col is None:
-                table[v] = None
-                continue
             scores = [0.0] * classes
-            scores[col] = float(v)
-            table[v] = scores.index(max(scores))
-        if all(table[v] == v or (v == 0 and table[v] is None) for v in out.values):
+            if col is not None:
+                scores[col] = float(v)
+            table[v] = scores.index(max(scores))  # every class 0 (v = 0): the first, as the model's argmax
+        if all(table[v] == v for v in out.values):
             return out.expr
         return L.Map(lambda v, t=table: t[v], out.expr, name="output")
 
