@@ -271,18 +271,18 @@ class _Reader:
     def _number_output(self, out: Var, col: int | None, classes: int) -> L.SOp:
         """The class an unembedding copying one numerical dim (a categorical table with one output
         value, read as 0/1, or a copy of one) into class column ``col`` predicts for each value ``v``
-        the dim holds: the argmax of the scores (``v`` at ``col``, 0 elsewhere), no value (every class
-        0) where ``v`` is 0. The variable itself where that is ``v`` (values 0/1, ``col`` 1)."""
+        the dim holds: the argmax of the scores (``v`` at ``col``, 0 elsewhere; the first class where
+        every score is 0, as the model's argmax). The variable itself where that is ``v`` (values 0/1, ``col`` 1)."""
         table: dict = {}
         for v in out.values:
-            if v == 0 or col is None:
-                table[v] = None
-                continue
             scores = [0.0] * classes
-            scores[col] = float(v)
-            table[v] = scores.index(max(scores))
-        if all(table[v] == v or (v == 0 and table[v] is None) for v in out.values):
+            if col is not None:
+                scores[col] = float(v)
+            table[v] = scores.index(max(scores))  # every class 0 (v = 0): the first, as the model's argmax
+        if all(table[v] == v for v in out.values):
             return out.expr
+        if len(set(table.values())) == 1:  # one class everywhere: no need to read the variable
+            return L.Map(lambda v, c=table[out.values[0]]: c, L.indices, name="output")
         return L.Map(lambda v, t=table: t[v], out.expr, name="output")
 
     def _done(self, prog: L.SOp) -> Extracted:
@@ -592,9 +592,12 @@ class _Reader:
                 decoders.setdefault(id(rec), (rec, []))[1].append(u)
         for rec, us in decoders.values():
             self._key_decoder(layer, rec, us, w1, b1, w2)
-        units = [
-            u for u in units if all(u not in us for _, us in decoders.values()) and self._fires(u, w1, b1)
-        ]
+        units = [u for u in units if all(u not in us for _, us in decoders.values())]
+        # a table's row for a value its input never takes (it reads a dim nothing writes) never fires:
+        # it joins the table reading its other inputs below, not a table of its own writing the same
+        # variable's dims (read as two variables)
+        stray = [u for u in units if self._unwritten_input(u, w1) and not self._fires(u, w1, b1)]
+        units = [u for u in units if u not in stray]
         # units reading the same variables form one table; units sharing an output dim too
         groups: list[tuple[set[int], set[int]]] = []
         by_key: dict[frozenset, int] = {}
@@ -617,9 +620,29 @@ class _Reader:
                 us, ds = us | g[0], ds | g[1]
             merged.append((us, ds))
         groups = merged
+        reads = [self._read_vars(us, w1) for us, _ in groups]
+        for u in stray:
+            mine = self._read_vars([u], w1)
+            g = next((i for i, r in enumerate(reads) if mine and mine <= r), None)
+            if g is not None:  # else it belongs to no table: it adds nothing
+                groups[g][0].add(u)
+                groups[g][1].update((w2[u].abs() > TOL).nonzero().flatten().tolist())
         for us, ds in sorted(groups, key=lambda g: min(g[1])):
             self.mlps += 1
             self._mlp_group(layer, sorted(us), sorted(ds), w1, b1, w2)
+
+    def _unwritten_input(self, u: int, w1: Tensor) -> bool:
+        """Whether MLP unit ``u`` reads a dim nothing writes (no variable, width or key-head dim)."""
+        return any(
+            d not in self.by_dim and d not in (self.one, self.bos) and d not in self.widths and d not in self.keyheads
+            for d in (w1[:, u].abs() > TOL).nonzero().flatten().tolist()
+        )
+
+    def _read_vars(self, us, w1: Tensor) -> set[int]:
+        """The variables (by id) MLP units ``us`` read."""
+        return {
+            id(self.by_dim[d]) for u in us for d in (w1[:, u].abs() > TOL).nonzero().flatten().tolist() if d in self.by_dim
+        }
 
     def _fires(self, u: int, w1: Tensor, b1: Tensor) -> bool:
         """Whether MLP unit ``u`` can be on: its pre-activation is above 0 for some value (or no

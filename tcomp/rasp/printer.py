@@ -140,15 +140,37 @@ def to_source(program: L.SOp, vocab: Iterable[Hashable], max_len: int, *, doc: s
     )
 
 
+def _at_zero(f, args: list, sets: dict[int, Any], table: dict) -> dict:
+    """Table entries for the 0 a numerical Map (or SequenceMap) input holds where its own input has
+    no value (``tcomp.rasp.evaluate``), which its value set leaves out: so the printed table reads
+    every value the input takes at run time. Entries ``f`` does not define are left out."""
+    sets_at = [
+        (sets[a.id] or []) + [0] if a.numerical and isinstance(a, (L.Map, L.SequenceMap)) else sets[a.id] or []
+        for a in args
+    ]
+    out = {}
+    for combo in itertools.product(*sets_at):
+        key = combo if len(combo) > 1 else combo[0]
+        if key in table:
+            continue
+        try:
+            out[key] = f(*combo)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError):
+            continue
+    return out
+
+
 def _expr(e: L.Expr, names: dict[int, str], sets: dict[int, Any]) -> str:
     n = names
     num = ", numerical=True" if getattr(e, "numerical", False) else ""
     if isinstance(e, L.Map):
         table = {v: e.f(v) for v in sets[e.x.id] or []}
+        table.update(_at_zero(e.f, [e.x], sets, table))
         return f"r.Map({_fmt_table(table)}, {n[e.x.id]}{num})"
     if isinstance(e, L.SequenceMap):
         pairs = itertools.product(sets[e.x.id] or [], sets[e.y.id] or [])
         table = {(a, b): e.f(a, b) for a, b in pairs}
+        table.update(_at_zero(lambda a, b: e.f(a, b), [e.x, e.y], sets, table))
         return f"r.SequenceMap({_fmt_table(table)}, {n[e.x.id]}, {n[e.y.id]}{num})"
     if isinstance(e, L.Select):
         if isinstance(e.predicate, L.Comparison):
