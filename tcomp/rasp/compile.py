@@ -38,7 +38,7 @@ from tcomp.rasp.lower import lower_selectors
 from tcomp.rasp.validate import validate
 
 BETA = 100.0  # attention sharpness: a score gap of 0.5 leaves exp(-50) of the weight behind
-RANK_GAP = 16.0  # logits between neighbouring ranks of a Closest head (>= extract.GAP): 1e-7 behind
+RANK_GAP = 24.0  # logits between neighbouring ranks of a Closest head (>= extract.GAP): 4e-11 behind
 ONE, BOS = 0, 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -132,3 +133,14 @@ def test_classify_refuses_numbers_it_cannot_score_exactly():
     mean = rasp.Aggregate(rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.LEQ), halves, numerical=True)
     with pytest.raises(rasp.ValidationError, match="not a known finite set"):  # means of 0, 0.5, 1, 1.5
         compile_program(rasp.Classify([mean], [{0.5: [1.0, 0.0]}], [0.0, 0.0], [0, 1]), VOCAB, MAX_LEN)
+
+
+def test_closest_leakage_stays_below_what_numerical_outputs_are_checked_to():
+    """A Closest head leaves exp(-RANK_GAP) of its weight on the next key in rank; a later head that
+    selects on the copied one-hot multiplies that by BETA in its scores. With RANK_GAP = 16 that was
+    1e-5 of a logit and broke a random program's numerical output by 1.9e-5 relative (hypothesis
+    found it: Closest -> numerical Map -> Select on the copy -> Aggregate); the compiled model must
+    keep it under the 1e-5 relative tolerance ``agree`` checks, with room for float32 rounding."""
+    from tcomp.rasp.compile import BETA, RANK_GAP
+
+    assert math.exp(-RANK_GAP) * BETA * MAX_LEN < 1e-7
