@@ -138,15 +138,18 @@ def test_autotuned_int8_launch_takes_the_gemm_when_the_gemv_winner_cannot_read_t
     g = torch.Generator().manual_seed(21)
     n, k = 16, 64
     wide_q, wide_s = Q.quantize_int8(torch.randn(n, k + 2, generator=g))
-    q = wide_q[:, 1 : k + 1]  # rows not 4-byte aligned: no GEMV for this layout
+    # rows not 4-byte aligned: no GEMV for this layout. Sliced on the device: .to(cuda) of the
+    # (non-dense) view would copy it into an aligned contiguous tensor
+    q = wide_q.to(DEVICE)[:, 1 : k + 1]
     x = torch.randn(1, k, generator=g)
     timer.pick = lambda names: quant_gemv.default("int8", 1, n, k, 1).name  # a winner for an aligned copy
     monkeypatch.setattr(autotune, "lookup", lambda key: quant_gemv.default("int8", 1, n, k, 1).name)
     monkeypatch.setattr(
         quant_gemv, "launch", lambda *a, **kw: pytest.fail("GEMV launched on an unaligned weight")
     )
-    out = quant_gemm.linear_int8w(x.to(DEVICE), q.to(DEVICE), wide_s.to(DEVICE), target="h200")
-    assert _rel(out, torch.nn.functional.linear(x.double(), Q.dequantize_int8(q, wide_s))) <= 1e-5
+    assert q.data_ptr() % 4 != 0 or q.stride(0) % 4 != 0
+    out = quant_gemm.linear_int8w(x.to(DEVICE), q, wide_s.to(DEVICE), target="h200")
+    assert _rel(out, torch.nn.functional.linear(x.double(), Q.dequantize_int8(q.cpu(), wide_s))) <= 1e-5
 
 
 def test_autotuned_w1_gemv_runs_the_winner(timer):
