@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ holds the d
 
 from docs_gen.approx import render_linear_attention, render_rasp, render_tome  # noqa: E402
 from docs_gen.common import DOCS, RESULTS, Page, date_of, device_of, table  # noqa: E402
-from docs_gen.kernels import render_attention, render_autotune, render_e2e, render_rpe  # noqa: E402
+from docs_gen.kernels import render_attention, render_autotune, render_e2e, render_rms_norm, render_rpe  # noqa: E402
 from docs_gen.quant import render_onnx, render_quant  # noqa: E402
 
 PAGES = [
@@ -88,6 +88,13 @@ PAGES = [
         ["rasp_train.json"],
         render_rasp,
         "Trained Transformer Programs and the RASP programs `rasp.extract` reads back from them.",
+    ),
+    Page(
+        "rms-norm.md",
+        "RMSNorm",
+        ["rms-norm-nvidia-h100-80gb-hbm3.json"],
+        render_rms_norm,
+        "`tcomp.rms_norm` on its generated Triton kernel against eager, `aten.rms_norm` and `torch.compile`.",
     ),
     Page(
         "autotune.md",
