@@ -528,7 +528,7 @@ def _bench_table(result: dict) -> None:
 def _add_rasp() -> None:
     from tcomp.rasp.cli import rasp_app
 
-    app.add_typer(rasp_app, name="rasp", help="RASP programs: extract from weights, compile to weights, run")
+    app.add_typer(rasp_app, name="rasp", help="RASP programs: extract from weights, compile to weights, run, show (print a stored program as Python)")
 
 
 _add_rasp()
