@@ -25,6 +25,12 @@ def shape(n: Any) -> tuple | None:
     return tuple(v.shape) if isinstance(v, torch.Tensor) else None
 
 
+def arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    """Argument ``name`` of a call node: positional ``i`` when given so, else the keyword, else
+    ``default`` (ATen schemas let callers spell most arguments either way)."""
+    return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
+
+
 def add_node(graph: fx.Graph, target: Any, args: tuple, kwargs: dict | None = None) -> fx.Node:
     """Insert ``target(*args, **kwargs)`` at the graph's current insertion point, with its
     ``meta["val"]`` computed by running ``target`` on the inputs' fake values."""

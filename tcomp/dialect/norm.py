@@ -25,7 +25,7 @@ from torch.fx import Node
 from tcomp.cost import Cost, SymbolMap, SymLike, fake, sym_numel, sym_shape
 from tcomp.dialect.base import define
 from tcomp.dialect.common import work_dtype
-from tcomp.graph import add_node, copy_source_meta, module_path, remove_dead, val
+from tcomp.graph import add_node, arg, copy_source_meta, module_path, remove_dead, val
 
 aten = torch.ops.aten
 
@@ -91,10 +91,6 @@ def _call(n: object, *targets: object) -> bool:
     return isinstance(n, Node) and n.op == "call_function" and n.target in targets
 
 
-def _arg(n: Node, i: int, name: str, default: object = None) -> object:
-    return n.args[i] if len(n.args) > i else n.kwargs.get(name, default)
-
-
 def _cast_source(n: object) -> Node | None:
     """The input of a dtype cast (``x.to(dtype)`` / ``_to_copy(x, dtype=...)``), else None."""
     if _call(n, aten.to.dtype) or (_call(n, aten._to_copy.default) and set(n.kwargs) <= {"dtype"}):
@@ -111,7 +107,7 @@ def _mean_square_of(n: object) -> Node | None:
     """``t`` when ``n`` is ``mean(t^2, [-1], keepdim=True)`` (``t.pow(2)`` or ``t * t``)."""
     if not _call(n, aten.mean.dim) or len(n.users) != 1:
         return None
-    sq, dims, keep = n.args[0], _arg(n, 1, "dim"), _arg(n, 2, "keepdim", False)
+    sq, dims, keep = n.args[0], arg(n, 1, "dim"), arg(n, 2, "keepdim", False)
     rank = val(n).dim() if isinstance(val(n), Tensor) else None
     if not keep or list(dims or ()) not in ([-1], [None if rank is None else rank - 1]) or len(sq.users) != 1:
         return None
@@ -140,7 +136,7 @@ def _normalized(n: Node) -> tuple[Node, float] | None:
     ms, eps = add.args[0], add.args[1]
     if not isinstance(eps, (int, float)):
         ms, eps = add.args[1], add.args[0]
-    if not isinstance(eps, (int, float)) or _arg(add, 2, "alpha", 1) != 1 or _mean_square_of(ms) is not t:
+    if not isinstance(eps, (int, float)) or arg(add, 2, "alpha", 1) != 1 or _mean_square_of(ms) is not t:
         return None
     return t, float(eps)
 
@@ -157,8 +153,8 @@ def _from_aten(gm: fx.GraphModule) -> list[str]:
     """``aten.rms_norm(x, [D], weight, eps)`` (``nn.RMSNorm``, ``F.rms_norm``) over the last dim."""
     notes = []
     for n in [n for n in gm.graph.nodes if _call(n, aten.rms_norm.default)]:
-        x, shape, weight = n.args[0], _arg(n, 1, "normalized_shape"), _arg(n, 2, "weight")
-        eps = _arg(n, 3, "eps")
+        x, shape, weight = n.args[0], arg(n, 1, "normalized_shape"), arg(n, 2, "weight")
+        eps = arg(n, 3, "eps")
         xv = val(x)
         if not isinstance(xv, Tensor) or len(shape) != 1 or shape[0] != xv.shape[-1]:
             continue
@@ -173,9 +169,7 @@ def _from_chain(gm: fx.GraphModule) -> list[str]:
     ``x`` cast to float32/float64; the result must have ``x``'s dtype (else the chain is left)."""
     notes = []
     for n in [n for n in gm.graph.nodes if _call(n, aten.mul.Tensor, aten.div.Tensor)]:
-        if n.graph is not gm.graph:  # erased by an earlier match
-            continue
-        found = _normalized(n)
+        found = None if getattr(n, "_erased", False) else _normalized(n)  # erased: part of a match
         if found is None:
             continue
         t, eps = found
@@ -186,17 +180,15 @@ def _from_chain(gm: fx.GraphModule) -> list[str]:
             last = down
         weight = None
         up = next(iter(last.users)) if len(last.users) == 1 else None
-        if _call(up, aten.mul.Tensor):
-            w = _other(up, last)
-            wv, xv = val(w), val(x)
-            if (
-                isinstance(w, Node)
-                and isinstance(wv, Tensor)
-                and wv.dim() == 1
-                and wv.shape[0] == xv.shape[-1]
-            ):
-                if val(up).dtype == xv.dtype:
-                    weight, last = w, up
+        w = _other(up, last) if _call(up, aten.mul.Tensor) else None
+        wv, xv = val(w), val(x)
+        if (
+            isinstance(w, Node)
+            and isinstance(wv, Tensor)
+            and wv.shape == (xv.shape[-1],)
+            and val(up).dtype == xv.dtype
+        ):
+            weight, last = w, up
         if val(last).dtype != val(x).dtype or tuple(val(last).shape) != tuple(val(x).shape):
             continue
         _replace(gm, last, x, weight, eps)
