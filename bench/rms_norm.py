@@ -9,7 +9,7 @@ non-tcomp variant) moved by more than 10 % between the two timings is refused. T
 device copy bandwidth measured in the same run (a ``copy_`` of the same bytes); each row states the
 bytes moved per call (x read, weight read, output written) over the time, as a fraction of it.
 
-    python bench/rms_norm.py [--dim 4096] [--rows 1,16,512,16384] [--dtype bf16]
+    python bench/rms_norm.py [--dim 4096] [--rows 1,16,512,4096,16384] [--dtype bf16]
 """
 
 from __future__ import annotations

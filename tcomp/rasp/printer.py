@@ -160,18 +160,28 @@ def _at_zero(f, args: list, sets: dict[int, Any], table: dict) -> dict:
     return out
 
 
+def function_table(e: L.Map | L.SequenceMap, sets: dict[int, Any]) -> dict:
+    """The table a printed (or stored, ``tcomp.rasp.store``) ``Map`` or ``SequenceMap`` holds: ``e.f``
+    over the value sets of its inputs (keys: values, or ``(a, b)`` pairs), plus the entries for the
+    0 a numerical input holds where it has no value, so the table reads every value the inputs take
+    at run time."""
+    if isinstance(e, L.Map):
+        table = {v: e.f(v) for v in sets[e.x.id] or []}
+        table.update(_at_zero(e.f, [e.x], sets, table))
+        return table
+    pairs = itertools.product(sets[e.x.id] or [], sets[e.y.id] or [])
+    table = {(a, b): e.f(a, b) for a, b in pairs}
+    table.update(_at_zero(e.f, [e.x, e.y], sets, table))
+    return table
+
+
 def _expr(e: L.Expr, names: dict[int, str], sets: dict[int, Any]) -> str:
     n = names
     num = ", numerical=True" if getattr(e, "numerical", False) else ""
     if isinstance(e, L.Map):
-        table = {v: e.f(v) for v in sets[e.x.id] or []}
-        table.update(_at_zero(e.f, [e.x], sets, table))
-        return f"r.Map({_fmt_table(table)}, {n[e.x.id]}{num})"
+        return f"r.Map({_fmt_table(function_table(e, sets))}, {n[e.x.id]}{num})"
     if isinstance(e, L.SequenceMap):
-        pairs = itertools.product(sets[e.x.id] or [], sets[e.y.id] or [])
-        table = {(a, b): e.f(a, b) for a, b in pairs}
-        table.update(_at_zero(lambda a, b: e.f(a, b), [e.x, e.y], sets, table))
-        return f"r.SequenceMap({_fmt_table(table)}, {n[e.x.id]}, {n[e.y.id]}{num})"
+        return f"r.SequenceMap({_fmt_table(function_table(e, sets))}, {n[e.x.id]}, {n[e.y.id]}{num})"
     if isinstance(e, L.Select):
         if isinstance(e.predicate, L.Comparison):
             pred = repr(e.predicate.value)

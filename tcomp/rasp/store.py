@@ -17,7 +17,8 @@ hold), ``And``/``Or`` (``a``, ``b``), ``Not`` and ``Closest`` (``a``), ``Aggrega
 (``selector``, ``x``), ``SelectorWidth`` (``selector``) and ``Classify`` (``inputs``, ``weights``:
 per input ``[value, row]`` pairs, ``bias``, ``classes``); ``numerical: true`` marks a numerical
 sequence. Functions are stored as tables over the values their inputs can hold
-(:func:`~tcomp.rasp.language.value_sets` of ``vocab`` and ``max_len``), as the printer does, so a
+(:func:`~tcomp.rasp.language.value_sets` of ``vocab`` and ``max_len``, and the 0 a numerical input
+holds where it has no value), as the printer does (:func:`~tcomp.rasp.printer.function_table`), so a
 program round-trips exactly on every input over ``vocab`` up to ``max_len`` tokens. Values are
 JSON scalars (``null``, booleans, integers, floats, strings; floats keep every bit) or tuples
 (``{"tuple": [...]}``). Names are kept; where two expressions share one, the later gets a suffix.
@@ -25,7 +26,6 @@ JSON scalars (``null``, booleans, integers, floats, strings; floats keep every b
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tcomp.rasp import language as L
-from tcomp.rasp.printer import TableBuilder
+from tcomp.rasp.printer import TableBuilder, function_table
 
 FORMAT = "tcomp.rasp.program/1"
 _INPUTS = {"tokens": L.tokens, "indices": L.indices}
@@ -117,10 +117,10 @@ def _fields(e: L.Expr, n: dict[int, str], sets: dict[int, Any]) -> dict:
     where = f"expression {e.name!r}"
     val = lambda v: _value(v, where)  # noqa: E731
     if isinstance(e, L.Map):
-        return {"op": "Map", "x": n[e.x.id], "table": [[val(v), val(e.f(v))] for v in sets[e.x.id] or []]}
+        table = [[val(v), val(r)] for v, r in function_table(e, sets).items()]
+        return {"op": "Map", "x": n[e.x.id], "table": table}
     if isinstance(e, L.SequenceMap):
-        pairs = itertools.product(sets[e.x.id] or [], sets[e.y.id] or [])
-        table = [[val(a), val(b), val(e.f(a, b))] for a, b in pairs]
+        table = [[val(a), val(b), val(r)] for (a, b), r in function_table(e, sets).items()]
         return {"op": "SequenceMap", "x": n[e.x.id], "y": n[e.y.id], "table": table}
     if isinstance(e, L.Select):
         if isinstance(e.predicate, L.Comparison):

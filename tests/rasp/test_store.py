@@ -70,6 +70,19 @@ def test_values_keep_their_types_and_bits(tmp_path):
                 assert [type(v) for v in byname[e.name]] == [type(v) for v in want[e.id]], e.name
 
 
+def test_a_table_reading_a_numerical_default_roundtrips():
+    """A table over a numerical Map that holds 0 where its input has no value (here position 0,
+    which has no previous token) stores the 0 entry too, as the printer does."""
+    prev = L.Aggregate(L.Select(L.indices, L.indices, lambda k, q: k == q - 1), L.tokens, name="prev")
+    one = L.Map(lambda t: 1, prev, numerical=True, name="one")
+    out = L.Map(lambda v: v + 10, one, name="out")
+    back = roundtrip(out, [0, 1, 2], 4)
+    for n in range(1, 5):
+        for xs in itertools.product([0, 1, 2], repeat=n):
+            assert rasp.evaluate(back.program, xs) == rasp.evaluate(out, xs)
+    assert rasp.evaluate(back.program, [2, 1]) == [10, 11]
+
+
 def test_unstorable_values_and_malformed_files_are_refused_with_the_place(tmp_path):
     odd = L.Map(lambda t: frozenset([t]), L.tokens, name="odd")
     with pytest.raises(TypeError, match="'odd'.*frozenset"):
