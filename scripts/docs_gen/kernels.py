@@ -231,7 +231,10 @@ variants in the same run.
 
 {table(["model", *[v for _, v in variants], "tcomp / Inductor", "tcomp / eager"], speed)}
 
-Goal (≥ {goal:.1f}× Inductor): {met(ok)}.
+Goal (≥ {goal:.1f}× Inductor): {met(ok)}. Read the ViT-B/16 row with care: the same day's
+token-merging run measured `torch.compile` on the same model far faster than this run's Inductor
+column ([token merging](token-merging.md)), so the ViT ratio against Inductor is unconfirmed
+(issue 19).
 
 Compile time in seconds (build + the calls until steady state; tcomp's first build includes the first-time
 autotuning of every attention and GEMM shape, and the variant without CUDA graphs, built next, finds the
