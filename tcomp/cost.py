@@ -255,23 +255,14 @@ def _arg(node: Node, i: int, name: str, default: Any = None) -> Any:
 
 
 def _sdpa_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
-    from tcomp.dialect.attention import attention_cost
+    from tcomp.dialect.attention import attention_tensors_cost
 
     q, k, v = (fake(a) for a in node.args[:3])
     if q is None or k is None or v is None:
         return None
     m = fake(_arg(node, 3, "attn_mask"))
     bias, mask = (None, m) if m is not None and m.dtype == torch.bool else (m, None)
-    qs, ks, vs = sym_shape(q, symbols), sym_shape(k, symbols), sym_shape(v, symbols)
-    return attention_cost(
-        sym_numel(qs[:-3]),  # SDPA allows any number of leading batch dims (or none)
-        qs[-3] if len(qs) >= 3 else 1, qs[-2], ks[-2], qs[-1], vs[-1], _itemsize(q),
-        causal=bool(_arg(node, 5, "is_causal", False)),
-        has_bias=bias is not None, bias_numel=None if bias is None else sym_numel(sym_shape(bias, symbols)),
-        has_mask=mask is not None, Hk=ks[-3] if len(ks) >= 3 else 1,
-        mask_numel=None if mask is None else sym_numel(sym_shape(mask, symbols)),
-        bias_bytes=None if bias is None else _itemsize(bias),
-    )  # fmt: skip
+    return attention_tensors_cost(q, k, v, bias, mask, bool(_arg(node, 5, "is_causal", False)), symbols)
 
 
 def _linear_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
