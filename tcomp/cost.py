@@ -336,6 +336,11 @@ def _present_kinds(sites: Iterable[SiteCost]) -> list[str]:
     return [k for k in KINDS if k in seen] + sorted(seen - set(KINDS))
 
 
+def _kind_totals(sites: Sequence[SiteCost]) -> dict[str, Cost]:
+    """The summed cost of ``sites`` per site kind, kinds in :func:`_present_kinds` order."""
+    return {kind: total_cost(s for s in sites if s.kind == kind) for kind in _present_kinds(sites)}
+
+
 @dataclass
 class SiteCost:
     """The cost of one node of a graph."""
@@ -453,12 +458,10 @@ def cost_summary(
     """Rows of :func:`cost_table` for a captured graph plus the symbolic totals per site kind
     (FLOPs and bytes as text, in B and N). Sequence lengths only vary where N is symbolic."""
     sites = graph_cost(gm, all_input_symbols(gm))
-    symbolic: dict[str, str] = {}
-    for kind in _present_kinds(sites):
-        chosen = [s for s in sites if s.kind == kind]
-        if chosen:
-            c = total_cost(chosen)
-            symbolic[kind] = f"flops = {_readable(c.flops)}; bytes = {_readable(c.bytes)}"
+    symbolic = {
+        kind: f"flops = {_readable(c.flops)}; bytes = {_readable(c.bytes)}"
+        for kind, c in _kind_totals(sites).items()
+    }
     free = set().union(*(s.cost.free_symbols for s in sites)) if sites else set()
     if free - {BATCH, SEQ}:
         return [], symbolic  # sizes the model fixed in ways the table cannot vary
@@ -488,12 +491,8 @@ def site_orders(gm: GraphModule) -> dict[int, dict[str, str]]:
 def kind_orders(gm: GraphModule) -> dict[str, dict[str, str]]:
     """Per site kind of ``gm``: the growth in the sequence length of the kind's total FLOPs and
     bytes, e.g. ``{"linear_attention": {"flops": "O(N)", "bytes": "O(N)"}}`` (kinds in table order)."""
-    sites = graph_cost(gm, all_input_symbols(gm))
-    out: dict[str, dict[str, str]] = {}
-    for kind in _present_kinds(sites):
-        c = total_cost(s for s in sites if s.kind == kind)
-        out[kind] = {"flops": leading_order(c.flops), "bytes": leading_order(c.bytes)}
-    return out
+    totals = _kind_totals(graph_cost(gm, all_input_symbols(gm)))
+    return {k: {"flops": leading_order(c.flops), "bytes": leading_order(c.bytes)} for k, c in totals.items()}
 
 
 def __getattr__(name: str) -> Any:
