@@ -23,9 +23,10 @@ Conventions (every formula):
   L = 2N (the op pads to the next power of two >= 2N-1; 2N is its smooth stand-in): a real FFT and
   its inverse at :data:`RFFT_FLOPS`·L·log2(L) each, one complex multiply per frequency, the outer
   products and the final contraction with φ(q): ``O(N log N · F · Dv)`` per batch and head.
-* Linear attention, token merging, the fused epilogues and the quantized linears: see their
-  formulas (``linear_attention_cost``, ``token_merge_cost``, ``bias_gelu_cost``,
-  ``skip_layer_norm_cost``, ``qlinear_cost`` in ``tcomp.dialect``).
+* Linear attention, token merging, the fused epilogues, RMSNorm and the quantized linears: see
+  their formulas (``linear_attention_cost``, ``token_merge_cost``, ``bias_gelu_cost``,
+  ``skip_layer_norm_cost``, ``qlinear_cost`` in ``tcomp.dialect``; ``rms_norm_cost`` in
+  ``tcomp.dialect.norm``).
 * The roofline time of a node is ``max(flops / peak, bytes / bandwidth)``; the time of a graph
   is the sum over nodes (each node is its own kernel).
 

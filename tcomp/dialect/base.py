@@ -54,14 +54,12 @@ class OpDef:
     canonical_forms: tuple[CanonicalForm, ...] = ()
 
     def matches(self, node: Any) -> bool:
-        """True for an fx node that calls this op (the overload or its packet)."""
+        """The op's node predicate: true for an fx node that calls it (the overload or its packet)."""
         return (
             isinstance(node, Node)
             and node.op == "call_function"
             and (node.target is self.op or node.target is self.packet)
         )
-
-    predicate = matches  # the node predicate, under the name the brief of the registry uses
 
     def bind(self, node: Node) -> dict[str, Any]:
         """The node's arguments by schema name (positional or keyword, defaults filled in)."""
