@@ -85,18 +85,17 @@ def define(
     *,
     kind: str,
     cost: CostFn,
-    family: str | None = None,
     canonical_forms: tuple[CanonicalForm, ...] = (),
 ) -> OpDef:
     """Register the ``torch.library.custom_op`` ``custom_op`` (namespace ``tcomp``) with its site
-    kind, cost formula and canonical forms; returns its :class:`OpDef`. ``family`` defaults to the name of the
+    kind, cost formula and canonical forms; returns its :class:`OpDef`. Its family is the name of the
     module that defines the op (``tcomp.dialect.qlinear`` -> ``"qlinear"``). Registering a name
     twice replaces the earlier definition (module reloads)."""
     qualname = custom_op._qualname  # "tcomp::attention"
     ns, short = qualname.split("::")
     packet = getattr(getattr(torch.ops, ns), short)
     reference = getattr(custom_op, "_init_fn", custom_op)
-    fam = family or reference.__module__.rsplit(".", 1)[-1]
+    fam = reference.__module__.rsplit(".", 1)[-1]
     d = OpDef(f"{ns}.{short}", fam, kind, packet.default, packet, reference, cost, tuple(canonical_forms))
     old = _BY_NAME.get(d.name)
     if old is not None:
