@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
 import sympy
 import torch
@@ -62,9 +62,7 @@ SymLike = Union[int, sympy.Expr]
 SiteKind = Literal[
     "attention", "rpe_attention", "linear_attention", "token_merge", "linear", "qlinear", "matmul", "fused"
 ]
-KINDS: tuple[SiteKind, ...] = (
-    "attention", "rpe_attention", "linear_attention", "token_merge", "linear", "qlinear", "matmul", "fused",
-)  # fmt: skip
+KINDS: tuple[SiteKind, ...] = get_args(SiteKind)
 SymbolMap = Mapping[Union[sympy.Symbol, str], SymLike]
 
 
@@ -291,8 +289,10 @@ def _matmul_node_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
     return matmul_cost(sym_numel(as_), sym_numel(bs), sym_numel(os_), as_[-1], _itemsize(a))
 
 
+CostFormula = Callable[[Node, Union[SymbolMap, None]], Union[Cost, None]]
+
 # The ATen ops with a formula: target -> (site kind, cost function). Dialect ops carry their own.
-ATEN_COSTS: dict[Any, tuple[SiteKind, Callable[[Node, SymbolMap | None], Cost | None]]] = {
+ATEN_COSTS: dict[Any, tuple[SiteKind, CostFormula]] = {
     _SDPA: ("attention", _sdpa_cost),
     torch.ops.aten.linear.default: ("linear", _linear_cost),
     torch.ops.aten.addmm.default: ("linear", _addmm_cost),
@@ -302,16 +302,22 @@ ATEN_COSTS: dict[Any, tuple[SiteKind, Callable[[Node, SymbolMap | None], Cost | 
 }
 
 
-def site_kind(node: Node) -> SiteKind | None:
-    """Which kind of site ``node`` is in cost tables (its OpDef's kind for a dialect op, the
-    ATen table's otherwise), or None when no formula applies."""
+def _formula(node: Node) -> tuple[SiteKind, CostFormula] | None:
+    """``(site kind, cost function)`` of ``node``: its OpDef's for a dialect op, :data:`ATEN_COSTS`'
+    otherwise; None when no formula applies."""
     if node.op != "call_function":
         return None
     d = _op_def(node)
     if d is not None:
-        return d.kind
-    entry = ATEN_COSTS.get(node.target)
-    return None if entry is None else entry[0]
+        return d.kind, d.cost
+    return ATEN_COSTS.get(node.target)
+
+
+def site_kind(node: Node) -> SiteKind | None:
+    """Which kind of site ``node`` is in cost tables (its OpDef's kind for a dialect op, the
+    ATen table's otherwise), or None when no formula applies."""
+    f = _formula(node)
+    return None if f is None else f[0]
 
 
 def node_cost(node: Node, symbols: SymbolMap | None = None) -> Cost | None:
@@ -322,13 +328,8 @@ def node_cost(node: Node, symbols: SymbolMap | None = None) -> Cost | None:
     decomposition), ``aten.matmul``, ``aten.bmm`` and ``aten.mm`` by :data:`ATEN_COSTS`.
     ``symbols`` maps shape symbols (by symbol or name, e.g. ``{"s77": BATCH}``) to expressions.
     """
-    if node.op != "call_function":
-        return None
-    d = _op_def(node)
-    if d is not None:
-        return d.cost(node, symbols)
-    entry = ATEN_COSTS.get(node.target)
-    return None if entry is None else entry[1](node, symbols)
+    f = _formula(node)
+    return None if f is None else f[1](node, symbols)
 
 
 def _present_kinds(sites: Iterable[SiteCost]) -> list[str]:
@@ -368,10 +369,11 @@ def graph_cost(gm: GraphModule, symbols: SymbolMap | None = None) -> list[SiteCo
     """The cost of every costed node of ``gm``, in graph order."""
     sites = []
     for node in gm.graph.nodes:
-        c = node_cost(node, symbols)
+        f = _formula(node)
+        c = None if f is None else f[1](node, symbols)
         if c is not None:
             v = fake(node.args[0]) if node.args else None
-            sites.append(SiteCost(node.name, site_kind(node), c, None if v is None else v.dtype))  # type: ignore[arg-type]
+            sites.append(SiteCost(node.name, f[0], c, None if v is None else v.dtype))
     return sites
 
 
