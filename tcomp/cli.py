@@ -200,7 +200,8 @@ def inspect(
     except TcompError as exc:
         _fail(exc)
     rep = om.report
-    before_o, after_o = site_orders(om.graph_module), site_orders(after.graph_module)
+    before_o = site_orders(om.graph_module)
+    after_o = site_orders(after.graph_module) if extra else before_o
     unknown = {"kind": "?", "flops": "no cost formula"}
     orders = [{"layer": i, "before": before_o[i], "after": after_o.get(i, unknown)} for i in sorted(before_o)]
     kinds_before = kind_orders(om.graph_module)

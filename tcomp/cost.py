@@ -23,9 +23,10 @@ Conventions (every formula):
   L = 2N (the op pads to the next power of two >= 2N-1; 2N is its smooth stand-in): a real FFT and
   its inverse at :data:`RFFT_FLOPS`·L·log2(L) each, one complex multiply per frequency, the outer
   products and the final contraction with φ(q): ``O(N log N · F · Dv)`` per batch and head.
-* Linear attention, token merging, the fused epilogues and the quantized linears: see their
-  formulas (``linear_attention_cost``, ``token_merge_cost``, ``bias_gelu_cost``,
-  ``skip_layer_norm_cost``, ``qlinear_cost`` in ``tcomp.dialect``).
+* Linear attention, token merging, the fused epilogues, RMSNorm and the quantized linears: see
+  their formulas (``linear_attention_cost``, ``token_merge_cost``, ``bias_gelu_cost``,
+  ``skip_layer_norm_cost``, ``qlinear_cost`` in ``tcomp.dialect``; ``rms_norm_cost`` in
+  ``tcomp.dialect.norm``).
 * The roofline time of a node is ``max(flops / peak, bytes / bandwidth)``; the time of a graph
   is the sum over nodes (each node is its own kernel).
 
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
 import sympy
 import torch
@@ -61,9 +62,7 @@ SymLike = Union[int, sympy.Expr]
 SiteKind = Literal[
     "attention", "rpe_attention", "linear_attention", "token_merge", "linear", "qlinear", "matmul", "fused"
 ]
-KINDS: tuple[SiteKind, ...] = (
-    "attention", "rpe_attention", "linear_attention", "token_merge", "linear", "qlinear", "matmul", "fused",
-)  # fmt: skip
+KINDS: tuple[SiteKind, ...] = get_args(SiteKind)
 SymbolMap = Mapping[Union[sympy.Symbol, str], SymLike]
 
 
@@ -255,23 +254,14 @@ def _arg(node: Node, i: int, name: str, default: Any = None) -> Any:
 
 
 def _sdpa_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
-    from tcomp.dialect.attention import attention_cost
+    from tcomp.dialect.attention import attention_tensors_cost
 
     q, k, v = (fake(a) for a in node.args[:3])
     if q is None or k is None or v is None:
         return None
     m = fake(_arg(node, 3, "attn_mask"))
     bias, mask = (None, m) if m is not None and m.dtype == torch.bool else (m, None)
-    qs, ks, vs = sym_shape(q, symbols), sym_shape(k, symbols), sym_shape(v, symbols)
-    return attention_cost(
-        sym_numel(qs[:-3]),  # SDPA allows any number of leading batch dims (or none)
-        qs[-3] if len(qs) >= 3 else 1, qs[-2], ks[-2], qs[-1], vs[-1], _itemsize(q),
-        causal=bool(_arg(node, 5, "is_causal", False)),
-        has_bias=bias is not None, bias_numel=None if bias is None else sym_numel(sym_shape(bias, symbols)),
-        has_mask=mask is not None, Hk=ks[-3] if len(ks) >= 3 else 1,
-        mask_numel=None if mask is None else sym_numel(sym_shape(mask, symbols)),
-        bias_bytes=None if bias is None else _itemsize(bias),
-    )  # fmt: skip
+    return attention_tensors_cost(q, k, v, bias, mask, bool(_arg(node, 5, "is_causal", False)), symbols)
 
 
 def _linear_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
@@ -299,8 +289,10 @@ def _matmul_node_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
     return matmul_cost(sym_numel(as_), sym_numel(bs), sym_numel(os_), as_[-1], _itemsize(a))
 
 
+CostFormula = Callable[[Node, Union[SymbolMap, None]], Union[Cost, None]]
+
 # The ATen ops with a formula: target -> (site kind, cost function). Dialect ops carry their own.
-ATEN_COSTS: dict[Any, tuple[SiteKind, Callable[[Node, SymbolMap | None], Cost | None]]] = {
+ATEN_COSTS: dict[Any, tuple[SiteKind, CostFormula]] = {
     _SDPA: ("attention", _sdpa_cost),
     torch.ops.aten.linear.default: ("linear", _linear_cost),
     torch.ops.aten.addmm.default: ("linear", _addmm_cost),
@@ -310,16 +302,22 @@ ATEN_COSTS: dict[Any, tuple[SiteKind, Callable[[Node, SymbolMap | None], Cost | 
 }
 
 
-def site_kind(node: Node) -> SiteKind | None:
-    """Which kind of site ``node`` is in cost tables (its OpDef's kind for a dialect op, the
-    ATen table's otherwise), or None when no formula applies."""
+def _formula(node: Node) -> tuple[SiteKind, CostFormula] | None:
+    """``(site kind, cost function)`` of ``node``: its OpDef's for a dialect op, :data:`ATEN_COSTS`'
+    otherwise; None when no formula applies."""
     if node.op != "call_function":
         return None
     d = _op_def(node)
     if d is not None:
-        return d.kind
-    entry = ATEN_COSTS.get(node.target)
-    return None if entry is None else entry[0]
+        return d.kind, d.cost
+    return ATEN_COSTS.get(node.target)
+
+
+def site_kind(node: Node) -> SiteKind | None:
+    """Which kind of site ``node`` is in cost tables (its OpDef's kind for a dialect op, the
+    ATen table's otherwise), or None when no formula applies."""
+    f = _formula(node)
+    return None if f is None else f[0]
 
 
 def node_cost(node: Node, symbols: SymbolMap | None = None) -> Cost | None:
@@ -330,19 +328,19 @@ def node_cost(node: Node, symbols: SymbolMap | None = None) -> Cost | None:
     decomposition), ``aten.matmul``, ``aten.bmm`` and ``aten.mm`` by :data:`ATEN_COSTS`.
     ``symbols`` maps shape symbols (by symbol or name, e.g. ``{"s77": BATCH}``) to expressions.
     """
-    if node.op != "call_function":
-        return None
-    d = _op_def(node)
-    if d is not None:
-        return d.cost(node, symbols)
-    entry = ATEN_COSTS.get(node.target)
-    return None if entry is None else entry[1](node, symbols)
+    f = _formula(node)
+    return None if f is None else f[1](node, symbols)
 
 
 def _present_kinds(sites: Iterable[SiteCost]) -> list[str]:
     """The kinds of ``sites`` in :data:`KINDS` order, unknown kinds after them (sorted)."""
     seen = {s.kind for s in sites}
     return [k for k in KINDS if k in seen] + sorted(seen - set(KINDS))
+
+
+def _kind_totals(sites: Sequence[SiteCost]) -> dict[str, Cost]:
+    """The summed cost of ``sites`` per site kind, kinds in :func:`_present_kinds` order."""
+    return {kind: total_cost(s for s in sites if s.kind == kind) for kind in _present_kinds(sites)}
 
 
 @dataclass
@@ -371,10 +369,11 @@ def graph_cost(gm: GraphModule, symbols: SymbolMap | None = None) -> list[SiteCo
     """The cost of every costed node of ``gm``, in graph order."""
     sites = []
     for node in gm.graph.nodes:
-        c = node_cost(node, symbols)
+        f = _formula(node)
+        c = None if f is None else f[1](node, symbols)
         if c is not None:
             v = fake(node.args[0]) if node.args else None
-            sites.append(SiteCost(node.name, site_kind(node), c, None if v is None else v.dtype))  # type: ignore[arg-type]
+            sites.append(SiteCost(node.name, f[0], c, None if v is None else v.dtype))
     return sites
 
 
@@ -462,12 +461,10 @@ def cost_summary(
     """Rows of :func:`cost_table` for a captured graph plus the symbolic totals per site kind
     (FLOPs and bytes as text, in B and N). Sequence lengths only vary where N is symbolic."""
     sites = graph_cost(gm, all_input_symbols(gm))
-    symbolic: dict[str, str] = {}
-    for kind in _present_kinds(sites):
-        chosen = [s for s in sites if s.kind == kind]
-        if chosen:
-            c = total_cost(chosen)
-            symbolic[kind] = f"flops = {_readable(c.flops)}; bytes = {_readable(c.bytes)}"
+    symbolic = {
+        kind: f"flops = {_readable(c.flops)}; bytes = {_readable(c.bytes)}"
+        for kind, c in _kind_totals(sites).items()
+    }
     free = set().union(*(s.cost.free_symbols for s in sites)) if sites else set()
     if free - {BATCH, SEQ}:
         return [], symbolic  # sizes the model fixed in ways the table cannot vary
@@ -497,12 +494,8 @@ def site_orders(gm: GraphModule) -> dict[int, dict[str, str]]:
 def kind_orders(gm: GraphModule) -> dict[str, dict[str, str]]:
     """Per site kind of ``gm``: the growth in the sequence length of the kind's total FLOPs and
     bytes, e.g. ``{"linear_attention": {"flops": "O(N)", "bytes": "O(N)"}}`` (kinds in table order)."""
-    sites = graph_cost(gm, all_input_symbols(gm))
-    out: dict[str, dict[str, str]] = {}
-    for kind in _present_kinds(sites):
-        c = total_cost(s for s in sites if s.kind == kind)
-        out[kind] = {"flops": leading_order(c.flops), "bytes": leading_order(c.bytes)}
-    return out
+    totals = _kind_totals(graph_cost(gm, all_input_symbols(gm)))
+    return {k: {"flops": leading_order(c.flops), "bytes": leading_order(c.bytes)} for k, c in totals.items()}
 
 
 def __getattr__(name: str) -> Any:

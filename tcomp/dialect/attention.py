@@ -107,21 +107,36 @@ def attention_cost(
     return Cost(sympy.expand(flops), sympy.expand(nbytes))
 
 
+def attention_tensors_cost(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor | None,
+    mask: Tensor | None,
+    causal: bool,
+    symbols: SymbolMap | None = None,
+) -> Cost:
+    """:func:`attention_cost` from the (fake) tensors of one attention call: q (..., H, N, D) with any
+    number of leading batch dims (or none, as SDPA allows), k, v, an additive ``bias`` and a bool
+    ``mask`` (each None when absent) at their real shapes and element sizes."""
+    qs, ks, vs = sym_shape(q, symbols), sym_shape(k, symbols), sym_shape(v, symbols)
+    return attention_cost(
+        sym_numel(qs[:-3]), qs[-3] if len(qs) >= 3 else 1, qs[-2], ks[-2], qs[-1], vs[-1], q.dtype.itemsize,
+        causal=causal, has_bias=bias is not None,
+        bias_numel=None if bias is None else sym_numel(sym_shape(bias, symbols)),
+        has_mask=mask is not None, Hk=ks[-3] if len(ks) >= 3 else 1,
+        mask_numel=None if mask is None else sym_numel(sym_shape(mask, symbols)),
+        bias_bytes=None if bias is None else bias.dtype.itemsize,
+    )  # fmt: skip
+
+
 def _attention_node_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
     """:func:`attention_cost` of a ``tcomp.attention`` node, from its FakeTensor shapes."""
     a = ATTENTION.bind(node)
     q, k, v, bias, mask = (fake(a[n]) for n in ("q", "k", "v", "bias", "mask"))
     if q is None or k is None or v is None:
         return None
-    qs, ks, vs = sym_shape(q, symbols), sym_shape(k, symbols), sym_shape(v, symbols)
-    return attention_cost(
-        sym_numel(qs[:-3]), qs[-3], qs[-2], ks[-2], qs[-1], vs[-1], q.dtype.itemsize,
-        causal=bool(a["causal"]), has_bias=bias is not None,
-        bias_numel=None if bias is None else sym_numel(sym_shape(bias, symbols)),
-        has_mask=mask is not None, Hk=ks[-3],
-        mask_numel=None if mask is None else sym_numel(sym_shape(mask, symbols)),
-        bias_bytes=None if bias is None else bias.dtype.itemsize,
-    )  # fmt: skip
+    return attention_tensors_cost(q, k, v, bias, mask, bool(a["causal"]), symbols)
 
 
 ATTENTION = define(attention, kind="attention", cost=_attention_node_cost)

@@ -54,14 +54,12 @@ class OpDef:
     canonical_forms: tuple[CanonicalForm, ...] = ()
 
     def matches(self, node: Any) -> bool:
-        """True for an fx node that calls this op (the overload or its packet)."""
+        """The op's node predicate: true for an fx node that calls it (the overload or its packet)."""
         return (
             isinstance(node, Node)
             and node.op == "call_function"
             and (node.target is self.op or node.target is self.packet)
         )
-
-    predicate = matches  # the node predicate, under the name the brief of the registry uses
 
     def bind(self, node: Node) -> dict[str, Any]:
         """The node's arguments by schema name (positional or keyword, defaults filled in)."""
@@ -87,18 +85,17 @@ def define(
     *,
     kind: str,
     cost: CostFn,
-    family: str | None = None,
     canonical_forms: tuple[CanonicalForm, ...] = (),
 ) -> OpDef:
     """Register the ``torch.library.custom_op`` ``custom_op`` (namespace ``tcomp``) with its site
-    kind, cost formula and canonical forms; returns its :class:`OpDef`. ``family`` defaults to the name of the
+    kind, cost formula and canonical forms; returns its :class:`OpDef`. Its family is the name of the
     module that defines the op (``tcomp.dialect.qlinear`` -> ``"qlinear"``). Registering a name
     twice replaces the earlier definition (module reloads)."""
     qualname = custom_op._qualname  # "tcomp::attention"
     ns, short = qualname.split("::")
     packet = getattr(getattr(torch.ops, ns), short)
     reference = getattr(custom_op, "_init_fn", custom_op)
-    fam = family or reference.__module__.rsplit(".", 1)[-1]
+    fam = reference.__module__.rsplit(".", 1)[-1]
     d = OpDef(f"{ns}.{short}", fam, kind, packet.default, packet, reference, cost, tuple(canonical_forms))
     old = _BY_NAME.get(d.name)
     if old is not None:

@@ -137,7 +137,7 @@ def fp8_linear(x: Tensor, qweight: Tensor, scale: Tensor, granularity: str, bias
             f"tcomp.fp8_linear: granularity {granularity!r} needs a scale of {n if granularity == 'row' else 1} "
             f"values and x (..., {k}); got scale {tuple(scale.shape)}, x {tuple(x.shape)}"
         )
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    work = work_dtype(x)
     qx, sx = quantize_fp8(x.reshape(-1, k), granularity)
     y = (qx.to(work) @ qweight.to(work).T) * sx.to(work)[:, None] * scale.to(work)[None, :]
     if bias is not None:

@@ -9,7 +9,7 @@ from torch.fx import Node
 
 from tcomp.cost import RFFT_FLOPS, Cost, SymbolMap, SymLike, fake, sym_shape, tensor_bytes
 from tcomp.dialect.base import define
-from tcomp.dialect.common import expand_kv
+from tcomp.dialect.common import expand_kv, work_dtype
 
 # -- kernelized attention with relative positions (RPE), by FFT ------------------------------------
 #
@@ -90,7 +90,7 @@ def rpe_linear_attention(
 ) -> Tensor:
     """Reference kernelized attention with a relative-position bias, by FFT (see the comment above)."""
     out_dtype = q.dtype
-    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    work = work_dtype(q)
     b, h, n, f = q.shape
     if k.shape[-2] != n or coeffs.shape[-1] != 2 * n - 1 or coeffs.shape[0] != h:
         raise ValueError(
