@@ -45,6 +45,7 @@ import sympy
 import torch
 from torch.fx import GraphModule, Node
 
+from tcomp.graph import arg
 from tcomp.meta import VAL
 from tcomp.targets import DtypeKey, Target, get_target
 
@@ -247,21 +248,15 @@ def _op_def(node: Node) -> Any:
     return op_def(node)
 
 
-def _arg(node: Node, i: int, name: str, default: Any = None) -> Any:
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
-
-
 def _sdpa_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
     from tcomp.dialect.attention import attention_tensors_cost
 
     q, k, v = (fake(a) for a in node.args[:3])
     if q is None or k is None or v is None:
         return None
-    m = fake(_arg(node, 3, "attn_mask"))
+    m = fake(arg(node, 3, "attn_mask"))
     bias, mask = (None, m) if m is not None and m.dtype == torch.bool else (m, None)
-    return attention_tensors_cost(q, k, v, bias, mask, bool(_arg(node, 5, "is_causal", False)), symbols)
+    return attention_tensors_cost(q, k, v, bias, mask, bool(arg(node, 5, "is_causal", False)), symbols)
 
 
 def _linear_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
@@ -269,7 +264,7 @@ def _linear_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
     if x is None or w is None:
         return None
     xs, ws = sym_shape(x, symbols), sym_shape(w, symbols)
-    has_bias = fake(_arg(node, 2, "bias")) is not None
+    has_bias = fake(arg(node, 2, "bias")) is not None
     return linear_cost(sym_numel(xs[:-1]), ws[-1], ws[0], _itemsize(x), has_bias)
 
 
