@@ -23,6 +23,7 @@ import torch.fx as fx
 
 import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.fp8_linear
 from tcomp.backends.triton import TRITON, lowbit
+from tcomp.backends.triton.configs import cdiv
 from tcomp.graph import val
 from tcomp.quant import fp8_scale
 from tcomp.targets import Target
@@ -173,7 +174,7 @@ def linear_fp8(x, qweight, scale, granularity: str, bias=None, *, target: Target
         qx = lowbit.quantize_rows(act, a, torch.float8_e4m3fn, sx, min_block=32)
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
         bm, bn, bk, warps, stages = blocks(m)
-        gemm[(lowbit.cdiv(m, bm) * lowbit.cdiv(n, bn),)](
+        gemm[(cdiv(m, bm) * cdiv(n, bn),)](
             qx, qweight, sx, scale, bias if bias is not None else sx, out, m, n, k,
             qweight.stride(0), *out.stride(),
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages,
