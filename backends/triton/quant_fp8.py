@@ -113,11 +113,6 @@ def _spec(node: fx.Node) -> Fp8Spec:
 FP8 = lowbit.LowBitFormat(render, _spec, kernels=("_act", ""))
 
 
-def _module(spec: Fp8Spec) -> tuple:
-    """(activation quantizer, GEMM) of ``spec``, compiled."""
-    return FP8.load(spec)
-
-
 def blocks(m: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): e4m3 dots take K tiles of at least 32;
     a small M (decode) takes one 64-row tile (a warpgroup's wgmma height) and narrow N tiles so
@@ -166,7 +161,7 @@ def linear_fp8(x, qweight, scale, granularity: str, bias=None, *, target: Target
 
     def run(a: torch.Tensor) -> torch.Tensor:
         m = a.shape[0]
-        act, gemm = _module(Fp8Spec(per_row, bias is not None))
+        act, gemm = FP8.load(Fp8Spec(per_row, bias is not None))
         if per_row:
             sx = torch.empty((m,), dtype=torch.float32, device=x.device)
         else:  # one scale over the whole activation, as the reference computes it
