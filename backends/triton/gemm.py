@@ -258,6 +258,7 @@ def _supported(lin: fx.Node) -> bool:
 
 def fuse_epilogues(gm: fx.GraphModule, target: Target | str) -> int:
     """Replace each linear+epilogue chain by one ``linear`` node; returns how many."""
+    kwargs = {"target": get_target(target).name}  # resolved once; the nodes carry the name
     count = 0
     for lin in list(gm.graph.nodes):
         if lin.op != "call_function" or lin.target is not aten.linear.default or not _supported(lin):
@@ -270,9 +271,7 @@ def fuse_epilogues(gm: fx.GraphModule, target: Target | str) -> int:
         bias = lin.args[2] if len(lin.args) > 2 else lin.kwargs.get("bias")
         last = nodes[-1]
         with gm.graph.inserting_before(last):
-            new = gm.graph.call_function(
-                linear, (x, w, bias, residual, act), {"target": get_target(target).name}
-            )
+            new = gm.graph.call_function(linear, (x, w, bias, residual, act), dict(kwargs))
         new.meta.update(last.meta)  # value, source line and module of the chain's result
         last.replace_all_uses_with(new)
         for n in reversed(nodes):
