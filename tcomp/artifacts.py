@@ -127,11 +127,8 @@ def check(folder: str | Path) -> list[str]:
 
 
 def backend_names(om: Any) -> list[str]:
-    """The backends whose steps changed the graph of ``om``: its ``backend`` when it names one,
-    else those of the applied ``lower.<backend>`` / ``fuse.<backend>.*`` steps in its report."""
-    named = getattr(om, "backend", None)
-    if isinstance(named, str):
-        return [named]
+    """The backends whose steps changed the graph of ``om``: those of the applied
+    ``lower.<backend>`` / ``fuse.<backend>.*`` steps in its report."""
     names = []
     for r in om.report.passes:
         kind, _, rest = r.name.partition(".")
@@ -143,12 +140,13 @@ def backend_names(om: Any) -> list[str]:
 def kernel_sources(om: Any) -> dict[str, str]:
     """File name -> source of every generated kernel the graph of ``om`` launches, as its
     backends report them (``Backend.kernel_sources``)."""
-    from tcomp.backend import get_backend, registered_backends
+    from tcomp.backend import registered_backends
 
+    backends = registered_backends()
     out: dict[str, str] = {}
     for name in backend_names(om):
-        if name in registered_backends():
-            out.update(get_backend(name).kernel_sources(om.graph_module))
+        if name in backends:
+            out.update(backends[name].kernel_sources(om.graph_module))
     return out
 
 

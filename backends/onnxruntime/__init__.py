@@ -12,8 +12,9 @@ runner, so a pickled or reloaded GraphModule recreates its session from them; se
 per process in ``_SESSIONS`` keyed by the sha256 of the bytes.
 
 Each module of this package translates one op family (``attention``, ``qlinear``,
-``token_merge``, ``fused``) and declares its translations with ``@ONNX.implements(op,
-check=...)`` on a factory ``make(fused) -> onnxscript function``; the backend imports them all
+``token_merge``, ``rms_norm``, ``fused``; ``contrib`` holds the com.microsoft op schemas they
+emit) and declares its translations with ``@ONNX.implements(op, check=...)`` on a factory
+``make(fused) -> onnxscript function``; the backend imports them all
 the first time it exports (``Backend.discover``) and builds the exporter's
 ``custom_translation_table`` from them. A ``check`` reason on any node keeps the whole graph eager.
 

@@ -91,7 +91,7 @@ def fuse_gemm_epilogues(gm: fx.GraphModule, target: Target | str) -> PassResult:
     if (reason := _why_not_fuse(gm)) is not None:
         result.notes.append(f"nothing fused ({reason})")
         return result
-    result.rewrites = fuse_epilogues(gm, get_target(target).name)
+    result.rewrites = fuse_epilogues(gm, target)
     result.notes.append(f"fused the epilogue of {result.rewrites} linear layers into GEMM launches")
     return result
 

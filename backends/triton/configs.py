@@ -15,11 +15,18 @@ class AttnConfig:
     num_stages: int
 
 
-def _pow2(n: int, lo: int = 16) -> int:
+def pow2(n: int, lo: int = 16) -> int:
+    """The smallest power of two >= ``n`` and >= ``lo`` (a power of two): tile sizes, and the
+    buckets of the autotuner's keys."""
     p = lo
     while p < n:
         p *= 2
     return p
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive ints: the number of tiles of size ``b`` covering ``a``."""
+    return (a + b - 1) // b
 
 
 def attention_config(target: Target, head_dim: int, n: int, m: int, interpreting: bool) -> AttnConfig:
@@ -27,7 +34,7 @@ def attention_config(target: Target, head_dim: int, n: int, m: int, interpreting
     number of programs, so tiles are as large as the sequence allows; on GPUs they follow the
     FlashAttention-2 shapes that fit the target's shared memory (Hopper, Ampere) for the head dim."""
     if interpreting:
-        return AttnConfig(min(64, _pow2(n)), min(64, _pow2(m)), 4, 1)
+        return AttnConfig(min(64, pow2(n)), min(64, pow2(m)), 4, 1)
     smem = target.smem_per_sm or 0
     if target.hopper and smem >= 200 * 1024:
         # best of a 36-config sweep on the H200 at N=4096, bf16 (bench/attention.py --sweep,

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from tcomp.backends.triton import TRITON, autotune
 from tcomp.backends.triton import gemm_template as tmpl
 from tcomp.backends.triton.codegen import interpreting, load
-from tcomp.backends.triton.configs import _pow2
-from tcomp.backends.triton.runtime import triton_cdiv
+from tcomp.backends.triton.configs import cdiv, pow2
 from tcomp.graph import shape, val
 from tcomp.targets import Target, get_target
 
@@ -66,7 +65,7 @@ HOPPER_CONFIGS = [
 
 def interpreter_config(m: int, n: int, k: int) -> GemmConfig:
     """Few, large programs: the interpreter's cost grows with their number."""
-    return GemmConfig(min(64, _pow2(m)), min(64, _pow2(n)), min(64, _pow2(k)), 8, 4, 1)
+    return GemmConfig(min(64, pow2(m)), min(64, pow2(n)), min(64, pow2(k)), 8, 4, 1)
 
 
 @functools.cache
@@ -147,7 +146,7 @@ def linear(
 
     def launch(cfg: GemmConfig) -> torch.Tensor:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-        tiles = triton_cdiv(m, cfg.block_m) * triton_cdiv(n, cfg.block_n)
+        tiles = cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
         if cfg.tma:
             progs = min(tiles, num_programs())
             kernel_for(replace(spec, tma=True), interpreting())[(progs,)](
@@ -170,7 +169,7 @@ def linear(
         return launch(config)
     if interpreting():
         return launch(interpreter_config(m, n, k))
-    key = f"gemm|{spec.name}|m{_pow2(m)}|n{n}|k{k}|{x.dtype}|{tgt.name}"
+    key = f"gemm|{spec.name}|m{pow2(m)}|n{n}|k{k}|{x.dtype}|{tgt.name}"
     choice = autotune.lookup(key)  # steady state: no candidates built, nothing timed
     if choice is None:
         hopper = tgt.hopper and torch.cuda.get_device_capability(x.device)[0] >= 9
@@ -259,6 +258,7 @@ def _supported(lin: fx.Node) -> bool:
 
 def fuse_epilogues(gm: fx.GraphModule, target: Target | str) -> int:
     """Replace each linear+epilogue chain by one ``linear`` node; returns how many."""
+    kwargs = {"target": get_target(target).name}  # resolved once; the nodes carry the name
     count = 0
     for lin in list(gm.graph.nodes):
         if lin.op != "call_function" or lin.target is not aten.linear.default or not _supported(lin):
@@ -271,9 +271,7 @@ def fuse_epilogues(gm: fx.GraphModule, target: Target | str) -> int:
         bias = lin.args[2] if len(lin.args) > 2 else lin.kwargs.get("bias")
         last = nodes[-1]
         with gm.graph.inserting_before(last):
-            new = gm.graph.call_function(
-                linear, (x, w, bias, residual, act), {"target": get_target(target).name}
-            )
+            new = gm.graph.call_function(linear, (x, w, bias, residual, act), dict(kwargs))
         new.meta.update(last.meta)  # value, source line and module of the chain's result
         last.replace_all_uses_with(new)
         for n in reversed(nodes):

@@ -27,7 +27,7 @@ import torch.fx as fx
 import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.linear_attention
 from tcomp.backends.triton import TRITON, autotune
 from tcomp.backends.triton.codegen import interpreting, load
-from tcomp.backends.triton.configs import _pow2
+from tcomp.backends.triton.configs import pow2
 from tcomp.backends.triton.runtime import check
 from tcomp.graph import val
 from tcomp.targets import Target, get_target
@@ -247,9 +247,9 @@ def _programs(target: Target) -> int:
 
 def default_config(b: int, h: int, n: int, dv: int, causal: bool, interp: bool, target: Target) -> LinConfig:
     if interp:  # large tiles: the interpreter's cost grows with the number of programs
-        c = min(64, _pow2(n)) if causal else min(128, _pow2(n))
-        return LinConfig(block_n=c, block_m=c, block_dv=_pow2(dv))
-    block_dv = min(_pow2(dv), 32)
+        c = min(64, pow2(n)) if causal else min(128, pow2(n))
+        return LinConfig(block_n=c, block_m=c, block_dv=pow2(dv))
+    block_dv = min(pow2(dv), 32)
     # few (batch, head) pairs and long sequences: one program per chunk fills the GPU
     parallel = causal and b * h * -(-dv // block_dv) < _programs(target)
     return LinConfig(block_dv=block_dv, parallel=parallel)
@@ -262,7 +262,7 @@ def candidates(default: LinConfig, causal: bool, dv: int) -> list[LinConfig]:
                  for bn, bm, w, st in ((64, 128, 4, 2), (128, 128, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3),
                                        (128, 128, 8, 2), (32, 128, 4, 3))]  # fmt: skip
     else:
-        bdv = [d for d in (32, 64) if d <= max(_pow2(dv), 32)]
+        bdv = [d for d in (32, 64) if d <= max(pow2(dv), 32)]
         extra = [LinConfig(block_n=c, block_m=c, block_dv=d, parallel=p, num_warps=w, num_stages=st)
                  for p in (False, True) for d in bdv for c, w, st in ((64, 4, 2), (64, 4, 3), (128, 8, 2))]  # fmt: skip
     return list(dict.fromkeys([default, *extra]))
@@ -312,7 +312,7 @@ def linear_attention(q, k, v, key_mask, causal: bool, *, target: Target | str, b
         fixed = block is not None or parallel is not None or splits is not None
         if autotune.enabled() and not fixed:
             mk = "m" if has_mask else ""
-            key = f"linattn|{'c' if causal else 'nc'}{mk}|bh{_pow2(b * h)}|n{_pow2(n)}|f{f}|dv{dv}|{q.dtype}|{tgt.name}"
+            key = f"linattn|{'c' if causal else 'nc'}{mk}|bh{pow2(b * h)}|n{pow2(n)}|f{f}|dv{dv}|{q.dtype}|{tgt.name}"
             best = autotune.lookup(key)
             if best is None:
                 cands = {c.name: c for c in candidates(config, causal, dv)}
@@ -338,7 +338,7 @@ def _launch(
     b, h, n, f = q.shape
     hk, m, dv = k.shape[1], k.shape[2], v.shape[3]
     interp = interpreting()
-    bf, bdv = _pow2(f), _pow2(dv)
+    bf, bdv = pow2(f), pow2(dv)
     sm = tuple(msk.stride()) if has_mask else (0, 0)
     tune = {} if interp else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     specs = specs_for(q.dtype, has_mask, causal, cfg.parallel)

@@ -19,7 +19,7 @@ import torch.fx as fx
 
 from tcomp.backends.triton import autotune
 from tcomp.backends.triton.codegen import interpreting, load
-from tcomp.backends.triton.configs import QConfig
+from tcomp.backends.triton.configs import QConfig, pow2
 from tcomp.graph import val
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -45,15 +45,6 @@ def {name}_act(X, Q, SX, K, stride_xm, stride_xk, BLOCK_K: tl.constexpr):
 LOAD_ROW = """\
         cols = k * BLOCK_K + rk
         x = tl.load(X + row * stride_xm + cols * stride_xk, mask=cols < K, other=0.0).to(tl.float32)"""
-
-
-def cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
-
-
-def pow2(n: int, lo: int = 1) -> int:
-    """The smallest power of two >= ``n`` (and >= ``lo``)."""
-    return max(lo, 1 << (max(n, 1) - 1).bit_length())
 
 
 def header(template: str, spec: object) -> str:

@@ -23,6 +23,7 @@ import torch.fx as fx
 
 import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.fp8_linear
 from tcomp.backends.triton import TRITON, lowbit
+from tcomp.backends.triton.configs import cdiv
 from tcomp.graph import val
 from tcomp.quant import fp8_scale
 from tcomp.targets import Target
@@ -112,11 +113,6 @@ def _spec(node: fx.Node) -> Fp8Spec:
 FP8 = lowbit.LowBitFormat(render, _spec, kernels=("_act", ""))
 
 
-def _module(spec: Fp8Spec) -> tuple:
-    """(activation quantizer, GEMM) of ``spec``, compiled."""
-    return FP8.load(spec)
-
-
 def blocks(m: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): e4m3 dots take K tiles of at least 32;
     a small M (decode) takes one 64-row tile (a warpgroup's wgmma height) and narrow N tiles so
@@ -165,7 +161,7 @@ def linear_fp8(x, qweight, scale, granularity: str, bias=None, *, target: Target
 
     def run(a: torch.Tensor) -> torch.Tensor:
         m = a.shape[0]
-        act, gemm = _module(Fp8Spec(per_row, bias is not None))
+        act, gemm = FP8.load(Fp8Spec(per_row, bias is not None))
         if per_row:
             sx = torch.empty((m,), dtype=torch.float32, device=x.device)
         else:  # one scale over the whole activation, as the reference computes it
@@ -173,7 +169,7 @@ def linear_fp8(x, qweight, scale, granularity: str, bias=None, *, target: Target
         qx = lowbit.quantize_rows(act, a, torch.float8_e4m3fn, sx, min_block=32)
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
         bm, bn, bk, warps, stages = blocks(m)
-        gemm[(lowbit.cdiv(m, bm) * lowbit.cdiv(n, bn),)](
+        gemm[(cdiv(m, bm) * cdiv(n, bn),)](
             qx, qweight, sx, scale, bias if bias is not None else sx, out, m, n, k,
             qweight.stride(0), *out.stride(),
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages,

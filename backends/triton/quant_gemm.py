@@ -14,8 +14,7 @@ import torch.fx as fx
 import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.linear_int8w / linear_int4w
 from tcomp.backends.triton import TRITON, lowbit, quant_gemv
 from tcomp.backends.triton import quant_template as tmpl
-from tcomp.backends.triton.configs import QConfig
-from tcomp.backends.triton.lowbit import cdiv, pow2
+from tcomp.backends.triton.configs import QConfig, cdiv, pow2
 from tcomp.graph import val
 from tcomp.targets import Target, get_target
 
@@ -87,7 +86,7 @@ def _run(fmt, a, w, s, z, group, bias, out_dtype, cfg: QConfig):
 def tune_key(fmt: str, m: int, n: int, k: int, group: int, dtype, has_bias: bool, target: str) -> str:
     """The autotuner's key of a launch (M bucketed to a power of two, rows the GEMV can take
     apart from the rest; the weight shape exact)."""
-    rows = pow2(m) if m <= quant_gemv.MAX_ROWS else pow2(m, 16)
+    rows = pow2(m, 1) if m <= quant_gemv.MAX_ROWS else pow2(m, 16)
     return f"qgemm|{fmt}|m{rows}|n{n}|k{k}|g{group}|{dtype}|{'b' if has_bias else ''}|{target}"
 
 

@@ -9,7 +9,7 @@ import torch
 from tcomp.backends.triton import gemv_template as tmpl
 from tcomp.backends.triton import lowbit
 from tcomp.backends.triton.codegen import interpreting
-from tcomp.backends.triton.configs import QConfig
+from tcomp.backends.triton.configs import QConfig, pow2
 
 MAX_ROWS = tmpl.MAX_ROWS
 GEMV = lowbit.LowBitFormat(tmpl.render)
@@ -51,7 +51,7 @@ def fit(cfg: QConfig, fmt: str, k: int, group: int) -> QConfig:
     """``cfg`` made valid for the weight: a power-of-two K tile of whole words, within one int4
     group, no longer than K needs; no more K splits than K tiles."""
     per = tmpl.PER_WORD[fmt]
-    need = lowbit.pow2(k, per)
+    need = pow2(k, per)
     bk = max(per, min(cfg.block_k, need, group if fmt == "int4" else need))
     splits = max(1, min(cfg.split_k, -(-k // bk)))
     return QConfig(1, cfg.block_n, bk, splits, cfg.num_warps, cfg.num_stages)
@@ -61,7 +61,7 @@ def default(fmt: str, m: int, n: int, k: int, group: int) -> QConfig:
     """The untuned GEMV launch: in the interpreter few, large programs; on a GPU the tile that won
     the H200 sweep, with enough K splits to give every SM several programs."""
     if interpreting():
-        return fit(QConfig(1, min(128, lowbit.pow2(n, 16)), 1024, 1, 4, 1), fmt, k, group)
+        return fit(QConfig(1, min(128, pow2(n, 16)), 1024, 1, 4, 1), fmt, k, group)
     bk = {"int8": 256, "int4": 128, "w1": 1024}[fmt]
     tiles = m * -(-n // 64)
     split = 1

@@ -17,8 +17,7 @@ import torch.fx as fx
 
 import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.linear_w1
 from tcomp.backends.triton import TRITON, lowbit, quant_gemv
-from tcomp.backends.triton.configs import QConfig
-from tcomp.backends.triton.lowbit import cdiv
+from tcomp.backends.triton.configs import QConfig, cdiv
 from tcomp.graph import val
 from tcomp.targets import Target, get_target
 

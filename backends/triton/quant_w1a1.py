@@ -21,7 +21,7 @@ import torch.fx as fx
 import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.linear_w1a1
 from tcomp.backends.triton import TRITON, lowbit
 from tcomp.backends.triton.codegen import interpreting
-from tcomp.backends.triton.lowbit import cdiv, pow2
+from tcomp.backends.triton.configs import cdiv, pow2
 from tcomp.targets import Target
 
 
@@ -100,12 +100,12 @@ def linear_w1a1(x, packed, alpha, tau, shift, k: int, bias=None, *, target: Targ
         act, gemm = W1A1.load(W1A1Spec(bias is not None))
         xb = torch.empty((m, kb), dtype=torch.uint8, device=x.device)
         beta = torch.empty((m,), dtype=torch.float32, device=x.device)
-        act[(m,)](a, tau, xb, beta, k, kb, *a.stride(), xb.stride(0), BLOCK_B=min(512, pow2(kb)))
+        act[(m,)](a, tau, xb, beta, k, kb, *a.stride(), xb.stride(0), BLOCK_B=min(512, pow2(kb, 1)))
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
         if interpreting():  # few, large programs
-            bm, bn, bb = min(16, pow2(m)), min(64, pow2(n)), min(64, pow2(kb))
+            bm, bn, bb = min(16, pow2(m, 1)), min(64, pow2(n, 1)), min(64, pow2(kb, 1))
         else:  # a (BM, BN, BB) XOR tile per step, kept to 8k lanes
-            bm = min(16, pow2(m))
+            bm = min(16, pow2(m, 1))
             bn = 64 if bm <= 4 else 32
             bb = max(8, 8192 // (bm * bn))
         gemm[(cdiv(m, bm), cdiv(n, bn))](

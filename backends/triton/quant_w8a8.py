@@ -16,6 +16,7 @@ import torch.fx as fx
 
 import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.linear_w8a8
 from tcomp.backends.triton import TRITON, lowbit
+from tcomp.backends.triton.configs import cdiv
 from tcomp.targets import Target
 
 
@@ -98,7 +99,7 @@ def linear_w8a8(x, qweight, scale, bias=None, *, target: Target | str):
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
         bm, bn, bk, warps, stages = lowbit.blocks(m, n, k)
         bk = max(bk, 32)  # int8 dots need K tiles of at least 32 on the GPU
-        gemm[(lowbit.cdiv(m, bm), lowbit.cdiv(n, bn))](
+        gemm[(cdiv(m, bm), cdiv(n, bn))](
             qx, qweight, sx, scale, bias if bias is not None else sx, out, m, n, k,
             *qweight.stride(), *out.stride(),
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,

@@ -13,7 +13,7 @@ import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.attention
 from tcomp.backends.triton import TRITON, autotune
 from tcomp.backends.triton import attention_template as tmpl
 from tcomp.backends.triton.codegen import interpreting, load
-from tcomp.backends.triton.configs import AttnConfig, _pow2, attention_config
+from tcomp.backends.triton.configs import AttnConfig, attention_config, cdiv, pow2
 from tcomp.graph import val
 from tcomp.targets import Target, get_target
 
@@ -81,14 +81,14 @@ def attention(
     mask_t = mask.expand(full) if mask is not None else q
 
     def launch(cfg: AttnConfig) -> torch.Tensor:
-        grid = (triton_cdiv(n, cfg.block_m), b * h)
+        grid = (cdiv(n, cfg.block_m), b * h)
         kern[grid](
             q, k, v, bias_t, mask_t, out,
             *q.stride(), *k.stride(), *v.stride(),
             *_strides4(bias, full), *_strides4(mask, full), *out.stride(),
             h, n, m, d, dv, h // hk, float(scale) * tmpl.LOG2E,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv),
-            EVEN_M=n % cfg.block_m == 0, EVEN_D=d == _pow2(d) and dv == _pow2(dv),
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pow2(d), BLOCK_DV=pow2(dv),
+            EVEN_M=n % cfg.block_m == 0, EVEN_D=d == pow2(d) and dv == pow2(dv),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
         return out
@@ -100,7 +100,7 @@ def attention(
         cands = _candidates_by_name(default)
         # the number of (batch, head) programs is part of the key: tiles timed on the small verification
         # batch are the wrong choice for a large one (measured: ViT-B/16 at batch 256, 5x slower)
-        key = f"attn|{spec.name}|bh{_pow2(b * h)}|d{d}|dv{dv}|n{_pow2(n)}|m{_pow2(m)}|{q.dtype}|{tgt.name}"
+        key = f"attn|{spec.name}|bh{pow2(b * h)}|d{d}|dv{dv}|n{pow2(n)}|m{pow2(m)}|{q.dtype}|{tgt.name}"
         best = autotune.lookup(key) or autotune.choose(
             key, {k: functools.partial(launch, c) for k, c in cands.items()}, _name(default)
         )
@@ -148,7 +148,3 @@ def fallbacks(cfg: AttnConfig) -> list[AttnConfig]:
     ladder = [cfg, AttnConfig(cfg.block_m, min(cfg.block_n, 64), cfg.num_warps, 2),
               AttnConfig(64, 64, 4, 2), AttnConfig(64, 32, 4, 1), AttnConfig(32, 32, 4, 1)]  # fmt: skip
     return list(dict.fromkeys(ladder))
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b

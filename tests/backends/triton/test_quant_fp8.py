@@ -101,7 +101,7 @@ from triton.compiler import ASTSource
 from tcomp.backends.triton import quant_fp8
 
 spec = quant_fp8.Fp8Spec(per_row=True, has_bias=True)
-act, gemm = quant_fp8._module(spec)
+act, gemm = quant_fp8.FP8.load(spec)
 sig = dict.fromkeys(("A", "W"), "*fp8e4nv") | dict.fromkeys(("SX", "SW"), "*fp32")
 sig |= dict.fromkeys(("BIAS", "C"), "*bf16")
 sig |= dict.fromkeys(("M", "N", "K", "stride_wn", "stride_cm", "stride_cn"), "i32")
