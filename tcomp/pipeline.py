@@ -27,6 +27,7 @@ from tcomp.registry import (
     PassFn,
     Step,
     check_context,
+    check_steps,
     default_pipeline,
     get_pass,
     make_step,
@@ -40,7 +41,7 @@ from tcomp.verify import bitwise_equal, rel_error
 __all__ = [  # the run, and the names of tcomp.contract and tcomp.registry it re-exports
     "run_pipeline", "PipelineResult", "PassRecord", "copy_graph_module",
     "EXACT", "FP_EQUIVALENT", "Contract", "Exactness", "PassResult",
-    "Pass", "PassContext", "PassFn", "Step", "check_context", "default_pipeline", "get_pass", "make_step",
+    "Pass", "PassContext", "PassFn", "Step", "check_context", "check_steps", "default_pipeline", "get_pass", "make_step",
     "order", "order_indices", "register_pass", "registered_passes",
 ]  # fmt: skip
 
@@ -138,8 +139,7 @@ def _listed(specs: list[Any]) -> tuple[list[Step], PassContext]:
             spec = (spec[0], raw)
         steps.append(make_step(spec))
     ctx = PassContext(calibration=calibration, seed=seed)
-    for s in steps:
-        check_context(s.p, s.options, ctx)
+    check_steps(steps, ctx)
     return steps, ctx
 
 
