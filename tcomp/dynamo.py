@@ -115,7 +115,8 @@ def build_dynamo_plan(opts: dict[str, Any]):
     ``passes`` (default none), the backend's steps (default backend ``"eager"``, target ``"cpu"``)."""
     from tcomp.plan import build_plan
 
-    return build_plan(opts.get("target") or "cpu", list(opts.get("passes") or ()), opts.get("backend") or "eager")
+    # `or []`, not None (the default pipeline); build_plan refuses a bare name such as "tokens.merge"
+    return build_plan(opts.get("target") or "cpu", opts.get("passes") or [], opts.get("backend") or "eager")
 
 
 def tcomp_backend(gm: fx.GraphModule, example_inputs: list, **options: Any):
