@@ -14,9 +14,9 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
 
@@ -37,6 +37,9 @@ from tcomp.registry import (
     registered_passes,
 )
 from tcomp.verify import bitwise_equal, rel_error
+
+if TYPE_CHECKING:
+    from tcomp.plan import Plan
 
 __all__ = [  # the run, and the names of tcomp.contract and tcomp.registry it re-exports
     "run_pipeline", "PipelineResult", "PassRecord", "copy_graph_module",
@@ -89,7 +92,7 @@ class PipelineResult:
 
 def run_pipeline(
     gm: fx.GraphModule,
-    plan: Any,
+    plan: Plan | Sequence[Any],
     *,
     reference: Any | None = None,
     progress: Callable[[str], None] | None = None,
