@@ -175,7 +175,9 @@ def optimize(
     * ``cudagraphs``: replay the lowered graph as CUDA graphs, one per input shape, for CUDA inputs
       in inference (outputs are returned as fresh tensors). None: on for GPU targets.
     * ``progress``: called with the name of each step as it starts (capture, reference, each pass).
-    * ``seed``: the seed of the reference's random draws and of every pass's randomness.
+    * ``seed``: the seed of the reference's random draws and of the passes' random features
+      (``attention.linear`` and ``attention.rpe_fft``: FAVOR+, hedgehog initialisation; plus the
+      site index). ``attention.softmax_free`` seeds its k-means with 0 whatever the seed.
 
     The user's model is never modified; ``.plan`` of the result is the Plan that ran.
     """

@@ -33,7 +33,7 @@ PassFn = Callable[..., PassResult]
 class PassContext:
     """What a run hands every pass besides its options: the plan's target (None when no face gave
     one, e.g. ``run_pipeline`` on a list), calibration batches (model inputs; never a JSON option)
-    and the seed all randomness derives from."""
+    and the seed of the passes' random features (``softmax_free``'s k-means does not read it yet)."""
 
     target: Target | None = None
     calibration: Any = field(default=None, compare=False, repr=False)
