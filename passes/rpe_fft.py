@@ -33,6 +33,7 @@ from tcomp import meta
 from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.dialect import attention_nodes
 from tcomp.graph import add_node, copy_source_meta, module_path, remove_dead, shape
+from tcomp.options import option
 from tcomp.passes.feature_maps import (
     LINEAR,
     NotKernelizable,
@@ -57,6 +58,11 @@ FROM_FAMILY = "from the bias family, O(n)"  # how the coefficients are computed 
 @dataclass(frozen=True)
 class RpeFftOptions(KernelOptions):
     """Options of ``attention.rpe_fft``: the feature map, as ``attention.linear``'s."""
+
+    tolerance: float | None = option(
+        None, gt=0.0, help="the contract's threshold on the model's relative output error (default: per map, "
+        "elu1/relu/favor 0.6, hedgehog 0.5; EMPIRICAL for every map here)",
+    )  # fmt: skip
 
 
 def contract(opts: RpeFftOptions) -> Contract:

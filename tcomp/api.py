@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
@@ -15,6 +15,9 @@ from tcomp.graph import drop_unused_tensors
 from tcomp.pipeline import run_pipeline
 from tcomp.report import Report
 from tcomp.targets import Target
+
+if TYPE_CHECKING:
+    from tcomp.plan import Plan
 
 
 def _load_plugins() -> None:
@@ -52,7 +55,7 @@ class OptimizedModule(torch.nn.Module):
         self.graph_before = CapturedGraph(copy.deepcopy(captured.gm.graph))
         self.report = report
         self.target = target
-        self.plan: Any = None  # the tcomp.plan.Plan that produced it (set by optimize)
+        self.plan: Plan | None = None  # the tcomp.plan.Plan that produced it (set by optimize)
         self._static_dims = {k: v for k, v in captured.static_dims.items() if v}
         self._model_name = report.model
         self._runner = None
@@ -141,7 +144,7 @@ def optimize(
     model: torch.nn.Module,
     example_inputs: Any = None,
     target: str | Target = "cpu",
-    passes: Any = None,
+    passes: Sequence[Any] | Plan | None = None,
     verify: bool = True,
     calibration: Any = None,
     *,
@@ -172,7 +175,9 @@ def optimize(
     * ``cudagraphs``: replay the lowered graph as CUDA graphs, one per input shape, for CUDA inputs
       in inference (outputs are returned as fresh tensors). None: on for GPU targets.
     * ``progress``: called with the name of each step as it starts (capture, reference, each pass).
-    * ``seed``: the seed of the reference's random draws and of every pass's randomness.
+    * ``seed``: the seed of the reference's random draws and of the passes' random features
+      (``attention.linear`` and ``attention.rpe_fft``: FAVOR+, hedgehog initialisation; plus the
+      site index). ``attention.softmax_free`` seeds its k-means with 0 whatever the seed.
 
     The user's model is never modified; ``.plan`` of the result is the Plan that ran.
     """

@@ -264,7 +264,7 @@ def _cost_rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
 def optimize(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     target: str = typer.Option("cpu", help="cpu, a100, h100, h200"),
-    passes: str = typer.Option("", help="comma-separated pass names (default: the target's exact pipeline)"),
+    passes: str = typer.Option("", help="comma-separated pass names (default: the default pipeline, exact and FP-equivalent passes)"),
     backend: str = typer.Option("", help="backend (default: the target's)"),
     plan_file: str = typer.Option("", "--plan", help="a plan JSON file to run (tcomp plan, Plan.to_json, an artifact's plan.json)"),
     option: list[str] = typer.Option([], "--option", "-O", help=OPTION_HELP),

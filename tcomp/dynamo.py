@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
+
+if TYPE_CHECKING:
+    from tcomp.plan import Plan
 
 __all__ = ["REPORTS", "DynamoReport", "clear_reports", "reports", "tcomp_backend"]
 
@@ -110,12 +113,13 @@ def _options(options: dict[str, Any] | None, extra: dict[str, Any]) -> dict[str,
     return opts
 
 
-def build_dynamo_plan(opts: dict[str, Any]):
+def build_dynamo_plan(opts: dict[str, Any]) -> Plan:
     """The Plan of ``torch.compile(m, backend="tcomp", options=opts)``: canonicalize, the extra
     ``passes`` (default none), the backend's steps (default backend ``"eager"``, target ``"cpu"``)."""
     from tcomp.plan import build_plan
 
-    return build_plan(opts.get("target") or "cpu", list(opts.get("passes") or ()), opts.get("backend") or "eager")
+    # `or []`, not None (the default pipeline); build_plan refuses a bare name such as "tokens.merge"
+    return build_plan(opts.get("target") or "cpu", opts.get("passes") or [], opts.get("backend") or "eager")
 
 
 def tcomp_backend(gm: fx.GraphModule, example_inputs: list, **options: Any):
@@ -161,7 +165,7 @@ def tcomp_backend(gm: fx.GraphModule, example_inputs: list, **options: Any):
     return compiled
 
 
-def _rewrite(aten_gm: fx.GraphModule, report: DynamoReport, plan: Any) -> fx.GraphModule:
+def _rewrite(aten_gm: fx.GraphModule, report: DynamoReport, plan: Plan) -> fx.GraphModule:
     from tcomp import meta
     from tcomp.dialect import attention_nodes
     from tcomp.pipeline import run_pipeline

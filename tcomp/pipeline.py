@@ -14,9 +14,9 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
 
@@ -27,6 +27,7 @@ from tcomp.registry import (
     PassFn,
     Step,
     check_context,
+    check_steps,
     default_pipeline,
     get_pass,
     make_step,
@@ -37,10 +38,13 @@ from tcomp.registry import (
 )
 from tcomp.verify import bitwise_equal, rel_error
 
+if TYPE_CHECKING:
+    from tcomp.plan import Plan
+
 __all__ = [  # the run, and the names of tcomp.contract and tcomp.registry it re-exports
     "run_pipeline", "PipelineResult", "PassRecord", "copy_graph_module",
     "EXACT", "FP_EQUIVALENT", "Contract", "Exactness", "PassResult",
-    "Pass", "PassContext", "PassFn", "Step", "check_context", "default_pipeline", "get_pass", "make_step",
+    "Pass", "PassContext", "PassFn", "Step", "check_context", "check_steps", "default_pipeline", "get_pass", "make_step",
     "order", "order_indices", "register_pass", "registered_passes",
 ]  # fmt: skip
 
@@ -88,7 +92,7 @@ class PipelineResult:
 
 def run_pipeline(
     gm: fx.GraphModule,
-    plan: Any,
+    plan: Plan | Sequence[Any],
     *,
     reference: Any | None = None,
     progress: Callable[[str], None] | None = None,
@@ -138,8 +142,7 @@ def _listed(specs: list[Any]) -> tuple[list[Step], PassContext]:
             spec = (spec[0], raw)
         steps.append(make_step(spec))
     ctx = PassContext(calibration=calibration, seed=seed)
-    for s in steps:
-        check_context(s.p, s.options, ctx)
+    check_steps(steps, ctx)
     return steps, ctx
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from tcomp.errors import InputError
 from tcomp.options import suggest, to_dict
-from tcomp.registry import Pass, PassContext, Step, check_context, default_pipeline, make_step, order_indices
+from tcomp.registry import Pass, PassContext, Step, check_steps, default_pipeline, make_step, order_indices
 from tcomp.targets import TARGETS, Target, UnknownTargetError, get_target
 
 JSON_VERSION = 1
@@ -99,7 +99,7 @@ def build_plan(
     """
     if isinstance(passes, Plan):
         plan = passes if calibration is None else dataclasses.replace(passes, calibration=calibration)
-        _check_all(plan.steps, plan.context())
+        check_steps(plan.steps, plan.context())
         return plan
     tgt = resolve_target(target)
     back = resolve_backend(backend or tgt.default_backend)
@@ -110,14 +110,9 @@ def build_plan(
     if "canonicalize" not in [s.name for s in steps]:
         steps.insert(0, make_step("canonicalize"))
     steps = [steps[i] for i in order_indices([s.p for s in steps])]
-    ctx = PassContext(target=tgt, calibration=calibration, seed=seed)
-    _check_all(steps, ctx)
-    return Plan(tgt, back.name, tuple(steps), tuple(backend_steps(back, tgt)), seed, calibration)
-
-
-def _check_all(steps: Sequence[Step], ctx: PassContext) -> None:
-    for s in steps:
-        check_context(s.p, s.options, ctx)
+    check_steps(steps, PassContext(target=tgt, calibration=calibration, seed=seed))
+    # then the backend's named steps for the target (its lowering and fusions; none for eager)
+    return Plan(tgt, back.name, tuple(steps), tuple(back.steps(tgt)), seed, calibration)
 
 
 def resolve_target(target: str | Target) -> Target:
@@ -141,9 +136,3 @@ def resolve_backend(name: str) -> Any:
             f"unknown backend {name!r}{suggest(name, known)}; valid backends: {', '.join(sorted(known))}"
         )
     return known[name]
-
-
-def backend_steps(backend: Any, target: Target) -> list[Pass]:
-    """The backend's named steps for ``target`` (``Backend.steps``: its lowering and fusions, none
-    for the eager reference), verified and reported like passes."""
-    return list(backend.steps(target))

@@ -11,7 +11,7 @@ validated options, what a plan (``tcomp.plan``) and the pipeline (``tcomp.pipeli
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,7 @@ PassFn = Callable[..., PassResult]
 class PassContext:
     """What a run hands every pass besides its options: the plan's target (None when no face gave
     one, e.g. ``run_pipeline`` on a list), calibration batches (model inputs; never a JSON option)
-    and the seed all randomness derives from."""
+    and the seed of the passes' random features (``softmax_free``'s k-means does not read it yet)."""
 
     target: Target | None = None
     calibration: Any = field(default=None, compare=False, repr=False)
@@ -93,6 +93,12 @@ def check_context(p: Pass, opts: Any, ctx: PassContext) -> None:
             check(ctx)
         except (ValueError, PassError) as exc:
             raise options_mod.OptionError(f"pass {p.name!r}: {exc}") from exc
+
+
+def check_steps(steps: Iterable[Step], ctx: PassContext) -> None:
+    """:func:`check_context` for every step, in order: what a run checks before any work."""
+    for s in steps:
+        check_context(s.p, s.options, ctx)
 
 
 _REGISTRY: dict[str, Pass] = {}

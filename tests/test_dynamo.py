@@ -106,6 +106,18 @@ def test_options_and_new_shape():
     assert len(reps) >= 1 and all(r.backend == "eager" and r.attention_sites == 1 for r in reps)
 
 
+def test_plan_of_the_options():
+    """No passes: canonicalize alone (not the default pipeline); a bare pass name is refused with
+    the list to write instead of being read letter by letter."""
+    from tcomp.errors import InputError
+
+    assert [s.name for s in td.build_dynamo_plan({}).steps] == ["canonicalize"]
+    plan = td.build_dynamo_plan({"passes": [("tokens.merge", {"r": 1})]})
+    assert [s.name for s in plan.steps] == ["canonicalize", "tokens.merge"]
+    with pytest.raises(InputError, match=r"passes= is a list of passes.*write \['tokens.merge'\]"):
+        td.build_dynamo_plan({"passes": "tokens.merge"})
+
+
 def test_training_graph_untouched():
     m = Attn(explicit=False, layers=1)
     x = torch.randn(2, 8, 32)

@@ -46,6 +46,16 @@ def test_every_tcomp_module_is_a_face_or_in_the_core_contract():
     assert core - found == set(), f"the core contract names modules that do not exist: {core - found}"
 
 
+def test_models_contract_forbids_every_other_module_of_tcomp():
+    """The models contract repeats the core list (import-linter cannot forbid the root package to
+    its own subpackage): a module added to the core must be forbidden to models/ too."""
+    contracts = _contracts()
+    want = set(contracts["core"]["source_modules"]) | {f"tcomp.{f}" for f in FACES - {"__init__"}}
+    want |= {f"tcomp.{sub}" for sub in MAPPED if sub != "models"}
+    got = set(contracts["models"]["forbidden_modules"])
+    assert got == want, f"models contract: add {sorted(want - got)}, drop {sorted(got - want)}"
+
+
 def test_import_contracts_hold(tmp_path):
     exe = Path(sys.executable).parent / "lint-imports"
     if not exe.exists():
