@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -195,7 +196,7 @@ def optimize(
         from tcomp.verify import Reference
 
         step("float64 reference")
-        reference = Reference.build(model, args, kwargs, samples=verify_samples, seed=seed)
+        reference = Reference.build(model, args, kwargs, samples=verify_samples, seed=plan.seed)  # a saved Plan brings its own seed
     result = run_pipeline(captured.gm, plan, reference=reference, progress=progress)
     drop_unused_tensors(result.gm)  # e.g. float weights a quantization pass replaced
     report = Report(
@@ -208,7 +209,7 @@ def optimize(
     _add_cost(report, result.gm, tgt)
     use_graphs = tgt.kind == "gpu" if cudagraphs is None else cudagraphs
     om = OptimizedModule(result.gm, report, tgt, captured, result.snapshots, cudagraphs=use_graphs)
-    om.plan = plan
+    om.plan = dataclasses.replace(plan, calibration=None)  # the batches are not kept alive
     return om
 
 
