@@ -4,6 +4,9 @@ import tcomp
 fast = tcomp.optimize(model, (input_ids,), target="cpu")
 fast(input_ids)            # same outputs, same structure
 print(fast.report)         # what each pass did, under which contract, measured error
+
+A causal LM comes back ready to generate (prefill and decode graphs over a static KV cache):
+fast.generate(ids, max_new_tokens=32) for Hugging Face models, tcomp.generate(fast, ids) for any.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from tcomp.api import OptimizedModule, optimize
 from tcomp.artifacts import load
 from tcomp.backend import Backend, register_backend
 from tcomp.errors import CaptureError, InputError, PassError, TcompError
+from tcomp.generation import OptimizedDecoder, generate
 from tcomp.pipeline import Contract, Exactness, PassResult, register_pass, registered_passes
 from tcomp.plan import Plan, build_plan
 from tcomp.targets import Target, get_target
@@ -24,6 +28,7 @@ __all__ = [
     "Contract",
     "Exactness",
     "InputError",
+    "OptimizedDecoder",
     "OptimizedModule",
     "PassError",
     "PassResult",
@@ -32,6 +37,7 @@ __all__ = [
     "TcompError",
     "__version__",
     "build_plan",
+    "generate",
     "get_target",
     "load",
     "optimize",

@@ -156,6 +156,9 @@ def optimize(
     seed: int = 0,
     cudagraphs: bool | None = None,
     progress: Callable[[str], None] | None = None,
+    decoder: bool | None = None,
+    max_len: int | None = None,
+    max_batch: int | None = None,
 ) -> OptimizedModule:
     """Capture ``model`` on ``example_inputs``, rewrite it with ``passes`` and return a module that
     runs the result.
@@ -176,6 +179,12 @@ def optimize(
     * ``cudagraphs``: replay the lowered graph as CUDA graphs, one per input shape, for CUDA inputs
       in inference (outputs are returned as fresh tensors). None: on for GPU targets.
     * ``progress``: called with the name of each step as it starts (capture, reference, each pass).
+    * ``decoder``: None (default) compiles a model that can generate (a Hugging Face causal LM, or a
+      module whose forward takes ``past_key_values`` and ``cache_position``) for generation: prefill and
+      decode graphs over tcomp's static KV cache of ``max_batch`` rows (default: the example's batch)
+      and ``max_len`` slots (default: the model's ``max_position_embeddings``, at most 2048), returned
+      as a module that works under the model's own ``generate()`` and ``tcomp.generate``. False
+      compiles its forward pass only (no cache), True requires a decoder.
     * ``seed``: the seed of the reference's random draws and of the passes' random features
       (``attention.linear`` and ``attention.rpe_fft``: FAVOR+, hedgehog initialisation; plus the
       site index). ``attention.softmax_free`` seeds its k-means with 0 whatever the seed.
@@ -187,6 +196,22 @@ def optimize(
 
     args, kwargs = _normalize_inputs(example_inputs, example_kwargs)
     plan = build_plan(target, passes, backend, calibration=calibration, seed=seed)  # checks before work
+    from tcomp.decoder import is_decoder
+
+    if decoder is None:
+        decoder = is_decoder(model)
+    elif decoder and not is_decoder(model):
+        raise InputError(
+            f"{type(model).__name__} cannot generate through tcomp: it is not a Hugging Face causal LM and its forward "
+            "does not take past_key_values and cache_position. Call tcomp.optimize(..., decoder=False)."
+        )
+    if decoder:
+        from tcomp.optimize_decoder import optimize_decoder
+
+        return optimize_decoder(
+            model, args, kwargs, plan, verify=verify, verify_samples=verify_samples,
+            cudagraphs=cudagraphs, progress=progress, max_len=max_len, max_batch=max_batch,
+        )  # fmt: skip
     tgt = plan.target
     step = progress or (lambda _name: None)
     step("capture")

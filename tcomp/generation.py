@@ -1,0 +1,256 @@
+"""Running an optimized decoder: the two graphs over one cache, a generation loop, and the
+Hugging Face face that lets ``model.generate()`` drive it.
+
+:class:`OptimizedDecoder` owns the prefill and decode graphs (rewritten and lowered by the same
+plan), the KV-cache buffers they share and the host-side state of the sequence being generated
+(how many slots are filled, which are left padding). Called like the model --
+``fast(input_ids, attention_mask=...)`` -- it starts a new sequence and returns the logits of every
+position; ``fast.step(...)`` continues it. :func:`generate` is the loop (greedy or sampling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from tcomp import kv_cache
+from tcomp.errors import InputError
+
+
+class OptimizedDecoder(torch.nn.Module):
+    """A decoder compiled for generation: ``prefill`` (n >= 2 tokens) and ``decode`` (one token)
+    graphs over a static KV cache of ``batch`` rows and ``max_len`` slots."""
+
+    def __init__(
+        self,
+        prefill: fx.GraphModule,
+        decode: fx.GraphModule,
+        *,
+        batch: int,
+        max_len: int,
+        n_layers: int,
+        report: Any,
+        decode_report: Any,
+        target: Any,
+        model_name: str,
+        cudagraphs: bool = False,
+    ) -> None:
+        super().__init__()
+        self.prefill_module = prefill
+        self.decode_module = decode
+        self.batch, self.max_len, self.n_layers = batch, max_len, n_layers
+        self.report, self.decode_report, self.target = report, decode_report, target
+        self.plan = None  # the tcomp.plan.Plan that produced it (set by optimize)
+        self._model_name = model_name
+        share_tensors(prefill, decode)
+        self.length = 0  # slots filled in the current sequence
+        device = next(iter(prefill.buffers())).device
+        self.register_buffer("padding", torch.ones(batch, max_len, dtype=torch.long, device=device), persistent=False)
+        self._decode_runner = None
+        if cudagraphs:
+            from tcomp.cudagraphs import CudaGraphRunner
+
+            self._decode_runner = CudaGraphRunner(decode, lambda: [*decode.parameters(), *decode.buffers()])
+
+    # ------------------------------------------------------------------ the two graphs
+    @property
+    def graph_module(self) -> fx.GraphModule:
+        return self.prefill_module
+
+    @property
+    def code(self) -> str:
+        return self.prefill_module.code
+
+    @property
+    def cudagraphs(self) -> str:
+        if self._decode_runner is None:
+            return "off"
+        return self._decode_runner.disabled or "on"
+
+    def reset(self) -> None:
+        """Forget the current sequence (the cache slots are overwritten by the next prefill)."""
+        self.length = 0
+        self.padding.fill_(1)
+
+    def step(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        *,
+        start: int | None = None,
+    ) -> torch.Tensor:
+        """Run ``input_ids`` (b, n) at slots ``start .. start+n-1`` (default: after the filled ones)
+        and return their logits (b, n, vocab). ``attention_mask`` (b, start+n): 1 for real tokens,
+        0 for left padding (the whole sequence so far, as Hugging Face passes it); ``position_ids``
+        default to the count of real tokens before each one."""
+        if input_ids.dim() != 2:
+            raise InputError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
+        b, n = input_ids.shape
+        start = self.length if start is None else int(start)
+        if start == 0:
+            self.padding.fill_(1)
+        if b > self.batch:
+            raise InputError(
+                f"batch {b} is above the {self.batch} rows tcomp captured the KV cache for; call "
+                f"tcomp.optimize(..., max_batch={b}) (or more)"
+            )
+        if start + n > self.max_len:
+            raise InputError(
+                f"{start} cached + {n} new tokens exceed the KV cache of {self.max_len} slots; call "
+                f"tcomp.optimize(..., max_len={start + n}) (or more), or generate fewer tokens"
+            )
+        device = self.padding.device
+        input_ids = input_ids.to(device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device)
+            if attention_mask.shape != (b, start + n):
+                raise InputError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({b}, {start + n}): one "
+                    "column per token of the sequence so far"
+                )
+            self.padding[:b, : start + n].copy_(attention_mask)
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start:]
+            else:
+                position_ids = torch.arange(start, start + n, device=device)[None].expand(b, n)
+        position_ids = position_ids.to(device).long()
+        if b < self.batch:  # rows past b repeat row 0 (their outputs are dropped)
+            fill = self.batch - b
+            input_ids = torch.cat([input_ids, input_ids[:1].expand(fill, n)])
+            position_ids = torch.cat([position_ids, position_ids[:1].expand(fill, n)])
+            self.padding[b:].copy_(self.padding[:1].expand(fill, -1))
+        cache_position = torch.arange(start, start + n, device=device)
+        args = (input_ids.contiguous(), position_ids.contiguous(), cache_position, self.padding)
+        if n == 1:
+            logits = (self._decode_runner or self.decode_module)(*args)
+        else:
+            logits = self.prefill_module(*args)
+        self.length = start + n
+        return logits[:b]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        """The model's forward on a new sequence: logits (b, n, vocab) of every position."""
+        return self.step(input_ids, attention_mask, start=0)
+
+    def _apply(self, fn, *args, **kwargs):  # .to()/.cuda(): recorded CUDA graphs read old storage
+        if self._decode_runner is not None:
+            self._decode_runner.reset()
+        return super()._apply(fn, *args, **kwargs)
+
+
+def share_tensors(a: fx.GraphModule, b: fx.GraphModule) -> int:
+    """Make ``b`` use ``a``'s tensor for every parameter or buffer both hold under one name with
+    equal contents (weights captured twice, quantized the same way), and always for the KV cache.
+    Returns the number of tensors shared."""
+    shared = 0
+    cache = {n for i in range(len(list(a.buffers())) + 1) for n in kv_cache.buffer_names(i)}
+    named_a = dict(a.named_parameters(remove_duplicate=False)) | dict(a.named_buffers(remove_duplicate=False))
+    for name, tb in [*b.named_parameters(remove_duplicate=False), *b.named_buffers(remove_duplicate=False)]:
+        ta = named_a.get(name)
+        if ta is None or ta is tb or ta.shape != tb.shape or ta.dtype != tb.dtype or ta.device != tb.device:
+            continue
+        if name in cache or torch.equal(ta, tb):
+            mod_name, _, attr = name.rpartition(".")
+            owner = b.get_submodule(mod_name) if mod_name else b
+            if attr in owner._parameters:
+                owner._parameters[attr] = ta
+            else:
+                owner._buffers[attr] = ta
+            shared += 1
+    return shared
+
+
+# ---------------------------------------------------------------------- the generation loop
+
+
+def generate(
+    model: OptimizedDecoder | torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+    seed: int | None = None,
+    on_token: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` tokens after ``input_ids`` (b, n) with an optimized decoder.
+
+    Greedy by default; ``do_sample=True`` samples from softmax(logits / temperature), restricted to
+    the ``top_k`` most likely tokens and the smallest set of probability ``top_p``. A row stops at
+    ``eos_token_id`` and is filled with ``pad_token_id`` (default: the eos id) afterwards; the loop
+    stops when every row has. ``attention_mask`` marks left padding (0). Returns (b, n + new).
+    ``on_token(i)`` is called after each new token (progress bars)."""
+    runner = _runner_of(model)
+    if max_new_tokens < 0:
+        raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if do_sample and temperature <= 0:
+        raise InputError(f"temperature must be > 0 when sampling, got {temperature}")
+    device = runner.padding.device
+    input_ids = input_ids.to(device)
+    b, n = input_ids.shape
+    if n + max_new_tokens > runner.max_len:
+        raise InputError(
+            f"a prompt of {n} tokens plus max_new_tokens={max_new_tokens} exceeds the KV cache of {runner.max_len} "
+            f"slots; call tcomp.optimize(..., max_len={n + max_new_tokens}) or generate fewer tokens"
+        )
+    eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(0 if seed is None else seed)
+    mask = torch.ones(b, n, dtype=torch.long, device=device) if attention_mask is None else attention_mask.to(device).long()
+    out = input_ids
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    logits = runner.step(input_ids, mask, start=0)[:, -1]
+    eos_t = torch.tensor(eos, device=device) if eos else None
+    for i in range(max_new_tokens):
+        nxt = _choose(logits.float(), do_sample, temperature, top_k, top_p, gen)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        out = torch.cat([out, nxt[:, None]], dim=1)
+        if eos_t is not None:
+            done = done | torch.isin(nxt, eos_t)
+        if on_token is not None:
+            on_token(i)
+        if i == max_new_tokens - 1 or (eos_t is not None and bool(done.all())):
+            break
+        mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=device)], dim=1)
+        logits = runner.step(nxt[:, None], mask)[:, -1]
+    return out
+
+
+def _runner_of(model: Any) -> OptimizedDecoder:
+    if isinstance(model, OptimizedDecoder):
+        return model
+    runner = getattr(model, "tcomp_decoder", None)
+    if isinstance(runner, OptimizedDecoder):
+        return runner
+    raise InputError(
+        f"tcomp.generate needs a decoder optimized by tcomp.optimize (got {type(model).__name__}); "
+        "optimize a causal LM first: fast = tcomp.optimize(model, {'input_ids': ids})"
+    )
+
+
+def _choose(logits, do_sample, temperature, top_k, top_p, gen) -> torch.Tensor:
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=gen)[:, 0]

@@ -1,0 +1,110 @@
+"""The Hugging Face face of an optimized decoder: an object ``model.generate()`` can drive.
+
+:func:`hf_decoder` returns an instance of a subclass of the user's model class (so
+``GenerationMixin.generate`` with its logits processors, stopping criteria, sampling and left padding
+works unchanged) that holds no weights of its own: its ``forward`` runs tcomp's prefill or decode
+graph. The cache Hugging Face threads through ``generate`` is replaced by a small host-side object
+that records how many slots tcomp's cache holds; the keys and values live in tcomp's buffers.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+import torch
+
+from tcomp.errors import InputError
+from tcomp.generation import OptimizedDecoder
+
+
+@functools.cache
+def _state_class() -> type:
+    from transformers.cache_utils import Cache
+
+    class TcompCacheState(Cache):
+        """Hugging Face's view of tcomp's KV cache: its length. Never compiled (``is_compileable``
+        False), so ``generate`` passes 2-D masks that tcomp turns into its own."""
+
+        def __init__(self, runner: OptimizedDecoder) -> None:  # Cache.__init__ is not run: no layers here
+            self.runner = runner
+            self.length = 0
+            self.layers = []
+            self.offloading = False
+
+        def get_seq_length(self, layer_idx: int = 0) -> int:
+            return self.length
+
+        def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+            return self.runner.max_len
+
+        @property
+        def is_compileable(self) -> bool:
+            return False
+
+        def __len__(self) -> int:
+            return self.runner.n_layers
+
+    return TcompCacheState
+
+
+class _Face:
+    """Mixed in front of the model's class: ``forward`` dispatches to the optimized graphs."""
+
+    tcomp_decoder: OptimizedDecoder
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        cache_position: torch.Tensor | None = None,
+        cache: Any = None,
+        **kwargs: Any,
+    ):
+        if inputs_embeds is not None or input_ids is None:
+            raise InputError(
+                "this tcomp-optimized decoder takes input_ids (its graphs start at the token embedding); "
+                "inputs_embeds are not supported"
+            )
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise InputError("this tcomp-optimized decoder takes a 2-D attention_mask (batch, tokens so far)")
+        runner = self.tcomp_decoder
+        state_cls = _state_class()
+        state = cache if cache is not None else past_key_values
+        if not (isinstance(state, state_cls) and state.runner is runner and state.length == runner.length):
+            state = state_cls(runner)  # a new sequence
+        start = state.length if cache_position is None else int(cache_position.reshape(-1)[0])
+        if attention_mask is not None and attention_mask.shape[1] != start + input_ids.shape[1]:
+            attention_mask = attention_mask[:, -(start + input_ids.shape[1]) :]
+        logits = runner.step(input_ids, attention_mask, position_ids, start=start)
+        state.length = runner.length
+        return _output(logits, state)
+
+
+def _output(logits: torch.Tensor, state: Any):
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    fields = set(CausalLMOutputWithPast.__dataclass_fields__)
+    key = "cache" if "cache" in fields else "past_key_values"
+    return CausalLMOutputWithPast(logits=logits, **{key: state})
+
+
+def hf_decoder(model: torch.nn.Module, runner: OptimizedDecoder) -> torch.nn.Module:
+    """A weightless instance of ``type(model)`` whose forward runs ``runner`` (see the module doc)."""
+    cls = type(model)
+    face_cls = type(f"Tcomp{cls.__name__}", (_Face, cls), {"__module__": __name__, "__doc__": cls.__doc__})
+    face = face_cls.__new__(face_cls)
+    torch.nn.Module.__init__(face)
+    for key, value in model.__dict__.items():
+        if key not in face.__dict__:
+            face.__dict__[key] = value
+    face.config = copy.deepcopy(model.config)
+    if getattr(model, "generation_config", None) is not None:
+        face.generation_config = copy.deepcopy(model.generation_config)
+    face.tcomp_decoder = runner
+    return face

@@ -1,0 +1,164 @@
+"""tcomp's static KV cache: what a decoder's attention layers write to and read from while generating.
+
+The cache is preallocated once per (batch, maximum length) in the model's dtype. Its tensors are
+buffers of the module tcomp captures (so ``torch.export`` records the in-place ``index_copy_`` that
+writes new tokens as a mutation of a named buffer), and the prefill and decode graphs share them.
+
+Models reach it through the cache protocol Hugging Face decoders already speak:
+``k_all, v_all = past_key_values.update(k_new, v_new, layer_idx, ...)`` where ``k_new`` is
+(B, Hk, n, D) for the ``n`` tokens at ``cache_position`` and ``k_all`` the whole cache
+(B, Hk, M, D). Attention over the whole cache is made correct by the mask tcomp builds
+(:func:`attention_masks`): a query at cache position ``p`` sees slots ``<= p`` that are not padding
+(and, for sliding-window layers, ``> p - window``). A plain ``nn.Module`` generates through tcomp
+when its ``forward`` takes ``past_key_values``, ``cache_position`` and a 4-D ``attention_mask``
+with that meaning (see ``tcomp.models.gpt``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tcomp.errors import InputError
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """The cache of one attention layer: (batch, kv heads, slots, head dim) for keys and values."""
+
+    kv_heads: int
+    k_dim: int
+    v_dim: int
+    dtype: torch.dtype
+
+
+def buffer_names(layer: int) -> tuple[str, str]:
+    """Names of the key and value buffers of ``layer`` on the captured step module."""
+    return f"tcomp_kv_k_{layer}", f"tcomp_kv_v_{layer}"
+
+
+class _Probe:
+    """Records the shape of every layer's keys and values during one eager forward (no storage)."""
+
+    def __init__(self, max_len: int) -> None:
+        self.layers: dict[int, LayerShape] = {}
+        self.max_len = max_len
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
+        self.layers[int(layer_idx)] = LayerShape(
+            key_states.shape[1], key_states.shape[-1], value_states.shape[-1], key_states.dtype
+        )
+        # one token (n = 1) seen at every slot: the shapes attention expects of the whole cache
+        return key_states[:, :, -1:].expand(-1, -1, self.max_len, -1), value_states[:, :, -1:].expand(
+            -1, -1, self.max_len, -1
+        )
+
+
+class _Store:
+    """The cache protocol over the buffers of ``owner`` (a module): writes the new tokens at
+    ``self.position`` in place and returns the whole cache of the layer."""
+
+    def __init__(self, owner: torch.nn.Module, n_layers: int, max_len: int) -> None:
+        self._owner = owner
+        self._n_layers = n_layers
+        self.max_len = max_len
+        self.position: Tensor | None = None
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
+        if self.position is None:
+            raise RuntimeError("tcomp KV cache used without a cache position")
+        kn, vn = buffer_names(int(layer_idx))
+        k, v = getattr(self._owner, kn), getattr(self._owner, vn)
+        k.index_copy_(2, self.position, key_states.to(k.dtype))
+        v.index_copy_(2, self.position, value_states.to(v.dtype))
+        return k, v
+
+    # what Hugging Face models ask of a cache besides update()
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # tcomp always passes positions explicitly
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return self.max_len
+
+    def get_mask_sizes(self, *args, **kwargs) -> tuple[int, int]:
+        return self.max_len, 0
+
+    def __len__(self) -> int:
+        return self._n_layers
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * self._n_layers
+
+
+def _with_hf_base(cls: type) -> type:
+    """``cls`` with transformers' ``Cache`` as a base when transformers is installed (models check
+    ``isinstance(past_key_values, Cache)``); ``Cache.__init__`` is not run, the methods above win."""
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:
+        return cls
+    hf = type(f"HF{cls.__name__}", (cls, Cache), {})
+    return hf
+
+
+def make_probe(max_len: int) -> _Probe:
+    probe = _with_hf_base(_Probe).__new__(_with_hf_base(_Probe))
+    _Probe.__init__(probe, max_len)
+    probe.offloading = False
+    return probe
+
+
+def attach(
+    owner: torch.nn.Module, shapes: dict[int, LayerShape], batch: int, max_len: int, device: torch.device
+) -> _Store:
+    """Allocate the cache (zeros; a slot is never read before it is written) as buffers of ``owner``
+    on ``device`` and return the protocol object that writes into them."""
+    if sorted(shapes) != list(range(len(shapes))):
+        raise InputError(f"the model's attention layers wrote the cache for layers {sorted(shapes)}; tcomp expects 0..n-1")
+    for i, s in shapes.items():
+        kn, vn = buffer_names(i)
+        owner.register_buffer(kn, torch.zeros(batch, s.kv_heads, max_len, s.k_dim, dtype=s.dtype, device=device), persistent=False)
+        owner.register_buffer(vn, torch.zeros(batch, s.kv_heads, max_len, s.v_dim, dtype=s.dtype, device=device), persistent=False)
+    store = _with_hf_base(_Store).__new__(_with_hf_base(_Store))
+    _Store.__init__(store, owner, len(shapes), max_len)
+    store.layers = []
+    store.offloading = False
+    return store
+
+
+def attention_masks(
+    cache_position: Tensor,
+    padding: Tensor,
+    *,
+    windows: dict[str, int | None],
+    dtype: torch.dtype | None,
+) -> dict[str, Tensor]:
+    """One (B, 1, n, M) mask per layer type: a query at cache position ``p`` may read slot ``j`` when
+    ``j <= p``, ``j`` is not padding (``padding[b, j]`` is 1 for real tokens) and, for a window
+    ``w``, ``j > p - w``. A query always reads its own slot, so padding rows stay finite.
+    ``dtype`` None gives bool masks (True = attend), a float dtype additive masks (0 or the dtype's
+    minimum, as Hugging Face's eager attention expects)."""
+    M = padding.shape[1]
+    j = torch.arange(M, device=cache_position.device)
+    p = cache_position[:, None]  # (n, 1)
+    own = j[None, :] == p
+    real = padding.to(torch.bool)[:, None, None, :]  # (B, 1, 1, M)
+    out = {}
+    for kind, w in windows.items():
+        seen = j[None, :] <= p
+        if w is not None:
+            seen = seen & (j[None, :] > p - w)
+        allowed = (seen[None, None] & real) | own[None, None]
+        if dtype is None:
+            out[kind] = allowed
+        else:
+            zero = torch.zeros((), dtype=dtype, device=allowed.device)
+            out[kind] = torch.where(allowed, zero, torch.finfo(dtype).min)
+    return out

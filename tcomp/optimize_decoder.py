@@ -1,0 +1,143 @@
+"""``tcomp.optimize`` for decoders: capture the prefill and decode graphs, run the plan on both,
+verify each against its own float64 reference, and return a module that generates."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from tcomp.decoder import _device, build_references, capture_decoder, step_inputs
+from tcomp.errors import InputError
+from tcomp.graph import drop_unused_tensors
+from tcomp.pipeline import run_pipeline
+from tcomp.report import Report
+
+DEFAULT_MAX_LEN = 2048
+
+
+def _example_ids(args: tuple, kwargs: dict) -> torch.Tensor:
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point():
+        raise InputError(
+            "a decoder is optimized from example token ids: pass {'input_ids': ids} or (ids,) with ids a "
+            "(batch, tokens) integer tensor"
+        )
+    return ids
+
+
+def _default_max_len(model: torch.nn.Module) -> int:
+    config = getattr(model, "config", None) or getattr(model, "cfg", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "max_len", None)
+    return int(min(limit, DEFAULT_MAX_LEN)) if limit else DEFAULT_MAX_LEN
+
+
+def _step_calibration(calibration: Any, batch: int, max_len: int, device, decode: bool) -> list | None:
+    """The user's calibration batches as step inputs: whole prompts for the prefill graph; for the
+    decode graph the same prompts one token at a time at consecutive positions (so the cache the
+    calibration copy fills is the one a real decode step would read)."""
+    if calibration is None:
+        return None
+    from tcomp.calibration import batches
+
+    out = []
+    for args, kwargs in batches(calibration):
+        ids = _example_ids(args, kwargs)[:batch]
+        if ids.shape[0] < batch:
+            ids = torch.cat([ids, ids[:1].expand(batch - ids.shape[0], -1)])
+        n = min(ids.shape[1], max_len)
+        if decode:
+            out += [step_inputs(batch, 1, t, max_len, ids[:, t : t + 1], device) for t in range(n)]
+        else:
+            out.append(step_inputs(batch, max(n, 2), 0, max_len, ids[:, : max(n, 2)], device))
+    return out
+
+
+def optimize_decoder(
+    model: torch.nn.Module,
+    args: tuple,
+    kwargs: dict,
+    plan: Any,
+    *,
+    verify: bool,
+    verify_samples: int,
+    cudagraphs: bool | None,
+    progress: Callable[[str], None] | None,
+    max_len: int | None,
+    max_batch: int | None,
+):
+    from tcomp.api import _add_cost, _sites
+    from tcomp.generation import OptimizedDecoder
+
+    step_fn = progress or (lambda _name: None)
+    ids = _example_ids(args, kwargs)
+    batch = int(max_batch or ids.shape[0])
+    max_len = int(max_len or _default_max_len(model))
+    if max_len < 2:
+        raise InputError(f"max_len must be at least 2 slots, got {max_len}")
+    step_fn("capture")
+    captured = capture_decoder(model, ids, batch=batch, max_len=max_len)
+    device = _device(captured.step)
+    results, reports = [], []
+    for name, cap, decode in (("prefill", captured.prefill, False), ("decode", captured.decode, True)):
+        reference = None
+        if verify:
+            if name == "prefill":
+                step_fn("float64 reference")
+                refs = _references(captured.step, ids, batch, max_len, verify_samples, plan.seed, model)
+            reference = refs[0] if name == "prefill" else refs[1]
+        cal = _step_calibration(plan.calibration, batch, max_len, device, decode)
+        graph_plan = dataclasses.replace(plan, calibration=cal)
+        result = run_pipeline(
+            cap.gm, graph_plan, reference=reference,
+            progress=None if progress is None else (lambda s, _n=name: progress(f"{_n}: {s}")),
+        )  # fmt: skip
+        drop_unused_tensors(result.gm)
+        report = Report(model=f"{type(model).__name__} ({name})", target=plan.target.name, passes=result.records,
+                        dynamic_dims=cap.dims)  # fmt: skip
+        report.sites = _sites(result.gm)
+        if reference is not None:
+            report.base_error, report.final_error = reference.base_error, result.final_error
+        _add_cost(report, result.gm, plan.target)
+        results.append(result)
+        reports.append(report)
+    use_graphs = plan.target.kind == "gpu" if cudagraphs is None else cudagraphs
+    runner = OptimizedDecoder(
+        results[0].gm, results[1].gm, batch=batch, max_len=max_len, n_layers=len(captured.step.layers),
+        report=reports[0], decode_report=reports[1], target=plan.target, model_name=type(model).__name__,
+        cudagraphs=use_graphs,
+    )  # fmt: skip
+    runner.plan = dataclasses.replace(plan, calibration=None)
+    if hasattr(model, "can_generate") and hasattr(model, "config"):
+        from tcomp.hf_face import hf_decoder
+
+        return hf_decoder(model, runner)
+    return runner
+
+
+def _references(step, ids, batch, max_len, samples, seed, model):
+    gen = torch.Generator().manual_seed(seed)
+    vocab = _vocab(model, ids)
+    n = max(2, min(ids.shape[1], max_len - 1))
+    prompts = [_fit(ids.cpu(), batch, n)]
+    for _ in range(max(1, samples - 1)):
+        prompts.append(torch.randint(0, vocab, (batch, n), generator=gen))
+    nxt = torch.randint(0, vocab, (batch, len(prompts)), generator=gen)
+    return build_references(step, prompts, nxt, seed=seed)
+
+
+def _fit(ids: torch.Tensor, batch: int, n: int) -> torch.Tensor:
+    ids = ids[:batch, :n]
+    if ids.shape[1] < n:
+        ids = torch.cat([ids, ids[:, -1:].expand(-1, n - ids.shape[1])], dim=1)
+    if ids.shape[0] < batch:
+        ids = torch.cat([ids, ids[:1].expand(batch - ids.shape[0], -1)])
+    return ids
+
+
+def _vocab(model: torch.nn.Module, ids: torch.Tensor) -> int:
+    config = getattr(model, "config", None) or getattr(model, "cfg", None)
+    v = getattr(config, "vocab_size", None)
+    return int(v) if v else int(ids.max()) + 1
