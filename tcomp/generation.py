@@ -86,7 +86,8 @@ class OptimizedDecoder(torch.nn.Module):
         """Run ``input_ids`` (b, n) at slots ``start .. start+n-1`` (default: after the filled ones)
         and return their logits (b, n, vocab). ``attention_mask`` (b, start+n): 1 for real tokens,
         0 for left padding (the whole sequence so far, as Hugging Face passes it); ``position_ids``
-        default to the count of real tokens before each one."""
+        default to the slot numbers (as the models' own forward does; generation passes the count
+        of real tokens before each one)."""
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
         b, n = input_ids.shape
@@ -113,11 +114,8 @@ class OptimizedDecoder(torch.nn.Module):
                     "column per token of the sequence so far"
                 )
             self.padding[:b, : start + n].copy_(attention_mask)
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start:]
-            else:
-                position_ids = torch.arange(start, start + n, device=device)[None].expand(b, n)
+        if position_ids is None:  # as the models' own forward: slot numbers, padding or not
+            position_ids = torch.arange(start, start + n, device=device)[None].expand(b, n)
         position_ids = position_ids.to(device).long()
         if b < self.batch:  # rows past b repeat row 0 (their outputs are dropped)
             fill = self.batch - b
@@ -210,7 +208,7 @@ def generate(
     mask = torch.ones(b, n, dtype=torch.long, device=device) if attention_mask is None else attention_mask.to(device).long()
     out = input_ids
     done = torch.zeros(b, dtype=torch.bool, device=device)
-    logits = runner.step(input_ids, mask, start=0)[:, -1]
+    logits = runner.step(input_ids, mask, _positions(mask, 0), start=0)[:, -1]
     eos_t = torch.tensor(eos, device=device) if eos else None
     for i in range(max_new_tokens):
         nxt = _choose(logits.float(), do_sample, temperature, top_k, top_p, gen)
@@ -223,8 +221,14 @@ def generate(
         if i == max_new_tokens - 1 or (eos_t is not None and bool(done.all())):
             break
         mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=device)], dim=1)
-        logits = runner.step(nxt[:, None], mask)[:, -1]
+        logits = runner.step(nxt[:, None], mask, _positions(mask, mask.shape[1] - 1))[:, -1]
     return out
+
+
+def _positions(mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Position of each token from ``start`` on: the number of real tokens before it (left padding
+    does not count), as Hugging Face's generate computes them."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
 
 
 def _runner_of(model: Any) -> OptimizedDecoder:

@@ -1,0 +1,37 @@
+"""Tiny random Hugging Face causal LMs of several families, for generation tests (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+
+VOCAB = 96
+COMMON = dict(
+    vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    max_position_embeddings=128, eos_token_id=None, bos_token_id=None, pad_token_id=0,
+)  # fmt: skip
+
+# family -> (config class, model class, config kwargs): GQA, MQA, sliding windows (Mistral's one
+# window; Gemma 3's per-layer types), learned absolute positions (GPT-2, OPT), parallel blocks (Phi-3)
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(num_key_value_heads=2)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(num_key_value_heads=2, sliding_window=8)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_key_value_heads=2)),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(num_key_value_heads=2)),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(num_key_value_heads=1, head_dim=16, sliding_window=8)),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=64, n_layer=2, n_head=4, n_positions=128)),
+    "opt": ("OPTConfig", "OPTForCausalLM", dict(ffn_dim=128, word_embed_proj_dim=64)),
+}
+
+
+def make(family: str, seed: int = 0) -> torch.nn.Module:
+    import transformers as tf
+
+    cfg_name, model_name, extra = FAMILIES[family]
+    kwargs = dict(COMMON)
+    if family == "gpt2":
+        kwargs = {k: v for k, v in kwargs.items() if k in ("vocab_size", "eos_token_id", "bos_token_id", "pad_token_id")}
+    if family == "opt":
+        kwargs = {k: v for k, v in kwargs.items() if k != "intermediate_size"}
+    config = getattr(tf, cfg_name)(**kwargs, **extra)
+    torch.manual_seed(seed)
+    return getattr(tf, model_name)(config).eval()

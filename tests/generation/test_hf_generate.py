@@ -1,0 +1,130 @@
+"""Generation through tcomp on Hugging Face causal LMs: greedy decoding equals HF eager's token for
+token, logits agree at every step, and the user's model is left as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tcomp
+from tcomp.verify import rel_error
+
+from .decoders import FAMILIES, VOCAB, make
+
+pytestmark = pytest.mark.hf
+NEW = 32
+
+
+def _prompt(seed: int, batch: int = 2, n: int = 12, pad: int = 4):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (batch, n), generator=gen)
+    mask = torch.ones_like(ids)
+    if pad:
+        mask[-1, :pad] = 0  # the last row is left-padded
+    return ids, mask
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_greedy_generation_equals_hf_eager(family):
+    model = make(family)
+    ids, mask = _prompt(1)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=64)
+    assert isinstance(fast.tcomp_decoder, tcomp.OptimizedDecoder)
+    for p in (fast.tcomp_decoder.report.passes + fast.tcomp_decoder.decode_report.passes):
+        assert p.status == "applied", (p.name, p.reason if hasattr(p, "reason") else p)
+    for m in (mask, None):  # with and without left padding
+        kw = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, output_logits=True,
+                  return_dict_in_generate=True)  # fmt: skip
+        if m is not None:
+            kw["attention_mask"] = m
+        ref = model.generate(ids, **kw)
+        out = fast.generate(ids, **kw)
+        assert torch.equal(out.sequences, ref.sequences), family
+        assert len(out.logits) == NEW
+        for step, (a, b) in enumerate(zip(out.logits, ref.logits)):
+            assert rel_error(a, b) < 1e-5, (family, step, rel_error(a, b))
+        mine = tcomp.generate(fast, ids, attention_mask=m, max_new_tokens=NEW)
+        assert torch.equal(mine, ref.sequences), family
+
+
+def test_decode_graph_reads_the_cache_through_the_cache_form():
+    fast = tcomp.optimize(make("llama"), {"input_ids": _prompt(2)[0]}, max_len=64)
+    graphs = (fast.tcomp_decoder.prefill_module, fast.tcomp_decoder.decode_module)
+    for gm in graphs:
+        targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+        assert targets.count(torch.ops.tcomp.cached_attention.default) == 2
+        assert torch.ops.tcomp.attention.default not in targets
+    # one cache, shared by both graphs; weights are held once
+    pre, dec = graphs
+    assert pre.get_buffer("tcomp_kv_k_0") is dec.get_buffer("tcomp_kv_k_0")
+    assert dict(pre.named_parameters())["model.model.embed_tokens.weight"] is dict(dec.named_parameters())[
+        "model.model.embed_tokens.weight"
+    ]
+
+
+def test_user_model_unchanged_and_optimize_twice():
+    model = make("qwen2")
+    ids, mask = _prompt(3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = model.generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    a = tcomp.optimize(model, {"input_ids": ids}, max_len=32, verify=False)
+    b = tcomp.optimize(model, {"input_ids": ids}, max_len=32, verify=False)
+    for fast in (a, b, a):  # interleaved: each owns its cache
+        out = fast.generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        assert torch.equal(out, ref)
+    again = model.generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert torch.equal(again, ref)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert type(model).__name__ == "Qwen2ForCausalLM" and not hasattr(model, "tcomp_decoder")
+
+
+def test_forward_without_cache_is_the_models_forward():
+    model = make("gpt2")
+    ids, mask = _prompt(4)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=32, verify=False)
+    ref = model(ids, attention_mask=mask).logits
+    out = fast(ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert rel_error(out[real], ref[real]) < 1e-5
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy():
+    model = make("llama")
+    ids, _ = _prompt(5, pad=0)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=48, verify=False)
+    a = tcomp.generate(fast, ids, max_new_tokens=16, do_sample=True, temperature=0.8, top_p=0.9, seed=7)
+    b = tcomp.generate(fast, ids, max_new_tokens=16, do_sample=True, temperature=0.8, top_p=0.9, seed=7)
+    assert torch.equal(a, b)
+    greedy = tcomp.generate(fast, ids, max_new_tokens=16)
+    assert torch.equal(tcomp.generate(fast, ids, max_new_tokens=16, do_sample=True, top_k=1, seed=3), greedy)
+    # eos stops a row and pads it afterwards
+    eos = int(greedy[0, ids.shape[1] + 2])
+    out = tcomp.generate(fast, ids, max_new_tokens=16, eos_token_id=eos, pad_token_id=0)
+    row = out[0, ids.shape[1] :].tolist()
+    first = row.index(eos)
+    assert all(t == 0 for t in row[first + 1 :])
+
+
+def test_limits_are_clear_errors():
+    model = make("llama")
+    ids, _ = _prompt(6, pad=0)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=20, verify=False)
+    with pytest.raises(tcomp.InputError, match=r"max_len=\d+"):
+        tcomp.generate(fast, ids, max_new_tokens=16)
+    with pytest.raises(tcomp.InputError, match="max_batch=3"):
+        tcomp.generate(fast, torch.cat([ids, ids[:1]]), max_new_tokens=2)
+    with pytest.raises(tcomp.InputError, match="decoder=False"):
+        tcomp.optimize(torch.nn.Linear(4, 4), (torch.randn(2, 4),), decoder=True)
+    with pytest.raises(tcomp.InputError, match="optimized by tcomp.optimize"):
+        tcomp.generate(model, ids)
+    # a smaller batch than the cache's runs in the same graphs
+    one = tcomp.generate(fast, ids[:1], max_new_tokens=4)
+    assert torch.equal(one, tcomp.generate(fast, ids, max_new_tokens=4)[:1])
+
+
+def test_decoder_false_compiles_the_forward_only():
+    model = make("llama")
+    ids, _ = _prompt(7, pad=0)
+    fast = tcomp.optimize(model, {"input_ids": ids}, decoder=False)
+    assert isinstance(fast, tcomp.OptimizedModule)
+    assert rel_error(fast(input_ids=ids).logits, model(ids).logits) < 1e-5
