@@ -179,12 +179,12 @@ def optimize(
     * ``cudagraphs``: replay the lowered graph as CUDA graphs, one per input shape, for CUDA inputs
       in inference (outputs are returned as fresh tensors). None: on for GPU targets.
     * ``progress``: called with the name of each step as it starts (capture, reference, each pass).
-    * ``decoder``: None (default) compiles a model that can generate (a Hugging Face causal LM, or a
-      module whose forward takes ``past_key_values`` and ``cache_position``) for generation: prefill and
+    * ``decoder``: None (default) compiles a Hugging Face causal LM for generation (True does the same
+      for a plain module whose forward takes ``past_key_values`` and ``cache_position``): prefill and
       decode graphs over tcomp's static KV cache of ``max_batch`` rows (default: the example's batch)
       and ``max_len`` slots (default: the model's ``max_position_embeddings``, at most 2048), returned
       as a module that works under the model's own ``generate()`` and ``tcomp.generate``. False
-      compiles its forward pass only (no cache), True requires a decoder.
+      compiles the forward pass only (no cache).
     * ``seed``: the seed of the reference's random draws and of the passes' random features
       (``attention.linear`` and ``attention.rpe_fft``: FAVOR+, hedgehog initialisation; plus the
       site index). ``attention.softmax_free`` seeds its k-means with 0 whatever the seed.
@@ -196,11 +196,11 @@ def optimize(
 
     args, kwargs = _normalize_inputs(example_inputs, example_kwargs)
     plan = build_plan(target, passes, backend, calibration=calibration, seed=seed)  # checks before work
-    from tcomp.decoder import is_decoder
+    from tcomp.decoder import is_decoder, speaks_cache
 
     if decoder is None:
         decoder = is_decoder(model)
-    elif decoder and not is_decoder(model):
+    elif decoder and not speaks_cache(model):
         raise InputError(
             f"{type(model).__name__} cannot generate through tcomp: it is not a Hugging Face causal LM and its forward "
             "does not take past_key_values and cache_position. Call tcomp.optimize(..., decoder=False)."

@@ -32,15 +32,23 @@ STEP_INPUTS = ("input_ids", "position_ids", "cache_position", "padding")
 
 
 def is_decoder(model: torch.nn.Module) -> bool:
-    """A Hugging Face model that can generate (not encoder-decoder), or a module whose forward takes
-    a KV cache (``past_key_values`` or ``cache``) and ``cache_position``."""
+    """A Hugging Face model that says it can generate (not encoder-decoder): compiled for generation
+    unless ``decoder=False``. Plain modules opt in with ``decoder=True`` (see :func:`speaks_cache`)."""
     config = getattr(model, "config", None)
     can = getattr(model, "can_generate", None)
-    if callable(can) and config is not None:  # Hugging Face: what the model says of itself
-        try:
-            return bool(can()) and not getattr(config, "is_encoder_decoder", False)
-        except Exception:  # noqa: BLE001 - a model whose can_generate fails is not one we drive
-            return False
+    if not callable(can) or config is None:
+        return False
+    try:
+        return bool(can()) and not getattr(config, "is_encoder_decoder", False)
+    except Exception:  # noqa: BLE001 - a model whose can_generate fails is not one we drive
+        return False
+
+
+def speaks_cache(model: torch.nn.Module) -> bool:
+    """Whether ``model`` can be compiled for generation: a Hugging Face decoder, or a module whose
+    forward takes a KV cache (``past_key_values`` or ``cache``) and ``cache_position``."""
+    if is_decoder(model):
+        return True
     params = _forward_params(model)
     return ("past_key_values" in params or "cache" in params) and "cache_position" in params
 

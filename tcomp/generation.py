@@ -135,6 +135,10 @@ class OptimizedDecoder(torch.nn.Module):
         """The model's forward on a new sequence: logits (b, n, vocab) of every position."""
         return self.step(input_ids, attention_mask, start=0)
 
+    def save(self, folder: str) -> str:
+        """Write the artifact folder of both graphs; returns the manifest path."""
+        raise NotImplementedError("saving an optimized decoder is not implemented yet")
+
     def _apply(self, fn, *args, **kwargs):  # .to()/.cuda(): recorded CUDA graphs read old storage
         if self._decode_runner is not None:
             self._decode_runner.reset()

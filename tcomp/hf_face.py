@@ -54,6 +54,27 @@ class _Face:
 
     tcomp_decoder: OptimizedDecoder
 
+    @property
+    def report(self):
+        """The prefill graph's report (``decode_report``: the decode graph's)."""
+        return self.tcomp_decoder.report
+
+    @property
+    def decode_report(self):
+        return self.tcomp_decoder.decode_report
+
+    @property
+    def plan(self):
+        return self.tcomp_decoder.plan
+
+    @property
+    def cudagraphs(self) -> str:
+        return self.tcomp_decoder.cudagraphs
+
+    def save(self, folder: str) -> str:
+        """Write the artifact folder of both graphs (see ``OptimizedDecoder.save``)."""
+        return self.tcomp_decoder.save(folder)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
