@@ -7,6 +7,7 @@
     tcomp verify DIR [--model SPEC]               re-check hashes (and outputs against the source model)
     tcomp run DIR --input FILE [-o OUT]           run an artifact on inputs stored as safetensors
     tcomp bench SPEC --target T                   median latency: tcomp vs eager vs torch.compile
+    tcomp generate SPEC --prompt TEXT             compile a decoder and generate, with tokens/s
 
 Exit codes: 0 success, 1 a pass was rolled back or a bench variant failed (output still written),
 2 bad input or capture failure.
@@ -537,3 +538,125 @@ _add_rasp()
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+@app.command()
+def generate(
+    spec: str = typer.Argument(..., help="a Hugging Face causal LM folder, a zoo decoder (gpt-rope, ...) or package.module:factory"),
+    prompt: str = typer.Option("Once upon a time", "--prompt", help="text to continue"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", min=1),
+    target: str = typer.Option("cpu", help="cpu, a100, h100, h200"),
+    passes: str = typer.Option("", help="comma-separated pass names (default: the default pipeline)"),
+    option: list[str] = typer.Option([], "--option", "-O", help=OPTION_HELP),
+    max_len: int = typer.Option(0, "--max-len", help="KV cache slots (default: prompt + new tokens)"),
+    temperature: float = typer.Option(0.0, help="0: greedy; > 0: sample at this temperature"),
+    top_k: int = typer.Option(0, "--top-k", help="sample among the k most likely tokens (0: all)"),
+    top_p: float = typer.Option(1.0, "--top-p", help="sample from the smallest set of this probability"),
+    seed: int = typer.Option(0, help="seed of sampling and of the verification draws"),
+    no_verify: bool = typer.Option(False, "--no-verify", help="skip checking each pass against its contract"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Compile a decoder (prefill and decode graphs over a static KV cache) and generate from a prompt:
+    a progress bar of tokens, the text, and the tokens/s of the decode steps."""
+    import torch
+
+    import tcomp
+    from tcomp.errors import TcompError
+    from tcomp.spec import load_decoder
+
+    _quiet()
+    try:
+        the_plan = _build_plan(target, passes, "", "", option)
+        loaded = load_decoder(spec, seed)
+        ids = _encode(loaded, prompt)
+        slots = max_len or ids.shape[1] + max_new_tokens
+        device = "cuda" if the_plan.target.kind == "gpu" and torch.cuda.is_available() else "cpu"
+        model = loaded.model.to(device)
+        t0 = time.perf_counter()
+        with _steps(f"compiling {loaded.name} for {the_plan.target.name}", quiet=as_json) as step:
+            fast = tcomp.optimize(
+                model, {"input_ids": ids.to(device)}, passes=the_plan, verify=not no_verify, progress=step,
+                decoder=True, max_len=slots, seed=seed,
+            )  # fmt: skip
+        compile_s = time.perf_counter() - t0
+        out, times = _generate_with_bar(fast, ids.to(device), max_new_tokens, temperature, top_k, top_p, seed, as_json)
+    except TcompError as exc:
+        _fail(exc)
+    new = out[0, ids.shape[1] :].tolist()
+    decode_s = sum(times[1:])
+    result = {
+        "model": loaded.name,
+        "target": the_plan.target.name,
+        "prompt_tokens": int(ids.shape[1]),
+        "new_tokens": len(new),
+        "text": _decode(loaded, new),
+        "token_ids": new,
+        "compile_seconds": round(compile_s, 3),
+        "prefill_ms": round(1e3 * times[0], 3),
+        "decode_ms_per_token": round(1e3 * decode_s / max(1, len(times) - 1), 3),
+        "tokens_per_second": round((len(times) - 1) / decode_s, 2) if decode_s > 0 else None,
+    }
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    console.print(f"[bold]{prompt}[/bold]{result['text']}", soft_wrap=True)
+    console.print(
+        f"{len(new)} tokens: prefill {result['prefill_ms']:.1f} ms, decode {result['decode_ms_per_token']:.2f} ms/token "
+        f"= [bold]{result['tokens_per_second']} tokens/s[/bold] (compile {compile_s:.1f} s, {the_plan.target.name})"
+    )
+
+
+def _encode(loaded: Any, prompt: str):
+    import torch
+
+    if loaded.tokenizer is not None:
+        ids = loaded.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    else:  # byte-level: one token per UTF-8 byte, folded into the vocabulary
+        ids = torch.tensor([[b % loaded.vocab for b in prompt.encode("utf-8")]], dtype=torch.long)
+    if ids.shape[1] < 2:
+        raise typer.BadParameter("the prompt must be at least two tokens long", param_hint="--prompt")
+    return ids
+
+
+def _decode(loaded: Any, ids: list[int]) -> str:
+    if loaded.tokenizer is not None:
+        return loaded.tokenizer.decode(ids, skip_special_tokens=True)
+    return bytes(i % 256 for i in ids).decode("utf-8", errors="replace")
+
+
+def _generate_with_bar(fast, ids, max_new_tokens, temperature, top_k, top_p, seed, quiet):
+    """tcomp.generate with a rich progress bar of tokens; returns the ids and each step's seconds
+    (the first is the prefill), timed after a device synchronisation."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import tcomp
+
+    times: list[float] = []
+    last = [time.perf_counter()]
+    sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
+    err = Console(stderr=True)
+
+    def tick(bar=None, task=None):
+        def on_token(_i: int) -> None:
+            sync()
+            now = time.perf_counter()
+            times.append(now - last[0])
+            last[0] = now
+            if bar is not None:
+                bar.update(task, advance=1)
+
+        return on_token
+
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
+              top_k=top_k or None, top_p=top_p, seed=seed)  # fmt: skip
+    sync()
+    last[0] = time.perf_counter()
+    if quiet or not err.is_terminal:
+        out = tcomp.generate(fast, ids, on_token=tick(), **kw)
+    else:
+        with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, transient=True) as bar:  # fmt: skip
+            task = bar.add_task("tokens", total=max_new_tokens)
+            out = tcomp.generate(fast, ids, on_token=tick(bar, task), **kw)
+    return out, times

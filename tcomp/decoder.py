@@ -216,6 +216,10 @@ def _export(step: DecoderStep, args: tuple, dynamic, model) -> Captured:
         raise CaptureError(_describe_failure(model, exc) + " (while capturing its decode step with tcomp's KV cache; "
                            "tcomp.optimize(..., decoder=False) optimizes the forward pass without generation)") from exc
     gm = ep.module()
+    for node in list(gm.graph.nodes):  # torch.export's input guards: the step's inputs are tcomp's own
+        if node.op == "call_module" and not node.users:
+            gm.graph.erase_node(node)
+    gm.recompile()
     mark(gm)
     dims = {"args[0]": {0: args[0].shape[0], 1: "dynamic" if dynamic else 1}}
     return Captured(gm=gm, exported=ep, example_args=args, example_kwargs={}, dims=dims)

@@ -172,3 +172,48 @@ def _tokenizer(path: Path) -> Any:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception:  # noqa: BLE001 - no usable tokenizer: random ids instead
         return None
+
+
+# -- decoders (tcomp generate) -------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedDecoder:
+    """A model to generate with, its tokenizer (None: byte-level text, token = byte % vocab) and
+    whether tcomp must be told it is a decoder (plain modules opt in)."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: Any
+    vocab: int
+    plain: bool
+
+
+def load_decoder(spec: str, seed: int = 0) -> LoadedDecoder:
+    """A causal LM from a Hugging Face folder (``AutoModelForCausalLM``, offline, safetensors only,
+    with the folder's tokenizer when it has one), a zoo decoder (``gpt-rope``, ...) or
+    ``package.module:factory``."""
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "config.json").is_file() or not list(path.glob("*.safetensors")):
+            _from_hf_folder(path, seed)  # raises the folder checks' messages
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+        except Exception as exc:  # noqa: BLE001
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{path}: not a causal language model transformers can load ({first})") from exc
+        vocab = int(model.config.vocab_size)
+        return LoadedDecoder(path.name, model.eval(), _tokenizer(path), vocab, plain=False)
+    loaded = load_spec(spec, seed)
+    from tcomp.decoder import is_decoder, speaks_cache
+
+    if not speaks_cache(loaded.model):
+        raise InputError(
+            f"{spec} is not a decoder tcomp can generate with: give a Hugging Face causal LM folder, a zoo decoder "
+            "(gpt-rope, gpt-alibi, gpt-t5, gpt-learned, gpt-gqa) or a factory returning such a model"
+        )
+    config = getattr(loaded.model, "config", None) or getattr(loaded.model, "cfg", None)
+    vocab = int(getattr(config, "vocab_size", 256))
+    return LoadedDecoder(loaded.name, loaded.model, None, vocab, plain=not is_decoder(loaded.model))

@@ -128,3 +128,11 @@ def test_decoder_false_compiles_the_forward_only():
     fast = tcomp.optimize(model, {"input_ids": ids}, decoder=False)
     assert isinstance(fast, tcomp.OptimizedModule)
     assert rel_error(fast(input_ids=ids).logits, model(ids).logits) < 1e-5
+
+
+def test_batch_of_one():
+    model = make("llama")
+    ids, _ = _prompt(8, batch=1, pad=0)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=40)
+    ref = model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert torch.equal(fast.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False), ref)
