@@ -9,6 +9,10 @@ full options, when the module carries one) and ``manifest.json`` (versions, targ
 contracts and measured errors, input/output tree specs, sha256 of every file). ``load(folder)``
 checks every hash and runs the runner: no pickle, no need for the original model's code.
 
+A decoder compiled for generation writes one folder holding both of its graphs (format
+``tcomp-decoder/1``, :mod:`tcomp.artifacts_decoder`), built from the same pieces: ``write_graph``
+per graph, ``write_plan``, ``write_manifest``, inside ``staging``; ``load`` returns the decoder.
+
 ``tcomp optimize SPEC --plan DIR/plan.json`` (or ``Plan.from_json``) runs the same plan again.
 Calibration batches are not in ``plan.json``: a plan whose passes need them (e.g.
 ``quantize.int4_gptq``) is refused when re-run without them, before any work.
@@ -16,19 +20,27 @@ Calibration batches are not in ``plan.json``: a plan whose passes need them (e.g
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
+import torch.fx as fx
 from safetensors.torch import load_file, save_file
 
 from tcomp.errors import InputError
-from tcomp.report import render_module
+from tcomp.report import render_html
 from tcomp.runner import emit, specs_of, tensors_of
+
+FORMAT = "tcomp-artifact/1"  # one graph; tcomp.artifacts_decoder.FORMAT: a decoder's two graphs
 
 
 def _sha256(path: Path) -> str:
@@ -51,66 +63,104 @@ def versions() -> dict[str, str]:
     return out
 
 
-def write(om: Any, folder: str | Path) -> Path:
-    """Write the artifact folder of an ``OptimizedModule``; returns the manifest path. Files are
-    written to a temporary folder first and moved into place, so a failure leaves nothing half-done.
-    ``plan.json`` is ``om.plan.to_json()`` (absent when ``om.plan`` is None); it holds no
-    calibration data, so a plan that needs calibration must be given it again to re-run."""
-    import shutil
-    import tempfile
-
+@contextlib.contextmanager
+def staging(folder: str | Path) -> Iterator[Path]:
+    """A temporary folder next to ``folder`` to write into; it replaces ``folder`` when the block
+    ends, and is removed if the block raises (a failure leaves nothing half-done)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tcomp-", dir=folder.parent))
     try:
-        rep = om.report
-        snapshots = getattr(om, "snapshots", [])
-        (tmp / "report.json").write_text(rep.to_json())
-        (tmp / "report.txt").write_text(rep.render())
-        (tmp / "report.html").write_text(render_module(om), encoding="utf-8")
-        (tmp / "graph_before.txt").write_text(snapshots[0][1] if snapshots else "")
-        (tmp / "graph_after.txt").write_text(om.graph_module.code)
-        runner_src, names = emit(om.graph_module)
-        (tmp / "runner.py").write_text(runner_src)
-        save_file(_dedup(tensors_of(om.graph_module, names)), str(tmp / "weights.safetensors"))
-        plan = getattr(om, "plan", None)
-        if plan is not None:  # what ran, re-runnable; calibration data is not part of it
-            (tmp / "plan.json").write_text(plan.to_json())
-        kernels = kernel_sources(om)
-        if kernels:
-            (tmp / "kernels").mkdir()
-            for name, text in kernels.items():
-                (tmp / "kernels" / name).write_text(text)
-        in_spec, out_spec = specs_of(om.graph_module)
-        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = {
-            "format": "tcomp-artifact/1",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": rep.model,
-            "target": rep.target,
-            "versions": versions(),
-            "passes": [
-                {
-                    "name": r.name,
-                    "contract": r.contract,
-                    "status": r.status,
-                    "rewrites": r.rewrites,
-                    "error": r.error,
-                }
-                for r in rep.passes
-            ],
-            "attention_sites": len(rep.sites),
-            "in_spec": in_spec,
-            "out_spec": out_spec,
-            "files": files,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        yield tmp
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_graph(
+    dest: Path,
+    gm: fx.GraphModule,
+    report: Any,
+    *,
+    target: Any = None,
+    graph_before: Any = None,
+    captured_code: str = "",
+) -> list[str]:
+    """Write the files of one graph into ``dest``: ``report.json`` / ``report.txt`` /
+    ``report.html``, ``graph_before.txt`` (``captured_code``) / ``graph_after.txt``, ``runner.py``
+    and ``kernels/`` (when its backends compiled any). Returns the names of the tensors the runner
+    needs (``get_attr`` targets); the caller stores them."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "report.json").write_text(report.to_json())
+    (dest / "report.txt").write_text(report.render())
+    html = render_html(report, graph_after=gm, graph_before=graph_before, target=target)
+    (dest / "report.html").write_text(html, encoding="utf-8")
+    (dest / "graph_before.txt").write_text(captured_code)
+    (dest / "graph_after.txt").write_text(gm.code)
+    runner_src, names = emit(gm)
+    (dest / "runner.py").write_text(runner_src)
+    kernels = kernel_sources(SimpleNamespace(report=report, graph_module=gm))
+    if kernels:
+        (dest / "kernels").mkdir()
+        for name, text in kernels.items():
+            (dest / "kernels" / name).write_text(text)
+    return names
+
+
+def write_plan(dest: Path, plan: Any) -> None:
+    """``plan.json``: what ran, re-runnable (absent when ``plan`` is None). Calibration data is not
+    part of it."""
+    if plan is not None:
+        (dest / "plan.json").write_text(plan.to_json())
+
+
+def pass_entries(report: Any) -> list[dict]:
+    """The manifest's record of each step of a report: name, contract, status, rewrites, error."""
+    return [
+        {"name": r.name, "contract": r.contract, "status": r.status, "rewrites": r.rewrites, "error": r.error}
+        for r in report.passes
+    ]
+
+
+def write_manifest(dest: Path, manifest: dict) -> Path:
+    """Write ``manifest.json`` with ``created``, ``versions`` and the sha256 of every file already
+    in ``dest`` (paths relative to it) added to ``manifest``."""
+    files = {str(p.relative_to(dest)): _sha256(p) for p in sorted(dest.rglob("*")) if p.is_file()}
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    full = {"format": manifest["format"], "created": created, **manifest, "versions": versions(), "files": files}
+    path = dest / "manifest.json"
+    path.write_text(json.dumps(full, indent=2, default=str))
+    return path
+
+
+def write(om: Any, folder: str | Path) -> Path:
+    """Write the artifact folder of an ``OptimizedModule``; returns the manifest path. Files are
+    written to a temporary folder first and moved into place, so a failure leaves nothing half-done.
+    ``plan.json`` is ``om.plan.to_json()`` (absent when ``om.plan`` is None); it holds no
+    calibration data, so a plan that needs calibration must be given it again to re-run."""
+    folder = Path(folder)
+    with staging(folder) as tmp:
+        rep = om.report
+        snapshots = getattr(om, "snapshots", [])
+        names = write_graph(
+            tmp, om.graph_module, rep, target=getattr(om, "target", None),
+            graph_before=getattr(om, "graph_before", None), captured_code=snapshots[0][1] if snapshots else "",
+        )  # fmt: skip
+        save_file(_dedup(tensors_of(om.graph_module, names)), str(tmp / "weights.safetensors"))
+        write_plan(tmp, getattr(om, "plan", None))
+        in_spec, out_spec = specs_of(om.graph_module)
+        write_manifest(tmp, {
+            "format": FORMAT,
+            "model": rep.model,
+            "target": rep.target,
+            "passes": pass_entries(rep),
+            "attention_sites": len(rep.sites),
+            "in_spec": in_spec,
+            "out_spec": out_spec,
+        })  # fmt: skip
     return folder / "manifest.json"
 
 
@@ -197,14 +247,36 @@ class LoadedModule(torch.nn.Module):
 
 def load(
     folder: str | Path, device: str | torch.device = "cpu", cudagraphs: bool | None = None
-) -> LoadedModule:
-    """Run a saved artifact folder. Refuses a folder whose files do not match the manifest's hashes.
-    ``cudagraphs``: replay CUDA graphs per input shape (None: on when ``device`` is a GPU)."""
-    import importlib.util
-
+) -> Any:
+    """Run a saved artifact folder: a :class:`LoadedModule`, or for a decoder's folder (format
+    ``tcomp-decoder/1``, see :mod:`tcomp.artifacts_decoder`) an ``OptimizedDecoder`` that
+    generates. Refuses a folder whose files do not match the manifest's hashes. ``cudagraphs``:
+    replay CUDA graphs per input shape (None: on when ``device`` is a GPU)."""
     import torch.utils._pytree as pytree
 
     folder = Path(folder)
+    manifest = checked_manifest(folder)
+    graphs = torch.device(device).type == "cuda" if cudagraphs is None else cudagraphs
+    fmt = manifest.get("format", FORMAT)
+    if fmt != FORMAT:
+        from tcomp import artifacts_decoder
+
+        if fmt != artifacts_decoder.FORMAT:
+            raise InputError(
+                f"{folder}: unknown artifact format {fmt!r}; this tcomp reads {FORMAT} and "
+                f"{artifacts_decoder.FORMAT} (write it again with this version)"
+            )
+        return artifacts_decoder.load_decoder(folder, manifest, device, cudagraphs=graphs)
+    mod = import_runner(folder / "runner.py")
+    tensors = load_file(str(folder / "weights.safetensors"), device=str(device))
+    program = mod.Program(tensors).eval()
+    in_spec = pytree.treespec_loads(manifest["in_spec"]) if manifest.get("in_spec") else None
+    out_spec = pytree.treespec_loads(manifest["out_spec"]) if manifest.get("out_spec") else None
+    return LoadedModule(program, in_spec, out_spec, manifest, cudagraphs=graphs)
+
+
+def checked_manifest(folder: Path) -> dict:
+    """The manifest of an artifact folder whose every file matches its sha256 (refused otherwise)."""
     if not (folder / "manifest.json").exists():
         raise InputError(f"{folder} is not a tcomp artifact folder (no manifest.json)")
     bad = check(folder)
@@ -212,15 +284,14 @@ def load(
         raise InputError(
             f"refusing to load {folder}: these files do not match the manifest's sha256: {', '.join(bad)}"
         )
-    manifest = json.loads((folder / "manifest.json").read_text())
-    spec = importlib.util.spec_from_file_location(
-        f"tcomp_runner_{abs(hash(str(folder)))}", folder / "runner.py"
-    )
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def import_runner(path: Path) -> Any:
+    """The generated ``runner.py`` at ``path`` as a module (a fresh one per path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tcomp_runner_{abs(hash(str(path.resolve())))}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    tensors = load_file(str(folder / "weights.safetensors"), device=str(device))
-    program = mod.Program(tensors).eval()
-    in_spec = pytree.treespec_loads(manifest["in_spec"]) if manifest.get("in_spec") else None
-    out_spec = pytree.treespec_loads(manifest["out_spec"]) if manifest.get("out_spec") else None
-    graphs = torch.device(device).type == "cuda" if cudagraphs is None else cudagraphs
-    return LoadedModule(program, in_spec, out_spec, manifest, cudagraphs=graphs)
+    return mod

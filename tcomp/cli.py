@@ -273,7 +273,9 @@ def optimize(
     no_verify: bool = typer.Option(False, "--no-verify", help="skip checking each pass against its contract"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Optimize a model for a target and write the artifact folder with the report."""
+    """Optimize a model for a target and write the artifact folder with the report. A causal LM
+    compiled for generation writes a decoder folder (prefill and decode graphs, one weights file);
+    its --json output is {"prefill": report, "decode": report}."""
     import tcomp
     from tcomp.errors import TcompError
     from tcomp.spec import load_spec
@@ -291,17 +293,28 @@ def optimize(
                 example_kwargs=loaded.kwargs,
                 progress=step,
             )
-        om.report.model = loaded.name
+        reports = _graph_reports(om)
+        for graph, rep in reports.items():
+            rep.model = f"{loaded.name} ({graph})" if graph else loaded.name
         manifest = om.save(output)
     except TcompError as exc:
         _fail(exc)
     if as_json:
-        typer.echo(om.report.to_json())
+        both = {g: r.to_dict() for g, r in reports.items()}
+        typer.echo(om.report.to_json() if len(reports) == 1 else json.dumps(both, indent=2, default=str))
     else:
-        console.print(om.report.render())
+        for rep in reports.values():
+            console.print(rep.render())
         console.print(f"wrote {output} (manifest: {manifest})")
-    if any(r.status == "rolled_back" for r in om.report.passes):
+    if any(r.status == "rolled_back" for rep in reports.values() for r in rep.passes):
         raise typer.Exit(1)
+
+
+def _graph_reports(om: Any) -> dict[str, Any]:
+    """The report of each graph ``tcomp.optimize`` compiled: ``{"": report}`` for one graph,
+    ``{"prefill": ..., "decode": ...}`` for a decoder compiled for generation."""
+    decode = getattr(om, "decode_report", None)
+    return {"": om.report} if decode is None else {"prefill": om.report, "decode": decode}
 
 
 @app.command()

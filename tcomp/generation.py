@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.fx as fx
 
 from tcomp import kv_cache
 from tcomp.errors import InputError
@@ -22,12 +21,17 @@ from tcomp.errors import InputError
 
 class OptimizedDecoder(torch.nn.Module):
     """A decoder compiled for generation: ``prefill`` (n >= 2 tokens) and ``decode`` (one token)
-    graphs over a static KV cache of ``batch`` rows and ``max_len`` slots."""
+    graphs over a static KV cache of ``batch`` rows and ``max_len`` slots.
+
+    The graphs are the fx GraphModules ``tcomp.optimize`` returns, or any modules with the same
+    call and tensor names (the generated ``Program`` modules of a saved folder: ``tcomp.load``).
+    ``report`` / ``decode_report`` are each graph's :class:`tcomp.report.Report`; for a decoder
+    loaded from a folder they are the saved ``report.json`` dicts."""
 
     def __init__(
         self,
-        prefill: fx.GraphModule,
-        decode: fx.GraphModule,
+        prefill: torch.nn.Module,
+        decode: torch.nn.Module,
         *,
         batch: int,
         max_len: int,
@@ -57,12 +61,12 @@ class OptimizedDecoder(torch.nn.Module):
 
     # ------------------------------------------------------------------ the two graphs
     @property
-    def graph_module(self) -> fx.GraphModule:
+    def graph_module(self) -> torch.nn.Module:
         return self.prefill_module
 
     @property
     def code(self) -> str:
-        return self.prefill_module.code
+        return getattr(self.prefill_module, "code", "")
 
     @property
     def cudagraphs(self) -> str:
@@ -136,8 +140,11 @@ class OptimizedDecoder(torch.nn.Module):
         return self.step(input_ids, attention_mask, start=0)
 
     def save(self, folder: str) -> str:
-        """Write the artifact folder of both graphs; returns the manifest path."""
-        raise NotImplementedError("saving an optimized decoder is not implemented yet")
+        """Write the artifact folder of both graphs (``tcomp.artifacts_decoder``); returns the
+        manifest path. ``tcomp.load(folder)`` gives back a decoder that generates the same tokens."""
+        from tcomp.artifacts_decoder import write_decoder
+
+        return str(write_decoder(self, folder))
 
     def _apply(self, fn, *args, **kwargs):  # .to()/.cuda(): recorded CUDA graphs read old storage
         if self._decode_runner is not None:
@@ -145,7 +152,7 @@ class OptimizedDecoder(torch.nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
 
-def share_tensors(a: fx.GraphModule, b: fx.GraphModule) -> int:
+def share_tensors(a: torch.nn.Module, b: torch.nn.Module) -> int:
     """Make ``b`` use ``a``'s tensor for every parameter or buffer both hold under one name with
     equal contents (weights captured twice, quantized the same way), and always for the KV cache.
     Returns the number of tensors shared."""

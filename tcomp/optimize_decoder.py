@@ -3,6 +3,7 @@ verify each against its own float64 reference, and return a module that generate
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -68,7 +69,7 @@ def optimize_decoder(
     max_len: int | None,
     max_batch: int | None,
 ):
-    from tcomp.api import _add_cost, _sites
+    from tcomp.api import CapturedGraph, _add_cost, _sites
     from tcomp.generation import OptimizedDecoder
 
     step_fn = progress or (lambda _name: None)
@@ -80,7 +81,7 @@ def optimize_decoder(
     step_fn("capture")
     captured = capture_decoder(model, ids, batch=batch, max_len=max_len)
     device = _device(captured.step)
-    results, reports = [], []
+    results, reports, before = [], [], {}
     for name, cap, decode in (("prefill", captured.prefill, False), ("decode", captured.decode, True)):
         reference = None
         if verify:
@@ -103,6 +104,7 @@ def optimize_decoder(
         _add_cost(report, result.gm, plan.target)
         results.append(result)
         reports.append(report)
+        before[name] = CapturedGraph(copy.deepcopy(cap.gm.graph))  # what report.html and save compare
     use_graphs = plan.target.kind == "gpu" if cudagraphs is None else cudagraphs
     runner = OptimizedDecoder(
         results[0].gm, results[1].gm, batch=batch, max_len=max_len, n_layers=len(captured.step.layers),
@@ -110,6 +112,8 @@ def optimize_decoder(
         cudagraphs=use_graphs,
     )  # fmt: skip
     runner.plan = dataclasses.replace(plan, calibration=None)
+    runner.graphs_before = before  # per graph: the captured graph's structure, and its code
+    runner.captured_code = {name: r.snapshots[0][1] for name, r in zip(before, results)}
     if hasattr(model, "can_generate") and hasattr(model, "config"):
         from tcomp.hf_face import hf_decoder
 

@@ -35,3 +35,10 @@ def make(family: str, seed: int = 0) -> torch.nn.Module:
     config = getattr(tf, cfg_name)(**kwargs, **extra)
     torch.manual_seed(seed)
     return getattr(tf, model_name)(config).eval()
+
+
+def llama_spec():
+    """``tests.generation.decoders:llama_spec``, a model spec for the command line: the tiny Llama
+    of :func:`make` and example token ids."""
+    ids = torch.randint(1, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    return make("llama"), {"input_ids": ids}
