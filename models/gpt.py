@@ -14,6 +14,17 @@ and a language-model head (tied to the token embedding by default). ``forward(in
 
 Every position term is built from ``torch.arange`` of the runtime sequence length, so the model
 exports with a dynamic sequence dim.
+
+**KV cache** (generation; the protocol of Hugging Face's ``Cache`` that ``tcomp.optimize`` drives):
+``forward(input_ids, past_key_values=cache, cache_position=p, attention_mask=mask, position_ids=pos)``
+runs the ``n`` new tokens ``input_ids`` (B, n) stored at cache slots ``p`` (n,) of a cache of ``M``
+slots. Each attention layer ``i`` calls ``k, v = cache.update(k_new, v_new, i)`` with its new keys
+and values (B, Hk, n, D) and attends over the returned whole cache (B, Hk, M, D) under ``mask``:
+bool (B, 1, n, M), True where a query may read a slot (causality over slots and padding are in it;
+no causal mask is added). Positions: rope and learned embeddings use ``pos`` (B, n), the count of
+real tokens before each token (default: ``p``); ALiBi and T5 biases use slot distances
+``j - p`` for key slots ``j = 0..M-1`` (equal to token distances between the real tokens of a
+left-padded row, since its padding is masked out).
 """
 
 from __future__ import annotations
@@ -100,6 +111,12 @@ class RotaryEmbedding(nn.Module):
             return emb.cos(), emb.sin()
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
+    def at(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos/sin at integer ``positions`` (P, n): (P, 1, n, head_dim) each, broadcast over heads."""
+        freqs = positions[..., None].float() * self.inv_freq
+        emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
 
 def rotate_half(x: Tensor) -> Tensor:
     """(x1, x2) -> (-x2, x1) on the two halves of the last dim."""
@@ -154,7 +171,7 @@ def t5_buckets(rel: Tensor, num_buckets: int, max_distance: int, bidirectional: 
 
 
 class T5Bias(nn.Module):
-    """Learned per-head relative-position bias, (1, H, n, n)."""
+    """Learned per-head relative-position bias: (1, H, n, n), or (1, H, n, M) from ``at``."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -164,7 +181,11 @@ class T5Bias(nn.Module):
 
     def forward(self, n: int, device: torch.device) -> Tensor:
         pos = torch.arange(n, device=device)
-        buckets = t5_buckets(pos[None, :] - pos[:, None], self.num_buckets, self.max_distance)
+        return self.at(pos, pos)
+
+    def at(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """The bias of query positions (n,) over key positions (M,)."""
+        buckets = t5_buckets(keys[None, :] - queries[:, None], self.num_buckets, self.max_distance)
         return self.table(buckets).permute(2, 0, 1).unsqueeze(0)
 
 
@@ -172,16 +193,21 @@ class T5Bias(nn.Module):
 
 
 class GPTAttention(nn.Module):
-    """Causal self-attention with one fused q/k/v projection and optional grouped-query heads."""
+    """Causal self-attention with one fused q/k/v projection and optional grouped-query heads.
 
-    def __init__(self, cfg: GPTConfig):
+    With a ``cache`` its keys and values go to ``cache.update(k, v, layer_idx)`` and the queries
+    attend over the whole cache it returns, under ``mask`` (bool, or the float bias with the mask
+    folded in) instead of a causal mask."""
+
+    def __init__(self, cfg: GPTConfig, layer_idx: int = 0):
         super().__init__()
         self.cfg = cfg
+        self.layer_idx = layer_idx
         self.qkv = nn.Linear(cfg.dim, (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim, bias=cfg.bias)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, bias: Tensor | None = None
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, bias: Tensor | None = None, cache=None
     ) -> Tensor:
         c = self.cfg
         b, n, _ = x.shape
@@ -189,31 +215,36 @@ class GPTAttention(nn.Module):
         q, k, v = qkv.split([c.heads, c.kv_heads, c.kv_heads], dim=1)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         p = c.dropout if self.training else 0.0
-        y = attention(q, k, v, impl=c.attn_impl, mask=bias, causal=True, scale=c.attn_scale, dropout_p=p)
+        y = attention(
+            q, k, v, impl=c.attn_impl, mask=bias, causal=cache is None, scale=c.attn_scale, dropout_p=p
+        )
         return self.proj(merge_heads(y))
 
 
 class GPTBlock(nn.Module):
     """Pre-norm block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``."""
 
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer_idx: int = 0):
         super().__init__()
         self.norm1 = make_norm(cfg)
-        self.attn = GPTAttention(cfg)
+        self.attn = GPTAttention(cfg, layer_idx)
         self.drop = nn.Dropout(cfg.dropout)
         self.norm2 = make_norm(cfg)
         self.mlp = MLP(cfg.dim, cfg.mlp_ratio * cfg.dim, kind=cfg.mlp, bias=cfg.bias, dropout=cfg.dropout)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, bias: Tensor | None = None
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, bias: Tensor | None = None, cache=None
     ) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), rope, bias))
+        x = x + self.drop(self.attn(self.norm1(x), rope, bias, cache))
         return x + self.mlp(self.norm2(x))
 
 
 class GPT(nn.Module):
-    """Causal language model: ``forward(input_ids: (B, N)) -> logits (B, N, vocab_size)``."""
+    """Causal language model: ``forward(input_ids: (B, N)) -> logits (B, N, vocab_size)``; with a KV
+    cache, the new tokens' logits (see the module docstring)."""
 
     def __init__(self, cfg: GPTConfig | None = None):
         super().__init__()
@@ -227,7 +258,7 @@ class GPT(nn.Module):
         else:
             self.alibi_slopes = None
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(GPTBlock(cfg, i) for i in range(cfg.depth))
         self.norm = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -235,22 +266,53 @@ class GPT(nn.Module):
 
     def position_bias(self, n: int, device: torch.device, dtype: torch.dtype) -> Tensor | None:
         """The additive (1, H, n, n) score bias of ALiBi or T5, or None for the other encodings."""
+        pos = torch.arange(n, device=device)
+        return self.relative_bias(pos, pos, dtype)
+
+    def relative_bias(self, queries: Tensor, keys: Tensor, dtype: torch.dtype) -> Tensor | None:
+        """ALiBi's or T5's (1, H, n, M) bias of query positions (n,) over key positions (M,)."""
         if self.t5_bias is not None:
-            return self.t5_bias(n, device).to(dtype)
+            return self.t5_bias.at(queries, keys).to(dtype)
         if self.alibi_slopes is not None:
-            pos = torch.arange(n, device=device, dtype=dtype)
-            distance = pos[None, :] - pos[:, None]  # key - query: <= 0 where attended
+            distance = (keys[None, :] - queries[:, None]).to(dtype)  # key - query: <= 0 where attended
             return (self.alibi_slopes.to(dtype)[:, None, None] * distance).unsqueeze(0)
         return None
 
-    def forward(self, input_ids: Tensor) -> Tensor:
+    def forward(
+        self,
+        input_ids: Tensor,
+        past_key_values=None,
+        cache_position: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Logits (B, n, vocab) of ``input_ids`` (B, n): the whole sequence, causal, without
+        ``past_key_values``; the new tokens at slots ``cache_position`` of the KV cache with it."""
         n = input_ids.shape[1]
         x = self.tok_emb(input_ids)
+        if past_key_values is None:
+            if cache_position is not None or attention_mask is not None or position_ids is not None:
+                raise ValueError(
+                    "GPT.forward: cache_position, attention_mask and position_ids go with past_key_values (a KV "
+                    "cache); without one the input is the whole sequence at positions 0..n-1"
+                )
+            pos = torch.arange(n, device=input_ids.device)
+            rope = self.rope(n, x.device, x.dtype) if self.rope is not None else None
+            bias = self.position_bias(n, x.device, x.dtype)
+        else:
+            if cache_position is None or attention_mask is None or attention_mask.dtype != torch.bool:
+                raise ValueError(
+                    "GPT.forward with past_key_values needs cache_position (n,) and a bool attention_mask "
+                    "(B, 1, n, cache slots), True where a query may read a slot"
+                )
+            pos = cache_position[None] if position_ids is None else position_ids
+            rope = self.rope.at(pos, x.dtype) if self.rope is not None else None
+            slots = torch.arange(attention_mask.shape[-1], device=x.device)
+            bias = self.relative_bias(cache_position, slots, x.dtype)
+            bias = attention_mask if bias is None else torch.where(attention_mask, bias, float("-inf"))
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(n, device=input_ids.device))
+            x = x + self.pos_emb(pos)
         x = self.drop(x)
-        rope = self.rope(n, x.device, x.dtype) if self.rope is not None else None
-        bias = self.position_bias(n, x.device, x.dtype)
         for block in self.blocks:
-            x = block(x, rope, bias)
+            x = block(x, rope, bias, past_key_values)
         return self.lm_head(self.norm(x))

@@ -25,6 +25,9 @@ Options: :class:`TokenMergeOptions` (the schedule, protected tokens, outputs, to
 * ``tolerance``: the EMPIRICAL contract's threshold on the relative error of the graph's outputs;
   token-level outputs carry much more error than a pooled embedding does.
 
+Not applicable (skipped with the reason) to decoders: a graph with a KV cache (a decoder's prefill
+or decode step, ``meta.KV_CACHE`` / ``meta.CACHE_POSITION``) or causal attention.
+
 Contract: EMPIRICAL. ``r = 0`` everywhere rewrites nothing (EXACT, the identity). Merging exact
 duplicate tokens with proportional attention is lossless (FP_EQUIVALENT; the property test in
 tests/passes/test_token_merge.py). Precondition: at run time every block still has the tokens its
@@ -42,6 +45,7 @@ import torch.fx as fx
 from tcomp import meta
 from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.dialect import attention_nodes
+from tcomp.dialect.cached_attention import is_cached_attention
 from tcomp.errors import PassError
 from tcomp.graph import add_node, dead_code, module_path, shape, val
 from tcomp.options import option
@@ -115,6 +119,11 @@ def token_merge(gm: fx.GraphModule, opts: TokenMergeOptions, ctx: PassContext) -
     prop_attn, outputs = opts.prop_attn, opts.outputs
     result = PassResult(gm)
     sites = attention_nodes(gm)
+    why = _not_an_encoder(gm, sites)
+    if why:
+        result.reason = f"not applicable: {why}"
+        result.notes.append(result.reason)
+        return result
     if not sites:
         result.notes.append("no tcomp.attention sites (run canonicalize first)")
         return result
@@ -169,6 +178,25 @@ def token_merge(gm: fx.GraphModule, opts: TokenMergeOptions, ctx: PassContext) -
         f"proportional attention {'on' if prop_attn else 'off'}; outputs {outputs}"
     )
     return result
+
+
+def _not_an_encoder(gm: fx.GraphModule, sites: list[fx.Node]) -> str:
+    """Why the graph is not an encoder token merging may rewrite ("" when it may be one): a
+    decoder's step graph (KV cache, cache positions) or causal attention."""
+    for n in gm.graph.nodes:
+        cached = n.op == "get_attr" and meta.KV_CACHE in n.meta
+        if cached or n.meta.get(meta.CACHE_POSITION) or is_cached_attention(n):
+            return (
+                "a decoder step graph (KV cache): merged tokens would leave the cache slots later tokens "
+                "read, and a decode step has a single token; token merging is for encoders"
+            )
+    causal = [s for s in sites if s.args[6]]
+    if causal:
+        return (
+            f"causal attention at {_where(causal[0])}: a merged token would mix a token with later ones; "
+            "token merging is for encoders"
+        )
+    return ""
 
 
 def _where(n: fx.Node) -> str:

@@ -77,3 +77,4 @@ class PassResult:
     rewrites: int = 0
     notes: list[str] = field(default_factory=list)
     sites: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""  # with no rewrites: why the pass does not apply (the report's reason for "skipped")

@@ -173,7 +173,7 @@ def _apply(step: Step, ctx: PassContext, current: fx.GraphModule, reference: Any
         return rec, None, None
     rec.rewrites, rec.notes, rec.sites = result.rewrites, list(result.notes), list(result.sites)
     if result.rewrites == 0:
-        rec.status, rec.reason = "skipped", "nothing to rewrite"
+        rec.status, rec.reason = "skipped", result.reason or "nothing to rewrite"
         return rec, None, None
     if reference is None:
         return rec, result.gm, None
