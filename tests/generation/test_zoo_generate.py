@@ -69,7 +69,7 @@ def test_greedy_generation_equals_the_model_without_cache(case):
     model = _model(case)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     buffers = sorted(n for n, _ in model.named_buffers())
-    fast = tcomp.optimize(model, {"input_ids": _ids(0, n=9)}, max_len=MAX_LEN)
+    fast = tcomp.optimize(model, {"input_ids": _ids(0, n=9)}, max_len=MAX_LEN, decoder=True)
     assert isinstance(fast, tcomp.OptimizedDecoder)
     for rec in fast.report.passes + fast.decode_report.passes:
         assert rec.status == "applied", (rec.name, rec.reason, rec.notes)
@@ -101,7 +101,7 @@ def test_left_padded_row_generates_what_it_generates_alone(case):
     mask = torch.ones_like(ids)
     mask[1, :4] = 0
     mask[2, :7] = 0
-    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=MAX_LEN, verify=False)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=MAX_LEN, verify=False, decoder=True)
     out = tcomp.generate(fast, ids, attention_mask=mask, max_new_tokens=NEW)
     full = torch.cat([mask, torch.ones(3, NEW, dtype=mask.dtype)], dim=1)
     got = _cached_logits(fast, out, ids.shape[1], full)
@@ -117,7 +117,7 @@ def test_left_padded_row_generates_what_it_generates_alone(case):
 def test_token_merge_refuses_decoders_and_says_why():
     model = _model("rope-gqa")
     ids = _ids(3)
-    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=MAX_LEN, passes=[("tokens.merge", {"r": 2})])
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=MAX_LEN, decoder=True, passes=[("tokens.merge", {"r": 2})])
     for report in (fast.report, fast.decode_report):
         rec = report["tokens.merge"]
         assert rec.status == "skipped" and rec.rewrites == 0, (rec.status, rec.reason)
