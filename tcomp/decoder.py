@@ -209,6 +209,9 @@ def capture_decoder(
 
 
 def _export(step: DecoderStep, args: tuple, dynamic, model) -> Captured:
+    # fresh tensors, not views: export guards on a view's ``_base`` (a one-row batch makes the
+    # slices and expands here views), and the graph then fails on every real input, which has none
+    args = tuple(a.clone() for a in args)
     try:
         with _no_mha_fastpath():
             ep = torch.export.export(step, args, strict=False, dynamic_shapes=dynamic)

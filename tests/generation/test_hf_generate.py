@@ -130,9 +130,12 @@ def test_decoder_false_compiles_the_forward_only():
     assert rel_error(fast(input_ids=ids).logits, model(ids).logits) < 1e-5
 
 
-def test_batch_of_one():
+def test_batch_one_generates_like_hf_eager():
+    # a one-row example used to be captured as a view, and export's guard on its _base failed on
+    # every real input ('NoneType' object has no attribute 'size')
     model = make("llama")
     ids, _ = _prompt(8, batch=1, pad=0)
-    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=40)
-    ref = model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)
-    assert torch.equal(fast.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False), ref)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=32, verify=False)
+    ref = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert torch.equal(tcomp.generate(fast, ids, max_new_tokens=8), ref)
+    assert torch.equal(fast.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False), ref)
