@@ -126,6 +126,11 @@ def _output(q: torch.Tensor, dv: int) -> torch.Tensor:
     return torch.empty((b, n, h, dv), dtype=q.dtype, device=q.device).transpose(1, 2)
 
 
+def scratch(numel: int, device: torch.device) -> torch.Tensor:
+    """fp32 scratch for the partials (uninitialised: the splits past kv_len leave theirs stale)."""
+    return torch.empty(numel, dtype=torch.float32, device=device)
+
+
 @functools.cache
 def _decode_kernels(spec: tmpl.DecodeKernelSpec, interp: bool):
     src = tmpl.render(spec)
@@ -163,9 +168,9 @@ def decode(
         if direct:  # the split kernel writes the output; the partials are never touched
             mp = lp = ap = out
         else:
-            mp = torch.empty(b * hk * cfg.splits * rp, dtype=torch.float32, device=q.device)
-            lp = torch.empty_like(mp)
-            ap = torch.empty(b * hk * cfg.splits * rp * block_dv, dtype=torch.float32, device=q.device)
+            mp = scratch(b * hk * cfg.splits * rp, q.device)
+            lp = scratch(b * hk * cfg.splits * rp, q.device)
+            ap = scratch(b * hk * cfg.splits * rp * block_dv, q.device)
         split_kernel[(b * hk * row_blocks, cfg.splits)](
             q, k_cache, v_cache, bias_t, mask_t, lens, mp, lp, ap, out,
             *q.stride(), *k_cache.stride(), *v_cache.stride(),
@@ -187,20 +192,21 @@ def decode(
     if config is not None:
         return launch(config)
     default = decode_config(tgt, b * hk * row_blocks, m, max(d, dv), interpreting())
-    if autotune.enabled() and not torch.cuda.is_current_stream_capturing():
+    if autotune.enabled():
         cands = {c.name: c for c in decode_candidates(default, m)}
         key = (
             f"decode_attn|{spec.name}|bhk{b * hk}|rows{rows}|d{d}|dv{dv}|m{m}"
             f"|{q.dtype}|{k_cache.dtype}|{tgt.name}"
         )
         best = autotune.lookup(key)
-        if best is None:
+        if best is None and not torch.cuda.is_current_stream_capturing():  # never time inside a capture
             # timed over the whole cache: the length the fixed grid must serve at its slowest
             whole = torch.full((1,), m, dtype=torch.int32, device=q.device)
             thunks = {name: functools.partial(launch, c, whole, 0) for name, c in cands.items()}
             best = autotune.choose(key, thunks, default.name)
-        return launch(cands.get(best, default))
-    key = ("decode", spec, d, dv, q.dtype, k_cache.dtype, tgt.name)
+        if best is not None:
+            return launch(cands.get(best, default))
+    key = ("decode", spec, b * hk * row_blocks, block_r, m, d, dv, q.dtype, k_cache.dtype, tgt.name)
     ladder = _fitting.get(key) or decode_fallbacks(default)
     for i, cfg in enumerate(ladder):
         try:
@@ -280,15 +286,17 @@ def prefill(
     if config is not None:
         return launch(config)
     default = attention_config(tgt, d, n, m, interpreting())
-    if autotune.enabled() and not torch.cuda.is_current_stream_capturing():
+    if autotune.enabled():
         cands = {_name(c): c for c in candidates(default)}
         key = (
             f"cached_attn|{spec.name}|bh{pow2(b * h)}|d{d}|dv{dv}|n{pow2(n)}|m{pow2(m)}|{q.dtype}|{tgt.name}"
         )
-        best = autotune.lookup(key) or autotune.choose(
-            key, {name: functools.partial(launch, c) for name, c in cands.items()}, _name(default)
-        )
-        return launch(cands.get(best, default))
+        best = autotune.lookup(key)
+        if best is None and not torch.cuda.is_current_stream_capturing():
+            thunks = {name: functools.partial(launch, c) for name, c in cands.items()}
+            best = autotune.choose(key, thunks, _name(default))
+        if best is not None:
+            return launch(cands.get(best, default))
     key = ("prefill", spec, d, dv, q.dtype, tgt.name)
     ladder = _fitting.get(key) or fallbacks(default)
     for i, cfg in enumerate(ladder):

@@ -70,10 +70,6 @@ def {name}(
     bh = pid // ROW_BLOCKS
     b = bh // HK
     hk = bh % HK
-{slices}
-    lo = split * per_split * BLOCK_N
-    hi = tl.minimum(lo + per_split * BLOCK_N, L)
-#GUARD
     offs_r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -82,8 +78,13 @@ def {name}(
     h = hk * G + offs_r // N
     n = offs_r % N
     b64 = b.to(tl.int64)
+    # q is loaded while kv_len is read (both before the slice is known)
     q_ptrs = Q + b64 * sqb + h[:, None] * sqh + n[:, None] * sqn + offs_d[None, :] * sqd
     q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+{slices}
+    lo = split * per_split * BLOCK_N
+    hi = tl.minimum(lo + per_split * BLOCK_N, L)
+#GUARD
     k_base = K + b64 * skb + hk.to(tl.int64) * skh + offs_d[:, None] * skd
     v_base = V + b64 * svb + hk.to(tl.int64) * svh + offs_dv[None, :] * svd
 {row_bases}
@@ -118,24 +119,30 @@ def tcomp_decode_combine(
     bh = pid // (G * N)
     b = bh // HK
     hk = bh % HK
-{slices}
-    active = tl.cdiv(tiles, per_split)
+    # every split's partials are loaded while kv_len is read; those of splits that did not run
+    # (past kv_len: stale scratch, NaN maybe) are dropped by `where`, never multiplied
     offs_s = tl.arange(0, BLOCK_S)
     offs_dv = tl.arange(0, BLOCK_DV)
     rows = (bh.to(tl.int64) * SPLITS + offs_s) * RP + r
-    m = tl.load(MP + rows, mask=offs_s < active, other=float("-inf"))
-    l = tl.load(LP + rows, mask=offs_s < active, other=0.0)
+    m = tl.load(MP + rows, mask=offs_s < SPLITS, other=float("-inf"))
+    l = tl.load(LP + rows, mask=offs_s < SPLITS, other=0.0)
+{slices}
+    active = tl.cdiv(tiles, per_split)
+    live = offs_s < active
+    m = tl.where(live, m, float("-inf"))
     g = tl.max(m, 0)
     g = tl.where(g == float("-inf"), 0.0, g)
-    l_sum = tl.sum(tl.exp2(m - g) * l, 0)
+    l_sum = tl.sum(tl.where(live, tl.exp2(m - g) * l, 0.0), 0)
     acc = tl.zeros([BLOCK_DV], tl.float32)
-    for s0 in range(0, active, CHUNK_S):
+    for s0 in range(0, SPLITS, CHUNK_S):
         offs_c = s0 + tl.arange(0, CHUNK_S)
-        c_ok = offs_c < active
         rows_c = (bh.to(tl.int64) * SPLITS + offs_c) * RP + r
-        w = tl.exp2(tl.load(MP + rows_c, mask=c_ok, other=float("-inf")) - g)
-        a = tl.load(AP + rows_c[:, None] * BLOCK_DV + offs_dv[None, :], mask=c_ok[:, None], other=0.0)
-        acc += tl.sum(w[:, None] * a, 0)
+        ld = offs_c < SPLITS
+        mc = tl.load(MP + rows_c, mask=ld, other=float("-inf"))
+        a = tl.load(AP + rows_c[:, None] * BLOCK_DV + offs_dv[None, :], mask=ld[:, None], other=0.0)
+        c_live = offs_c < active
+        w = tl.where(c_live, tl.exp2(mc - g), 0.0)
+        acc += tl.sum(tl.where(c_live[:, None], w[:, None] * a, 0.0), 0)
     out = acc / tl.where(l_sum > 0.0, l_sum, 1.0)
     h = hk * G + r // N
     n = r % N

@@ -107,6 +107,18 @@ def test_every_tile_of_every_length_lands_in_one_split(splits):
     _check(args, dec.cached_attention(*args, target=TARGET, config=DecodeConfig(16, splits, 4, 1)))
 
 
+def test_stale_partials_of_idle_splits_are_never_used(monkeypatch):
+    """Scratch full of NaN (what splits past kv_len leave there): the result is unchanged."""
+    args = _problem(2, 2, 2, 3, 90, 24, 24, [70, 5], True, True, torch.float16, 9)
+    cfg = DecodeConfig(16, 5, 4, 1)
+    clean = dec.cached_attention(*args, target=TARGET, config=cfg)
+    monkeypatch.setattr(
+        dec, "scratch", lambda numel, device: torch.full((numel,), float("nan"), device=device)
+    )
+    assert torch.equal(dec.cached_attention(*args, target=TARGET, config=cfg), clean)
+    _check(args, clean)
+
+
 @settings(max_examples=8)
 @given(
     n=st.integers(17, 40), m=st.integers(20, 70), hk=st.sampled_from([1, 2]), g=st.sampled_from([1, 3]),
