@@ -225,6 +225,15 @@ def test_lowering_replaces_the_node():
     assert rel_error(got, ref) < 1e-5
 
 
+def test_check_reason_reaches_the_report():
+    """float64 stays on the reference, with the checker's reason in the lowering notes."""
+    model = _lowered(torch.float64)
+    q = torch.randn(1, 4, 1, 32, device=DEVICE, dtype=torch.float64)
+    om = tcomp.optimize(model, (q, torch.tensor([30], device=DEVICE)), target="h200", backend="triton")
+    rec = om.report["lower.triton"]
+    assert any("stays eager (q dtype torch.float64" in n for n in rec.notes), rec.notes
+
+
 # ---- GPU -------------------------------------------------------------------------------------------
 
 
