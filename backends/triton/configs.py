@@ -70,3 +70,33 @@ class QConfig:
     @staticmethod
     def parse(name: str) -> QConfig:
         return QConfig(*(int(part.lstrip("mnkswt")) for part in name.split("_")))
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """One launch of the split-KV decode kernel (backends/triton/decode_attention_template.py):
+    keys per tile, the number of splits of the valid keys (the grid's second axis), warps, stages."""
+
+    block_n: int
+    splits: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+    @property
+    def name(self) -> str:
+        return f"n{self.block_n}_s{self.splits}_w{self.num_warps}_st{self.num_stages}"
+
+
+def decode_config(target: Target, groups: int, m: int, head_dim: int, interpreting: bool) -> DecodeConfig:
+    """Tiles and splits of one decode launch with ``groups`` programs per split (batch x kv heads x
+    row blocks) over a cache of ``m`` slots. On a GPU the splits fill the SMs about twice at any
+    batch (two programs of 64-key bf16 tiles and 3 stages fit one Hopper SM); they depend on shapes
+    and the target only, never on ``kv_len``, so one CUDA graph serves every length. Under the
+    interpreter (whose cost grows with the programs), large tiles and two splits."""
+    if interpreting:
+        block_n = min(64, pow2(m))
+        return DecodeConfig(block_n, min(2, cdiv(m, block_n)), 4, 1)
+    block_n = 64 if head_dim <= 128 else 32
+    splits = max(1, min(cdiv(2 * (target.sm_count or 1), groups), cdiv(m, block_n), 256))
+    stages = 3 if target.hopper or target.ampere else 2
+    return DecodeConfig(block_n, splits, 4, stages)

@@ -38,7 +38,14 @@ def test_triton_discovers_every_kernel_module():
     impls = b.impls
     want = {
         getattr(torch.ops.tcomp, op).default
-        for op in ("attention", "linear_attention", "token_merge", "rms_norm", *DIALECT_QLINEARS)
+        for op in (
+            "attention",
+            "cached_attention",
+            "linear_attention",
+            "token_merge",
+            "rms_norm",
+            *DIALECT_QLINEARS,
+        )
     }
     assert want <= set(impls)
     # every declaration found, no hand-kept list
