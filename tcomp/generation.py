@@ -51,6 +51,8 @@ class OptimizedDecoder(torch.nn.Module):
         self._model_name = model_name
         share_tensors(prefill, decode)
         self.length = 0  # slots filled in the current sequence
+        self.rows = 0  # batch rows of the current sequence
+        self.sequence = 0  # counts the sequences started (prefills at slot 0): stale cache states show
         device = next(iter(prefill.buffers())).device
         self.register_buffer("padding", torch.ones(batch, max_len, dtype=torch.long, device=device), persistent=False)
         self._decode_runner = None
@@ -76,7 +78,8 @@ class OptimizedDecoder(torch.nn.Module):
 
     def reset(self) -> None:
         """Forget the current sequence (the cache slots are overwritten by the next prefill)."""
-        self.length = 0
+        self.length = self.rows = 0
+        self.sequence += 1
         self.padding.fill_(1)
 
     def step(
@@ -92,35 +95,24 @@ class OptimizedDecoder(torch.nn.Module):
         0 for left padding (the whole sequence so far, as Hugging Face passes it); ``position_ids``
         default to the slot numbers (as the models' own forward does; generation passes the count
         of real tokens before each one)."""
-        if input_ids.dim() != 2:
-            raise InputError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise InputError(
+                f"input_ids must be (batch, tokens) with a token or more, got shape {tuple(input_ids.shape)}"
+            )
         b, n = input_ids.shape
         start = self.length if start is None else int(start)
-        if start == 0:
-            self.padding.fill_(1)
-        if b > self.batch:
-            raise InputError(
-                f"batch {b} is above the {self.batch} rows tcomp captured the KV cache for; call "
-                f"tcomp.optimize(..., max_batch={b}) (or more)"
-            )
-        if start + n > self.max_len:
-            raise InputError(
-                f"{start} cached + {n} new tokens exceed the KV cache of {self.max_len} slots; call "
-                f"tcomp.optimize(..., max_len={start + n}) (or more), or generate fewer tokens"
-            )
+        self._check_step(b, n, start, attention_mask, position_ids)
         device = self.padding.device
         input_ids = input_ids.to(device)
+        if start == 0:  # a new sequence: the old one is gone whether or not this step succeeds
+            self.length = self.rows = 0
+            self.sequence += 1
+            self.padding.fill_(1)
         if attention_mask is not None:
-            attention_mask = attention_mask.to(device)
-            if attention_mask.shape != (b, start + n):
-                raise InputError(
-                    f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({b}, {start + n}): one "
-                    "column per token of the sequence so far"
-                )
-            self.padding[:b, : start + n].copy_(attention_mask)
+            self.padding[:b, : start + n].copy_(attention_mask.to(device))
         if position_ids is None:  # as the models' own forward: slot numbers, padding or not
             position_ids = torch.arange(start, start + n, device=device)[None].expand(b, n)
-        position_ids = position_ids.to(device).long()
+        position_ids = position_ids.to(device).long().expand(b, n)
         if b < self.batch:  # rows past b repeat row 0 (their outputs are dropped)
             fill = self.batch - b
             input_ids = torch.cat([input_ids, input_ids[:1].expand(fill, n)])
@@ -132,8 +124,41 @@ class OptimizedDecoder(torch.nn.Module):
             logits = (self._decode_runner or self.decode_module)(*args)
         else:
             logits = self.prefill_module(*args)
-        self.length = start + n
+        self.length, self.rows = start + n, b
         return logits[:b]
+
+    def _check_step(self, b: int, n: int, start: int, attention_mask, position_ids) -> None:
+        """Refuse a step the cache cannot take, before anything is changed: the message names the
+        limit and what to pass."""
+        if b > self.batch:
+            raise InputError(
+                f"batch {b} is above the {self.batch} rows tcomp captured the KV cache for; call "
+                f"tcomp.optimize(..., max_batch={b}) (or more)"
+            )
+        if start < 0 or start > self.length:
+            raise InputError(
+                f"start={start}: the KV cache holds {self.length} tokens of the current sequence, so a step "
+                f"starts at a slot in 0..{self.length} (0 starts a new sequence; {self.length} continues it)"
+            )
+        if start > 0 and b != self.rows:
+            raise InputError(
+                f"the current sequence has {self.rows} rows and this step {b}: the cache rows belong to that "
+                "sequence; continue with all its rows, or start a new sequence at start=0"
+            )
+        if start + n > self.max_len:
+            raise InputError(
+                f"{start} cached + {n} new tokens exceed the KV cache of {self.max_len} slots; call "
+                f"tcomp.optimize(..., max_len={start + n}) (or more), or generate fewer tokens"
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != (b, start + n):
+            raise InputError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({b}, {start + n}): one "
+                "column per token of the sequence so far"
+            )
+        if position_ids is not None and tuple(position_ids.shape) not in ((b, n), (1, n)):
+            raise InputError(
+                f"position_ids has shape {tuple(position_ids.shape)}; expected ({b}, {n}) or (1, {n})"
+            )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
         """The model's forward on a new sequence: logits (b, n, vocab) of every position."""

@@ -30,6 +30,7 @@ def _state_class() -> type:
         def __init__(self, runner: OptimizedDecoder) -> None:  # Cache.__init__ is not run: no layers here
             self.runner = runner
             self.length = 0
+            self.sequence = -1  # the runner's sequence these slots belong to (set after the first step)
             self.layers = []
             self.offloading = False
 
@@ -95,16 +96,49 @@ class _Face:
         if attention_mask is not None and attention_mask.dim() != 2:
             raise InputError("this tcomp-optimized decoder takes a 2-D attention_mask (batch, tokens so far)")
         runner = self.tcomp_decoder
-        state_cls = _state_class()
-        state = cache if cache is not None else past_key_values
-        if not (isinstance(state, state_cls) and state.runner is runner and state.length == runner.length):
-            state = state_cls(runner)  # a new sequence
+        state = _state_of(runner, cache if cache is not None else past_key_values)
         start = state.length if cache_position is None else int(cache_position.reshape(-1)[0])
+        if start > state.length:
+            raise InputError(
+                f"cache_position starts at {start} but the cache holds {state.length} tokens of this sequence: "
+                "pass the tokens from the first one not in the cache"
+            )
         if attention_mask is not None and attention_mask.shape[1] != start + input_ids.shape[1]:
             attention_mask = attention_mask[:, -(start + input_ids.shape[1]) :]
         logits = runner.step(input_ids, attention_mask, position_ids, start=start)
-        state.length = runner.length
+        state.length, state.sequence = runner.length, runner.sequence
         return _output(logits, state)
+
+
+def _state_of(runner: OptimizedDecoder, given: Any):
+    """The cache state of this call: ``given`` when it is this decoder's state of its current
+    sequence, a new (empty) one when nothing is cached. A cache that holds tokens tcomp's cache no
+    longer holds -- another library's cache, or a state whose slots a later sequence overwrote --
+    is refused: continuing from it would read the wrong keys and values."""
+    state_cls = _state_class()
+    if isinstance(given, state_cls) and given.runner is runner:
+        if given.length == 0 or (given.sequence == runner.sequence and given.length <= runner.length):
+            return given
+        raise InputError(
+            "this past_key_values belongs to a sequence the decoder has replaced since (it keeps one sequence "
+            "at a time in its KV cache): generate again from the whole sequence, without past_key_values"
+        )
+    held = _cached_tokens(given)
+    if held:
+        raise InputError(
+            f"past_key_values is a {type(given).__name__} holding {held} tokens; a tcomp-optimized decoder keeps "
+            "its keys and values in its own KV cache: pass the whole sequence as input_ids, without past_key_values"
+        )
+    return state_cls(runner)
+
+
+def _cached_tokens(cache: Any) -> int:
+    if cache is None:
+        return 0
+    try:
+        return int(cache.get_seq_length())
+    except Exception:  # noqa: BLE001 - legacy tuples and unknown objects: count what they hold
+        return 1 if cache else 0
 
 
 def _output(logits: torch.Tensor, state: Any):
