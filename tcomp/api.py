@@ -203,7 +203,8 @@ def optimize(
     elif decoder and not speaks_cache(model):
         raise InputError(
             f"{type(model).__name__} cannot generate through tcomp: it is not a Hugging Face causal LM and its forward "
-            "does not take past_key_values and cache_position. Call tcomp.optimize(..., decoder=False)."
+            "does not take past_key_values (or cache), cache_position and attention_mask (see tcomp.models.gpt). "
+            "Call tcomp.optimize(..., decoder=False)."
         )
     if decoder:
         from tcomp.optimize_decoder import optimize_decoder

@@ -46,11 +46,12 @@ def is_decoder(model: torch.nn.Module) -> bool:
 
 def speaks_cache(model: torch.nn.Module) -> bool:
     """Whether ``model`` can be compiled for generation: a Hugging Face decoder, or a module whose
-    forward takes a KV cache (``past_key_values`` or ``cache``) and ``cache_position``."""
+    forward takes a KV cache (``past_key_values`` or ``cache``), ``cache_position`` and the
+    ``attention_mask`` tcomp builds over the cache (``tcomp.kv_cache``)."""
     if is_decoder(model):
         return True
     params = _forward_params(model)
-    return ("past_key_values" in params or "cache" in params) and "cache_position" in params
+    return ("past_key_values" in params or "cache" in params) and {"cache_position", "attention_mask"} <= params
 
 
 def _forward_params(model: torch.nn.Module) -> set[str]:
@@ -83,7 +84,14 @@ class MaskStyle:
             window = None
         types = getattr(config, "layer_types", None)
         impl = getattr(config, "_attn_implementation", None) or "eager"
-        dtype = None if impl == "sdpa" else _model_dtype(model)
+        if impl not in ("sdpa", "eager"):  # flash kernels take no 4-D mask, flex a BlockMask
+            raise InputError(
+                f"{type(model).__name__} runs attention with attn_implementation={impl!r}; tcomp's decoder graphs "
+                "give attention a 4-D mask over the KV cache, which 'sdpa' and 'eager' read: load the model with "
+                "attn_implementation='sdpa' (or set model.config._attn_implementation = 'sdpa'), or call "
+                "tcomp.optimize(..., decoder=False)"
+            )
+        dtype = None if impl == "sdpa" else _model_dtype(model)  # bool masks for sdpa, additive for eager
         if types:
             unknown = sorted(set(types) - {"full_attention", "sliding_attention"})
             if unknown:
@@ -117,10 +125,17 @@ class DecoderStep(torch.nn.Module):
         self._takes_cache_position = "cache_position" in params
         probe = kv_cache.make_probe(max_len)
         ids = torch.ones(batch, 1, dtype=torch.long, device=_device(model))
-        with torch.no_grad(), _no_mha_fastpath():
-            self._call(probe, ids, torch.zeros(batch, 1, dtype=torch.long, device=ids.device),
-                       torch.zeros(1, dtype=torch.long, device=ids.device),
-                       torch.ones(batch, max_len, dtype=torch.long, device=ids.device))  # fmt: skip
+        try:
+            with torch.no_grad(), _no_mha_fastpath():
+                self._call(probe, ids, torch.zeros(batch, 1, dtype=torch.long, device=ids.device),
+                           torch.zeros(1, dtype=torch.long, device=ids.device),
+                           torch.ones(batch, max_len, dtype=torch.long, device=ids.device))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the user's forward, called the way tcomp will call it
+            raise CaptureError(
+                _describe_failure(model, exc) + f" (while running one token through it with tcomp's KV cache as "
+                f"{self._cache_kw}, cache_position and a 4-D attention_mask; tcomp.optimize(..., decoder=False) "
+                "optimizes the forward pass without generation)"
+            ) from exc
         if not probe.layers:
             raise InputError(
                 f"{type(model).__name__} did not write a KV cache: its attention never called "
