@@ -406,8 +406,8 @@ def tcomp_row(model, ids, new, clock, repeats, target, passes, verify) -> tuple[
         model, {"input_ids": ids}, target=target, passes=passes, verify=verify, max_len=p + new, max_batch=b,
     ))  # fmt: skip
     runner = fast.tcomp_decoder
-    _, first = seconds(clock, lambda: tcomp.generate(fast, ids, max_new_tokens=new))
-    tcomp.generate(fast, ids, max_new_tokens=new)  # warm (the decode CUDA graph is captured by now)
+    _, first = seconds(clock, lambda: tcomp.generate(fast, ids, max_new_tokens=new, eos_token_id=[]))
+    tcomp.generate(fast, ids, max_new_tokens=new, eos_token_id=[])  # warm (the decode CUDA graph is captured by now)
     runs = []
     for _ in range(repeats):
         logits, pre_ms = clock(lambda: runner.step(ids, start=0))
@@ -419,7 +419,7 @@ def tcomp_row(model, ids, new, clock, repeats, target, passes, verify) -> tuple[
             return tok
 
         _, dec_ms = clock(loop)
-        out, gen_ms = clock(lambda: tcomp.generate(fast, ids, max_new_tokens=new))
+        out, gen_ms = clock(lambda: tcomp.generate(fast, ids, max_new_tokens=new, eos_token_id=[]))
         _, gen1_ms = clock(lambda: tcomp.generate(fast, ids, max_new_tokens=1))  # the HF rows' prefill measure
         runs.append({"prefill_ms": pre_ms, "step_ms": dec_ms / (new - 1), "decode_ms": dec_ms, "generate_ms": gen_ms,
                      "generate_1_token_ms": gen1_ms})  # fmt: skip

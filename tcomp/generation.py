@@ -220,27 +220,35 @@ def generate(
     """Generate up to ``max_new_tokens`` tokens after ``input_ids`` (b, n) with an optimized decoder.
 
     Greedy by default; ``do_sample=True`` samples from softmax(logits / temperature), restricted to
-    the ``top_k`` most likely tokens and the smallest set of probability ``top_p``. A row stops at
-    ``eos_token_id`` and is filled with ``pad_token_id`` (default: the eos id) afterwards; the loop
-    stops when every row has. ``attention_mask`` marks left padding (0). Returns (b, n + new).
-    ``on_token(i)`` is called after each new token (progress bars)."""
+    the ``top_k`` most likely tokens (None or 0: all) and the smallest set of probability ``top_p``
+    (in [0, 1]; None or 1: all), drawing from a generator seeded with ``seed`` (None: torch's global
+    generator, as ``torch.manual_seed`` leaves it). A row stops at ``eos_token_id`` (an id or a
+    list; None: the model's ``generation_config`` when it has one, ``[]``: never) and is filled
+    with ``pad_token_id`` afterwards (None: the generation config's, else the first eos id, else 0);
+    the loop stops when every row has. ``attention_mask`` marks left padding (0). Returns
+    (b, n + generated), at most n + ``max_new_tokens`` columns; the cache needs
+    n + ``max_new_tokens`` - 1 slots (the last token is not run). ``on_token(i)`` is called after
+    each new token (progress bars)."""
     runner = _runner_of(model)
-    if max_new_tokens < 0:
-        raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if do_sample and temperature <= 0:
-        raise InputError(f"temperature must be > 0 when sampling, got {temperature}")
+    _check_sampling(max_new_tokens, do_sample, temperature, top_k, top_p)
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise InputError(f"input_ids must be (batch, tokens) with a token or more, got shape {tuple(input_ids.shape)}")
     device = runner.padding.device
     input_ids = input_ids.to(device)
     b, n = input_ids.shape
-    if n + max_new_tokens > runner.max_len:
+    if max_new_tokens == 0:
+        return input_ids
+    if n + max_new_tokens - 1 > runner.max_len:
         raise InputError(
-            f"a prompt of {n} tokens plus max_new_tokens={max_new_tokens} exceeds the KV cache of {runner.max_len} "
-            f"slots; call tcomp.optimize(..., max_len={n + max_new_tokens}) or generate fewer tokens"
+            f"a prompt of {n} tokens plus max_new_tokens={max_new_tokens} needs {n + max_new_tokens - 1} KV-cache "
+            f"slots, above the {runner.max_len} this decoder has; call tcomp.optimize(..., "
+            f"max_len={n + max_new_tokens - 1}) or generate fewer tokens"
         )
-    eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
-    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(0 if seed is None else seed)
+    eos, pad = _stop_tokens(model, eos_token_id, pad_token_id)
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
     mask = torch.ones(b, n, dtype=torch.long, device=device) if attention_mask is None else attention_mask.to(device).long()
     out = input_ids
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -277,6 +285,29 @@ def _runner_of(model: Any) -> OptimizedDecoder:
         f"tcomp.generate needs a decoder optimized by tcomp.optimize (got {type(model).__name__}); "
         "optimize a causal LM first: fast = tcomp.optimize(model, {'input_ids': ids})"
     )
+
+
+def _check_sampling(max_new_tokens, do_sample, temperature, top_k, top_p) -> None:
+    if max_new_tokens < 0:
+        raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if do_sample and temperature <= 0:
+        raise InputError(f"temperature must be > 0 when sampling, got {temperature} (do_sample=False is greedy)")
+    if top_k is not None and top_k < 0:
+        raise InputError(f"top_k must be >= 0 (0 or None: every token), got {top_k}")
+    if top_p is not None and not 0.0 <= top_p <= 1.0:
+        raise InputError(f"top_p must be in [0, 1] (1 or None: every token), got {top_p}")
+
+
+def _stop_tokens(model: Any, eos_token_id, pad_token_id) -> tuple[list[int], int]:
+    """The eos ids and the pad id: the ones given, else the model's generation config's (the
+    Hugging Face face carries one), else no eos and pad 0."""
+    config = getattr(model, "generation_config", None)
+    if eos_token_id is None:
+        eos_token_id = getattr(config, "eos_token_id", None)
+    if pad_token_id is None:
+        pad_token_id = getattr(config, "pad_token_id", None)
+    eos = [] if eos_token_id is None else [int(t) for t in torch.tensor(eos_token_id).reshape(-1).tolist()]
+    return eos, int(pad_token_id) if pad_token_id is not None else (eos[0] if eos else 0)
 
 
 def _choose(logits, do_sample, temperature, top_k, top_p, gen) -> torch.Tensor:
