@@ -14,9 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.fx as fx
 
 from tcomp import kv_cache
 from tcomp.errors import InputError
+from tcomp.graph import written_attributes
 
 
 class OptimizedDecoder(torch.nn.Module):
@@ -178,17 +180,22 @@ class OptimizedDecoder(torch.nn.Module):
 
 
 def share_tensors(a: torch.nn.Module, b: torch.nn.Module) -> int:
-    """Make ``b`` use ``a``'s tensor for every parameter or buffer both hold under one name with
-    equal contents (weights captured twice, quantized the same way), and always for the KV cache.
-    Returns the number of tensors shared."""
-    shared = 0
-    cache = {n for i in range(len(list(a.buffers())) + 1) for n in kv_cache.buffer_names(i)}
+    """Make ``b`` use ``a``'s tensor for the KV cache (always: both graphs write and read one cache)
+    and for every other parameter or buffer both hold under one name with the same shape, strides,
+    dtype, device and contents (weights captured twice, quantized the same way) -- unless a graph
+    writes it in place: such a tensor is state, and two that are equal now need not stay equal
+    (nor may a graph's writes show in the other's). Modules that are not fx graphs (a loaded
+    ``Program``) share only the cache. Returns the number of tensors shared."""
+    written = set()
+    for m in (a, b):
+        written |= written_attributes(m) if isinstance(m, fx.GraphModule) else {"*"}
     named_a = dict(a.named_parameters(remove_duplicate=False)) | dict(a.named_buffers(remove_duplicate=False))
+    shared = 0
     for name, tb in [*b.named_parameters(remove_duplicate=False), *b.named_buffers(remove_duplicate=False)]:
         ta = named_a.get(name)
-        if ta is None or ta is tb or ta.shape != tb.shape or ta.dtype != tb.dtype or ta.device != tb.device:
+        if ta is None or ta is tb or _layout(ta) != _layout(tb):
             continue
-        if name in cache or torch.equal(ta, tb):
+        if kv_cache.is_buffer_name(name) or ("*" not in written and name not in written and torch.equal(ta, tb)):
             mod_name, _, attr = name.rpartition(".")
             owner = b.get_submodule(mod_name) if mod_name else b
             if attr in owner._parameters:
@@ -197,6 +204,10 @@ def share_tensors(a: torch.nn.Module, b: torch.nn.Module) -> int:
                 owner._buffers[attr] = ta
             shared += 1
     return shared
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    return t.shape, t.stride(), t.dtype, t.device
 
 
 # ---------------------------------------------------------------------- the generation loop

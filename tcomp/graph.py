@@ -73,6 +73,31 @@ def _mutates(n: fx.Node) -> bool:
     return n.is_impure()
 
 
+def written_attributes(gm: fx.GraphModule) -> set[str]:
+    """Targets of the ``get_attr`` tensors ``gm`` writes in place: an argument an op's schema marks
+    written (``Tensor(a!)``: ``index_copy_``, ``add_``, a custom op's ``mutates_args``), followed
+    back through views (ops whose result aliases their first argument) to the attribute."""
+    written = set()
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or not isinstance(n.target, torch._ops.OpOverload):
+            continue
+        for i, a in enumerate(n.target._schema.arguments):
+            if a.alias_info is not None and a.alias_info.is_write:
+                root = _aliased_attribute(n.args[i] if i < len(n.args) else n.kwargs.get(a.name))
+                if root is not None:
+                    written.add(root)
+    return written
+
+
+def _aliased_attribute(x: Any) -> str | None:
+    while isinstance(x, fx.Node) and x.op == "call_function" and isinstance(x.target, torch._ops.OpOverload):
+        returns = x.target._schema.returns
+        if not returns or returns[0].alias_info is None or not x.args:
+            return None
+        x = x.args[0]
+    return x.target if isinstance(x, fx.Node) and x.op == "get_attr" else None
+
+
 def dead_code(graph: fx.Graph) -> None:
     """Erase pure call_function nodes whose results nobody uses (export keeps some, e.g. the
     averaged attention weights nn.MultiheadAttention computes and the caller drops)."""

@@ -16,6 +16,7 @@ with that meaning (see ``tcomp.models.gpt``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,11 @@ class LayerShape:
 def buffer_names(layer: int) -> tuple[str, str]:
     """Names of the key and value buffers of ``layer`` on the captured step module."""
     return f"tcomp_kv_k_{layer}", f"tcomp_kv_v_{layer}"
+
+
+def is_buffer_name(name: str) -> bool:
+    """Whether ``name`` is one of :func:`buffer_names` (a KV-cache buffer of a step graph)."""
+    return re.fullmatch(r"tcomp_kv_[kv]_\d+", name) is not None
 
 
 class _Probe:
