@@ -121,13 +121,23 @@ def optimize_decoder(
     return runner
 
 
+REACH = 64  # how many tokens past the example's length the fresh reference prompts may go
+
+
 def _references(step, ids, batch, max_len, samples, seed, model):
+    """The example prompt and ``samples - 1`` (at least one) fresh ones of other lengths: the
+    first fresh prompt as long as the reference reaches (``REACH`` tokens past the example's, within
+    the cache), the others uniform in 2 .. that length. So both graphs are checked at more than one
+    length: the dynamic prefill, and decode at more than one cache position (a kernel that splits
+    the cache in chunks is wrong past the first chunk, not before)."""
     gen = torch.Generator().manual_seed(seed)
     vocab = _vocab(model, ids)
     n = max(2, min(ids.shape[1], max_len - 1))
+    longest = max(n, min(max_len - 1, n + REACH))
     prompts = [_fit(ids.cpu(), batch, n)]
-    for _ in range(max(1, samples - 1)):
-        prompts.append(torch.randint(0, vocab, (batch, n), generator=gen))
+    for i in range(max(1, samples - 1)):
+        length = longest if i == 0 else int(torch.randint(2, longest + 1, (1,), generator=gen))
+        prompts.append(torch.randint(0, vocab, (batch, length), generator=gen))
     nxt = torch.randint(0, vocab, (batch, len(prompts)), generator=gen)
     return build_references(step, prompts, nxt, seed=seed)
 
