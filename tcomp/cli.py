@@ -549,8 +549,7 @@ def _add_rasp() -> None:
 _add_rasp()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
+PASS_FIELDS = ("name", "status", "rewrites", "error", "tolerance", "reason")  # per pass in generate --json
 
 
 @app.command()
@@ -562,15 +561,16 @@ def generate(
     passes: str = typer.Option("", help="comma-separated pass names (default: the default pipeline)"),
     option: list[str] = typer.Option([], "--option", "-O", help=OPTION_HELP),
     max_len: int = typer.Option(0, "--max-len", help="KV cache slots (default: prompt + new tokens)"),
-    temperature: float = typer.Option(0.0, help="0: greedy; > 0: sample at this temperature"),
-    top_k: int = typer.Option(0, "--top-k", help="sample among the k most likely tokens (0: all)"),
-    top_p: float = typer.Option(1.0, "--top-p", help="sample from the smallest set of this probability"),
+    temperature: float = typer.Option(0.0, min=0.0, help="0: greedy; > 0: sample at this temperature"),
+    top_k: int = typer.Option(0, "--top-k", min=0, help="sample among the k most likely tokens (0: all)"),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="sample from the smallest set of this probability"),
     seed: int = typer.Option(0, help="seed of sampling and of the verification draws"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip checking each pass against its contract"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compile a decoder (prefill and decode graphs over a static KV cache) and generate from a prompt:
-    a progress bar of tokens, the text, and the tokens/s of the decode steps."""
+    a progress bar of tokens, the text, and the tokens/s of the decode steps. Generation stops at
+    the model's eos token (its generation config). Exit code 1 when a pass was rolled back."""
     import torch
 
     import tcomp
@@ -608,15 +608,23 @@ def generate(
         "prefill_ms": round(1e3 * times[0], 3),
         "decode_ms_per_token": round(1e3 * decode_s / max(1, len(times) - 1), 3),
         "tokens_per_second": round((len(times) - 1) / decode_s, 2) if decode_s > 0 else None,
+        "passes": {g: [{k: v for k, v in r.to_dict().items() if k in PASS_FIELDS} for r in rep.passes]
+                   for g, rep in _graph_reports(fast).items()},  # fmt: skip
     }
+    rolled_back = [f"{g}: {p['name']}" for g, ps in result["passes"].items() for p in ps if p["status"] == "rolled_back"]
     if as_json:
         typer.echo(json.dumps(result, indent=2))
-        return
-    console.print(f"[bold]{prompt}[/bold]{result['text']}", soft_wrap=True)
-    console.print(
-        f"{len(new)} tokens: prefill {result['prefill_ms']:.1f} ms, decode {result['decode_ms_per_token']:.2f} ms/token "
-        f"= [bold]{result['tokens_per_second']} tokens/s[/bold] (compile {compile_s:.1f} s, {the_plan.target.name})"
-    )
+    else:
+        console.print(f"[bold]{prompt}[/bold]{result['text']}", soft_wrap=True)
+        console.print(
+            f"{len(new)} tokens: prefill {result['prefill_ms']:.1f} ms, decode {result['decode_ms_per_token']:.2f} "
+            f"ms/token = [bold]{result['tokens_per_second']} tokens/s[/bold] (compile {compile_s:.1f} s, "
+            f"{the_plan.target.name})"
+        )
+        if rolled_back:
+            console.print(f"[yellow]rolled back:[/yellow] {', '.join(rolled_back)}", soft_wrap=True)
+    if rolled_back:
+        raise typer.Exit(1)
 
 
 def _encode(loaded: Any, prompt: str):
@@ -626,8 +634,8 @@ def _encode(loaded: Any, prompt: str):
         ids = loaded.tokenizer(prompt, return_tensors="pt")["input_ids"]
     else:  # byte-level: one token per UTF-8 byte, folded into the vocabulary
         ids = torch.tensor([[b % loaded.vocab for b in prompt.encode("utf-8")]], dtype=torch.long)
-    if ids.shape[1] < 2:
-        raise typer.BadParameter("the prompt must be at least two tokens long", param_hint="--prompt")
+    if ids.shape[1] < 1:
+        raise typer.BadParameter("the prompt is empty: give at least one token of text", param_hint="--prompt")
     return ids
 
 
@@ -673,3 +681,7 @@ def _generate_with_bar(fast, ids, max_new_tokens, temperature, top_k, top_p, see
             task = bar.add_task("tokens", total=max_new_tokens)
             out = tcomp.generate(fast, ids, on_token=tick(bar, task), **kw)
     return out, times
+
+
+if __name__ == "__main__":  # pragma: no cover - last, so that every command above is registered
+    app()

@@ -34,3 +34,57 @@ def test_generate_refuses_what_cannot_generate(tmp_path):
     assert res.exit_code == 2 and "not a decoder" in res.output
     res = runner.invoke(app, ["generate", str(tmp_path), "--prompt", "hi there"])
     assert res.exit_code == 2 and "config.json" in res.output
+
+
+def _greedy(model, ids, new):
+    return model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)[0, ids.shape[1] :].tolist()
+
+
+def test_one_token_prompts_generate_and_empty_ones_are_refused(tmp_path):
+    model = make("llama", seed=4)
+    model.save_pretrained(tmp_path / "tiny")
+    res = runner.invoke(app, ["generate", str(tmp_path / "tiny"), "--prompt", "A", "-n", "4", "--json", "--no-verify"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["token_ids"] == _greedy(model, torch.tensor([[ord("A") % 96]]), 4)
+    res = runner.invoke(app, ["generate", str(tmp_path / "tiny"), "--prompt", "", "--no-verify"])
+    assert res.exit_code == 2 and "empty" in res.output
+    res = runner.invoke(app, ["generate", str(tmp_path / "tiny"), "--prompt", "hi", "--top-p", "1.5"])
+    assert res.exit_code == 2 and "top-p" in res.output
+
+
+def test_generation_stops_at_the_models_eos(tmp_path):
+    model = make("llama", seed=5)
+    prompt = "Hello, world"
+    ids = torch.tensor([[b % 96 for b in prompt.encode()]])
+    eos = _greedy(model, ids, 6)[2]
+    model.generation_config.eos_token_id = eos
+    model.save_pretrained(tmp_path / "tiny")
+    res = runner.invoke(app, ["generate", str(tmp_path / "tiny"), "--prompt", prompt, "-n", "6", "--json", "--no-verify"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["token_ids"] == model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1] :].tolist()
+    assert d["token_ids"][-1] == eos and d["new_tokens"] == len(d["token_ids"]) <= 3
+
+
+def test_a_rolled_back_pass_exits_1_and_the_json_says_which(tmp_path):
+    from tests.generation import test_decoder_references  # noqa: F401 - registers test.decode_reads_16_slots
+
+    model = make("llama", seed=6)
+    model.save_pretrained(tmp_path / "tiny")
+    prompt = "Hello, world"  # 12 tokens; 20 new fill slots past the 16 the broken pass reads
+    res = runner.invoke(app, ["generate", str(tmp_path / "tiny"), "--prompt", prompt, "-n", "20", "--json",
+                              "--passes", "test.decode_reads_16_slots"])  # fmt: skip
+    assert res.exit_code == 1, res.output
+    d = json.loads(res.stdout)
+    status = {g: {p["name"]: p["status"] for p in ps} for g, ps in d["passes"].items()}
+    assert status["decode"]["test.decode_reads_16_slots"] == "rolled_back"
+    assert d["token_ids"] == _greedy(model, torch.tensor([[b % 96 for b in prompt.encode()]]), 20)
+
+
+def test_python_dash_m_knows_the_generate_command():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tcomp.cli", "generate", "--help"], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0 and "--max-new-tokens" in proc.stdout, proc.stdout + proc.stderr
