@@ -162,9 +162,29 @@ class OptimizedDecoder(torch.nn.Module):
                 f"position_ids has shape {tuple(position_ids.shape)}; expected ({b}, {n}) or (1, {n})"
             )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
-        """The model's forward on a new sequence: logits (b, n, vocab) of every position."""
-        return self.step(input_ids, attention_mask, start=0)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """The model's forward on a new sequence: logits (b, n, vocab) of every position
+        (``step`` continues a sequence)."""
+        given = sorted(k for k, v in kwargs.items() if v is not None)
+        if given:
+            raise InputError(
+                f"an optimized decoder's forward takes input_ids, attention_mask and position_ids, not {given}: "
+                "it starts a new sequence in its own KV cache (step() continues one)"
+            )
+        return self.step(input_ids, attention_mask, position_ids, start=0)
+
+    def run_named(self, named: dict[str, Any]) -> torch.Tensor:
+        """Forward with the inputs given by name -- what ``tcomp run`` does with a safetensors file."""
+        if "input_ids" not in named:
+            raise InputError(f"a decoder runs on input_ids (and attention_mask, position_ids); got {sorted(named)}")
+        with torch.no_grad():
+            return self(**named)
 
     def save(self, folder: str) -> str:
         """Write the artifact folder of both graphs (``tcomp.artifacts_decoder``); returns the

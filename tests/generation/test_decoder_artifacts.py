@@ -177,3 +177,21 @@ def test_cli_optimize_writes_a_decoder_folder(tmp_path):
     ids, mask = _prompt(4)
     ref = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False)
     assert torch.equal(tcomp.generate(tcomp.load(out), ids, attention_mask=mask, max_new_tokens=NEW), ref)
+
+
+def test_cli_run_on_a_decoder_folder_gives_the_prompts_logits(saved, tmp_path):
+    from typer.testing import CliRunner
+
+    from tcomp.cli import app
+
+    _, fast, folder = saved
+    ids, mask = _prompt(10)
+    save_file({"input_ids": ids, "attention_mask": mask}, str(tmp_path / "in.safetensors"))
+    res = CliRunner().invoke(app, ["run", str(folder), "--input", str(tmp_path / "in.safetensors"),
+                                   "-o", str(tmp_path / "out.safetensors")])  # fmt: skip
+    assert res.exit_code == 0, (res.output, res.exception)
+    with torch.no_grad():
+        want = fast.tcomp_decoder(ids, attention_mask=mask)
+    assert torch.equal(load_file(str(tmp_path / "out.safetensors"))["output"], want)
+    with pytest.raises(InputError, match=r"not \['past_key_values'\].*step\(\) continues"):
+        tcomp.load(folder)(ids, past_key_values=object())
