@@ -16,7 +16,8 @@ from tcomp.api import OptimizedModule, optimize
 from tcomp.artifacts import load
 from tcomp.backend import Backend, register_backend
 from tcomp.errors import CaptureError, InputError, PassError, TcompError
-from tcomp.generation import OptimizedDecoder, generate
+from tcomp.generate_loop import generate
+from tcomp.generation import OptimizedDecoder
 from tcomp.pipeline import Contract, Exactness, PassResult, register_pass, registered_passes
 from tcomp.plan import Plan, build_plan
 from tcomp.targets import Target, get_target
