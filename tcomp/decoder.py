@@ -191,6 +191,16 @@ def step_inputs(batch: int, n: int, start: int, max_len: int, ids: torch.Tensor 
     )
 
 
+def fit_ids(ids: torch.Tensor, batch: int, n: int) -> torch.Tensor:
+    """``ids`` cut or extended to (batch, n): extra rows repeat row 0, extra columns the last one."""
+    ids = ids[:batch, :n]
+    if ids.shape[1] < n:
+        ids = torch.cat([ids, ids[:, -1:].expand(-1, n - ids.shape[1])], dim=1)
+    if ids.shape[0] < batch:
+        ids = torch.cat([ids, ids[:1].expand(batch - ids.shape[0], -1)])
+    return ids.contiguous()
+
+
 @dataclass
 class CapturedDecoder:
     """The step module and its two captured graphs."""
@@ -209,11 +219,7 @@ def capture_decoder(
     step = DecoderStep(work, batch, max_len)
     device = _device(work)
     n = max(2, min(example_ids.shape[1], max_len))
-    ids = example_ids[:, :n]
-    if ids.shape[1] < n:
-        ids = torch.cat([ids, ids[:, -1:].expand(-1, n - ids.shape[1])], dim=1)
-    if ids.shape[0] != batch:
-        ids = ids[:1].expand(batch, -1).contiguous()
+    ids = fit_ids(example_ids, batch, n)
     tokens = Dim("tokens", min=2, max=max_len)
     prefill_args = step_inputs(batch, n, 0, max_len, ids, device)
     dyn = ({1: tokens}, {1: tokens}, {0: tokens}, None)

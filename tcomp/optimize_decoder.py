@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from tcomp.decoder import _device, build_references, capture_decoder, step_inputs
+from tcomp.decoder import _device, build_references, capture_decoder, fit_ids, step_inputs
 from tcomp.errors import InputError
 from tcomp.graph import drop_unused_tensors
 from tcomp.pipeline import run_pipeline
@@ -45,9 +45,8 @@ def _step_calibration(calibration: Any, batch: int, max_len: int, device, decode
 
     out = []
     for args, kwargs in batches(calibration):
-        ids = _example_ids(args, kwargs)[:batch]
-        if ids.shape[0] < batch:
-            ids = torch.cat([ids, ids[:1].expand(batch - ids.shape[0], -1)])
+        ids = _example_ids(args, kwargs)
+        ids = fit_ids(ids, batch, ids.shape[1])
         n = min(ids.shape[1], max_len)
         if decode:
             out += [step_inputs(batch, 1, t, max_len, ids[:, t : t + 1], device) for t in range(n)]
@@ -134,21 +133,12 @@ def _references(step, ids, batch, max_len, samples, seed, model):
     vocab = _vocab(model, ids)
     n = max(2, min(ids.shape[1], max_len - 1))
     longest = max(n, min(max_len - 1, n + REACH))
-    prompts = [_fit(ids.cpu(), batch, n)]
+    prompts = [fit_ids(ids.cpu(), batch, n)]
     for i in range(max(1, samples - 1)):
         length = longest if i == 0 else int(torch.randint(2, longest + 1, (1,), generator=gen))
         prompts.append(torch.randint(0, vocab, (batch, length), generator=gen))
     nxt = torch.randint(0, vocab, (batch, len(prompts)), generator=gen)
     return build_references(step, prompts, nxt, seed=seed)
-
-
-def _fit(ids: torch.Tensor, batch: int, n: int) -> torch.Tensor:
-    ids = ids[:batch, :n]
-    if ids.shape[1] < n:
-        ids = torch.cat([ids, ids[:, -1:].expand(-1, n - ids.shape[1])], dim=1)
-    if ids.shape[0] < batch:
-        ids = torch.cat([ids, ids[:1].expand(batch - ids.shape[0], -1)])
-    return ids
 
 
 def _vocab(model: torch.nn.Module, ids: torch.Tensor) -> int:
