@@ -12,7 +12,8 @@ each in a subfolder with the files of a single-graph artifact (``prefill/`` and 
   ``manifest["cache"]``, once, and given to both graphs;
 * ``plan.json``: the plan that ran on both graphs (``Plan.to_json()``);
 * ``manifest.json`` (format ``tcomp-decoder/1``): batch, max_len, n_layers, the cache, each graph's
-  passes and tree specs, versions and the sha256 of every file.
+  passes and tree specs, the model's eos and pad ids (``generation``: ``tcomp.generate``'s
+  defaults), versions and the sha256 of every file.
 
 ``tcomp.load`` checks every hash and returns an ``OptimizedDecoder`` built from the two generated
 ``Program`` modules: ``tcomp.generate(loaded, ids)`` runs without the model's code (the runners
@@ -95,6 +96,7 @@ def write_decoder(decoder: Any, folder: str | Path) -> Path:
             "n_layers": decoder.n_layers,
             "cache": cache,
             "graphs": graphs,
+            "generation": {"eos_token_id": decoder.eos_token_id, "pad_token_id": decoder.pad_token_id},
         })  # fmt: skip
     return folder / "manifest.json"
 
@@ -176,6 +178,8 @@ def load_decoder(folder: Path, manifest: dict, device: str | torch.device, *, cu
     )  # fmt: skip
     if (folder / "plan.json").exists():
         decoder.plan = Plan.from_json((folder / "plan.json").read_text())
+    generation = manifest.get("generation") or {}
+    decoder.eos_token_id, decoder.pad_token_id = generation.get("eos_token_id"), generation.get("pad_token_id")
     decoder.manifest = manifest
     return decoder
 

@@ -33,7 +33,7 @@ def generate(
     the ``top_k`` most likely tokens (None or 0: all) and the smallest set of probability ``top_p``
     (in [0, 1]; None or 1: all), drawing from a generator seeded with ``seed`` (None: torch's global
     generator, as ``torch.manual_seed`` leaves it). A row stops at ``eos_token_id`` (an id or a
-    list; None: the model's ``generation_config`` when it has one, ``[]``: never) and is filled
+    list; None: the model's ``generation_config`` -- a saved and loaded decoder keeps its ids -- , ``[]``: never) and is filled
     with ``pad_token_id`` afterwards (None: the generation config's, else the first eos id, else 0);
     the loop stops when every row has. ``attention_mask`` marks left padding (0). Returns
     (b, n + generated), at most n + ``max_new_tokens`` columns; the cache needs
@@ -54,7 +54,8 @@ def generate(
             f"slots, above the {runner.max_len} this decoder has; call tcomp.optimize(..., "
             f"max_len={n + max_new_tokens - 1}) or generate fewer tokens"
         )
-    eos, pad = _stop_tokens(model, eos_token_id, pad_token_id)
+    config = getattr(model, "generation_config", None)
+    eos, pad = _stop_tokens(runner if config is None else config, eos_token_id, pad_token_id)
     gen = None
     if seed is not None:
         gen = torch.Generator(device=device)
@@ -108,10 +109,10 @@ def _check_sampling(max_new_tokens, do_sample, temperature, top_k, top_p) -> Non
         raise InputError(f"top_p must be in [0, 1] (1 or None: every token), got {top_p}")
 
 
-def _stop_tokens(model: Any, eos_token_id, pad_token_id) -> tuple[list[int], int]:
-    """The eos ids and the pad id: the ones given, else the model's generation config's (the
-    Hugging Face face carries one), else no eos and pad 0."""
-    config = getattr(model, "generation_config", None)
+def _stop_tokens(config: Any, eos_token_id, pad_token_id) -> tuple[list[int], int]:
+    """The eos ids and the pad id: the ones given, else ``config``'s (the Hugging Face face's
+    generation config, or the decoder's ids recorded from it at optimize and kept by save/load),
+    else no eos and pad 0."""
     if eos_token_id is None:
         eos_token_id = getattr(config, "eos_token_id", None)
     if pad_token_id is None:

@@ -49,6 +49,9 @@ class OptimizedDecoder(torch.nn.Module):
         self.batch, self.max_len, self.n_layers = batch, max_len, n_layers
         self.report, self.decode_report, self.target = report, decode_report, target
         self.plan = None  # the tcomp.plan.Plan that produced it (set by optimize)
+        # the model's generation config's ids at optimize (tcomp.generate's defaults; saved and loaded)
+        self.eos_token_id: int | list[int] | None = None
+        self.pad_token_id: int | None = None
         self._model_name = model_name
         share_tensors(prefill, decode)
         self.length = 0  # slots filled in the current sequence

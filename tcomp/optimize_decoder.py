@@ -111,6 +111,9 @@ def optimize_decoder(
         cudagraphs=use_graphs,
     )  # fmt: skip
     runner.plan = dataclasses.replace(plan, calibration=None)
+    generation_config = getattr(model, "generation_config", None)
+    runner.eos_token_id = getattr(generation_config, "eos_token_id", None)
+    runner.pad_token_id = getattr(generation_config, "pad_token_id", None)
     runner.graphs_before = before  # per graph: the captured graph's structure, and its code
     runner.captured_code = {name: r.snapshots[0][1] for name, r in zip(before, results)}
     if hasattr(model, "can_generate") and hasattr(model, "config"):

@@ -195,3 +195,18 @@ def test_cli_run_on_a_decoder_folder_gives_the_prompts_logits(saved, tmp_path):
     assert torch.equal(load_file(str(tmp_path / "out.safetensors"))["output"], want)
     with pytest.raises(InputError, match=r"not \['past_key_values'\].*step\(\) continues"):
         tcomp.load(folder)(ids, past_key_values=object())
+
+
+def test_the_models_eos_stops_the_optimized_and_the_reloaded_decoder(tmp_path):
+    model = make("llama", seed=7)
+    ids, mask = _prompt(11)
+    eos = int(model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)[0, -2])
+    model.generation_config.eos_token_id = eos  # the user's model, before optimize
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=MAX_LEN, verify=False)
+    fast.save(tmp_path / "art")
+    loaded = tcomp.load(tmp_path / "art")
+    ref = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)  # stops at eos
+    for decoder in (fast, fast.tcomp_decoder, loaded):
+        out = tcomp.generate(decoder, ids, attention_mask=mask, max_new_tokens=NEW)
+        assert torch.equal(out, ref), type(decoder).__name__
+    assert _manifest(tmp_path / "art")["generation"] == {"eos_token_id": eos, "pad_token_id": 0}
