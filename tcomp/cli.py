@@ -560,7 +560,7 @@ def generate(
     target: str = typer.Option("cpu", help="cpu, a100, h100, h200"),
     passes: str = typer.Option("", help="comma-separated pass names (default: the default pipeline)"),
     option: list[str] = typer.Option([], "--option", "-O", help=OPTION_HELP),
-    max_len: int = typer.Option(0, "--max-len", help="KV cache slots (default: prompt + new tokens)"),
+    max_len: int = typer.Option(0, "--max-len", min=0, help="KV cache slots (default: prompt + new tokens - 1)"),
     temperature: float = typer.Option(0.0, min=0.0, help="0: greedy; > 0: sample at this temperature"),
     top_k: int = typer.Option(0, "--top-k", min=0, help="sample among the k most likely tokens (0: all)"),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="sample from the smallest set of this probability"),
@@ -582,7 +582,14 @@ def generate(
         the_plan = _build_plan(target, passes, "", "", option)
         loaded = load_decoder(spec, seed)
         ids = _encode(loaded, prompt)
-        slots = max_len or ids.shape[1] + max_new_tokens
+        need = ids.shape[1] + max_new_tokens - 1  # the last token is chosen, never run
+        if max_len and max_len < need:  # said before compiling, in the command's own terms
+            raise typer.BadParameter(
+                f"{ids.shape[1]} prompt tokens + {max_new_tokens} new need {need} KV-cache slots; "
+                f"pass --max-len {need} or more (or leave it out), or fewer --max-new-tokens",
+                param_hint="--max-len",
+            )
+        slots = max_len or need
         device = "cuda" if the_plan.target.kind == "gpu" and torch.cuda.is_available() else "cpu"
         model = loaded.model.to(device)
         t0 = time.perf_counter()

@@ -88,3 +88,12 @@ def test_python_dash_m_knows_the_generate_command():
     proc = subprocess.run([sys.executable, "-m", "tcomp.cli", "generate", "--help"], capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert proc.returncode == 0 and "--max-new-tokens" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_max_len_too_small_is_refused_before_compiling(tmp_path):
+    make("llama", seed=4).save_pretrained(tmp_path / "tiny")
+    res = runner.invoke(app, ["generate", str(tmp_path / "tiny"), "--prompt", "Hello", "-n", "8", "--max-len", "11"])
+    assert res.exit_code == 2 and "need 12 KV-cache slots" in res.output and "--max-len 12" in res.output, res.output
+    res = runner.invoke(app, ["generate", str(tmp_path / "tiny"), "--prompt", "Hello", "-n", "8", "--max-len", "12",
+                              "--json", "--no-verify"])  # fmt: skip
+    assert res.exit_code == 0 and json.loads(res.stdout)["new_tokens"] == 8, res.output
