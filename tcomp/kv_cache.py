@@ -16,6 +16,7 @@ with that meaning (see ``tcomp.models.gpt``).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -103,19 +104,22 @@ class _Store:
         return [False] * self._n_layers
 
 
+@functools.cache
 def _with_hf_base(cls: type) -> type:
     """``cls`` with transformers' ``Cache`` as a base when transformers is installed (models check
-    ``isinstance(past_key_values, Cache)``); ``Cache.__init__`` is not run, the methods above win."""
+    ``isinstance(past_key_values, Cache)``), made once; ``Cache.__init__`` is not run (the
+    constructors below call ``cls.__init__``), and the methods of ``cls`` win."""
     try:
         from transformers.cache_utils import Cache
     except ImportError:
         return cls
-    hf = type(f"HF{cls.__name__}", (cls, Cache), {})
-    return hf
+    return type(f"HF{cls.__name__}", (cls, Cache), {})
 
 
 def make_probe(max_len: int) -> _Probe:
-    probe = _with_hf_base(_Probe).__new__(_with_hf_base(_Probe))
+    """The probe object, as a Hugging Face ``Cache`` when transformers is installed."""
+    cls = _with_hf_base(_Probe)
+    probe = cls.__new__(cls)
     _Probe.__init__(probe, max_len)
     probe.offloading = False
     return probe
@@ -132,7 +136,8 @@ def attach(
         kn, vn = buffer_names(i)
         owner.register_buffer(kn, torch.zeros(batch, s.kv_heads, max_len, s.k_dim, dtype=s.dtype, device=device), persistent=False)
         owner.register_buffer(vn, torch.zeros(batch, s.kv_heads, max_len, s.v_dim, dtype=s.dtype, device=device), persistent=False)
-    store = _with_hf_base(_Store).__new__(_with_hf_base(_Store))
+    cls = _with_hf_base(_Store)
+    store = cls.__new__(cls)
     _Store.__init__(store, owner, len(shapes), max_len)
     store.layers = []
     store.offloading = False
