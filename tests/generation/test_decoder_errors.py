@@ -81,3 +81,29 @@ def test_a_forward_without_attention_mask_does_not_speak_the_protocol():
     model = _NoMask()
     with pytest.raises(InputError, match="attention_mask.*decoder=False"):
         tcomp.optimize(model, {"input_ids": torch.randint(0, 16, (2, 6))}, decoder=True, max_len=16)
+
+
+class _NoCacheWrites(torch.nn.Module):
+    """Speaks the protocol's signature, but nothing in it writes the cache (no attention)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(16, 8)
+
+    def forward(self, input_ids, past_key_values=None, cache_position=None, attention_mask=None):
+        return self.emb(input_ids)
+
+
+def test_a_model_without_a_cache_path_is_refused():
+    with pytest.raises(InputError, match=r"_NoCacheWrites did not write a KV cache.*update\(key, value, layer_idx\)"):
+        tcomp.optimize(_NoCacheWrites(), {"input_ids": torch.randint(0, 16, (2, 6))}, decoder=True, max_len=16)
+
+
+def test_the_hf_face_refuses_inputs_embeds_and_3d_masks():
+    model = make("llama")
+    ids, _ = _prompt(2)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=32, verify=False)
+    with pytest.raises(InputError, match="takes input_ids.*inputs_embeds are not supported"):
+        fast(inputs_embeds=torch.randn(2, 12, 64))
+    with pytest.raises(InputError, match="2-D attention_mask"):
+        fast(ids, attention_mask=torch.ones(2, 1, 12))
