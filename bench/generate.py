@@ -360,7 +360,15 @@ class HFCompiled:
         self.saved = copy.deepcopy(m.generation_config)
         m.generation_config.cache_implementation = "static"
         if self.how == "forward":
-            m.forward = torch.compile(m.forward, mode="reduce-overhead", fullgraph=True)
+            compiled = torch.compile(m.forward, mode="reduce-overhead", fullgraph=True)
+
+            def forward(*args, **kwargs):
+                # each call is a new CUDA-graph step: the static cache's in-place update reads the
+                # previous replay's outputs otherwise (what torch's error asks for)
+                torch.compiler.cudagraph_mark_step_begin()
+                return compiled(*args, **kwargs)
+
+            m.forward = forward
             if hasattr(m.generation_config, "disable_compile"):  # generate would compile __call__ again around it
                 m.generation_config.disable_compile = True
                 self.notes["hf_auto_compile"] = "disabled (model.forward compiled by hand)"

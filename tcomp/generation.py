@@ -123,7 +123,9 @@ class OptimizedDecoder(torch.nn.Module):
             position_ids = torch.cat([position_ids, position_ids[:1].expand(fill, n)])
             self.padding[b:].copy_(self.padding[:1].expand(fill, -1))
         cache_position = torch.arange(start, start + n, device=device)
-        args = (input_ids.contiguous(), position_ids.contiguous(), cache_position, self.padding)
+        # fresh row-major copies: a slice of a growing mask has strides that change every step, and
+        # the decode CUDA graphs are keyed by shape, dtype and strides (a new key per step = no replay)
+        args = (_packed(input_ids), _packed(position_ids), cache_position, self.padding)
         if n == 1:
             logits = (self._decode_runner or self.decode_module)(*args)
         else:
@@ -199,6 +201,12 @@ class OptimizedDecoder(torch.nn.Module):
         if self._decode_runner is not None:
             self._decode_runner.reset()
         return super()._apply(fn, *args, **kwargs)
+
+
+def _packed(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with row-major strides (a copy unless it has them already)."""
+    want = torch.empty(x.shape, device="meta").stride()
+    return x if x.stride() == want else x.clone(memory_format=torch.contiguous_format)
 
 
 def share_tensors(a: torch.nn.Module, b: torch.nn.Module) -> int:

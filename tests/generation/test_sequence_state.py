@@ -82,3 +82,27 @@ def test_one_token_prompts_and_mask_holes_equal_hf(pair):
     ref = model.generate(ids, attention_mask=holes, **GREEDY)
     assert torch.equal(fast.generate(ids, attention_mask=holes, **GREEDY), ref)
     assert torch.equal(tcomp.generate(fast, ids, attention_mask=holes, max_new_tokens=4), ref)
+
+
+def test_decode_steps_keep_one_input_signature():
+    """Every decode step of tcomp.generate calls the decode graph with the same shapes, dtypes and
+    strides: the CUDA-graph runner keys its graphs by them, so a stride that changes per step (a slice
+    of the growing mask) would capture a new graph each step and never replay one."""
+    from tcomp.cudagraphs import _signature
+
+    model = make("llama")
+    ids = torch.randint(1, 96, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=40, verify=False)
+    runner = fast.tcomp_decoder
+    seen = []
+
+    def spy(*args):
+        seen.append(tuple(_signature(a) for a in args))
+        return runner.decode_module(*args)
+
+    runner._decode_runner = spy
+    tcomp.generate(fast, ids, attention_mask=mask, max_new_tokens=6)
+    fast.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert len(seen) == 10 and len(set(seen)) == 1, set(seen)
