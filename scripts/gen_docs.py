@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ holds the d
 
 from docs_gen.approx import render_linear_attention, render_rasp, render_tome  # noqa: E402
 from docs_gen.common import DOCS, RESULTS, Page, date_of, device_of, table  # noqa: E402
+from docs_gen.generation import render_generation  # noqa: E402
 from docs_gen.kernels import render_attention, render_autotune, render_e2e, render_rms_norm, render_rpe  # noqa: E402
 from docs_gen.quant import render_onnx, render_quant  # noqa: E402
 
@@ -95,6 +96,13 @@ PAGES = [
         ["rms-norm-nvidia-h100-80gb-hbm3.json"],
         render_rms_norm,
         "`tcomp.rms_norm` on its generated Triton kernel against eager, `aten.rms_norm` and `torch.compile`.",
+    ),
+    Page(
+        "generation.md",
+        "Generation",
+        ["decode-attention-nvidia-h100-80gb-hbm3.json", "generate-nvidia-h100-80gb-hbm3.json"],
+        render_generation,
+        "Decoders compiled for generation: the split-KV decode-attention kernel and whole-model decode steps.",
     ),
     Page(
         "autotune.md",

@@ -13,6 +13,8 @@ DOCS = ROOT / "docs"
 # the script that writes each result file (shown on the pages so a reader can re-run it)
 PRODUCER = {
     "attention-h200.json": "bench/attention.py",
+    "decode-attention-nvidia-h100-80gb-hbm3.json": "bench/decode_attention.py --batches 1",
+    "generate-nvidia-h100-80gb-hbm3.json": "bench/generate.py --models 8b --batches 1 (two runs of one session, merged)",
     "autotune-h200.json": "the autotuner (its cache `~/.cache/tcomp/autotune.json`, copied from the GPU machine)",
     "e2e-h200.json": "bench/e2e.py",
     "linear-attention-h200.json": "bench/linear_attention.py",
@@ -50,6 +52,8 @@ GOALS = {
     "onebit_b1_speedup": 6.0,
     "tome_minilm": (0.98, 0.3),  # cosine mean >= 0.98 with >= 30 % of token-layers removed
     "tome_vit_r16": 2.0,  # r=16 >= 2.0x the unmerged model
+    "decode_attention_vs_sdpa": (1.0, 2.0, 32768),  # >= 1.0x SDPA at every cache length, >= 2.0x from 32k
+    "decode_floor_fraction": 0.85,  # exact bf16 decode step at batch 1 within 1/0.85 of the bandwidth floor
 }
 
 # ----------------------------------------------------------------------------------------- format
