@@ -32,7 +32,7 @@ from tcomp.backends.triton.configs import (
     decode_config,
     pow2,
 )
-from tcomp.backends.triton.runtime import candidates, fallbacks, kernel_for
+from tcomp.backends.triton.runtime import candidates, fallbacks, kernel_for, launch_fitting
 from tcomp.dialect.cached_attention import CACHED_ATTENTION
 from tcomp.graph import val
 from tcomp.targets import Target, get_target
@@ -207,16 +207,7 @@ def decode(
         if best is not None:
             return launch(cands.get(best, default))
     key = ("decode", spec, b * hk * row_blocks, block_r, m, d, dv, q.dtype, k_cache.dtype, tgt.name)
-    ladder = _fitting.get(key) or decode_fallbacks(default)
-    for i, cfg in enumerate(ladder):
-        try:
-            launch(cfg)
-        except Exception as exc:  # triton.runtime.errors.OutOfResources, imported lazily
-            if type(exc).__name__ != "OutOfResources" or i == len(ladder) - 1:
-                raise
-            continue
-        _fitting[key] = [cfg]
-        return out
+    launch_fitting(key, decode_fallbacks(default), launch)
     return out
 
 
@@ -244,9 +235,6 @@ def decode_fallbacks(cfg: DecodeConfig) -> list[DecodeConfig]:
         DecodeConfig(16, cfg.splits, 4, 1),
     ]
     return list(dict.fromkeys(ladder))
-
-
-_fitting: dict[tuple, list] = {}  # first config that fit in shared memory, per kernel shape
 
 
 def prefill(
@@ -297,17 +285,7 @@ def prefill(
             best = autotune.choose(key, thunks, _name(default))
         if best is not None:
             return launch(cands.get(best, default))
-    key = ("prefill", spec, d, dv, q.dtype, tgt.name)
-    ladder = _fitting.get(key) or fallbacks(default)
-    for i, cfg in enumerate(ladder):
-        try:
-            launch(cfg)
-        except Exception as exc:  # triton.runtime.errors.OutOfResources, imported lazily
-            if type(exc).__name__ != "OutOfResources" or i == len(ladder) - 1:
-                raise
-            continue
-        _fitting[key] = [cfg]
-        return out
+    launch_fitting(("prefill", spec, d, dv, q.dtype, tgt.name), fallbacks(default), launch)
     return out
 
 

@@ -105,17 +105,7 @@ def attention(
             key, {k: functools.partial(launch, c) for k, c in cands.items()}, _name(default)
         )
         return launch(cands[best])
-    key = (spec, d, dv, q.dtype, tgt.name)
-    ladder = _fitting.get(key) or fallbacks(default)
-    for i, cfg in enumerate(ladder):
-        try:
-            launch(cfg)
-        except Exception as exc:  # triton.runtime.errors.OutOfResources, imported lazily
-            if type(exc).__name__ != "OutOfResources" or i == len(ladder) - 1:
-                raise
-            continue
-        _fitting[key] = [cfg]
-        return out
+    launch_fitting((spec, d, dv, q.dtype, tgt.name), fallbacks(default), launch)
     return out
 
 
@@ -141,6 +131,21 @@ def candidates(default: AttnConfig) -> list[AttnConfig]:
 
 
 _fitting: dict[tuple, list[AttnConfig]] = {}  # first config that fit in shared memory, per kernel shape
+
+
+def launch_fitting(key: tuple, ladder: list, launch) -> None:
+    """Launch the first config of ``ladder`` that fits in shared memory, and remember it under
+    ``key`` so later calls start there (a config too large raises Triton's OutOfResources)."""
+    ladder = _fitting.get(key) or ladder
+    for i, cfg in enumerate(ladder):
+        try:
+            launch(cfg)
+        except Exception as exc:  # triton.runtime.errors.OutOfResources, imported lazily
+            if type(exc).__name__ != "OutOfResources" or i == len(ladder) - 1:
+                raise
+            continue
+        _fitting[key] = [cfg]
+        return
 
 
 def fallbacks(cfg: AttnConfig) -> list[AttnConfig]:
