@@ -251,16 +251,11 @@ def _export(step: DecoderStep, args: tuple, dynamic, model) -> Captured:
 
 def mark(gm: fx.GraphModule) -> None:
     """Mark the cache buffers (``meta.KV_CACHE``) and the cache-position placeholder of a step graph."""
-    names = {}
-    for i in range(10_000):
-        kn, vn = kv_cache.buffer_names(i)
-        if not hasattr(gm, kn):
-            break
-        names[kn], names[vn] = {"layer": i, "kind": "k"}, {"layer": i, "kind": "v"}
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node in gm.graph.nodes:
-        if node.op == "get_attr" and node.target in names:
-            node.meta[meta.KV_CACHE] = names[node.target]
+        if node.op == "get_attr" and kv_cache.is_buffer_name(node.target):
+            kind, layer = node.target.split("_")[-2:]  # tcomp_kv_{k|v}_{layer}
+            node.meta[meta.KV_CACHE] = {"layer": int(layer), "kind": kind}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) >= 3:
         placeholders[STEP_INPUTS.index("cache_position")].meta[meta.CACHE_POSITION] = True
 
@@ -276,7 +271,7 @@ def _restore(fn, state: dict[str, torch.Tensor]) -> None:
 
 
 def _cache_state(step: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: b.detach().clone() for n, b in step.named_buffers() if n.startswith("tcomp_kv_")}
+    return {n: b.detach().clone() for n, b in step.named_buffers() if kv_cache.is_buffer_name(n)}
 
 
 def build_references(step: DecoderStep, prefill_ids: list[torch.Tensor], decode_ids: torch.Tensor, *, seed: int):
@@ -316,7 +311,7 @@ def build_references(step: DecoderStep, prefill_ids: list[torch.Tensor], decode_
             dec_out.append(ref(*dargs))
             _restore(own, states[-1])
             dec_own.append(own(*_on(dargs, own)))
-    dtype = next(b.dtype for n, b in own.named_buffers() if n.startswith("tcomp_kv_"))
+    dtype = next(b.dtype for n, b in own.named_buffers() if kv_cache.is_buffer_name(n))
     prefill = StepReference(pre_inputs, pre_out, dtype, max(rel_error(o, r) for o, r in zip(pre_own, pre_out)))
     decode = StepReference(dec_inputs, dec_out, dtype, max(rel_error(o, r) for o, r in zip(dec_own, dec_out)))
     decode.states = states

@@ -21,18 +21,17 @@ import torch.fx as fx
 
 import tcomp.dialect  # noqa: F401 - torch.ops.tcomp.cached_attention
 from tcomp.backends.triton import TRITON, autotune
-from tcomp.backends.triton import attention_template as flash
+from tcomp.backends.triton import attention_template as flash_tmpl
 from tcomp.backends.triton import decode_attention_template as tmpl
 from tcomp.backends.triton.codegen import interpreting, load
 from tcomp.backends.triton.configs import (
     AttnConfig,
     DecodeConfig,
-    attention_config,
     cdiv,
     decode_config,
     pow2,
 )
-from tcomp.backends.triton.runtime import candidates, fallbacks, kernel_for, launch_fitting
+from tcomp.backends.triton.runtime import flash, launch_fitting, lens_arg, strides4
 from tcomp.dialect.cached_attention import CACHED_ATTENTION
 from tcomp.graph import val
 from tcomp.targets import Target, get_target
@@ -68,8 +67,8 @@ def _decode_spec(q: torch.Tensor, bias, mask) -> tmpl.DecodeKernelSpec:
     return tmpl.DecodeKernelSpec(bias is not None, mask is not None, q.dtype == torch.float32)
 
 
-def _prefill_spec(q: torch.Tensor, bias, mask, scale: float) -> flash.AttnKernelSpec:
-    return flash.AttnKernelSpec(
+def _prefill_spec(q: torch.Tensor, bias, mask, scale: float) -> flash_tmpl.AttnKernelSpec:
+    return flash_tmpl.AttnKernelSpec(
         bias is not None, mask is not None, False, q.dtype == torch.float32, scale > 0, kv_len=True
     )
 
@@ -83,7 +82,7 @@ def sources(node: fx.Node) -> dict[str, str]:
         spec = _decode_spec(q, bias, mask)
         return {f"{spec.name}.py": tmpl.render(spec)}
     spec = _prefill_spec(q, bias, mask, a["scale"])
-    return {f"{spec.name}.py": flash.render(spec)}
+    return {f"{spec.name}.py": flash_tmpl.render(spec)}
 
 
 @TRITON.implements(torch.ops.tcomp.cached_attention.default, check=check, sources=sources)
@@ -105,18 +104,6 @@ def cached_attention(
             f"cached_attention: {q.shape[2]} new tokens take the prefill kernel: pass an AttnConfig"
         )
     return prefill(q, k_cache, v_cache, bias, mask, scale, kv_len, target=target, config=config)
-
-
-def _lens(kv_len: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, int]:
-    """kv_len on the kernel's device and the stride between batch rows (0: one length for all)."""
-    lens = kv_len.reshape(-1)
-    if lens.device != device:
-        lens = lens.to(device)
-    return lens, (0 if lens.numel() == 1 else lens.stride(0))
-
-
-def _strides4(t: torch.Tensor | None, shape: tuple[int, int, int, int]) -> tuple[int, ...]:
-    return (0, 0, 0, 0) if t is None else tuple(t.expand(shape).stride())  # broadcast dims: stride 0
 
 
 def _output(q: torch.Tensor, dv: int) -> torch.Tensor:
@@ -156,7 +143,7 @@ def decode(
     row_blocks = cdiv(rows, block_r)
     spec = _decode_spec(q, bias, mask)
     split_kernel, combine_kernel = _decode_kernels(spec, interpreting())
-    lens, skl = _lens(kv_len, q.device)
+    lens, skl = lens_arg(kv_len, q.device)
     full = (b, h, n, m)
     bias_t = bias.expand(full) if bias is not None else q
     mask_t = mask.expand(full) if mask is not None else q
@@ -174,7 +161,7 @@ def decode(
         split_kernel[(b * hk * row_blocks, cfg.splits)](
             q, k_cache, v_cache, bias_t, mask_t, lens, mp, lp, ap, out,
             *q.stride(), *k_cache.stride(), *v_cache.stride(),
-            *_strides4(bias, full), *_strides4(mask, full), *out.stride(),
+            *strides4(bias, full), *strides4(mask, full), *out.stride(),
             skl, hk, n, m, d, dv, g, cfg.splits, row_blocks, float(scale) * tmpl.LOG2E,
             BLOCK_R=block_r, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
             EVEN_D=d == block_d and dv == block_dv, DIRECT=direct,
@@ -242,52 +229,10 @@ def prefill(
     config: AttnConfig | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The flash attention kernel with keys limited to ``kv_len`` per batch row."""
-    tgt = get_target(target)
-    b, h, n, d = q.shape
-    hk, m, dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
-    out = _output(q, dv)
+    b, h, n, _ = q.shape
+    m, dv = k_cache.shape[2], v_cache.shape[3]
     if n == 0 or b * h == 0 or dv == 0:
-        return out
+        return _output(q, dv)
     if m == 0:
-        return out.zero_()
-    k, v = k_cache.to(q.dtype), v_cache.to(q.dtype)  # a copy only where the cache dtype differs
-    spec = _prefill_spec(q, bias, mask, scale)
-    kern = kernel_for(spec, interpreting())
-    lens, skl = _lens(kv_len, q.device)
-    full = (b, h, n, m)
-    bias_t = bias.expand(full) if bias is not None else q
-    mask_t = mask.expand(full) if mask is not None else q
-
-    def launch(cfg: AttnConfig) -> torch.Tensor:
-        kern[(cdiv(n, cfg.block_m), b * h)](
-            q, k, v, bias_t, mask_t, out,
-            *q.stride(), *k.stride(), *v.stride(),
-            *_strides4(bias, full), *_strides4(mask, full), *out.stride(),
-            lens, skl,
-            h, n, m, d, dv, h // hk, float(scale) * flash.LOG2E,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pow2(d), BLOCK_DV=pow2(dv),
-            EVEN_M=n % cfg.block_m == 0, EVEN_D=d == pow2(d) and dv == pow2(dv),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )  # fmt: skip
-        return out
-
-    if config is not None:
-        return launch(config)
-    default = attention_config(tgt, d, n, m, interpreting())
-    if autotune.enabled():
-        cands = {_name(c): c for c in candidates(default)}
-        key = (
-            f"cached_attn|{spec.name}|bh{pow2(b * h)}|d{d}|dv{dv}|n{pow2(n)}|m{pow2(m)}|{q.dtype}|{tgt.name}"
-        )
-        best = autotune.lookup(key)
-        if best is None and not torch.cuda.is_current_stream_capturing():
-            thunks = {name: functools.partial(launch, c) for name, c in cands.items()}
-            best = autotune.choose(key, thunks, _name(default))
-        if best is not None:
-            return launch(cands.get(best, default))
-    launch_fitting(("prefill", spec, d, dv, q.dtype, tgt.name), fallbacks(default), launch)
-    return out
-
-
-def _name(c: AttnConfig) -> str:
-    return f"{c.block_m}x{c.block_n}_w{c.num_warps}_s{c.num_stages}"
+        return _output(q, dv).zero_()
+    return flash(q, k_cache, v_cache, bias, mask, scale, False, target=target, config=config, kv_len=kv_len)

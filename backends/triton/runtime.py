@@ -26,7 +26,7 @@ def kernel_for(spec: tmpl.AttnKernelSpec, interp: bool):
     return load(tmpl.render(spec), spec.name)
 
 
-def _strides4(t: torch.Tensor | None, shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+def strides4(t: torch.Tensor | None, shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     if t is None:
         return (0, 0, 0, 0)
     return tuple(t.expand(shape).stride())  # broadcast dims get stride 0: no copy
@@ -63,6 +63,16 @@ def attention(
 ) -> torch.Tensor:
     """``tcomp.attention`` on the generated kernel, tiled for ``target`` (``config`` forces one
     launch configuration; else the autotuner picks on a GPU)."""
+    return flash(q, k, v, bias, mask, scale, causal, target=target, config=config)
+
+
+def flash(
+    q, k, v, bias, mask, scale: float, causal: bool, *, target: Target | str, config: AttnConfig | None = None,
+    kv_len: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """The flash kernel launch: ``tcomp.attention``, and with ``kv_len`` (int tensor, one length or
+    one per batch row, read on the device) the prefill of ``tcomp.cached_attention``, whose keys
+    past ``kv_len`` are never loaded."""
     tgt = get_target(target)
     b, h, n, d = q.shape
     hk, m, dv = k.shape[1], k.shape[2], v.shape[3]
@@ -71,21 +81,23 @@ def attention(
     out = torch.empty((b, n, h, dv), dtype=q.dtype, device=q.device).transpose(1, 2)
     if n == 0 or b * h == 0:
         return out
-    k, v = k.to(q.dtype), v.to(q.dtype)
+    k, v = k.to(q.dtype), v.to(q.dtype)  # a copy only where the dtypes differ
     spec = tmpl.AttnKernelSpec(
-        bias is not None, mask is not None, bool(causal), q.dtype == torch.float32, scale > 0
+        bias is not None, mask is not None, bool(causal), q.dtype == torch.float32, scale > 0, kv_len=kv_len is not None
     )
     kern = kernel_for(spec, interpreting())
     full = (b, h, n, m)
     bias_t = bias.expand(full) if bias is not None else q
     mask_t = mask.expand(full) if mask is not None else q
+    lens = () if kv_len is None else lens_arg(kv_len, q.device)
 
     def launch(cfg: AttnConfig) -> torch.Tensor:
         grid = (cdiv(n, cfg.block_m), b * h)
         kern[grid](
             q, k, v, bias_t, mask_t, out,
             *q.stride(), *k.stride(), *v.stride(),
-            *_strides4(bias, full), *_strides4(mask, full), *out.stride(),
+            *strides4(bias, full), *strides4(mask, full), *out.stride(),
+            *lens,
             h, n, m, d, dv, h // hk, float(scale) * tmpl.LOG2E,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=pow2(d), BLOCK_DV=pow2(dv),
             EVEN_M=n % cfg.block_m == 0, EVEN_D=d == pow2(d) and dv == pow2(dv),
@@ -101,12 +113,21 @@ def attention(
         # the number of (batch, head) programs is part of the key: tiles timed on the small verification
         # batch are the wrong choice for a large one (measured: ViT-B/16 at batch 256, 5x slower)
         key = f"attn|{spec.name}|bh{pow2(b * h)}|d{d}|dv{dv}|n{pow2(n)}|m{pow2(m)}|{q.dtype}|{tgt.name}"
-        best = autotune.lookup(key) or autotune.choose(
-            key, {k: functools.partial(launch, c) for k, c in cands.items()}, _name(default)
-        )
-        return launch(cands[best])
+        best = autotune.lookup(key)
+        if best is None and not torch.cuda.is_current_stream_capturing():  # never time inside a capture
+            best = autotune.choose(key, {c: functools.partial(launch, cfg) for c, cfg in cands.items()}, _name(default))
+        if best is not None:
+            return launch(cands.get(best, default))
     launch_fitting((spec, d, dv, q.dtype, tgt.name), fallbacks(default), launch)
     return out
+
+
+def lens_arg(kv_len: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, int]:
+    """kv_len on the kernel's device and the stride between batch rows (0: one length for all)."""
+    lens = kv_len.reshape(-1)
+    if lens.device != device:
+        lens = lens.to(device)
+    return lens, (0 if lens.numel() == 1 else lens.stride(0))
 
 
 def _name(c: AttnConfig) -> str:
