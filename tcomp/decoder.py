@@ -61,7 +61,8 @@ def _forward_params(model: torch.nn.Module) -> set[str]:
         return set()
 
 
-def _is_hf(model: torch.nn.Module) -> bool:
+def is_hf(model: torch.nn.Module) -> bool:
+    """A Hugging Face model (it has a ``config`` and ``can_generate``)."""
     return hasattr(model, "config") and hasattr(model, "can_generate")
 
 
@@ -77,7 +78,7 @@ class MaskStyle:
     @classmethod
     def of(cls, model: torch.nn.Module) -> MaskStyle:
         config = getattr(model, "config", None)
-        if config is None or not _is_hf(model):
+        if config is None or not is_hf(model):
             return cls({"full_attention": None}, False, None)
         window = getattr(config, "sliding_window", None)
         if getattr(config, "use_sliding_window", True) is False:
@@ -156,7 +157,7 @@ class DecoderStep(torch.nn.Module):
             kwargs["position_ids"] = position_ids
         if self._takes_cache_position:
             kwargs["cache_position"] = cache_position
-        if _is_hf(self.model):
+        if is_hf(self.model):
             kwargs["use_cache"] = True
         try:
             out = self.model(input_ids, **kwargs)

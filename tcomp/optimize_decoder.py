@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from tcomp.decoder import _device, build_references, capture_decoder, fit_ids, step_inputs
+from tcomp.decoder import _device, build_references, capture_decoder, fit_ids, is_hf, step_inputs
 from tcomp.errors import InputError
 from tcomp.graph import drop_unused_tensors
 from tcomp.pipeline import run_pipeline
@@ -29,8 +29,13 @@ def _example_ids(args: tuple, kwargs: dict) -> torch.Tensor:
     return ids
 
 
+def _config(model: torch.nn.Module) -> Any:
+    """The model's configuration object: Hugging Face's ``config``, the zoo's ``cfg``, or None."""
+    return getattr(model, "config", None) or getattr(model, "cfg", None)
+
+
 def _default_max_len(model: torch.nn.Module) -> int:
-    config = getattr(model, "config", None) or getattr(model, "cfg", None)
+    config = _config(model)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "max_len", None)
     return int(min(limit, DEFAULT_MAX_LEN)) if limit else DEFAULT_MAX_LEN
 
@@ -80,14 +85,13 @@ def optimize_decoder(
     step_fn("capture")
     captured = capture_decoder(model, ids, batch=batch, max_len=max_len)
     device = _device(captured.step)
+    refs: tuple = (None, None)
+    if verify:
+        step_fn("float64 reference")
+        refs = _references(captured.step, ids, batch, max_len, verify_samples, plan.seed, model)
     results, reports, before = [], [], {}
-    for name, cap, decode in (("prefill", captured.prefill, False), ("decode", captured.decode, True)):
-        reference = None
-        if verify:
-            if name == "prefill":
-                step_fn("float64 reference")
-                refs = _references(captured.step, ids, batch, max_len, verify_samples, plan.seed, model)
-            reference = refs[0] if name == "prefill" else refs[1]
+    for name, cap, reference in (("prefill", captured.prefill, refs[0]), ("decode", captured.decode, refs[1])):
+        decode = name == "decode"
         cal = _step_calibration(plan.calibration, batch, max_len, device, decode)
         graph_plan = dataclasses.replace(plan, calibration=cal)
         result = run_pipeline(
@@ -116,7 +120,7 @@ def optimize_decoder(
     runner.pad_token_id = getattr(generation_config, "pad_token_id", None)
     runner.graphs_before = before  # per graph: the captured graph's structure, and its code
     runner.captured_code = {name: r.snapshots[0][1] for name, r in zip(before, results)}
-    if hasattr(model, "can_generate") and hasattr(model, "config"):
+    if is_hf(model):
         from tcomp.hf_face import hf_decoder
 
         return hf_decoder(model, runner)
@@ -145,6 +149,5 @@ def _references(step, ids, batch, max_len, samples, seed, model):
 
 
 def _vocab(model: torch.nn.Module, ids: torch.Tensor) -> int:
-    config = getattr(model, "config", None) or getattr(model, "cfg", None)
-    v = getattr(config, "vocab_size", None)
+    v = getattr(_config(model), "vocab_size", None)
     return int(v) if v else int(ids.max()) + 1
