@@ -1,7 +1,9 @@
-"""Fusion of elementwise chains (and a LayerNorm that ends one) into generated Triton kernels.
+"""Fusion of elementwise chains (and a LayerNorm or RMSNorm that ends one) into generated Triton kernels.
 
 ``find_groups`` walks the graph and grows groups of elementwise ATen ops whose intermediate values
-have no other user; a group may end in ``aten.layer_norm`` over the last dim. Each group becomes
+have no other user; a group may end in ``aten.layer_norm`` over the last dim or in the lowered
+``tcomp.rms_norm`` (the residual add of a pre-norm decoder block and the next block's RMSNorm
+become one kernel that stores both the sum and the normalised row). Each group becomes
 one node calling ``run_fused(desc, *inputs)``: ``desc`` is a small text description of the group
 (the kernel's source is rendered from it, cached, and can be regenerated from the saved graph).
 
@@ -73,8 +75,25 @@ def _layer_norm_ok(n: fx.Node) -> bool:
     )
 
 
+def _rms_norm_ok(n: fx.Node) -> bool:
+    """A ``tcomp.rms_norm`` the Triton lowering already put on its kernel (row fits in registers)."""
+    from tcomp.backends.triton.rms_norm import MAX_D
+    from tcomp.backends.triton.rms_norm import rms_norm as lowered
+
+    if n.op != "call_function" or n.target is not lowered:
+        return False
+    s = shape(n.args[0])
+    return s is not None and len(s) > 0 and isinstance(s[-1], int) and s[-1] <= MAX_D
+
+
+def is_norm(n: fx.Node) -> bool:
+    """A normalisation over the last dim that may end a fused group (LayerNorm or lowered RMSNorm)."""
+    return _layer_norm_ok(n) or _rms_norm_ok(n)
+
+
 def find_groups(gm: fx.GraphModule) -> list[list[fx.Node]]:
-    """Maximal single-consumer chains/trees of elementwise ops, optionally ending in a LayerNorm.
+    """Maximal single-consumer chains/trees of elementwise ops, optionally ending in a LayerNorm or
+    RMSNorm.
 
     The value a LayerNorm normalises may have users after it (the residual stream of pre-LN blocks:
     ``h = x + attn; y = ln(h); ... h + mlp(y)``): the group then stores it as a second output."""
@@ -82,7 +101,7 @@ def find_groups(gm: fx.GraphModule) -> list[list[fx.Node]]:
     groups: list[list[fx.Node]] = []
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for n in gm.graph.nodes:
-        is_ln = _layer_norm_ok(n)
+        is_ln = is_norm(n)
         if not (_elementwise(n) or is_ln) or not isinstance(val(n), torch.Tensor):
             continue
         merged: list[fx.Node] = [n]
@@ -108,6 +127,7 @@ def find_groups(gm: fx.GraphModule) -> list[list[fx.Node]]:
                 group_of.pop(m)  # nothing fuses after a LayerNorm (its output is a reduction)
     # a lone LayerNorm is kept too (bench/profile_e2e.py, H200, bf16): aten's moved 1.4 TB/s on ViT-B/16
     # (107 us for 50k x 768 rows), the generated add+LayerNorm kernel 3.5 TB/s on BERT (21 us, 16k rows)
+    # (a lone RMSNorm keeps its own kernel: the same one, without the group's generality)
     return [g for g in groups if len(g) >= 2 or g[0].target is aten.layer_norm.default]
 
 
@@ -119,7 +139,7 @@ def _same(a: tuple | None, b: tuple | None) -> bool:
 
 def describe(group: list[fx.Node]) -> tuple[str, list[Any]] | None:
     """``(desc, inputs)`` for a group, or None when an input has a layout the kernel does not take."""
-    out_shape = shape(group[-1] if group[-1].target is not aten.layer_norm.default else group[-1].args[0])
+    out_shape = shape(group[-1].args[0] if is_norm(group[-1]) else group[-1])
     inside = set(group)
     inputs: list[Any] = []
     kinds: list[str] = []
@@ -151,7 +171,10 @@ def describe(group: list[fx.Node]) -> tuple[str, list[Any]] | None:
     try:
         for i, n in enumerate(group):
             t = n.target
-            if t is aten.layer_norm.default:
+            if _rms_norm_ok(n):
+                w = n.args[1]
+                step = ["rms", ref(n.args[0]), ref(w) if w is not None else None, float(n.args[2])]
+            elif t is aten.layer_norm.default:
                 w, b = (n.args[2] if len(n.args) > 2 else None), (n.args[3] if len(n.args) > 3 else None)
                 eps = n.args[4] if len(n.args) > 4 else 1e-5
                 step = [
@@ -195,7 +218,7 @@ def render(desc: str) -> tuple[str, str]:
 
     d = json.loads(desc)
     name = "tcomp_fused_" + hashlib.sha256(desc.encode()).hexdigest()[:12]
-    ln = d["steps"][-1][0] == "ln"
+    ln = d["steps"][-1][0] in ("ln", "rms")  # one program per row
     extra = d.get("extra", [])
     args = ", ".join(
         [f"X{i}" for i in range(len(d["kinds"]))] + ["OUT"] + [f"OUT{j + 1}" for j in range(len(extra))]
@@ -235,6 +258,15 @@ def render(desc: str) -> tuple[str, str]:
             body.append(f"t{i} = " + _EXPR[step[1]].format(a=f"({_arg(step[2])})", b=f"({_arg(step[3])})"))
         elif op == "id":
             body.append(f"t{i} = {_arg(step[1])}")
+        elif op == "rms":  # RMSNorm over the row, fp32 as tcomp.rms_norm's reference
+            _, x, w, eps = step
+            body += [
+                f"xs = tl.where(ok, {_arg(x)}, 0.0)",
+                "ms = tl.sum(xs * xs, 0) / COLS",
+                f"t{i} = xs * (1.0 / tl.sqrt(ms + {eps!r}))",
+            ]
+            if w is not None:
+                body.append(f"t{i} = t{i} * {_arg(w)}")
         else:  # layer norm over the row
             _, x, w, b, eps = step
             body += [
@@ -290,7 +322,7 @@ def run_fused(desc: str, *inputs: torch.Tensor) -> torch.Tensor:
     numel, cols = full.numel(), full.shape[-1] if full.dim() else 1
     if numel == 0:
         return (out, *extra) if extra else out
-    if d["steps"][-1][0] == "ln":
+    if d["steps"][-1][0] in ("ln", "rms"):
         block = 1 << max(4, (cols - 1).bit_length())
         grid = (numel // cols,)
         warps = 4 if block <= 2048 else 8

@@ -11,6 +11,7 @@ epilogue stay on ``aten.linear`` (cuBLAS), which nothing here beats.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -45,6 +46,8 @@ class GemmConfig:
         kind = "tma" if c.tma else "triton"
         return f"{kind}_{c.block_m}x{c.block_n}x{c.block_k}_g{c.group_m}_w{c.num_warps}_s{c.num_stages}"
 
+
+SMALL_ROWS = 64  # a linear with at most this many rows is a GEMV-shaped launch (decode)
 
 # Hopper/Ampere candidates (the shapes Triton's matmul tutorial and Inductor's mm configs favour)
 GPU_CONFIGS = [
@@ -221,17 +224,33 @@ def _chain(lin: fx.Node) -> tuple[str, fx.Node | None, list[fx.Node]] | None:
         and u.kwargs.get("alpha", 1) == 1
     ):
         other = u.args[1] if u.args[0] is cur else u.args[0]
-        ln_next = (nxt := _only_user(u)) is not None and nxt.target is aten.layer_norm.default
         if (
             isinstance(other, fx.Node)
             and _same_layout(other, cur)
-            and not (act == "none" and ln_next)  # a residual add before a LayerNorm fuses better with it
+            and not (act == "none" and _norm_takes(u, lin))  # the add fuses better with the norm after it
         ):
             residual = other
             nodes.append(u)
     if act == "none" and residual is None:
         return None
     return act, residual, nodes
+
+
+def _norm_takes(add: fx.Node, lin: fx.Node) -> bool:
+    """Whether the residual ``add`` after ``lin`` is better left to the elementwise fusion, which
+    joins it with the LayerNorm/RMSNorm that reads it: when the norm is its only reader (post-norm
+    blocks), or, in pre-norm blocks (the sum also feeds the next residual add), when ``lin`` has few
+    rows -- a decode step, where cuBLAS wins the GEMV, its epilogue would be a launch of its own and
+    the add+norm kernel saves one launch per block."""
+    from tcomp.backends.triton.fusion import is_norm
+
+    norms = [u for u in add.users if is_norm(u) and u.args[0] is add]
+    if not norms:
+        return False
+    if len(add.users) == 1:
+        return True
+    rows = shape(lin.args[0])
+    return rows is not None and all(isinstance(d, int) for d in rows[:-1]) and math.prod(rows[:-1]) <= SMALL_ROWS
 
 
 def _same_layout(a: fx.Node, b: fx.Node) -> bool:

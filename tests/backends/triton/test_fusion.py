@@ -136,3 +136,44 @@ def test_user_between_sum_and_layer_norm_keeps_the_sum_out_of_the_group():
     assert all('"extra"' not in n.args[0] for n in _fused_nodes(fast.graph_module))
     with torch.no_grad():
         assert torch.allclose(fast(x, a), model(x, a), rtol=1e-4, atol=1e-4)
+
+
+class PreRMS(torch.nn.Module):
+    """A pre-norm decoder block's residual stream: ``h = x + o_proj(a); y = rms(h); h + down(y)``."""
+
+    def __init__(self, c: int, weighted: bool):
+        super().__init__()
+        self.o = torch.nn.Linear(c, c, bias=False)
+        self.down = torch.nn.Linear(c, c, bias=False)
+        self.norm = torch.nn.RMSNorm(c, eps=1e-6, elementwise_affine=weighted)
+        if weighted:
+            torch.nn.init.normal_(self.norm.weight, 1.0, 0.2)
+
+    def forward(self, x, a):
+        h = x + self.o(a)
+        return h + self.down(self.norm(h))
+
+
+@given(
+    c=st.sampled_from([8, 48, 96]), rows=st.sampled_from([1, 3, 16]), weighted=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float16]), seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_residual_add_and_rms_norm_are_one_kernel_at_decode_rows(c, rows, weighted, dtype, seed):
+    """At a decode step's few rows the residual add stays out of the GEMM and joins the RMSNorm
+    after it: one kernel stores the sum and the normalised row, FP_EQUIVALENT to float64."""
+    torch.manual_seed(seed)
+    model = PreRMS(c, weighted).eval().to(DEVICE, dtype)
+    x, a = (torch.randn(rows, 1, c, device=DEVICE, dtype=dtype) for _ in range(2))
+    fast = tcomp.optimize(model, (x, a), target="h200", dynamic=False)  # static rows, as a decode graph's
+    rec = fast.report["fuse.triton.elementwise"]
+    assert rec.status == "applied" and rec.error <= rec.tolerance, (rec.reason, rec.notes)
+    groups = [n for n in _fused_nodes(fast.graph_module) if '["rms"' in n.args[0]]
+    assert len(groups) == 1 and '"extra"' in groups[0].args[0]  # the sum is the second output
+    ops = {str(n.target) for n in fast.graph_module.graph.nodes if n.op == "call_function"}
+    assert not any("rms_norm" in o and "fused" not in o for o in ops), ops
+    ref = model.double()(x.double(), a.double())
+    with torch.no_grad():
+        out = fast(x, a)
+    assert not out.isnan().any()
+    err = ((out.double() - ref).norm() / ref.norm()).item()
+    assert err < (1e-5 if dtype == torch.float32 else 5e-3), err
