@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch._guards import detect_fake_mode
 
 from tcomp import meta
 from tcomp.contract import PassResult
-from tcomp.graph import add_node, copy_source_meta, module_path, val
+from tcomp.graph import add_buffer, add_node, copy_source_meta, module_path
 from tcomp.options import option
 
 aten = torch.ops.aten
@@ -149,16 +148,8 @@ def swap_linear(
     graph buffer ``<prefix>_<suffix>``; the float weight goes when nothing else reads it."""
     x, w_node = lin.args[0], lin.args[1]
     bias = lin.args[2] if len(lin.args) > 2 else lin.kwargs.get("bias")
-    mode = detect_fake_mode([val(x)])
-    attrs = []
     with gm.graph.inserting_before(lin):
-        for suffix, t in tensors.items():
-            name = f"{prefix}_{suffix}"
-            gm.register_buffer(name, t)
-            a = gm.graph.get_attr(name)
-            if mode is not None:
-                a.meta[meta.VAL] = mode.from_tensor(t, static_shapes=True)
-            attrs.append(a)
+        attrs = [add_buffer(gm, f"{prefix}_{suffix}", t, like=x) for suffix, t in tensors.items()]
         new = add_node(gm.graph, op, (x, *attrs, *extra, bias))
     copy_source_meta(new, lin)
     new.meta[meta.QUANT] = quant_meta

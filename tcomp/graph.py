@@ -44,6 +44,18 @@ def add_node(graph: fx.Graph, target: Any, args: tuple, kwargs: dict | None = No
     return node
 
 
+def add_buffer(gm: fx.GraphModule, name: str, tensor: torch.Tensor, like: fx.Node | None = None) -> fx.Node:
+    """Register ``tensor`` as buffer ``name`` of ``gm`` and insert a ``get_attr`` node reading it at
+    the graph's current insertion point, its ``meta["val"]`` a fake tensor of the fake mode that
+    ``like``'s value belongs to (when it has one)."""
+    gm.register_buffer(name, tensor)
+    node = gm.graph.get_attr(name)
+    mode = detect_fake_mode([val(like)]) if like is not None else None
+    if mode is not None:
+        node.meta[meta.VAL] = mode.from_tensor(tensor, static_shapes=True)
+    return node
+
+
 def copy_source_meta(dst: fx.Node, src: fx.Node) -> None:
     """Carry the user-source information of ``src`` onto ``dst`` (for reports and errors)."""
     for key in (meta.STACK_TRACE, meta.NN_MODULE_STACK):

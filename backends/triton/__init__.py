@@ -7,10 +7,12 @@ generated as source text, cached on disk (``codegen``) and launched with the pla
 properties (``Target.hopper``, shared memory) choose tiles, warps and stages. Without a GPU they
 run under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU tensors, which is how CI tests them.
 
-A plan runs three named steps for this backend, each verified like a pass:
-``lower.triton`` (dialect ops to their kernels), ``fuse.triton.gemm_epilogue`` (linear layers with
-their activation / residual epilogue to one GEMM launch) and ``fuse.triton.elementwise``
-(elementwise chains, and the LayerNorm ending one, to generated fused kernels).
+A plan runs five named steps for this backend, each verified like a pass:
+``lower.triton`` (dialect ops to their kernels), ``fuse.triton.projections`` (a decode step's
+linears that share their input, q/k/v and gate/up, to one GEMV), ``fuse.triton.gemm_epilogue`` (linear layers with
+their activation / residual epilogue to one GEMM launch), ``fuse.triton.rotary`` (the rotate-half
+RoPE chain to one kernel) and ``fuse.triton.elementwise`` (elementwise chains, and the LayerNorm or
+RMSNorm ending one, to generated fused kernels).
 """
 
 from __future__ import annotations
@@ -48,11 +50,24 @@ class TritonBackend(Backend):
         return [
             *super().steps(tgt),
             Pass(
+                "fuse.triton.projections",
+                fuse_projections,
+                FP_EQUIVALENT,
+                description="linears of a decode step that read the same input (q/k/v, gate/up) to one "
+                "GEMV over their concatenated weights",
+            ),
+            Pass(
                 "fuse.triton.gemm_epilogue",
                 partial(fuse_gemm_epilogues, target=tgt.name),
                 FP_EQUIVALENT,
                 description="linear + activation / residual add to one generated GEMM launch "
                 "(or cuBLAS, whichever the autotuner measures faster)",
+            ),
+            Pass(
+                "fuse.triton.rotary",
+                fuse_rotary,
+                FP_EQUIVALENT,
+                description="rotary position embedding (the rotate-half chain) to one generated kernel per tensor",
             ),
             Pass(
                 "fuse.triton.elementwise",
@@ -81,30 +96,49 @@ def _why_not_fuse(gm: fx.GraphModule) -> str | None:
     return f"inputs on {', '.join(sorted(devices)) or 'no device'}: Triton needs CUDA (or TRITON_INTERPRET=1)"
 
 
+def _fusion_step(gm: fx.GraphModule, run, done: str) -> PassResult:
+    """A fusion step's record: ``run(gm)`` returns the rewrite count (and notes); ``done`` formats
+    the count. Nothing runs where Triton cannot (the reason is the note)."""
+    result = PassResult(gm)
+    if (reason := _why_not_fuse(gm)) is not None:
+        result.notes.append(f"nothing fused ({reason})")
+        return result
+    out = run(gm)
+    result.rewrites, notes = out if isinstance(out, tuple) else (out, [])
+    result.notes += [done.format(result.rewrites), *notes]
+    return result
+
+
 def fuse_gemm_epilogues(gm: fx.GraphModule, target: Target | str) -> PassResult:
     """Step ``fuse.triton.gemm_epilogue``: every ``linear -> activation -> residual add`` chain
     becomes one ``gemm.linear`` launch on ``target``. FP_EQUIVALENT (the epilogue runs in fp32
     registers instead of after a rounded store)."""
     from tcomp.backends.triton.gemm import fuse_epilogues
 
-    result = PassResult(gm)
-    if (reason := _why_not_fuse(gm)) is not None:
-        result.notes.append(f"nothing fused ({reason})")
-        return result
-    result.rewrites = fuse_epilogues(gm, target)
-    result.notes.append(f"fused the epilogue of {result.rewrites} linear layers into GEMM launches")
-    return result
+    return _fusion_step(
+        gm, partial(fuse_epilogues, target=target), "fused the epilogue of {} linear layers into GEMM launches"
+    )
+
+
+def fuse_projections(gm: fx.GraphModule) -> PassResult:
+    """Step ``fuse.triton.projections``: few-row linears sharing their input become one linear
+    over the concatenated weights and a slice per original output. FP_EQUIVALENT."""
+    from tcomp.backends.triton.projections import fuse
+
+    return _fusion_step(gm, fuse, "joined {} linears into the projection that shares their input")
+
+
+def fuse_rotary(gm: fx.GraphModule) -> PassResult:
+    """Step ``fuse.triton.rotary``: each ``x*cos + rotate_half(x)*sin`` becomes one generated
+    kernel launch. FP_EQUIVALENT (one rounding instead of three)."""
+    from tcomp.backends.triton.rotary import fuse
+
+    return _fusion_step(gm, fuse, "fused {} rotary embeddings into generated kernels")
 
 
 def fuse_elementwise(gm: fx.GraphModule) -> PassResult:
-    """Step ``fuse.triton.elementwise``: elementwise chains (and a LayerNorm ending one) become
-    one generated kernel each. FP_EQUIVALENT (intermediates stay in fp32 registers)."""
+    """Step ``fuse.triton.elementwise``: elementwise chains (and a LayerNorm or RMSNorm ending one)
+    become one generated kernel each. FP_EQUIVALENT (intermediates stay in fp32 registers)."""
     from tcomp.backends.triton.fusion import fuse
 
-    result = PassResult(gm)
-    if (reason := _why_not_fuse(gm)) is not None:
-        result.notes.append(f"nothing fused ({reason})")
-        return result
-    result.rewrites, notes = fuse(gm)
-    result.notes += [f"fused {result.rewrites} elementwise/LayerNorm groups into generated kernels", *notes]
-    return result
+    return _fusion_step(gm, fuse, "fused {} elementwise/norm groups into generated kernels")

@@ -47,7 +47,7 @@ class GemmConfig:
         return f"{kind}_{c.block_m}x{c.block_n}x{c.block_k}_g{c.group_m}_w{c.num_warps}_s{c.num_stages}"
 
 
-SMALL_ROWS = 64  # a linear with at most this many rows is a GEMV-shaped launch (decode)
+SMALL_ROWS = 16  # a linear with at most this many static rows is a GEMV (a decode step's batch)
 
 # Hopper/Ampere candidates (the shapes Triton's matmul tutorial and Inductor's mm configs favour)
 GPU_CONFIGS = [
@@ -227,7 +227,7 @@ def _chain(lin: fx.Node) -> tuple[str, fx.Node | None, list[fx.Node]] | None:
         if (
             isinstance(other, fx.Node)
             and _same_layout(other, cur)
-            and not (act == "none" and _norm_takes(u, lin))  # the add fuses better with the norm after it
+            and not (act == "none" and _norm_only_user(u))  # the add fuses better with the norm after it
         ):
             residual = other
             nodes.append(u)
@@ -236,19 +236,19 @@ def _chain(lin: fx.Node) -> tuple[str, fx.Node | None, list[fx.Node]] | None:
     return act, residual, nodes
 
 
-def _norm_takes(add: fx.Node, lin: fx.Node) -> bool:
-    """Whether the residual ``add`` after ``lin`` is better left to the elementwise fusion, which
-    joins it with the LayerNorm/RMSNorm that reads it: when the norm is its only reader (post-norm
-    blocks), or, in pre-norm blocks (the sum also feeds the next residual add), when ``lin`` has few
-    rows -- a decode step, where cuBLAS wins the GEMV, its epilogue would be a launch of its own and
-    the add+norm kernel saves one launch per block."""
+def _norm_only_user(add: fx.Node) -> bool:
+    """A post-norm block's residual add, read only by the LayerNorm/RMSNorm after it: the
+    elementwise fusion joins the two in one kernel."""
     from tcomp.backends.triton.fusion import is_norm
 
-    norms = [u for u in add.users if is_norm(u) and u.args[0] is add]
-    if not norms:
-        return False
-    if len(add.users) == 1:
-        return True
+    return len(add.users) == 1 and is_norm(u := next(iter(add.users))) and u.args[0] is add
+
+
+def few_rows(lin: fx.Node) -> bool:
+    """A linear over at most :data:`SMALL_ROWS` static rows (a decode step): a GEMV, where cuBLAS
+    beats the generated tile GEMM, so an epilogue there would be a launch of its own -- left to the
+    elementwise fusion instead, which joins it with its neighbours (SiLU and the gate product,
+    the residual add and the next RMSNorm)."""
     rows = shape(lin.args[0])
     return rows is not None and all(isinstance(d, int) for d in rows[:-1]) and math.prod(rows[:-1]) <= SMALL_ROWS
 
@@ -281,6 +281,8 @@ def fuse_epilogues(gm: fx.GraphModule, target: Target | str) -> int:
     count = 0
     for lin in list(gm.graph.nodes):
         if lin.op != "call_function" or lin.target is not aten.linear.default or not _supported(lin):
+            continue
+        if few_rows(lin):
             continue
         found = _chain(lin)
         if found is None:

@@ -1,0 +1,109 @@
+"""Rotary position embedding fused to one generated kernel: the rotate-half chain in its spellings
+(slices or chunk, either operand order, partial rotary on a slice of the head, broadcast cos/sin,
+transposed q/k views) is found, replaced by one launch, and stays FP_EQUIVALENT to float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("triton")
+
+import tcomp  # noqa: E402
+from tcomp.backends.triton.rotary import rotary  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rotate_half(x, spelling: str):
+    if spelling == "chunk":
+        a, b = x.chunk(2, dim=-1)
+    else:
+        h = x.shape[-1] // 2
+        a, b = x[..., :h], x[..., h:]
+    return torch.cat((-b, a), dim=-1)
+
+
+class Rope(torch.nn.Module):
+    """Attention-style q/k projections with RoPE applied to (b, heads, n, d) transposed views."""
+
+    def __init__(self, heads: int, d: int, spelling: str, swap: bool, partial: bool):
+        super().__init__()
+        self.heads, self.d, self.spelling, self.swap, self.partial = heads, d, spelling, swap, partial
+        self.q = torch.nn.Linear(heads * d, heads * d, bias=False)
+        self.k = torch.nn.Linear(heads * d, d, bias=False)  # one kv head (MQA): another shape
+        rd = d // 2 if partial else d
+        self.register_buffer("inv", 1.0 / 10000 ** (torch.arange(0, rd, 2).float() / rd))
+
+    def embed(self, x, cos, sin):
+        if self.partial:
+            rd = cos.shape[-1]
+            x, rest = x[..., :rd], x[..., rd:]
+        y = (rotate_half(x, self.spelling) * sin + x * cos) if self.swap else (x * cos + rotate_half(x, self.spelling) * sin)
+        return torch.cat((y, rest), dim=-1) if self.partial else y
+
+    def forward(self, h, pos):
+        b, n, _ = h.shape
+        q = self.q(h).view(b, n, self.heads, self.d).transpose(1, 2)
+        k = self.k(h).view(b, n, 1, self.d).transpose(1, 2)
+        f = pos[..., None].float() * self.inv
+        emb = torch.cat((f, f), dim=-1)
+        cos, sin = emb.cos().to(h.dtype)[:, None], emb.sin().to(h.dtype)[:, None]
+        return self.embed(q, cos, sin), self.embed(k, cos, sin)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    spelling=st.sampled_from(["slice", "chunk"]), swap=st.booleans(), partial=st.booleans(),
+    d=st.sampled_from([16, 32, 64]), n=st.integers(1, 6), dtype=st.sampled_from([torch.float32, torch.float16]),
+    seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_rope_spellings_fuse_to_one_kernel_each(spelling, swap, partial, d, n, dtype, seed):
+    torch.manual_seed(seed)
+    model = Rope(3, d, spelling, swap, partial).eval().to(DEVICE, dtype)
+    h = torch.randn(2, n, 3 * d, device=DEVICE, dtype=dtype)
+    pos = torch.randint(0, 4096, (2, n), device=DEVICE)
+    fast = tcomp.optimize(model, (h, pos), target="h200", dynamic=False)
+    rec = fast.report["fuse.triton.rotary"]
+    assert rec.status == "applied" and rec.rewrites == 2, (rec.reason, rec.notes)
+    assert rec.error <= rec.tolerance
+    ops = [n.target for n in fast.graph_module.graph.nodes if n.op == "call_function"]
+    assert ops.count(rotary) == 2 and torch.ops.aten.neg.default not in ops
+    h2, pos2 = torch.randn_like(h), torch.randint(0, 4096, (2, n), device=DEVICE)
+    with torch.no_grad():
+        got, eager = fast(h2, pos2), model(h2, pos2)
+    ref = model.double()(h2.double(), pos2)
+    rel = lambda a, r: ((a.double() - r).norm() / r.norm()).item()  # noqa: E731
+    for g, e, r in zip(got, eager, ref):
+        assert g.dtype == dtype and not g.isnan().any()
+        # as close to float64 as eager is (whose own cos/sin carry the fp32 or fp16 rounding)
+        assert rel(g, r) <= 1.5 * rel(e, r) + (1e-6 if dtype == torch.float32 else 1e-3), (rel(g, r), rel(e, r))
+
+
+def test_kernel_reads_strided_x_and_broadcast_cos_sin():
+    """The launcher alone: a transposed view of x, cos/sin broadcast over batch and heads."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 5, 4, 32, device=DEVICE).transpose(1, 2)  # (b, heads, n, d), not contiguous
+    f = torch.randn(1, 1, 5, 16, device=DEVICE)
+    cos, sin = torch.cat((f, f), -1).cos(), torch.cat((f, f), -1).sin()
+    out = rotary(x, cos, sin, torch.float32)
+    xd = x.double()
+    ref = xd * cos.double() + torch.cat((-xd[..., 16:], xd[..., :16]), -1) * sin.double()
+    assert out.shape == x.shape and out.stride() == x.stride()  # eager's layout
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-6
+
+
+def test_a_product_used_elsewhere_keeps_the_chain():
+    class Leaky(torch.nn.Module):
+        def forward(self, x, cos, sin):
+            a = x * cos
+            return a + rotate_half(x, "slice") * sin, a  # the product is an output too
+
+    x, cs = torch.randn(1, 2, 3, 8, device=DEVICE), torch.randn(1, 1, 3, 8, device=DEVICE)
+    fast = tcomp.optimize(Leaky(), (x, cs, cs.sin()), target="h200", dynamic=False)
+    assert fast.report["fuse.triton.rotary"].rewrites == 0
+    with torch.no_grad():
+        got, ref = fast(x, cs, cs.sin()), Leaky()(x, cs, cs.sin())
+    assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(got, ref))
