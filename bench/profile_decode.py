@@ -152,6 +152,33 @@ def main() -> None:
     result["decode_kernels"] = by_kind
     result["decode_top"] = rows[:60]
 
+    # the generation loop against the bare steps it runs: host work between steps shows here
+    new_tokens = 33
+    tcomp.generate(fast, ids, max_new_tokens=new_tokens, eos_token_id=[])
+    _, gen_ms = clock(lambda: tcomp.generate(fast, ids, max_new_tokens=new_tokens, eos_token_id=[]))
+
+    def bare():
+        t = dec.step(ids, start=0)[:, -1:].argmax(-1)
+        for i in range(new_tokens - 1):
+            t = dec.step(t, start=args.prompt + i)[:, -1:].argmax(-1)
+
+    _, bare_ms = clock(bare)
+    result.update(generate_ms=gen_ms, bare_steps_ms=bare_ms, generate_tokens=new_tokens)
+    print(f"\n== tcomp.generate of {new_tokens} tokens: {gen_ms:.1f} ms; prefill + steps alone: {bare_ms:.1f} ms")
+    if gen_ms > 1.3 * bare_ms:
+        import cProfile
+        import io
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        tcomp.generate(fast, ids, max_new_tokens=new_tokens, eos_token_id=[])
+        torch.cuda.synchronize()
+        prof.disable()
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(25)
+        print(text.getvalue()[-6000:])
+
     print("\n== cuBLAS on the decode shapes")
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     result["gemv"] = gemvs(cfg["hidden_size"], cfg["intermediate_size"], heads, kv, cfg["vocab_size"], clock)
