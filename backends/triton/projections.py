@@ -64,7 +64,7 @@ def fuse(gm: fx.GraphModule) -> int:
         tensors = {"weight": torch.cat(weights, 0).contiguous()}
         if has_bias:
             tensors["bias"] = torch.cat([_tensor(gm, n.args[2]) for n in group], 0).contiguous()
-        prefix = "tcomp_joined_" + first.args[1].target.replace(".", "_")
+        prefix = "tcomp_joined_" + first.args[1].target.replace(".", "_").removesuffix("_weight")
         with gm.graph.inserting_before(first):
             attrs = [add_buffer(gm, f"{prefix}_{suffix}", t, like=first.args[0]) for suffix, t in tensors.items()]
             joined_lin = add_node(gm.graph, aten.linear.default, (first.args[0], *attrs))
