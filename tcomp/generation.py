@@ -59,11 +59,12 @@ class OptimizedDecoder(torch.nn.Module):
         self.sequence = 0  # counts the sequences started (prefills at slot 0): stale cache states show
         device = next(iter(prefill.buffers())).device
         self.register_buffer("padding", torch.ones(batch, max_len, dtype=torch.long, device=device), persistent=False)
-        self._decode_runner = None
+        self._decode_runner = self._prefill_runner = None
         if cudagraphs:
             from tcomp.cudagraphs import CudaGraphRunner
 
             self._decode_runner = CudaGraphRunner(decode, lambda: [*decode.parameters(), *decode.buffers()])
+            self._prefill_runner = CudaGraphRunner(prefill, lambda: [*prefill.parameters(), *prefill.buffers()])
 
     # ------------------------------------------------------------------ the two graphs
     @property
@@ -122,16 +123,22 @@ class OptimizedDecoder(torch.nn.Module):
             input_ids = torch.cat([input_ids, input_ids[:1].expand(fill, n)])
             position_ids = torch.cat([position_ids, position_ids[:1].expand(fill, n)])
             self.padding[b:].copy_(self.padding[:1].expand(fill, -1))
-        cache_position = torch.arange(start, start + n, device=device)
-        # fresh row-major copies: a slice of a growing mask has strides that change every step, and
-        # the decode CUDA graphs are keyed by shape, dtype and strides (a new key per step = no replay)
-        args = (_packed(input_ids), _packed(position_ids), cache_position, self.padding)
         if n == 1:
-            logits = (self._decode_runner or self.decode_module)(*args)
+            run, length = self._decode_runner or self.decode_module, 1
+        elif self._prefill_runner is not None and (length := prefill_bucket(n, self.max_len - start)) is not None:
+            run = self._prefill_runner
+            if length > n:  # right-padded to the bucket: the causal mask keeps pads out of real rows
+                more = torch.arange(1, length - n + 1, device=device)
+                input_ids = torch.cat([input_ids, input_ids[:, -1:].expand(-1, length - n)], dim=1)
+                position_ids = torch.cat([position_ids, position_ids[:, -1:] + more], dim=1)
         else:
-            logits = self.prefill_module(*args)
+            run, length = self.prefill_module, n
+        cache_position = torch.arange(start, start + length, device=device)
+        # fresh row-major copies: a slice of a growing mask has strides that change every step, and
+        # the CUDA graphs are keyed by shape, dtype and strides (a new key per step = no replay)
+        logits = run(_packed(input_ids), _packed(position_ids), cache_position, self.padding)
         self.length, self.rows = start + n, b
-        return logits[:b]
+        return logits[:b, :n]
 
     def _check_step(self, b: int, n: int, start: int, attention_mask, position_ids) -> None:
         """Refuse a step the cache cannot take, before anything is changed: the message names the
@@ -198,9 +205,27 @@ class OptimizedDecoder(torch.nn.Module):
         return str(write_decoder(self, folder))
 
     def _apply(self, fn, *args, **kwargs):  # .to()/.cuda(): recorded CUDA graphs read old storage
-        if self._decode_runner is not None:
-            self._decode_runner.reset()
+        for runner in (self._decode_runner, self._prefill_runner):
+            if runner is not None:
+                runner.reset()
         return super()._apply(fn, *args, **kwargs)
+
+
+PREFILL_GRAPHS_UP_TO = 1024  # longer prompts run the prefill graph directly (compute hides the launches)
+
+
+def prefill_bucket(n: int, room: int) -> int | None:
+    """The length a prompt of ``n`` tokens is right-padded to for a prefill CUDA graph: the power of
+    two at or above it (16 at least), so a few graphs serve every prompt; ``n`` itself when that
+    would pass the ``room`` left in the cache; None above :data:`PREFILL_GRAPHS_UP_TO` (no graph).
+
+    Exact: the pads sit after the real tokens, which the causal mask hides from them; their cache
+    slots are past the sequence's length, masked from every later step until a real token
+    overwrites them, and their logits are dropped."""
+    if n > PREFILL_GRAPHS_UP_TO:
+        return None
+    length = max(16, 1 << (n - 1).bit_length())
+    return length if length <= room else n
 
 
 def _packed(x: torch.Tensor) -> torch.Tensor:

@@ -106,3 +106,34 @@ def test_decode_steps_keep_one_input_signature():
     tcomp.generate(fast, ids, attention_mask=mask, max_new_tokens=6)
     fast.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert len(seen) == 10 and len(set(seen)) == 1, set(seen)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gpt2"])
+def test_prompts_right_padded_to_a_prefill_graph_bucket_change_nothing(family):
+    """With prefill CUDA graphs (GPU targets) a prompt is right-padded to a power-of-two length so a
+    few graphs serve every prompt: the logits of the real tokens, the cache the decode steps read
+    and the generated tokens are those of the unpadded prefill (sliding windows and learned
+    positions included). Run here through a stand-in for the graph runner."""
+    from tcomp.generation import prefill_bucket
+
+    model = make(family)
+    ids = torch.randint(1, 96, (2, 9), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=40, verify=False)
+    runner = fast.tcomp_decoder
+    plain = runner.step(ids, mask, start=0)
+    want = tcomp.generate(fast, ids, attention_mask=mask, max_new_tokens=8)
+    lengths = []
+
+    def spy(input_ids, *rest):
+        lengths.append(input_ids.shape[1])
+        return runner.prefill_module(input_ids, *rest)
+
+    runner._prefill_runner = spy
+    padded = runner.step(ids, mask, start=0)
+    assert lengths == [16] and padded.shape == plain.shape
+    assert torch.allclose(padded, plain, rtol=1e-5, atol=1e-5)
+    assert torch.equal(tcomp.generate(fast, ids, attention_mask=mask, max_new_tokens=8), want)
+    assert runner.length == 9 + 7  # the pads never count as filled slots
+    assert prefill_bucket(9, 40) == 16 and prefill_bucket(30, 31) == 30 and prefill_bucket(2000, 4096) is None
