@@ -59,6 +59,7 @@ def test_decode_rows_join_projections(rows, bias, dtype, seed):
     assert rec.status == "applied" and rec.rewrites == 4, (rec.reason, rec.notes)  # q,k,v,gate,up -> 1
     assert rec.error <= rec.tolerance
     assert len(_linears(fast.graph_module)) == 2  # the joined one and down
+    assert any("MiB of new memory" in n for n in rec.notes)  # the cost is said
     names = {n for n, _ in fast.graph_module.named_buffers()} | {n for n, _ in fast.graph_module.named_parameters()}
     assert not any(n.endswith(("q.weight", "gate.weight")) for n in names)  # the separate weights went
     if rows > 1:  # the gate/up halves are strided row views: read in place, not copied
