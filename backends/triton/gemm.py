@@ -5,7 +5,9 @@ residual add, each the only user of the one before, and replaces the chain by on
 ``linear`` then runs either the generated Triton GEMM with the epilogue fused
 (``gemm_template``) or cuBLAS followed by the epilogue in PyTorch, whichever the autotuner timed
 faster for this shape on this GPU (``autotune.choose``; cached on disk). Plain linears without an
-epilogue stay on ``aten.linear`` (cuBLAS), which nothing here beats.
+epilogue stay on ``aten.linear`` (cuBLAS), which nothing here beats at prefill sizes; a decode
+step's few-row linears (static rows <= ``SMALL_ROWS``) all become ``linear`` launches whose
+candidates are cuBLAS and skinny 16-row tiles (their epilogues go to the elementwise fusion).
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ GPU_CONFIGS = [
     GemmConfig(256, 128, 64, 8, 8, 3),
     GemmConfig(64, 256, 32, 8, 4, 4),
     GemmConfig(128, 64, 64, 8, 4, 4),
+]
+# a decode step's few rows (M <= SMALL_ROWS): one 16-row tile, narrow columns so the weight stream is
+# spread over many programs (a GEMV is bound by reading the weight once), long K tiles, deep pipelines
+SKINNY_CONFIGS = [
+    GemmConfig(16, 32, 256, 1, 4, 4),
+    GemmConfig(16, 64, 128, 1, 4, 4),
+    GemmConfig(16, 32, 128, 1, 4, 6),
+    GemmConfig(16, 64, 256, 1, 8, 3),
+    GemmConfig(16, 128, 128, 1, 4, 4),
+    GemmConfig(16, 16, 512, 1, 4, 3),
 ]
 HOPPER_CONFIGS = [
     GemmConfig(128, 256, 64, 8, 8, 3, tma=True),
@@ -176,7 +188,10 @@ def linear(
     choice = autotune.lookup(key)  # steady state: no candidates built, nothing timed
     if choice is None:
         hopper = tgt.hopper and torch.cuda.get_device_capability(x.device)[0] >= 9
-        configs = GPU_CONFIGS + (HOPPER_CONFIGS if hopper and tma_ok(a, w, res) else [])
+        if m <= SMALL_ROWS:
+            configs = SKINNY_CONFIGS
+        else:
+            configs = GPU_CONFIGS + (HOPPER_CONFIGS if hopper and tma_ok(a, w, res) else [])
         candidates = {"cublas": lambda: reference(x, w, bias, residual, activation)}
         candidates.update({c.name: functools.partial(launch, c) for c in configs})
         choice = autotune.choose(key, candidates, default="cublas")
@@ -184,7 +199,7 @@ def linear(
     return launch(config) if config is not None else reference(x, w, bias, residual, activation)
 
 
-_BY_NAME = {c.name: c for c in GPU_CONFIGS + HOPPER_CONFIGS}
+_BY_NAME = {c.name: c for c in GPU_CONFIGS + HOPPER_CONFIGS + SKINNY_CONFIGS}
 
 
 # ---- lowering ---------------------------------------------------------------------------------
@@ -282,7 +297,15 @@ def fuse_epilogues(gm: fx.GraphModule, target: Target | str) -> int:
     for lin in list(gm.graph.nodes):
         if lin.op != "call_function" or lin.target is not aten.linear.default or not _supported(lin):
             continue
-        if few_rows(lin):
+        if few_rows(lin):  # the GEMV itself gets the choice of cuBLAS or a skinny tile; its epilogue
+            x, w = lin.args[0], lin.args[1]  # goes to the elementwise fusion
+            bias = lin.args[2] if len(lin.args) > 2 else lin.kwargs.get("bias")
+            with gm.graph.inserting_before(lin):
+                new = gm.graph.call_function(linear, (x, w, bias, None, "none"), dict(kwargs))
+            new.meta.update(lin.meta)
+            lin.replace_all_uses_with(new)
+            gm.graph.erase_node(lin)
+            count += 1
             continue
         found = _chain(lin)
         if found is None:
