@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import statistics
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -119,11 +120,27 @@ def main() -> None:
     model = build_model(cfg, device, 0, {})
     ids = torch.randint(1, cfg["vocab_size"], (args.batch, args.prompt), device=device)
     new = 64
+    t0 = time.perf_counter()
     fast = tcomp.optimize(model, {"input_ids": ids}, target=target_of(device, None), max_len=args.prompt + new,
                           max_batch=args.batch)  # fmt: skip
+    t1 = time.perf_counter()
     dec = fast.tcomp_decoder
     tcomp.generate(fast, ids, max_new_tokens=8, eos_token_id=[])  # autotune, capture the decode graph
-    result: dict = {"model": args.model, "batch": args.batch, "prompt": args.prompt, "ceilings": ceil}
+    torch.cuda.synchronize()
+    result: dict = {"model": args.model, "batch": args.batch, "prompt": args.prompt, "ceilings": ceil,
+                    "optimize_s": t1 - t0, "first_generate_s": time.perf_counter() - t1,
+                    "device": torch.cuda.get_device_name(), "torch": torch.__version__}  # fmt: skip
+    print(f"optimize {result['optimize_s']:.1f} s, first generate (autotune, captures) {result['first_generate_s']:.1f} s")
+    weights = sum(t.numel() * t.element_size() for t in model.parameters())
+    result["floor_ms"] = weights / ceil["copy_GBps"] / 1e6
+    tok = torch.randint(1, cfg["vocab_size"], (args.batch, 1), device=device)
+    step = lambda: dec.step(tok, start=args.prompt)  # noqa: E731
+    for _ in range(5):
+        step()
+    result["step_graph_ms"] = statistics.median(clock(step)[1] for _ in range(args.steps))
+    print(f"decode step {result['step_graph_ms']:.3f} ms as a CUDA graph; floor {result['floor_ms']:.3f} ms "
+          f"({result['floor_ms'] / result['step_graph_ms']:.0%} of the floor's speed)", flush=True)  # fmt: skip
+    save(args, result)
 
     prefill = lambda: dec.step(ids, start=0)  # noqa: E731
     for _ in range(3):
@@ -138,23 +155,18 @@ def main() -> None:
     result["prefill_kernels"] = by_kind
     result["prefill_top"] = rows[:30]
 
-    tok = torch.randint(1, cfg["vocab_size"], (args.batch, 1), device=device)
-    step = lambda: dec.step(tok, start=args.prompt)  # noqa: E731
-    for _ in range(5):
-        step()
-    result["step_graph_ms"] = statistics.median(clock(step)[1] for _ in range(args.steps))
+    save(args, result)
     runner, dec._decode_runner = dec._decode_runner, None
     result["step_eager_ms"] = statistics.median(clock(step)[1] for _ in range(args.steps))
     by_kind, rows = kernels(step, 5)
     dec._decode_runner = runner
-    weights = sum(t.numel() * t.element_size() for t in model.parameters())
-    result["floor_ms"] = weights / ceil["copy_GBps"] / 1e6
     show(
         f"decode step: {result['step_graph_ms']:.3f} ms as a CUDA graph, {result['step_eager_ms']:.3f} ms launched "
         f"one by one; floor {result['floor_ms']:.3f} ms (weights {weights / 1e9:.2f} GB)", by_kind, rows, top=40,
     )  # fmt: skip
     result["decode_kernels"] = by_kind
     result["decode_top"] = rows[:60]
+    save(args, result)
 
     # the generation loop against the bare steps it runs: host work between steps shows here
     new_tokens = 33
@@ -186,10 +198,16 @@ def main() -> None:
     print("\n== cuBLAS on the decode shapes")
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     result["gemv"] = gemvs(cfg["hidden_size"], cfg["intermediate_size"], heads, kv, cfg["vocab_size"], clock)
+    save(args, result)
+    if args.out:
+        (Path(args.out) / f"decode-graph-{args.model}.py").write_text(dec.decode_module.code)
+
+
+def save(args, result: dict) -> None:
+    """Write what is measured so far (a run cut short keeps it)."""
     if args.out:
         path = Path(args.out) / f"profile-decode-{args.model}-b{args.batch}.json"
         path.write_text(json.dumps(result, indent=1, default=str))
-        (Path(args.out) / f"decode-graph-{args.model}.py").write_text(dec.decode_module.code)
         print(f"wrote {path}")
 
 
