@@ -11,7 +11,8 @@ COMMON = dict(
 )  # fmt: skip
 
 # family -> (config class, model class, config kwargs): GQA, MQA, sliding windows (Mistral's one
-# window; Gemma 3's per-layer types), learned absolute positions (GPT-2, OPT), parallel blocks (Phi-3)
+# window; Gemma 3's per-layer types), learned absolute positions (GPT-2, OPT), fused projections
+# (Phi-3, GPT-NeoX, Falcon), partial rotary (GPT-NeoX, StableLM), parallel blocks (GPT-NeoX, Falcon)
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", dict(num_key_value_heads=2)),
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(num_key_value_heads=2, sliding_window=8)),
@@ -20,6 +21,10 @@ FAMILIES = {
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(num_key_value_heads=1, head_dim=16, sliding_window=8)),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=64, n_layer=2, n_head=4, n_positions=128)),
     "opt": ("OPTConfig", "OPTForCausalLM", dict(ffn_dim=128, word_embed_proj_dim=64)),
+    # partial rotary embeddings (half of each head), fused q/k/v, parallel attention and MLP
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(rotary_pct=0.5)),
+    "falcon": ("FalconConfig", "FalconForCausalLM", dict(new_decoder_architecture=True, num_kv_heads=2)),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(num_key_value_heads=2, partial_rotary_factor=0.5)),
 }
 
 

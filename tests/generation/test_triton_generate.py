@@ -1,6 +1,7 @@
 """Generation through the Triton backend (the interpreter on CPU): the decode step's fusions --
-joined q/k/v and gate/up projections, the rotary kernel, add+RMSNorm and SiLU*up groups, the split-KV
-decode kernel -- keep greedy decoding equal to Hugging Face eager's, with logits close at every step."""
+joined q/k/v and gate/up projections, the rotary kernel (partial rotary too), add+RMSNorm and SiLU*up
+groups, the split-KV decode kernel -- keep greedy decoding equal to Hugging Face eager's, with logits
+close at every step."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NEW = 6
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "gemma3", "gpt_neox", "stablelm"])
 def test_triton_decode_step_generates_as_hf_eager(family):
     model = make(family).to(DEVICE)
     gen = torch.Generator().manual_seed(3)
@@ -35,8 +36,8 @@ def test_triton_decode_step_generates_as_hf_eager(family):
     fast = tcomp.optimize(model, {"input_ids": ids}, target="h100", max_len=16, max_batch=2)
     dec = fast.tcomp_decoder
     steps = {p.name: p for p in dec.decode_report.passes}
-    # Phi-3 writes q/k/v and gate/up as one projection each already: nothing left to join
-    joins = () if family == "phi3" else ("fuse.triton.projections",)
+    # Phi-3 and GPT-NeoX write q/k/v (and gate/up) as one projection each already: nothing left to join
+    joins = () if family in ("phi3", "gpt_neox") else ("fuse.triton.projections",)
     for name in (*joins, "fuse.triton.rotary", "fuse.triton.elementwise"):
         assert steps[name].status == "applied" and steps[name].error <= steps[name].tolerance, (name, steps[name])
     kw = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, output_logits=True,
