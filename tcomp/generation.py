@@ -77,9 +77,12 @@ class OptimizedDecoder(torch.nn.Module):
 
     @property
     def cudagraphs(self) -> str:
+        """"on" (both graphs replayed as CUDA graphs), "off", or why a graph runs directly."""
         if self._decode_runner is None:
             return "off"
-        return self._decode_runner.disabled or "on"
+        why = [f"{name}: {r.disabled}" for name, r in (("decode", self._decode_runner), ("prefill", self._prefill_runner))
+               if r is not None and r.disabled]  # fmt: skip
+        return "; ".join(why) or "on"
 
     def reset(self) -> None:
         """Forget the current sequence (the cache slots are overwritten by the next prefill)."""

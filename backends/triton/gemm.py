@@ -184,7 +184,8 @@ def linear(
         return launch(config)
     if interpreting():
         return launch(interpreter_config(m, n, k))
-    key = f"gemm|{spec.name}|m{pow2(m)}|n{n}|k{k}|{x.dtype}|{tgt.name}"
+    rows = m if m <= SMALL_ROWS else pow2(m)  # a decode batch is its own bucket: 1 and 16 rows may differ
+    key = f"gemm|{spec.name}|m{rows}|n{n}|k{k}|{x.dtype}|{tgt.name}"
     choice = autotune.lookup(key)  # steady state: no candidates built, nothing timed
     if choice is None:
         hopper = tgt.hopper and torch.cuda.get_device_capability(x.device)[0] >= 9

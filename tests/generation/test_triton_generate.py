@@ -47,3 +47,20 @@ def test_triton_decode_step_generates_as_hf_eager(family):
     assert torch.equal(out.sequences, ref.sequences), family
     for step, (a, b) in enumerate(zip(out.logits, ref.logits)):
         assert not a.isnan().any() and rel_error(a, b) < 1e-4, (family, step, rel_error(a, b))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_prefill_and_decode_replay_as_cuda_graphs_gpu():
+    """On a GPU target both graphs replay as CUDA graphs; prompts of 9 and 13 tokens share the
+    16-token prefill bucket; tokens equal those of the same decoder run without graphs."""
+    model = make("llama").cuda()
+    gen = torch.Generator().manual_seed(5)
+    fast = tcomp.optimize(model, {"input_ids": torch.randint(1, VOCAB, (2, 9), generator=gen).cuda()},
+                          target="h100", max_len=40, max_batch=2)  # fmt: skip
+    plain = tcomp.optimize(model, {"input_ids": torch.randint(1, VOCAB, (2, 9), generator=gen).cuda()},
+                           target="h100", max_len=40, max_batch=2, cudagraphs=False)  # fmt: skip
+    for n in (9, 13, 9, 13):
+        ids = torch.randint(1, VOCAB, (2, n), generator=gen).cuda()
+        assert torch.equal(tcomp.generate(fast, ids, max_new_tokens=6), tcomp.generate(plain, ids, max_new_tokens=6))
+    dec = fast.tcomp_decoder
+    assert dec.cudagraphs == "on" and len(dec._prefill_runner.graphs) == 1, dec.cudagraphs
