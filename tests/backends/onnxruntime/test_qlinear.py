@@ -287,8 +287,8 @@ def test_fp8_exports_e4m3_weights_and_matches_its_dialect_op(granularity, b, n, 
         f8 = onnx_f8_type()
         assert sorted(mats) == sorted([(f8, (80, 64)), (f8, (16, 80))]), mats
         eager = tcomp.optimize(model, (x,), passes=spec, backend="eager", verify=False)
-        _BUILT[key] = (om, eager)
-    om, eager = _BUILT[key]
+        _BUILT[key] = (om, eager, model)
+    om, eager, model = _BUILT[key]
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, n, 64, generator=g)
     if outlier:  # one large activation: with per-tensor scales the rest rounds coarsely
@@ -296,7 +296,19 @@ def test_fp8_exports_e4m3_weights_and_matches_its_dialect_op(granularity, b, n, 
     with torch.no_grad():
         got, want = om(x), eager(x)
     assert torch.isfinite(got).all()
-    assert rel_error(got, want) <= 64 * F32_EPS
+    # the same roundings -- except where an activation entering the second layer lies within fp32
+    # sum-order noise of an e4m3 rounding boundary: ORT and eager then round it one e4m3 step apart
+    # (seen in CI, seed 411: one token's 16 outputs off by up to 4 %), a jump no tolerance on the
+    # translation should hide or blame. So each output agrees to fp32 precision, give or take two such
+    # flips in its row: an e4m3 step is at most 1/8 of the value (or the scale's subnormal step).
+    with torch.no_grad():
+        a = model[1](model[0](x)).abs()  # the second layer's input (float; its e4m3 copy is close)
+    step = torch.maximum(a.amax(-1, keepdim=True) / 8, a.amax() / 448 / 512 * torch.ones(()))
+    flips = 2 * 1.1 * model[2].weight.abs().max() * step  # the weight's e4m3 rounding: < 1.1x
+    exact = 64 * F32_EPS * want.abs().amax(-1, keepdim=True)
+    assert ((got - want).abs() <= exact + flips).all(), float(((got - want).abs() / (exact + flips)).max())
+    off_rows = int(((got - want).abs() > exact).any(-1).sum())  # a systematic error would move every row
+    assert off_rows <= max(1, got[..., 0].numel() // 10), off_rows
 
 
 def onnx_f8_type() -> int:
