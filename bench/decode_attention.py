@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 from pathlib import Path
 
@@ -32,38 +31,16 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quant_linear import time_graph as graph_ms  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 LENS = "1024,2048,4096,8192,16384,32768,65536,131072"
 
 
-def time_graph(fn, calls: int, replays: int = 20) -> float:
-    """Median seconds of one call, replaying a CUDA graph of ``calls`` back-to-back calls (warmed
-    on a side stream first, as torch.cuda.graph asks)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    for _ in range(3):
-        g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / calls / 1e3)
-    del g
-    return statistics.median(times)
+def time_graph(fn, calls: int) -> float:
+    """Median seconds of one call, replaying a CUDA graph of ``calls`` back-to-back calls
+    (``quant_linear.time_graph``, 20 replays)."""
+    return graph_ms(fn, iters=20 * calls, per_graph=calls) / 1e3
 
 
 def reference(q, k, v, scale: float) -> torch.Tensor:

@@ -31,7 +31,7 @@ from tcomp.backends.triton.configs import (
     decode_config,
     pow2,
 )
-from tcomp.backends.triton.runtime import flash, launch_fitting, lens_arg, strides4
+from tcomp.backends.triton.runtime import device_and_head_dims, flash, launch_fitting, lens_arg, strides4
 from tcomp.dialect.cached_attention import CACHED_ATTENTION
 from tcomp.graph import val
 from tcomp.targets import Target, get_target
@@ -55,12 +55,7 @@ def check(node: fx.Node) -> str | None:
         return f"kv_len dtype {kv_len.dtype}: an integer tensor is needed"
     if kv_len.numel() not in (1, q.shape[0]):
         return f"kv_len has {kv_len.numel()} elements: 1 or the batch ({q.shape[0]}) are supported"
-    if q.device.type != "cuda" and not interpreting():
-        return f"tensors on {q.device.type}: Triton needs CUDA (or TRITON_INTERPRET=1)"
-    d, dv = q.shape[-1], v.shape[-1]
-    if not (isinstance(d, int) and isinstance(dv, int)) or max(d, dv) > 256:
-        return "head dim must be static and at most 256"
-    return None
+    return device_and_head_dims(q, v)
 
 
 def _decode_spec(q: torch.Tensor, bias, mask) -> tmpl.DecodeKernelSpec:

@@ -292,23 +292,15 @@ def _supported(lin: fx.Node) -> bool:
 
 
 def fuse_epilogues(gm: fx.GraphModule, target: Target | str) -> int:
-    """Replace each linear+epilogue chain by one ``linear`` node; returns how many."""
+    """Replace each linear+epilogue chain, and each few-row linear, by one ``linear`` node; returns how many."""
     kwargs = {"target": get_target(target).name}  # resolved once; the nodes carry the name
     count = 0
     for lin in list(gm.graph.nodes):
         if lin.op != "call_function" or lin.target is not aten.linear.default or not _supported(lin):
             continue
-        if few_rows(lin):  # the GEMV itself gets the choice of cuBLAS or a skinny tile; its epilogue
-            x, w = lin.args[0], lin.args[1]  # goes to the elementwise fusion
-            bias = lin.args[2] if len(lin.args) > 2 else lin.kwargs.get("bias")
-            with gm.graph.inserting_before(lin):
-                new = gm.graph.call_function(linear, (x, w, bias, None, "none"), dict(kwargs))
-            new.meta.update(lin.meta)
-            lin.replace_all_uses_with(new)
-            gm.graph.erase_node(lin)
-            count += 1
-            continue
-        found = _chain(lin)
+        # a decode step's GEMV gets the choice of cuBLAS or a skinny tile; its epilogue goes to the
+        # elementwise fusion
+        found = ("none", None, [lin]) if few_rows(lin) else _chain(lin)
         if found is None:
             continue
         act, residual, nodes = found

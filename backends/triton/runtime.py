@@ -40,6 +40,11 @@ def check(node: fx.Node) -> str | None:
         return "needs 4-D q/k/v with known shapes"
     if q.dtype not in SUPPORTED_DTYPES:
         return f"dtype {q.dtype} (supported: fp16, bf16, fp32)"
+    return device_and_head_dims(q, v)
+
+
+def device_and_head_dims(q: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why the attention kernels cannot take these q/v values (device, head dims), or None."""
     if q.device.type != "cuda" and not interpreting():
         return f"tensors on {q.device.type}: Triton needs CUDA (or TRITON_INTERPRET=1)"
     d, dv = q.shape[-1], v.shape[-1]
