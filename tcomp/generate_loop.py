@@ -12,6 +12,7 @@ from tcomp.errors import InputError
 from tcomp.generation import OptimizedDecoder
 
 
+@torch.no_grad()  # as Hugging Face's generate: inference only, so the CUDA graphs replay
 def generate(
     model: OptimizedDecoder | torch.nn.Module,
     input_ids: torch.Tensor,

@@ -90,6 +90,7 @@ class OptimizedDecoder(torch.nn.Module):
         self.sequence += 1
         self.padding.fill_(1)
 
+    @torch.no_grad()
     def step(
         self,
         input_ids: torch.Tensor,
@@ -102,7 +103,9 @@ class OptimizedDecoder(torch.nn.Module):
         and return their logits (b, n, vocab). ``attention_mask`` (b, start+n): 1 for real tokens,
         0 for left padding (the whole sequence so far, as Hugging Face passes it); ``position_ids``
         default to the slot numbers (as the models' own forward does; generation passes the count
-        of real tokens before each one)."""
+        of real tokens before each one). Inference only: it runs under ``torch.no_grad()`` (the
+        steps write the cache in place, and the CUDA graphs replay only without autograd), so a
+        model whose parameters require grad -- any freshly loaded one -- still replays."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise InputError(
                 f"input_ids must be (batch, tokens) with a token or more, got shape {tuple(input_ids.shape)}"

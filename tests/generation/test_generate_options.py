@@ -85,3 +85,18 @@ def test_top_k_and_top_p_edges(pair):
                        (dict(top_k=-1), "top_k must be >= 0"), (dict(temperature=0.0), "temperature must be > 0")):  # fmt: skip
         with pytest.raises(InputError, match=match):
             tcomp.generate(fast, ids, **{**sample, **bad})
+
+
+def test_steps_run_without_autograd_even_when_the_weights_require_grad(pair):
+    """A freshly loaded model's parameters require grad; the decoder's steps must still run as
+    inference (no graph recorded, so the GPU's CUDA graphs may replay): logits carry no grad_fn,
+    and tcomp.generate runs with grad mode left as the caller had it."""
+    model, fast = pair
+    assert any(p.requires_grad for p in model.parameters())
+    dec = fast.tcomp_decoder
+    ids, mask = _prompt(1)
+    assert torch.is_grad_enabled()
+    logits = dec.step(ids, mask, start=0)
+    assert not logits.requires_grad and logits.grad_fn is None
+    out = tcomp.generate(fast, ids, attention_mask=mask, max_new_tokens=3)
+    assert out.shape == (2, ids.shape[1] + 3) and torch.is_grad_enabled()
