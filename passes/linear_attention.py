@@ -24,6 +24,7 @@ import torch.fx as fx
 from tcomp import meta
 from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.dialect import attention_nodes
+from tcomp.dialect.cached_attention import cached_attention_refusal
 from tcomp.graph import copy_source_meta, module_path, remove_dead, val
 from tcomp.options import option
 from tcomp.passes.attention_transfer import fit_correction, fit_hedgehog, site_error
@@ -119,6 +120,11 @@ def linear_attention(gm: fx.GraphModule, opts: LinearAttentionOptions, ctx: Pass
     feature_map, layers, calibration, steps, loss = opts.feature_map, opts.layers, ctx.calibration, opts.steps, opts.loss
     sequential, correction, holdout = opts.sequential, opts.correction, opts.holdout
     result = PassResult(gm)
+    refusal = cached_attention_refusal(gm, "linear attention")
+    if refusal:
+        result.reason = refusal
+        result.notes.append(refusal)
+        return result
     sites = []
     for node in attention_nodes(gm):
         try:

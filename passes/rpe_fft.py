@@ -32,6 +32,7 @@ import torch.fx as fx
 from tcomp import meta
 from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.dialect import attention_nodes
+from tcomp.dialect.cached_attention import cached_attention_refusal
 from tcomp.graph import add_node, copy_source_meta, module_path, remove_dead, shape
 from tcomp.options import option
 from tcomp.passes.feature_maps import (
@@ -79,6 +80,11 @@ def contract(opts: RpeFftOptions) -> Contract:
 def rpe_fft(gm: fx.GraphModule, opts: RpeFftOptions, ctx: PassContext) -> PassResult:
     """Rewrite softmax sites with a relative-position bias to FFT kernelized attention (EMPIRICAL)."""
     result = PassResult(gm)
+    refusal = cached_attention_refusal(gm, "FFT relative-position attention")
+    if refusal:
+        result.reason = refusal
+        result.notes.append(refusal)
+        return result
     restrictors: dict[str, Restrictor] = {}  # per sequence length symbol; shared producers cut once
     for node in attention_nodes(gm):
         where = f"site {node.meta.get(meta.ATTN_LAYER)} ({module_path(node)})"

@@ -26,6 +26,7 @@ from torch import Tensor
 from tcomp import meta
 from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.dialect import attention_nodes
+from tcomp.dialect.cached_attention import cached_attention_refusal
 from tcomp.graph import copy_source_meta, module_path, remove_dead
 from tcomp.options import option
 from tcomp.passes.feature_maps import (
@@ -146,6 +147,11 @@ def softmax_free(gm: fx.GraphModule, opts: SoftmaxFreeOptions, ctx: PassContext)
     """Rewrite softmax attention to SOFT (Gaussian kernel, Nyström landmarks) via linear attention (EMPIRICAL)."""
     calibration, layers, normalize, tied = ctx.calibration, opts.layers, opts.normalize, opts.tied
     result = PassResult(gm)
+    refusal = cached_attention_refusal(gm, "softmax-free attention")
+    if refusal:
+        result.reason = refusal
+        result.notes.append(refusal)
+        return result
     if calibration is None:
         result.notes.append(
             "attention.softmax_free needs calibration data to place its landmarks: nothing done"

@@ -142,3 +142,18 @@ CACHED_ATTENTION = define(
 def is_cached_attention(node) -> bool:
     """True for an fx node that calls ``tcomp.cached_attention``."""
     return CACHED_ATTENTION.matches(node)
+
+
+def cached_attention_refusal(gm, rewrite: str) -> str:
+    """Why an attention-rewriting pass leaves a decoder step graph's attention alone ("" when the
+    graph has no ``tcomp.cached_attention`` site): said in the pass's report instead of a silent
+    "nothing to rewrite". ``rewrite`` names what the pass would build, e.g. "linear attention"."""
+    n = sum(is_cached_attention(node) for node in gm.graph.nodes)
+    if not n:
+        return ""
+    return (
+        f"not applicable: {n} attention site(s) of a decoder step graph read the KV cache "
+        f"(tcomp.cached_attention); {rewrite} over a cache is not built (its recurrent form, a state per "
+        "layer in place of the cache, is not implemented), so these layers stay softmax. Optimize the "
+        "model with decoder=False to rewrite its single forward pass"
+    )

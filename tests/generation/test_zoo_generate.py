@@ -140,3 +140,19 @@ def test_cache_arguments_are_checked():
         model(ids, attention_mask=torch.ones(2, 1, 5, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="bool attention_mask"):
         model(ids, past_key_values=object(), cache_position=torch.arange(5))
+
+
+@pytest.mark.parametrize("name", ["attention.linear", "attention.softmax_free", "attention.rpe_fft"])
+def test_attention_rewrites_say_why_they_leave_a_decoders_cache_alone(name):
+    """No silent no-op: a pass that rewrites softmax attention reports, on both step graphs, that
+    the cached attention sites stay softmax and why; the decoder still generates as the model."""
+    model = _model("rope-gqa")
+    ids = _ids(3)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=MAX_LEN, decoder=True, passes=[name])
+    for report in (fast.report, fast.decode_report):
+        rec = report[name]
+        assert rec.status == "skipped" and rec.rewrites == 0, (rec.status, rec.reason)
+        assert rec.reason.startswith("not applicable") and "read the KV cache" in rec.reason, rec.reason
+        assert rec.reason in rec.notes
+    ref, _ = _greedy_no_cache(model, ids)
+    assert torch.equal(tcomp.generate(fast, ids, max_new_tokens=NEW), ref)
