@@ -67,7 +67,8 @@ class TritonBackend(Backend):
                 "fuse.triton.rotary",
                 fuse_rotary,
                 FP_EQUIVALENT,
-                description="rotary position embedding (the rotate-half chain) to one generated kernel per tensor",
+                description="rotary position embedding (the rotate-half chain) to one generated kernel per tensor; "
+                "in a decode step the key rotation and the K/V cache writes are one launch",
             ),
             Pass(
                 "fuse.triton.elementwise",
@@ -131,9 +132,14 @@ def fuse_projections(gm: fx.GraphModule) -> PassResult:
 def fuse_rotary(gm: fx.GraphModule) -> PassResult:
     """Step ``fuse.triton.rotary``: each ``x*cos + rotate_half(x)*sin`` becomes one generated
     kernel launch. FP_EQUIVALENT (one rounding instead of three)."""
-    from tcomp.backends.triton.rotary import fuse
+    from tcomp.backends.triton.rotary import fuse, fuse_cache_writes
 
-    return _fusion_step(gm, fuse, "fused {} rotary embeddings into generated kernels")
+    def run(g: fx.GraphModule) -> tuple[int, list[str]]:
+        found = fuse(g)
+        writes = fuse_cache_writes(g)
+        return found, [f"{writes} of them write the rotated keys (and the values beside them) straight into the KV cache"] if writes else []
+
+    return _fusion_step(gm, run, "fused {} rotary embeddings into generated kernels")
 
 
 def fuse_elementwise(gm: fx.GraphModule) -> PassResult:

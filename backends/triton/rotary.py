@@ -15,6 +15,13 @@ tensors that broadcast to ``x`` (read with zero strides along the broadcast dims
 (``x`` itself a slice of the head, as GPT-NeoX and Phi write it) is matched the same way: the slice
 is a strided view the kernel reads in place.
 
+In a decoder step the rotated keys go straight into the KV cache (``index_copy_(k_cache, 2,
+cache_position, rotary(k))``) and the values next to them (``index_copy_(v_cache, 2, cache_position,
+v)``): :func:`fuse` then makes the three launches one, :func:`rotary_to_cache`, which writes the
+rotated rows of ``k`` and the rows of ``v`` at the cache slots ``cache_position`` names (read on the
+GPU, so a CUDA graph replays it at any position) and returns both caches. Saves two launches per
+layer of every decode step.
+
 FP_EQUIVALENT: eager rounds after each product and the sum, the kernel once.
 """
 
@@ -43,27 +50,39 @@ import triton.language as tl
 
 @triton.jit
 def {NAME}(
-    X, C, S, OUT, R, D1, D2,
+    X, C, S, OUT, POS, V, VC, R, D1, D2, DV, DX,
     sx0, sx1, sx2, sx3, sc0, sc1, sc2, sc3, ss0, ss1, ss2, ss3, so0, so1, so2, so3,
+    sv0, sv1, sv2, sv3, sw0, sw1, sw2, sw3,
     HALF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    INDEXED: tl.constexpr, HAS_V: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     i2 = rows % D2
+    j2 = i2
     t = rows // D2
     i1 = t % D1
     i0 = t // D1
     cols = tl.arange(0, BLOCK_D)
+    rot = cols < 2 * HALF  # columns past the rotated ones are copied (partial rotary)
     first = cols < HALF
     partner = tl.where(first, cols + HALF, cols - HALF)
-    m = (rows < R)[:, None] & (cols < 2 * HALF)[None, :]
+    m = (rows < R)[:, None] & (cols < DX)[None, :]
+    mr = (rows < R)[:, None] & rot[None, :]
     xb = (i0 * sx0 + i1 * sx1 + i2 * sx2)[:, None]
     x = tl.load(X + xb + cols[None, :] * sx3, mask=m, other=0.0).to(tl.float32)
-    xp = tl.load(X + xb + partner[None, :] * sx3, mask=m, other=0.0).to(tl.float32)
+    xp = tl.load(X + xb + partner[None, :] * sx3, mask=mr, other=0.0).to(tl.float32)
     xp = tl.where(first[None, :], -xp, xp)
-    c = tl.load(C + (i0 * sc0 + i1 * sc1 + i2 * sc2)[:, None] + cols[None, :] * sc3, mask=m, other=0.0)
-    s = tl.load(S + (i0 * ss0 + i1 * ss1 + i2 * ss2)[:, None] + cols[None, :] * ss3, mask=m, other=0.0)
-    y = x * c.to(tl.float32) + xp * s.to(tl.float32)
+    c = tl.load(C + (i0 * sc0 + i1 * sc1 + i2 * sc2)[:, None] + cols[None, :] * sc3, mask=mr, other=0.0)
+    s = tl.load(S + (i0 * ss0 + i1 * ss1 + i2 * ss2)[:, None] + cols[None, :] * ss3, mask=mr, other=0.0)
+    y = tl.where(rot[None, :], x * c.to(tl.float32) + xp * s.to(tl.float32), x)
+    if INDEXED:  # row i2 goes to slot POS[i2] of dim 2 (a KV cache), values V alongside into VC
+        i2 = tl.load(POS + i2, mask=rows < R, other=0)
     tl.store(OUT + (i0 * so0 + i1 * so1 + i2 * so2)[:, None] + cols[None, :] * so3, y.to(OUT.dtype.element_ty), mask=m)
+    if HAS_V:
+        cv = tl.arange(0, BLOCK_DV)
+        mv = (rows < R)[:, None] & (cv < DV)[None, :]
+        v = tl.load(V + (i0 * sv0 + i1 * sv1 + j2 * sv2)[:, None] + cv[None, :] * sv3, mask=mv, other=0.0)
+        tl.store(VC + (i0 * sw0 + i1 * sw1 + i2 * sw2)[:, None] + cv[None, :] * sw3, v.to(VC.dtype.element_ty), mask=mv)
 """
 
 
@@ -82,26 +101,52 @@ def _as4(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _launch(x, cos, sin, out, pos=None, v=None, v_out=None, rot_dim: int | None = None) -> None:
+    """One launch: rows of ``x`` with their first ``rot_dim`` columns (default all) rotated into
+    ``out`` (row ``i`` of dim 2 to slot ``pos[i]`` when ``pos`` is given), the rows of ``v`` into
+    ``v_out`` at the same slots."""
+    if x.numel() == 0:
+        return
+    d = x.shape[-1]
+    rd = d if rot_dim is None else rot_dim
+    x4, o4 = _as4(x), _as4(out)
+    c4, s4 = _as4(cos.expand(*x.shape[:-1], rd)), _as4(sin.expand(*x.shape[:-1], rd))
+    rows = x.numel() // d
+    block_d = max(16, 1 << (d - 1).bit_length())
+    dv = v.shape[-1] if v is not None else 1
+    block_dv = max(16, 1 << (dv - 1).bit_length())
+    per_program = 1 << 15 if interpreting() else 2048
+    block_r = max(1, min(64, per_program // max(block_d, block_dv)))
+    v4, w4 = (_as4(v), _as4(v_out)) if v is not None else (x4, o4)
+    kernel(interpreting())[(-(-rows // block_r),)](
+        x4, c4, s4, o4, pos if pos is not None else x4, v4, w4, rows, x4.shape[1], x4.shape[2], dv, d,
+        *x4.stride(), *c4.stride(), *s4.stride(), *o4.stride(), *v4.stride(), *w4.stride(),
+        HALF=rd // 2, BLOCK_R=block_r, BLOCK_D=block_d, INDEXED=pos is not None, HAS_V=v is not None,
+        BLOCK_DV=block_dv, num_warps=4,
+    )  # fmt: skip
+
+
 @TRITON.launcher(sources=sources)
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """``x * cos + rotate_half(x) * sin`` over the last dim of ``x`` (rank <= 4, any strides);
     ``cos``/``sin`` broadcast to ``x``. The result has ``x``'s shape and layout, in ``out_dtype``."""
     out = torch.empty_like(x, dtype=out_dtype)
-    if x.numel() == 0:
-        return out
-    x4, o4 = _as4(x), _as4(out)
-    c4, s4 = _as4(cos.expand(x.shape)), _as4(sin.expand(x.shape))
-    d = x.shape[-1]
-    rows = x.numel() // d
-    block_d = max(16, 1 << (d - 1).bit_length())
-    per_program = 1 << 15 if interpreting() else 2048
-    block_r = max(1, min(64, per_program // block_d))
-    kernel(interpreting())[(-(-rows // block_r),)](
-        x4, c4, s4, o4, rows, x4.shape[1], x4.shape[2],
-        *x4.stride(), *c4.stride(), *s4.stride(), *o4.stride(),
-        HALF=d // 2, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4,
-    )  # fmt: skip
+    _launch(x, cos, sin, out)
     return out
+
+
+@TRITON.launcher(sources=sources)
+def rotary_to_cache(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, position: torch.Tensor,
+    v: torch.Tensor | None, v_cache: torch.Tensor | None, rot_dim: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``k_cache.index_copy_(2, position, rotary(x, cos, sin))`` and ``v_cache.index_copy_(2,
+    position, v)`` in one launch: ``x`` (B, H, n, D) and ``v`` (B, H, n, Dv) any strides, the caches
+    (B, H, M, D / Dv), ``position`` (n,) slot indices; with ``rot_dim`` only the first ``rot_dim``
+    columns of ``x`` rotate (cos/sin have that width) and the rest are copied (partial rotary).
+    Returns the two caches (written in place)."""
+    _launch(x, cos, sin, k_cache, position, v, v_cache, rot_dim)
+    return k_cache, v_cache
 
 
 # ---- matching ------------------------------------------------------------------------------------
@@ -224,6 +269,104 @@ def fuse(gm: fx.GraphModule) -> int:
         copy_source_meta(new, n)
         n.replace_all_uses_with(new)
         remove_dead(gm.graph, [n])  # the chain, and the halves and negation only it read
+        count += 1
+    gm.recompile()
+    return count
+
+
+def _index_copy(n: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node] | None:
+    """(cache, position, source) of ``cache.index_copy_(2, position, source)`` over rank-4 tensors
+    of one dtype where the cache is a graph tensor (``get_attr``) that nothing else reads, else None."""
+    if not _call(n, aten.index_copy_.default) or len(n.args) != 4:
+        return None
+    dest, dim, pos, src = n.args
+    if not (isinstance(dest, fx.Node) and dest.op == "get_attr" and len(dest.users) == 1) or not isinstance(src, fx.Node):
+        return None
+    vd, vs, vp = val(dest), val(src), val(pos)
+    if not all(isinstance(t, torch.Tensor) for t in (vd, vs, vp)) or vd.dim() != 4 or vs.dim() != 4 or dim not in (2, -2):
+        return None
+    if vd.dtype != vs.dtype or vp.dim() != 1 or vp.dtype not in (torch.int32, torch.int64):
+        return None
+    if tuple(vd.shape[:2]) != tuple(vs.shape[:2]) or vd.shape[3] != vs.shape[3] or vs.shape[3] > MAX_D:
+        return None
+    return dest, pos, src
+
+
+def _slice_of(n, x=None) -> tuple[fx.Node, int, int] | None:
+    """(x, start, end) of ``x[..., start:end]`` (an ``aten.slice`` of the last of 4 dims, step 1)."""
+    if not _call(n, aten.slice.Tensor) or len(n.args) < 4 or (len(n.args) > 4 and n.args[4] != 1):
+        return None
+    src, dim, start, end = n.args[:4]
+    if not isinstance(src, fx.Node) or (x is not None and src is not x) or dim not in (3, -1):
+        return None
+    v = val(src)
+    if not isinstance(v, torch.Tensor) or v.dim() != 4 or not isinstance(start, int) or not isinstance(end, int):
+        return None
+    return src, start, min(end, v.shape[-1])
+
+
+def _rotated(src) -> tuple[fx.Node, fx.Node, fx.Node, int | None] | None:
+    """(x, cos, sin, rot_dim) when ``src`` is ``rotary(x, cos, sin)`` (rot_dim None: all of it) or
+    a partial rotary ``cat([rotary(x[..., :r], cos, sin), x[..., r:]], -1)`` whose pieces nothing
+    else reads (rot_dim ``r``); else None."""
+    if _call(src, rotary) and len(src.users) == 1:
+        return src.args[0], src.args[1], src.args[2], None
+    if not _call(src, aten.cat.default) or len(src.args) != 2 or src.args[1] not in (3, -1) or len(src.args[0]) != 2:
+        return None
+    rot, rest = src.args[0]
+    if not _call(rot, rotary) or len(rot.users) != 1:
+        return None
+    head = rot.args[0]
+    if _call(head, aten.alias.default) and isinstance(head.args[0], fx.Node):  # x[..., :d] of a whole head
+        x = head.args[0]
+        r = val(x).shape[-1]
+    else:
+        part = _slice_of(head)
+        if part is None or part[1] != 0:
+            return None
+        x, _, r = part
+    tail = _slice_of(rest, x)
+    if tail is None or tail[1] != r or tail[2] != val(x).shape[-1]:
+        return None
+    return x, rot.args[1], rot.args[2], None if r == val(x).shape[-1] else r
+
+
+def fuse_cache_writes(gm: fx.GraphModule) -> int:
+    """Each ``index_copy_(k_cache, 2, pos, rotary(k))`` whose rotation has no other reader becomes
+    one :func:`rotary_to_cache` launch, together with the ``index_copy_(v_cache, 2, pos, v)`` of the
+    same positions and rows that follows it (when there is one); returns how many."""
+    from tcomp.backends.triton.fusion import drop_noop_casts
+
+    drop_noop_casts(gm)  # the cache protocol's .to(cache dtype) sits between rotation and write
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    writes = {n: w for n in gm.graph.nodes if (w := _index_copy(n)) is not None}
+    used: set[fx.Node] = set()
+    count = 0
+    for kn, (kc, pos, src) in writes.items():
+        found = _rotated(src)
+        if found is None or val(src).dtype != val(kc).dtype:
+            continue
+        x, cos, sin, rot_dim = found
+        rows = tuple(val(x).shape[:3])
+        vn = next((n for n, (_, p, src) in writes.items() if n not in used and n is not kn and p is pos
+                   and order[n] > order[kn] and _rotated(src) is None and tuple(val(src).shape[:3]) == rows
+                   and all(order[u] > order[n] for u in kn.users)), None)  # fmt: skip
+        at = vn if vn is not None else kn
+        vc, _, v = writes[vn] if vn is not None else (None, None, None)
+        with gm.graph.inserting_before(at):
+            new = gm.graph.call_function(rotary_to_cache, (x, cos, sin, kc, pos, v, vc, rot_dim))
+            k_out = gm.graph.call_function(operator.getitem, (new, 0))
+            v_out = gm.graph.call_function(operator.getitem, (new, 1)) if vn is not None else None
+        copy_source_meta(new, kn)
+        k_out.meta.update(kn.meta)
+        kn.replace_all_uses_with(k_out)
+        gm.graph.erase_node(kn)
+        remove_dead(gm.graph, [src])  # the rotation (and a partial rotary's slices and cat)
+        if vn is not None:
+            v_out.meta.update(vn.meta)
+            vn.replace_all_uses_with(v_out)
+            gm.graph.erase_node(vn)
+            used.add(vn)
         count += 1
     gm.recompile()
     return count

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 pytest.importorskip("triton")
 
 import tcomp  # noqa: E402
-from tcomp.backends.triton.rotary import rotary  # noqa: E402
+from tcomp.backends.triton.rotary import rotary, rotary_to_cache  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -107,3 +107,47 @@ def test_a_product_used_elsewhere_keeps_the_chain():
     with torch.no_grad():
         got, ref = fast(x, cs, cs.sin()), Leaky()(x, cs, cs.sin())
     assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(got, ref))
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    d=st.sampled_from([16, 64]), dv=st.sampled_from([16, 48]), n=st.integers(1, 5), start=st.integers(0, 6),
+    heads=st.integers(1, 3), with_v=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float16]),
+    partial=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_rotary_to_cache_writes_the_slots_index_copy_would(d, dv, n, start, heads, with_v, dtype, partial, seed):
+    """Rotated keys and the values land in the cache slots ``position`` names, exactly where
+    ``index_copy_`` puts ``rotary(k)`` and ``v`` (read from transposed views of one projection);
+    every other slot is untouched, and the rotation is FP_EQUIVALENT to float64. Partial rotary:
+    only the first half of each head rotates, the rest is copied as it is."""
+    gen = torch.Generator().manual_seed(seed)
+    b, m = 2, start + n + 3
+    proj = torch.randn(b, n, heads * (d + dv), generator=gen, dtype=dtype).to(DEVICE)
+    k = proj[..., : heads * d].view(b, n, heads, d).transpose(1, 2)
+    v = proj[..., heads * d :].view(b, n, heads, dv).transpose(1, 2)
+    r = d // 2 if partial else d
+    ang = torch.rand(b, 1, n, r // 2, generator=gen, dtype=torch.float64) * 6
+    cos, sin = torch.cat((ang.cos(), ang.cos()), -1), torch.cat((ang.sin(), ang.sin()), -1)
+    cos, sin = cos.to(dtype).to(DEVICE), sin.to(dtype).to(DEVICE)
+    k_cache = torch.randn(b, heads, m, d, generator=gen, dtype=dtype).to(DEVICE)
+    v_cache = torch.randn(b, heads, m, dv, generator=gen, dtype=dtype).to(DEVICE)
+    pos = torch.arange(start, start + n, device=DEVICE)
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    k64 = k.double()
+    kr = k64[..., :r]
+    ref = kr * cos.double() + torch.cat((-kr[..., r // 2 :], kr[..., : r // 2]), -1) * sin.double()
+    ref = torch.cat((ref, k64[..., r:]), -1)
+    want_k.index_copy_(2, pos, ref.to(dtype))
+    want_v.index_copy_(2, pos, v)
+    got_k, got_v = rotary_to_cache(
+        k, cos, sin, k_cache, pos, v if with_v else None, v_cache if with_v else None, r if partial else None
+    )
+    assert got_k is k_cache
+    others = [j for j in range(m) if not start <= j < start + n]
+    assert torch.equal(k_cache[:, :, others], want_k[:, :, others])
+    err = (k_cache[:, :, start : start + n].double() - ref).norm() / ref.norm()
+    assert err < (1e-6 if dtype == torch.float32 else 2e-3), err
+    if with_v:
+        assert got_v is v_cache and torch.equal(v_cache, want_v)
+    else:
+        assert got_v is None and torch.equal(v_cache, want_v.index_copy_(2, pos, v_cache[:, :, start : start + n]))
