@@ -49,16 +49,12 @@ import triton.language as tl
 
 
 @triton.jit
-def {NAME}(
-    X, C, S, OUT, POS, V, VC, R, D1, D2, DV, DX,
+def _rope(
+    X, C, S, OUT, POS, rows, R, D1, D2, DX,
     sx0, sx1, sx2, sx3, sc0, sc1, sc2, sc3, ss0, ss1, ss2, ss3, so0, so1, so2, so3,
-    sv0, sv1, sv2, sv3, sw0, sw1, sw2, sw3,
-    HALF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-    INDEXED: tl.constexpr, HAS_V: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HALF: tl.constexpr, BLOCK_D: tl.constexpr, INDEXED: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     i2 = rows % D2
-    j2 = i2
     t = rows // D2
     i1 = t % D1
     i0 = t // D1
@@ -75,14 +71,42 @@ def {NAME}(
     c = tl.load(C + (i0 * sc0 + i1 * sc1 + i2 * sc2)[:, None] + cols[None, :] * sc3, mask=mr, other=0.0)
     s = tl.load(S + (i0 * ss0 + i1 * ss1 + i2 * ss2)[:, None] + cols[None, :] * ss3, mask=mr, other=0.0)
     y = tl.where(rot[None, :], x * c.to(tl.float32) + xp * s.to(tl.float32), x)
-    if INDEXED:  # row i2 goes to slot POS[i2] of dim 2 (a KV cache), values V alongside into VC
+    if INDEXED:  # row i2 goes to slot POS[i2] of dim 2 (a KV cache)
         i2 = tl.load(POS + i2, mask=rows < R, other=0)
     tl.store(OUT + (i0 * so0 + i1 * so1 + i2 * so2)[:, None] + cols[None, :] * so3, y.to(OUT.dtype.element_ty), mask=m)
-    if HAS_V:
-        cv = tl.arange(0, BLOCK_DV)
-        mv = (rows < R)[:, None] & (cv < DV)[None, :]
-        v = tl.load(V + (i0 * sv0 + i1 * sv1 + j2 * sv2)[:, None] + cv[None, :] * sv3, mask=mv, other=0.0)
-        tl.store(VC + (i0 * sw0 + i1 * sw1 + i2 * sw2)[:, None] + cv[None, :] * sw3, v.to(VC.dtype.element_ty), mask=mv)
+
+
+@triton.jit
+def {NAME}(
+    X, C, S, OUT, POS, V, VC, Q, CQ, SQ, QO, R, RQ, NK, D1, D2, DQ1, DV, DX,
+    sx0, sx1, sx2, sx3, sc0, sc1, sc2, sc3, ss0, ss1, ss2, ss3, so0, so1, so2, so3,
+    sv0, sv1, sv2, sv3, sw0, sw1, sw2, sw3,
+    sq0, sq1, sq2, sq3, scq0, scq1, scq2, scq3, ssq0, ssq1, ssq2, ssq3, sqo0, sqo1, sqo2, sqo3,
+    HALF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    INDEXED: tl.constexpr, HAS_V: tl.constexpr, HAS_Q: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    if pid < NK:  # the first NK programs: rows of X (and V)
+        rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+        _rope(X, C, S, OUT, POS, rows, R, D1, D2, DX, sx0, sx1, sx2, sx3, sc0, sc1, sc2, sc3,
+              ss0, ss1, ss2, ss3, so0, so1, so2, so3, HALF, BLOCK_D, INDEXED)
+        if HAS_V:  # the values of the same rows, to the same slots
+            i2 = rows % D2
+            t = rows // D2
+            i1 = t % D1
+            i0 = t // D1
+            slot = i2
+            if INDEXED:
+                slot = tl.load(POS + i2, mask=rows < R, other=0)
+            cv = tl.arange(0, BLOCK_DV)
+            mv = (rows < R)[:, None] & (cv < DV)[None, :]
+            v = tl.load(V + (i0 * sv0 + i1 * sv1 + i2 * sv2)[:, None] + cv[None, :] * sv3, mask=mv, other=0.0)
+            tl.store(VC + (i0 * sw0 + i1 * sw1 + slot * sw2)[:, None] + cv[None, :] * sw3, v.to(VC.dtype.element_ty), mask=mv)
+    else:
+        if HAS_Q:  # the rest: rows of Q (the queries, rotated into a new tensor)
+            rows = (pid - NK) * BLOCK_R + tl.arange(0, BLOCK_R)
+            _rope(Q, CQ, SQ, QO, POS, rows, RQ, DQ1, D2, DX, sq0, sq1, sq2, sq3, scq0, scq1, scq2, scq3,
+                  ssq0, ssq1, ssq2, ssq3, sqo0, sqo1, sqo2, sqo3, HALF, BLOCK_D, False)
 """
 
 
@@ -101,16 +125,19 @@ def _as4(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _launch(x, cos, sin, out, pos=None, v=None, v_out=None, rot_dim: int | None = None) -> None:
+def _launch(x, cos, sin, out, pos=None, v=None, v_out=None, rot_dim: int | None = None, q=None, q_out=None) -> None:
     """One launch: rows of ``x`` with their first ``rot_dim`` columns (default all) rotated into
     ``out`` (row ``i`` of dim 2 to slot ``pos[i]`` when ``pos`` is given), the rows of ``v`` into
-    ``v_out`` at the same slots."""
+    ``v_out`` at the same slots, and the rows of ``q`` rotated the same way into ``q_out``."""
     if x.numel() == 0:
         return
     d = x.shape[-1]
     rd = d if rot_dim is None else rot_dim
-    x4, o4 = _as4(x), _as4(out)
-    c4, s4 = _as4(cos.expand(*x.shape[:-1], rd)), _as4(sin.expand(*x.shape[:-1], rd))
+
+    def views(t, o):
+        return _as4(t), _as4(cos.expand(*t.shape[:-1], rd)), _as4(sin.expand(*t.shape[:-1], rd)), _as4(o)
+
+    x4, c4, s4, o4 = views(x, out)
     rows = x.numel() // d
     block_d = max(16, 1 << (d - 1).bit_length())
     dv = v.shape[-1] if v is not None else 1
@@ -118,11 +145,16 @@ def _launch(x, cos, sin, out, pos=None, v=None, v_out=None, rot_dim: int | None 
     per_program = 1 << 15 if interpreting() else 2048
     block_r = max(1, min(64, per_program // max(block_d, block_dv)))
     v4, w4 = (_as4(v), _as4(v_out)) if v is not None else (x4, o4)
-    kernel(interpreting())[(-(-rows // block_r),)](
-        x4, c4, s4, o4, pos if pos is not None else x4, v4, w4, rows, x4.shape[1], x4.shape[2], dv, d,
+    q4, cq4, sq4, qo4 = views(q, q_out) if q is not None else (x4, c4, s4, o4)
+    rows_q = q.numel() // d if q is not None else 0
+    nk = -(-rows // block_r)
+    kernel(interpreting())[(nk + -(-rows_q // block_r),)](
+        x4, c4, s4, o4, pos if pos is not None else x4, v4, w4, q4, cq4, sq4, qo4, rows, rows_q, nk,
+        x4.shape[1], x4.shape[2], q4.shape[1], dv, d,
         *x4.stride(), *c4.stride(), *s4.stride(), *o4.stride(), *v4.stride(), *w4.stride(),
+        *q4.stride(), *cq4.stride(), *sq4.stride(), *qo4.stride(),
         HALF=rd // 2, BLOCK_R=block_r, BLOCK_D=block_d, INDEXED=pos is not None, HAS_V=v is not None,
-        BLOCK_DV=block_dv, num_warps=4,
+        HAS_Q=q is not None, BLOCK_DV=block_dv, num_warps=4,
     )  # fmt: skip
 
 
@@ -138,15 +170,17 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out_dtype: tor
 @TRITON.launcher(sources=sources)
 def rotary_to_cache(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, position: torch.Tensor,
-    v: torch.Tensor | None, v_cache: torch.Tensor | None, rot_dim: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    v: torch.Tensor | None, v_cache: torch.Tensor | None, rot_dim: int | None = None, q: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``k_cache.index_copy_(2, position, rotary(x, cos, sin))`` and ``v_cache.index_copy_(2,
     position, v)`` in one launch: ``x`` (B, H, n, D) and ``v`` (B, H, n, Dv) any strides, the caches
     (B, H, M, D / Dv), ``position`` (n,) slot indices; with ``rot_dim`` only the first ``rot_dim``
     columns of ``x`` rotate (cos/sin have that width) and the rest are copied (partial rotary).
-    Returns the two caches (written in place)."""
-    _launch(x, cos, sin, k_cache, position, v, v_cache, rot_dim)
-    return k_cache, v_cache
+    ``q`` (B, Hq, n, D), the queries of the same tokens, is rotated in the same launch into a new
+    tensor of its layout. Returns the two caches (written in place) and the rotated queries."""
+    q_out = torch.empty_like(q, dtype=k_cache.dtype) if q is not None else None
+    _launch(x, cos, sin, k_cache, position, v, v_cache, rot_dim, q, q_out)
+    return k_cache, v_cache, q_out
 
 
 # ---- matching ------------------------------------------------------------------------------------
@@ -331,10 +365,30 @@ def _rotated(src) -> tuple[fx.Node, fx.Node, fx.Node, int | None] | None:
     return x, rot.args[1], rot.args[2], None if r == val(x).shape[-1] else r
 
 
+def _query(gm, order, at, written, x, k_cache, cos, sin, rot_dim) -> tuple[fx.Node | None, fx.Node | None]:
+    """(rotated queries, their input) of the rotation that shares ``cos``/``sin`` and ``rot_dim``
+    with the keys ``x`` -- same batch, tokens and head dim, any head count, the cache's dtype --
+    whose input exists before ``at`` and whose readers all come after it; (None, None) if none."""
+    vx = val(x)
+    for n in gm.graph.nodes:
+        found = None if n in written else _rotated(n)
+        if found is None or found[0] is x or found[1] is not cos or found[2] is not sin or found[3] != rot_dim:
+            continue
+        vq, out = val(found[0]), val(n)
+        if vq.dim() != 4 or (vq.shape[0], vq.shape[2], vq.shape[3]) != (vx.shape[0], vx.shape[2], vx.shape[3]):
+            continue
+        if out.dtype != val(k_cache).dtype or order.get(found[0], order[at]) >= order[at]:
+            continue
+        if all(order.get(u, -1) > order[at] for u in n.users):
+            return n, found[0]
+    return None, None
+
+
 def fuse_cache_writes(gm: fx.GraphModule) -> int:
     """Each ``index_copy_(k_cache, 2, pos, rotary(k))`` whose rotation has no other reader becomes
     one :func:`rotary_to_cache` launch, together with the ``index_copy_(v_cache, 2, pos, v)`` of the
-    same positions and rows that follows it (when there is one); returns how many."""
+    same positions and rows that follows it (when there is one) and the rotation of the queries
+    that shares its cos/sin (:func:`_query`); returns how many."""
     from tcomp.backends.triton.fusion import drop_noop_casts
 
     drop_noop_casts(gm)  # the cache protocol's .to(cache dtype) sits between rotation and write
@@ -353,10 +407,12 @@ def fuse_cache_writes(gm: fx.GraphModule) -> int:
                    and all(order[u] > order[n] for u in kn.users)), None)  # fmt: skip
         at = vn if vn is not None else kn
         vc, _, v = writes[vn] if vn is not None else (None, None, None)
+        qn, qx = _query(gm, order, at, {w[2] for w in writes.values()}, x, kc, cos, sin, rot_dim)
         with gm.graph.inserting_before(at):
-            new = gm.graph.call_function(rotary_to_cache, (x, cos, sin, kc, pos, v, vc, rot_dim))
+            new = gm.graph.call_function(rotary_to_cache, (x, cos, sin, kc, pos, v, vc, rot_dim, qx))
             k_out = gm.graph.call_function(operator.getitem, (new, 0))
             v_out = gm.graph.call_function(operator.getitem, (new, 1)) if vn is not None else None
+            q_out = gm.graph.call_function(operator.getitem, (new, 2)) if qn is not None else None
         copy_source_meta(new, kn)
         k_out.meta.update(kn.meta)
         kn.replace_all_uses_with(k_out)
@@ -367,6 +423,10 @@ def fuse_cache_writes(gm: fx.GraphModule) -> int:
             vn.replace_all_uses_with(v_out)
             gm.graph.erase_node(vn)
             used.add(vn)
+        if qn is not None:
+            q_out.meta.update(qn.meta)
+            qn.replace_all_uses_with(q_out)
+            remove_dead(gm.graph, [qn])
         count += 1
     gm.recompile()
     return count

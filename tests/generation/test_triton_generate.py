@@ -16,7 +16,7 @@ from tcomp.verify import rel_error
 from .decoders import VOCAB, make
 
 pytest.importorskip("triton")
-from tcomp.backends.triton.rotary import rotary_to_cache  # noqa: E402
+from tcomp.backends.triton.rotary import rotary, rotary_to_cache  # noqa: E402
 
 pytestmark = [
     pytest.mark.hf,
@@ -42,10 +42,11 @@ def test_triton_decode_step_generates_as_hf_eager(family):
     joins = () if family in ("phi3", "gpt_neox") else ("fuse.triton.projections",)
     for name in (*joins, "fuse.triton.rotary", "fuse.triton.elementwise"):
         assert steps[name].status == "applied" and steps[name].error <= steps[name].tolerance, (name, steps[name])
-    # every layer's rotated keys and its values go to the cache in the rotary launch: no index_copy_ left
+    # every layer's rotated keys and its values go to the cache in the launch that rotates the queries:
+    # no index_copy_ and no other rotary launch left
     calls = [n.target for n in dec.decode_module.graph.nodes if n.op == "call_function"]
     assert calls.count(rotary_to_cache) == dec.n_layers, family
-    assert torch.ops.aten.index_copy_.default not in calls, family
+    assert torch.ops.aten.index_copy_.default not in calls and rotary not in calls, family
     kw = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, output_logits=True,
               return_dict_in_generate=True, attention_mask=mask)  # fmt: skip
     ref = model.generate(ids, **kw)

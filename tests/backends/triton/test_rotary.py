@@ -113,9 +113,9 @@ def test_a_product_used_elsewhere_keeps_the_chain():
 @given(
     d=st.sampled_from([16, 64]), dv=st.sampled_from([16, 48]), n=st.integers(1, 5), start=st.integers(0, 6),
     heads=st.integers(1, 3), with_v=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float16]),
-    partial=st.booleans(), seed=st.integers(0, 2**16),
+    partial=st.booleans(), q_heads=st.sampled_from([0, 1, 4]), seed=st.integers(0, 2**16),
 )
-def test_rotary_to_cache_writes_the_slots_index_copy_would(d, dv, n, start, heads, with_v, dtype, partial, seed):
+def test_rotary_to_cache_writes_the_slots_index_copy_would(d, dv, n, start, heads, with_v, dtype, partial, q_heads, seed):
     """Rotated keys and the values land in the cache slots ``position`` names, exactly where
     ``index_copy_`` puts ``rotary(k)`` and ``v`` (read from transposed views of one projection);
     every other slot is untouched, and the rotation is FP_EQUIVALENT to float64. Partial rotary:
@@ -139,9 +139,19 @@ def test_rotary_to_cache_writes_the_slots_index_copy_would(d, dv, n, start, head
     ref = torch.cat((ref, k64[..., r:]), -1)
     want_k.index_copy_(2, pos, ref.to(dtype))
     want_v.index_copy_(2, pos, v)
-    got_k, got_v = rotary_to_cache(
-        k, cos, sin, k_cache, pos, v if with_v else None, v_cache if with_v else None, r if partial else None
+    q = torch.randn(b, n, q_heads, d, generator=gen, dtype=dtype).to(DEVICE).transpose(1, 2) if q_heads else None
+    got_k, got_v, got_q = rotary_to_cache(
+        k, cos, sin, k_cache, pos, v if with_v else None, v_cache if with_v else None, r if partial else None, q
     )
+    if q is None:
+        assert got_q is None
+    else:  # the queries rotate in the same launch, into a tensor of their own layout
+        q64 = q.double()
+        qr = q64[..., :r]
+        want_q = torch.cat((qr * cos.double() + torch.cat((-qr[..., r // 2 :], qr[..., : r // 2]), -1) * sin.double(),
+                            q64[..., r:]), -1)  # fmt: skip
+        assert got_q.shape == q.shape and got_q.stride() == q.stride()
+        assert (got_q.double() - want_q).norm() / want_q.norm() < (1e-6 if dtype == torch.float32 else 2e-3)
     assert got_k is k_cache
     others = [j for j in range(m) if not start <= j < start + n]
     assert torch.equal(k_cache[:, :, others], want_k[:, :, others])
