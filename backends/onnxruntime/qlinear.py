@@ -38,6 +38,9 @@ the ONNX Runtime backend: the exported model carries the low-bit weights as they
 * ``tcomp.linear_w1a1`` (W1A1): the weight signs as for ``linear_w1``; the activations' signs
   around ``tau`` and their per-token ``beta = mean |x - tau|`` with basic ops; the sign product as a
   float ``MatMul`` of ±1 (integer sums, exact in float32), then ``beta * alpha``, shift and bias.
+* ``tcomp.linear_fp8w`` (weight-only e4m3): the weight a FLOAT8E4M3FN initializer read through
+  ``DequantizeLinear`` with scale 1 (exact, not folded), times the per-channel scale in the
+  activation's dtype (the reference's one rounding), into ``MatMul``.
 * ``tcomp.fp8_linear`` (e4m3): the weight is a FLOAT8E4M3FN initializer (1 byte each) read through
   ``DequantizeLinear`` with scale 1 (exact, and never constant-folded); the activations' dynamic
   scales in float64 as the reference computes them, the e4m3 rounding as a saturating ``Cast`` to
@@ -272,6 +275,29 @@ def _c(kind: str, value: float | list, op: Any) -> Any:
     if isinstance(value, list):
         return op.Constant(value=_tensor(kind, value))
     return op.Constant(value=onnx.helper.make_tensor("c", getattr(onnx.TensorProto, kind), [], [value]))
+
+
+@ONNX.implements(torch.ops.tcomp.linear_fp8w.default)
+def fp8w_onnx(fused: bool = False):
+    """``tcomp.linear_fp8w``: e4m3 weights stay 1 byte each in the file, dequantized in-graph
+    (``DequantizeLinear`` with scale 1 is exact), scaled per output channel, then MatMul."""
+    from onnxscript import FLOAT, FLOAT8E4M3FN
+    from onnxscript import opset18 as op
+    from onnxscript import opset19 as op19
+
+    def tcomp_linear_fp8w(x, qweight, scale, bias=None):
+        w = op19.DequantizeLinear(qweight, op.Constant(value_float=1.0))  # (N, K) float32, exact
+        w = op.Mul(op.CastLike(w, x), op.Unsqueeze(op.CastLike(scale, x), op.Constant(value_ints=[1])))
+        return _add_bias(op, op.MatMul(x, op.Transpose(w, perm=[1, 0])), bias, x)
+
+    tcomp_linear_fp8w.__annotations__ = {
+        "x": FLOAT,
+        "qweight": FLOAT8E4M3FN,
+        "scale": FLOAT,
+        "bias": FLOAT | None,
+        "return": FLOAT,
+    }
+    return tcomp_linear_fp8w
 
 
 @ONNX.implements(torch.ops.tcomp.fp8_linear.default)

@@ -15,6 +15,8 @@ conversions:
   partial sums (a K tile lies inside one group).
 * int8 ``q`` in [-128, 127] stored as byte ``u``: ``(u ^ 0x80) | 0x4B000000`` is ``2^23 + q + 128``.
   The per-channel scale multiplies the row sum in the epilogue.
+* fp8 e4m3: the byte's sign, exponent and mantissa shifted into an fp16 bit pattern (the value
+  times 2^-8, exact, subnormals too) and converted to fp32; 2^8 joins the scale in the epilogue.
 * 1-bit (W1A16, bit 1 = +1): the weight sign goes straight into the activation's sign bit
   (``bits(a) ^ (~bit << 31)``), so each weight costs a shift, a logic op and an add. ``alpha``
   multiplies the row sum in the epilogue.
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 
 from tcomp.backends.triton.lowbit import header
 
-PER_WORD = {"int8": 4, "int4": 8, "w1": 32}
+PER_WORD = {"int8": 4, "int4": 8, "w1": 32, "fp8": 4}
 MAX_ROWS = 4  # beyond this the tensor-core kernels win (each row re-runs the whole decode)
 
 _INT4 = """\
@@ -52,6 +54,18 @@ _INT8 = """\
         for t in tl.static_range(4):
 {load_a}
             q = (((words >> (8 * t)) & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+            acc += q * a_t[None, :]"""
+
+# fp8 e4m3 byte ``b`` (sign, 4 exponent bits biased by 7, 3 mantissa bits) moved into the fp16 bit
+# pattern ``sign << 15 | (b & 0x7F) << 7`` is the same number times 2^-8, subnormals included (fp16's
+# exponent bias is 8 more, its subnormal step 2^-24 = 2^-9 * 2^-15 ... exactly 2^-8 of e4m3's); the
+# fp16 -> fp32 conversion is exact, and the 2^8 goes into the per-channel scale in the epilogue.
+_FP8 = """\
+        for t in tl.static_range(4):
+{load_a}
+            b = (words >> (8 * t)) & 0xFF
+            h = (((b & 0x80) << 8) | ((b & 0x7F) << 7)).to(tl.int16)
+            q = h.to(tl.float16, bitcast=True).to(tl.float32)
             acc += q * a_t[None, :]"""
 
 _W1 = """\
@@ -72,12 +86,13 @@ _EPILOGUE = {
     "int4": "out = tl.sum(acc, axis=1)",
     "int8": "out = tl.sum(acc, axis=1) * tl.load(S + wn * stride_sn).to(tl.float32)",
     "w1": "out = tl.sum(acc, axis=1) * tl.load(S + wn * stride_sn).to(tl.float32)",
+    "fp8": "out = tl.sum(acc, axis=1) * (tl.load(S + wn * stride_sn).to(tl.float32) * 256.0)",
 }
 
 
 @dataclass(frozen=True)
 class GemvSpec:
-    fmt: str  # "int8" | "int4" | "w1"
+    fmt: str  # "int8" | "int4" | "w1" | "fp8"
     has_bias: bool
 
     @property
@@ -89,7 +104,7 @@ def render(spec: GemvSpec) -> str:
     if spec.fmt not in PER_WORD:
         raise ValueError(f"unknown GEMV weight format {spec.fmt!r}; known: {tuple(PER_WORD)}")
     per = PER_WORD[spec.fmt]
-    step = {"int4": _INT4, "int8": _INT8, "w1": _W1}[spec.fmt].format(load_a=_LOAD_A.format(per=per))
+    step = {"int4": _INT4, "int8": _INT8, "w1": _W1, "fp8": _FP8}[spec.fmt].format(load_a=_LOAD_A.format(per=per))
     bias = ""
     if spec.has_bias:
         bias = "\n    bias = tl.load(BIAS + wn).to(tl.float32)\n    out += tl.where(split == 0, bias, 0.0)"

@@ -1,5 +1,5 @@
-"""Launching the generated weight-only quantized kernels for the dialect ops ``tcomp.linear_int8w``
-and ``tcomp.linear_int4w`` (same semantics, see tcomp/dialect/): the tensor-core GEMM
+"""Launching the generated weight-only quantized kernels for the dialect ops ``tcomp.linear_int8w``,
+``tcomp.linear_fp8w`` and ``tcomp.linear_int4w`` (same semantics, see tcomp/dialect/): the tensor-core GEMM
 (``quant_template``) and, for at most ``quant_gemv.MAX_ROWS`` activation rows, the GEMV
 (``gemv_template``); a ``QConfig`` with ``block_m == 1`` names the GEMV. The autotuner times both
 families on a GPU; untuned, a few rows take the GEMV."""
@@ -137,6 +137,17 @@ def linear_int8w(x, qweight, scale, bias=None, *, target: Target | str, config: 
     """``tcomp.linear_int8w`` on the generated kernel (``config`` fixes the launch, else the
     autotuner picks on a GPU, cached per shape)."""
     return _launch("int8", x, qweight, scale, None, 1, bias, config, target)
+
+
+@TRITON.implements(
+    torch.ops.tcomp.linear_fp8w.default,
+    check=lowbit.check,
+    sources=functools.partial(_sources, "fp8", bias_at=3),
+)
+def linear_fp8w(x, qweight, scale, bias=None, *, target: Target | str, config: QConfig | None = None):
+    """``tcomp.linear_fp8w`` on the generated kernel: the e4m3 weight read as its bytes and decoded
+    with integer ops (no fp8 hardware needed); launch choice as for ``linear_int8w``."""
+    return _launch("fp8", x, qweight.view(torch.uint8), scale, None, 1, bias, config, target)
 
 
 @TRITON.implements(

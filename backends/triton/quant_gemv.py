@@ -1,5 +1,5 @@
 """Launching the generated low-bit GEMV (``gemv_template``) for small batches of the weight-only
-dialect ops: ``tcomp.linear_int8w``, ``tcomp.linear_int4w`` (from quant_gemm's launcher, as one more
+dialect ops: ``tcomp.linear_int8w``, ``tcomp.linear_fp8w``, ``tcomp.linear_int4w`` (from quant_gemm's launcher, as one more
 family of autotune candidates) and ``tcomp.linear_w1`` (from quant_w1)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def words_of(packed: torch.Tensor, fmt: str, k: int) -> torch.Tensor | None:
     when its layout does not allow that (K not a multiple of the codes per word, rows not
     contiguous or not 4-byte aligned): the caller then uses the GEMM kernel."""
     per = tmpl.PER_WORD[fmt]
-    row_bytes = {"int8": k, "int4": k // 2, "w1": k // 8}[fmt]
+    row_bytes = {"int8": k, "fp8": k, "int4": k // 2, "w1": k // 8}[fmt]
     if (
         k % per
         or packed.dim() != 2
@@ -62,7 +62,7 @@ def default(fmt: str, m: int, n: int, k: int, group: int) -> QConfig:
     the H200 sweep, with enough K splits to give every SM several programs."""
     if interpreting():
         return fit(QConfig(1, min(128, pow2(n, 16)), 1024, 1, 4, 1), fmt, k, group)
-    bk = {"int8": 256, "int4": 128, "w1": 1024}[fmt]
+    bk = {"int8": 256, "fp8": 256, "int4": 128, "w1": 1024}[fmt]
     tiles = m * -(-n // 64)
     split = 1
     while split < 8 and tiles * split < 1024:
@@ -80,7 +80,9 @@ def candidates(fmt: str, m: int, n: int, k: int, group: int) -> list[QConfig]:
                  (64, 512, 2, 4, 3), (32, 256, 8, 4, 3)],
         "w1": [(128, 1024, 4, 4, 3), (128, 256, 4, 4, 3), (64, 1024, 4, 4, 3), (128, 1024, 1, 4, 3),
                (64, 256, 8, 4, 3)],
-    }[fmt]  # fmt: skip
+    }
+    shapes["fp8"] = shapes["int8"]  # one byte a weight, as int8 (not swept on its own)
+    shapes = shapes[fmt]
     cands = [default(fmt, m, n, k, group)]
     cands += [fit(QConfig(1, bn, bk, sp, w, st), fmt, k, group) for bn, bk, sp, w, st in shapes]
     return list(dict.fromkeys(cands))

@@ -1,7 +1,7 @@
 """Source text of the generated weight-only quantized GEMM/GEMV: ``x @ dequant(W).T + bias``.
 
 One kernel per ``QuantGemmSpec``: the weight format (``int8``: int8 (N, K) codes with a scale per
-output channel; ``int4``: two 4-bit codes per byte along K with a scale and a zero point per group
+output channel; ``fp8``: e4m3 (N, K) bytes, laid out and scaled as int8; ``int4``: two 4-bit codes per byte along K with a scale and a zero point per group
 of K) and whether there is a bias. Dequantisation is fused into the main loop: each program loads
 int8 / uint8 weight tiles, converts the codes (exact small integers) to the activation dtype and
 feeds ``tl.dot`` with an fp32 accumulator. Scales and zero points factor out of each K tile's sum:
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from tcomp.backends.triton.gemm_template import TILE_ORDER
 from tcomp.backends.triton.lowbit import header
 
-FORMATS = ("int8", "int4")
+FORMATS = ("int8", "int4", "fp8")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,19 @@ _INT8_STEP = """\
         left = K - k * BLOCK_K
         a = tl.load(a_ptrs, mask=rk[None, :] < left, other=0.0)
         q = tl.load(w_ptrs, mask=rk[:, None] < left, other=0)
+        acc = tl.dot(a, q.to(a.dtype), acc{precision})
+        a_ptrs += BLOCK_K * stride_ak
+        w_ptrs += BLOCK_K * stride_wk"""
+
+# fp8 (e4m3, weight-only): the byte tile decoded to fp16 bit patterns (the value times 2^-8, exact;
+# see gemv_template) and cast to the activation dtype (exact: 4 significant bits); the scale, times
+# 2^8, multiplies the accumulator in the epilogue as int8's does.
+_FP8_STEP = """\
+        left = K - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=rk[None, :] < left, other=0.0)
+        b = tl.load(w_ptrs, mask=rk[:, None] < left, other=0).to(tl.int32)
+        h = (((b & 0x80) << 8) | ((b & 0x7F) << 7)).to(tl.int16)
+        q = h.to(tl.float16, bitcast=True)
         acc = tl.dot(a, q.to(a.dtype), acc{precision})
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk"""
@@ -75,11 +88,13 @@ def render(spec: QuantGemmSpec) -> str:
     if spec.fmt not in FORMATS:
         raise ValueError(f"unknown weight format {spec.fmt!r}; known: {FORMATS}")
     precision = ', input_precision="ieee"' if spec.ieee else ""
-    init = _INT8_INIT if spec.fmt == "int8" else _INT4_INIT
-    step = (_INT8_STEP if spec.fmt == "int8" else _INT4_STEP).format(precision=precision)
+    init = _INT4_INIT if spec.fmt == "int4" else _INT8_INIT  # fp8: bytes laid out as int8's
+    step = {"int8": _INT8_STEP, "int4": _INT4_STEP, "fp8": _FP8_STEP}[spec.fmt].format(precision=precision)
     epilogue = []
     if spec.fmt == "int8":
         epilogue.append("acc = acc * tl.load(S + wn * stride_sn).to(tl.float32)[None, :]")
+    if spec.fmt == "fp8":
+        epilogue.append("acc = acc * (tl.load(S + wn * stride_sn).to(tl.float32) * 256.0)[None, :]")
     if spec.has_bias:
         epilogue.append("bias = tl.load(BIAS + rn, mask=rn < N, other=0.0).to(tl.float32)")
         epilogue.append("acc += tl.where(split == 0, bias, 0.0)[None, :]")

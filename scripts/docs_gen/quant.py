@@ -98,7 +98,8 @@ def render_quant(data: dict) -> str:
 Weight quantization passes: `quantize.int8_weight` (int8 per output channel), `quantize.int4_weight`
 (int4 per group, round-to-nearest), `quantize.int4_gptq` (the same format, codes chosen by GPTQ on
 calibration data), `quantize.int8_dynamic` (W8A8), `quantize.fp8` (e4m3 weights and activations),
-`binarize` (W1A16, or W1A1 with `activations=True`).
+`quantize.fp8_weight` (e4m3 weights only, decoded by integer ops on any GPU; not yet in the tables
+below), `binarize` (W1A16, or W1A1 with `activations=True`).
 
 ## Fidelity on a real model
 

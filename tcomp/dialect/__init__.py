@@ -20,6 +20,7 @@ from tcomp.dialect.fused import bias_gelu, bias_gelu_cost, skip_layer_norm, skip
 from tcomp.dialect.linear_attention import is_linear_attention, linear_attention, linear_attention_cost
 from tcomp.dialect.qlinear import (
     fp8_linear,
+    linear_fp8w,
     linear_int4w,
     linear_int8w,
     linear_w1,
@@ -42,7 +43,7 @@ from tcomp.dialect.token_merge import is_token_merge, merge_plan, merged_sizes, 
 __all__ = [
     "OpDef", "attention", "attention_cost", "attention_nodes", "bias_gelu", "bias_gelu_cost", "define",
     "dialect_ops", "fp8_linear", "is_attention", "is_linear_attention", "is_rpe_linear_attention",
-    "is_token_merge", "linear_attention", "linear_attention_cost", "linear_int4w", "linear_int8w",
+    "is_token_merge", "linear_attention", "linear_attention_cost", "linear_fp8w", "linear_int4w", "linear_int8w",
     "linear_w1", "linear_w1a1", "linear_w8a8", "merge_plan", "merged_sizes", "op_def", "qlinear_cost",
     "qweight_bytes", "rpe_attention_cost", "rpe_feature_chunk", "rpe_linear_attention", "rpe_weights",
     "skip_layer_norm", "skip_layer_norm_cost", "toeplitz_conv", "toeplitz_spectrum", "token_merge",

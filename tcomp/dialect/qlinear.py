@@ -1,4 +1,4 @@
-"""Quantized and binarized linear layers: weight-only int8/int4, W8A8, fp8, 1-bit (W1A16, W1A1).
+"""Quantized and binarized linear layers: weight-only int8/int4/fp8, W8A8, fp8, 1-bit (W1A16, W1A1).
 
 Weight formats live in tcomp/quant.py."""
 
@@ -49,6 +49,24 @@ def linear_int4w(
 @linear_int4w.register_fake
 def _linear_int4w_fake(x, packed, scales, zeros, group, bias):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+# ``linear_fp8w(x, qweight, scale, bias)``: qweight float8_e4m3fn (N, K), scale (N,) per output
+# channel; weight-only (x stays in its dtype, unlike ``fp8_linear``). Reference: dequantize, linear.
+
+
+@torch.library.custom_op("tcomp::linear_fp8w", mutates_args=())
+def linear_fp8w(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+    """Reference weight-only fp8 linear: ``x @ (float(qweight) * scale[:, None]).T + bias``."""
+    from tcomp.quant import dequantize_fp8
+
+    w = dequantize_fp8(qweight, scale, x.dtype)
+    return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+@linear_fp8w.register_fake
+def _linear_fp8w_fake(x, qweight, scale, bias):
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
 
 # -- W8A8 and 1-bit linear layers (formats: tcomp/quant.py) ---------------------------------------
@@ -166,6 +184,7 @@ class QFormat:
 
 QFORMATS: dict[str, QFormat] = {
     "int8w": QFormat(per_weight=1, per_x=0, per_out=0),  # q·s
+    "fp8w": QFormat(per_weight=1, per_x=0, per_out=0),  # e4m3 decode·s
     "int4w": QFormat(per_weight=2, per_x=0, per_out=0),  # (q - z)·s
     "w8a8": QFormat(per_weight=0, per_x=3, per_out=2),  # |x| max, x/s, round; acc·sx·sw
     "w1": QFormat(per_weight=1, per_x=0, per_out=0),  # sign·alpha
@@ -187,14 +206,14 @@ def qweight_bytes(
 ) -> sympy.Expr:
     """Bytes of a packed (N, K) weight in format ``fmt`` with its scales (``scale_bytes`` each):
 
-    * ``int8w``, ``w8a8``: K·N int8 codes + N scales;
+    * ``int8w``, ``w8a8``, ``fp8w``: K·N one-byte codes + N scales;
     * ``fp8``: K·N e4m3 codes + ``n_scales`` scales (N per row, 1 per tensor; default N);
     * ``int4w``: K·N/2 bytes (two codes a byte) + (K/group)·N scales and as many uint8 zero points;
     * ``w1``: ceil(K/8)·N bytes of sign bits + N alphas;
     * ``w1a1``: as ``w1``, + the threshold tau (K) and the folded shift (N), ``scale_bytes`` each.
     """
     K, N = sympy.sympify(K), sympy.sympify(N)
-    if fmt in ("int8w", "w8a8"):
+    if fmt in ("int8w", "w8a8", "fp8w"):
         return K * N + N * scale_bytes
     if fmt == "fp8":
         return K * N + (N if n_scales is None else sympy.sympify(n_scales)) * scale_bytes
@@ -264,6 +283,7 @@ def _qlinear_node_cost(fmt: str, scale_arg: str):
 
 QLINEAR_OPS = {
     "int8w": define(linear_int8w, kind="qlinear", cost=_qlinear_node_cost("int8w", "scale")),
+    "fp8w": define(linear_fp8w, kind="qlinear", cost=_qlinear_node_cost("fp8w", "scale")),
     "int4w": define(linear_int4w, kind="qlinear", cost=_qlinear_node_cost("int4w", "scales")),
     "w8a8": define(linear_w8a8, kind="qlinear", cost=_qlinear_node_cost("w8a8", "scale")),
     "w1": define(linear_w1, kind="qlinear", cost=_qlinear_node_cost("w1", "alpha")),

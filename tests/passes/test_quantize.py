@@ -1,4 +1,5 @@
-"""quantize.int8_weight / quantize.int4_weight: formats within scale/2 per weight, the output error
+"""quantize.int8_weight / quantize.int4_weight / quantize.fp8_weight: formats within their per-weight
+bound (scale/2; e4m3's max(2^-4 |w|, 2^-10 s)), the output error
 within the propagated weight-error bound (float64, random linears and MLPs), selection and skip
 reasons, and artifacts that carry the low-bit tensors."""
 
@@ -20,6 +21,7 @@ from tcomp.verify import Reference
 
 INT8 = "quantize.int8_weight"
 INT4 = "quantize.int4_weight"
+FP8W = "quantize.fp8_weight"
 
 
 class MLP(nn.Module):
@@ -37,9 +39,13 @@ class MLP(nn.Module):
 
 
 def _quantized_weights(mod):
-    """(W_hat, scale per weight) of each quantized op in graph order, dequantized in float64."""
+    """(W_hat, scale per weight) of each quantized op in graph order, dequantized in float64 (fp8:
+    the scale is negated, a flag for the e4m3 bound)."""
     out = []
     for n in mod.graph_module.graph.nodes:
+        if n.target is torch.ops.tcomp.linear_fp8w.default:
+            q, s = (getattr(mod.graph_module, a.target) for a in n.args[1:3])
+            out.append((Q.dequantize_fp8(q, s), -s[:, None].expand(q.shape).double()))
         if n.target is torch.ops.tcomp.linear_int8w.default:
             q, s = (getattr(mod.graph_module, a.target) for a in n.args[1:3])
             out.append((Q.dequantize_int8(q, s), s[:, None].expand(q.shape).double()))
@@ -65,7 +71,14 @@ def mlps(draw):
     return dims, seed, rows, wscale
 
 
-@pytest.mark.parametrize("spec", [INT8, (INT4, {"group": 32}), (INT4, {"group": 64})])
+def _weight_bound(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The format's per-weight bound: s/2, or for e4m3 (s < 0 flags it) max(2^-4 |w|, 2^-10 |s|)."""
+    if (s < 0).all():
+        return torch.maximum(Q.FP8_REL_BOUND * w.abs(), Q.FP8_SUB_BOUND * -s)
+    return s / 2
+
+
+@pytest.mark.parametrize("spec", [INT8, (INT4, {"group": 32}), (INT4, {"group": 64}), FP8W])
 @given(case=mlps())
 def test_output_error_within_propagated_bound(spec, case):
     """Interval propagation in float64: e_1 = |x| @ |dW_1|.T, then through ReLU (1-Lipschitz)
@@ -87,7 +100,7 @@ def test_output_error_within_propagated_bound(spec, case):
     for i, (lin, (w_hat, s)) in enumerate(zip(model.layers, wq)):
         w = lin.weight.detach()
         dw = (w_hat - w).abs()
-        assert (dw <= s / 2 * (1 + 1e-9)).all(), "a dequantized weight is farther than scale/2"
+        assert (dw <= _weight_bound(w, s) * (1 + 1e-9)).all(), "a dequantized weight is past its format's bound"
         e = e @ w_hat.abs().T + h.abs() @ dw.T
         h = lin(h)
         if i < len(model.layers) - 1:

@@ -315,3 +315,27 @@ def onnx_f8_type() -> int:
     import onnx
 
     return onnx.TensorProto.FLOAT8E4M3FN
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fp8_weight_only_exports_e4m3_weights_and_matches_its_dialect_op(dtype):
+    """quantize.fp8_weight through ONNX Runtime: FLOAT8E4M3FN initializers (no float copies), and
+    the run equals the eager op to the dtype's precision (activations are not rounded here)."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(64, 80), nn.ReLU(), nn.Linear(80, 16)).eval().to(dtype)  # ORT: no float64 Erf
+    x = torch.randn(2, 5, 64, dtype=dtype)
+    spec = [("quantize.fp8_weight", {"skip_first_last": False})]
+    om = tcomp.optimize(model, (x,), passes=spec, backend="onnxruntime")
+    low = om.report["lower.onnxruntime"]
+    assert om.report["quantize.fp8_weight"].rewrites == 2 and low.status == "applied", (low.reason, low.notes)
+    f8 = onnx_f8_type()
+    mats = [(i.data_type, tuple(i.dims)) for i in _onnx(om).graph.initializer if len(i.dims) == 2]
+    weights = sorted(m for m in mats if m[1][1] > 1)  # the scales may be folded to (N, 1) columns
+    assert weights == sorted([(f8, (80, 64)), (f8, (16, 80))]), mats
+    eager = tcomp.optimize(model, (x,), passes=spec, backend="eager", verify=False)
+    for seed in range(3):
+        xs = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        with torch.no_grad():
+            got, want = om(xs), eager(xs)
+        assert got.dtype == dtype and torch.isfinite(got).all()
+        assert rel_error(got, want) <= 16 * torch.finfo(dtype).eps, rel_error(got, want)

@@ -1,4 +1,4 @@
-"""The generated weight-only int8/int4 GEMM (Triton interpreter on CPU, fp32/fp16 activations)
+"""The generated weight-only int8/int4/fp8 GEMM (Triton interpreter on CPU, fp32/fp16 activations)
 against the float64 reference of the dequantized linear, and lowering of the quantized dialect ops."""
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ def _case(draw_seed, m, n, k, dtype, fmt, group, with_bias):
             None if bias is None else bias.to(DEVICE, dtype),
             target="h200",
         ).cpu()
+    elif fmt == "fp8":
+        q, s = Q.quantize_fp8(w.float(), "row")
+        w_hat = Q.dequantize_fp8(q, s)
+        out = quant_gemm.linear_fp8w(
+            x.to(DEVICE, dtype), q.to(DEVICE), s.to(DEVICE), None if bias is None else bias.to(DEVICE, dtype),
+            target="h200",
+        ).cpu()
     else:
         p, s, z = Q.quantize_int4(w.float(), group)
         w_hat = Q.dequantize_int4(p, s, z, group)
@@ -52,7 +59,7 @@ def _case(draw_seed, m, n, k, dtype, fmt, group, with_bias):
     n=st.sampled_from([16, 40, 64]),
     k=st.sampled_from([64, 128, 192]),
     dtype=st.sampled_from([torch.float32, torch.float16]),
-    fmt=st.sampled_from(["int8", "int4"]),
+    fmt=st.sampled_from(["int8", "int4", "fp8"]),
     group=st.sampled_from([32, 64]),
     with_bias=st.booleans(),
 )
@@ -65,7 +72,9 @@ def test_kernel_matches_dequantized_linear(seed, m, n, k, dtype, fmt, group, wit
     assert rel <= (1e-5 if dtype == torch.float32 else 2e-3), rel
 
 
-@pytest.mark.parametrize("spec", ["quantize.int8_weight", ("quantize.int4_weight", {"group": 32})])
+@pytest.mark.parametrize(
+    "spec", ["quantize.int8_weight", ("quantize.int4_weight", {"group": 32}), "quantize.fp8_weight"]
+)
 def test_triton_lowering_of_quantized_model(spec, tmp_path):
     torch.manual_seed(0)
     model = (
@@ -80,10 +89,10 @@ def test_triton_lowering_of_quantized_model(spec, tmp_path):
     lowering = om.report["lower.triton"]
     assert lowering.status == "applied" and lowering.rewrites >= 3, (lowering.reason, lowering.notes)
     targets = [n.target for n in om.graph_module.graph.nodes if n.op == "call_function"]
-    launched = [t for t in targets if t in (quant_gemm.linear_int8w, quant_gemm.linear_int4w)]
+    launched = [t for t in targets if t in (quant_gemm.linear_int8w, quant_gemm.linear_int4w, quant_gemm.linear_fp8w)]
     assert len(launched) == 3
     src = TRITON.kernel_sources(om.graph_module)
-    assert any(k.startswith("tcomp_qgemm_int") for k in src)
+    assert any(k.startswith(("tcomp_qgemm_int", "tcomp_qgemm_fp8")) for k in src)
     eager = tcomp.optimize(
         model, (x,), passes=[(name, {**opts, "skip_first_last": False})], backend="eager", verify=False
     )
@@ -92,7 +101,7 @@ def test_triton_lowering_of_quantized_model(spec, tmp_path):
     assert ((a - b).norm() / b.norm()).item() <= 1e-5
 
 
-@pytest.mark.parametrize("fmt,group", [("int8", 1), ("int4", 128), ("int4", 32)])
+@pytest.mark.parametrize("fmt,group", [("int8", 1), ("int4", 128), ("int4", 32), ("fp8", 1)])
 @pytest.mark.parametrize("m", [1, 20])
 def test_every_autotune_candidate_matches_reference(fmt, group, m):
     """Each launch the GPU autotuner may pick (tiles, K splits) computes the same linear."""
@@ -105,6 +114,10 @@ def test_every_autotune_candidate_matches_reference(fmt, group, m):
         q, s = Q.quantize_int8(w.float())
         w_hat, args = Q.dequantize_int8(q, s), (q, s)
         fn = quant_gemm.linear_int8w
+    elif fmt == "fp8":
+        q, s = Q.quantize_fp8(w.float(), "row")
+        w_hat, args = Q.dequantize_fp8(q, s), (q, s)
+        fn = quant_gemm.linear_fp8w
     else:
         p, s, z = Q.quantize_int4(w.float(), group)
         w_hat, args = Q.dequantize_int4(p, s, z, group), (p, s, z, group)

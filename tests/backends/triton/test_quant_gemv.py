@@ -1,4 +1,4 @@
-"""The generated low-bit GEMV (int8, int4, 1-bit weights; a few activation rows) in the Triton
+"""The generated low-bit GEMV (int8, int4, fp8 e4m3, 1-bit weights; a few activation rows) in the Triton
 interpreter on CPU: every launch the autotuner may pick against the float64 linear of the
 dequantized weight, NaN propagation, the fall-back to the GEMM, and the kernels a lowered model
 ships."""
@@ -28,6 +28,12 @@ def _weights(fmt: str, w: torch.Tensor, group: int):
         return (
             lambda x, b, c: quant_gemm.linear_int8w(x, q, s, b, target="h200", config=c)
         ), Q.dequantize_int8(q.cpu(), s.cpu())
+    if fmt == "fp8":
+        q, s = Q.quantize_fp8(w.float(), "row")
+        qd, sd = q.to(DEVICE), s.to(DEVICE)
+        return (
+            lambda x, b, c: quant_gemm.linear_fp8w(x, qd, sd, b, target="h200", config=c)
+        ), Q.dequantize_fp8(q, s)
     if fmt == "int4":
         p, s, z = Q.quantize_int4(w.float(), group)
         dev = [t.to(DEVICE) for t in (p, s, z)]
@@ -41,7 +47,7 @@ def _weights(fmt: str, w: torch.Tensor, group: int):
     )
 
 
-@pytest.mark.parametrize("fmt,group", [("int8", 1), ("int4", 32), ("int4", 128), ("w1", 1)])
+@pytest.mark.parametrize("fmt,group", [("int8", 1), ("int4", 32), ("int4", 128), ("w1", 1), ("fp8", 1)])
 @pytest.mark.parametrize("m", [1, 3])
 def test_every_gemv_candidate_matches_dequantized_linear(fmt, group, m):
     g = torch.Generator().manual_seed(7 * m + group)
@@ -62,7 +68,7 @@ def test_every_gemv_candidate_matches_dequantized_linear(fmt, group, m):
         assert rel <= 1e-5, (fmt, cfg.name, rel)  # exact decoded codes, fp32 products and sums
 
 
-@pytest.mark.parametrize("fmt,group", [("int8", 1), ("int4", 64), ("w1", 1)])
+@pytest.mark.parametrize("fmt,group", [("int8", 1), ("int4", 64), ("w1", 1), ("fp8", 1)])
 def test_gemv_is_the_small_batch_default_and_fp16_rounds_like_the_reference(fmt, group, monkeypatch):
     g = torch.Generator().manual_seed(11)
     n, k = 40, 256
@@ -82,7 +88,7 @@ def test_gemv_is_the_small_batch_default_and_fp16_rounds_like_the_reference(fmt,
         assert ((out.double() - ref).norm() / ref.norm()).item() <= 2e-3
 
 
-@pytest.mark.parametrize("fmt,group", [("int8", 1), ("int4", 32), ("w1", 1)])
+@pytest.mark.parametrize("fmt,group", [("int8", 1), ("int4", 32), ("w1", 1), ("fp8", 1)])
 def test_nan_in_an_activation_poisons_its_row_only(fmt, group):
     g = torch.Generator().manual_seed(3)
     w = torch.randn(24, 128, generator=g, dtype=torch.float64)
@@ -114,8 +120,9 @@ def test_gemv_config_refuses_what_it_cannot_run_and_misaligned_weights_take_the_
 
 @pytest.mark.parametrize(
     "spec,kernel",
-    [(("quantize.int4_weight", {"group": 32}), "tcomp_gemv_int4"), (("binarize", {}), "tcomp_gemv_w1")],
-)
+    [(("quantize.int4_weight", {"group": 32}), "tcomp_gemv_int4"), (("binarize", {}), "tcomp_gemv_w1"),
+     (("quantize.fp8_weight", {}), "tcomp_gemv_fp8")],
+)  # fmt: skip
 def test_decode_sized_lowering_ships_the_gemv_kernel(spec, kernel):
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 64)).eval().to(DEVICE)
@@ -128,3 +135,25 @@ def test_decode_sized_lowering_ships_the_gemv_kernel(spec, kernel):
     with torch.no_grad():
         got, want = om(x), eager(x)
     assert ((got - want).norm() / want.norm()).item() <= 1e-5
+
+
+@pytest.mark.parametrize("m", [1, 4, 24])  # the GEMV (1, 4 rows) and the tensor-core GEMM (24 rows)
+def test_fp8_decode_is_exact_for_every_e4m3_code(m):
+    """Every finite e4m3 byte -- both signs, normals and subnormals, the largest 448 -- decoded by
+    the kernels' integer bit moves is the value torch's float8_e4m3fn gives: one-hot activation
+    rows read single weights back (times the scale), bit for bit in fp32."""
+    codes = torch.tensor([c for c in range(256) if c not in (0x7F, 0xFF)], dtype=torch.uint8)  # no NaN
+    k = 256
+    q = torch.zeros(codes.numel(), k, dtype=torch.uint8)
+    cols = torch.arange(codes.numel()) % k
+    q[torch.arange(codes.numel()), cols] = codes
+    qweight = q.view(torch.float8_e4m3fn)
+    scale = torch.rand(codes.numel(), generator=torch.Generator().manual_seed(m), dtype=torch.float32) + 0.5
+    want_w = qweight.to(torch.float64) * scale.to(torch.float64)[:, None]
+    for first in range(0, k, m):
+        x = torch.zeros(m, k)
+        rows = torch.arange(first, min(first + m, k))
+        x[torch.arange(rows.numel()), rows] = 1.0
+        out = quant_gemm.linear_fp8w(x.to(DEVICE), qweight.to(DEVICE), scale.to(DEVICE), target="h200").cpu()
+        want = x.double() @ want_w.T
+        assert torch.equal(out, want.float()), (m, first, (out.double() - want).abs().max())
