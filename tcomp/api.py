@@ -159,6 +159,7 @@ def optimize(
     decoder: bool | None = None,
     max_len: int | None = None,
     max_batch: int | None = None,
+    kv_cache: str = "model",
 ) -> OptimizedModule:
     """Capture ``model`` on ``example_inputs``, rewrite it with ``passes`` and return a module that
     runs the result.
@@ -184,7 +185,9 @@ def optimize(
       decode graphs over tcomp's static KV cache of ``max_batch`` rows (default: the example's batch)
       and ``max_len`` slots (default: the model's ``max_position_embeddings``, at most 2048), returned
       as a module that works under the model's own ``generate()`` and ``tcomp.generate``. False
-      compiles the forward pass only (no cache).
+      compiles the forward pass only (no cache). ``kv_cache``: the cache's format, ``"model"`` (the
+      model's dtype) or ``"int8"`` (codes and a float32 scale per token and head: half a bf16
+      cache's bytes; BOUNDED, see tcomp/kv_cache.py).
     * ``seed``: the seed of the reference's random draws and of the passes' random features
       (``attention.linear`` and ``attention.rpe_fft``: FAVOR+, hedgehog initialisation; plus the
       site index). ``attention.softmax_free`` seeds its k-means with 0 whatever the seed.
@@ -211,8 +214,13 @@ def optimize(
 
         return optimize_decoder(
             model, args, kwargs, plan, verify=verify, verify_samples=verify_samples,
-            cudagraphs=cudagraphs, progress=progress, max_len=max_len, max_batch=max_batch,
+            cudagraphs=cudagraphs, progress=progress, max_len=max_len, max_batch=max_batch, kv_cache=kv_cache,
         )  # fmt: skip
+    if kv_cache != "model":
+        raise InputError(
+            f"kv_cache={kv_cache!r} is a decoder's option, and {type(model).__name__} is compiled as a single forward "
+            "pass (no KV cache): pass decoder=True for a model that generates, or leave kv_cache out"
+        )
     tgt = plan.target
     step = progress or (lambda _name: None)
     step("capture")

@@ -115,7 +115,7 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
 class DecoderStep(torch.nn.Module):
     """One forward of ``model`` over ``n`` new tokens, reading and writing tcomp's KV cache."""
 
-    def __init__(self, model: torch.nn.Module, batch: int, max_len: int) -> None:
+    def __init__(self, model: torch.nn.Module, batch: int, max_len: int, kv_format: str = "model") -> None:
         super().__init__()
         self.model = model
         self.batch, self.max_len = batch, max_len
@@ -144,7 +144,7 @@ class DecoderStep(torch.nn.Module):
                 "attention interface or that take past_key_values/cache_position as tcomp.models.gpt does."
             )
         self.layers = probe.layers
-        self.store = kv_cache.attach(self, probe.layers, batch, max_len, ids.device)
+        self.store = kv_cache.attach(self, probe.layers, batch, max_len, ids.device, kv_format)
 
     def _call(self, cache, input_ids, position_ids, cache_position, padding):
         cache.position = cache_position
@@ -212,12 +212,12 @@ class CapturedDecoder:
 
 
 def capture_decoder(
-    model: torch.nn.Module, example_ids: torch.Tensor, *, batch: int, max_len: int
+    model: torch.nn.Module, example_ids: torch.Tensor, *, batch: int, max_len: int, kv_format: str = "model"
 ) -> CapturedDecoder:
     """Capture the prefill and decode graphs of ``model`` (a private copy; the user's model is not
-    touched) over a cache of ``batch`` rows and ``max_len`` slots."""
+    touched) over a cache of ``batch`` rows and ``max_len`` slots in ``kv_format`` (kv_cache.FORMATS)."""
     work = copy.deepcopy(model).eval()
-    step = DecoderStep(work, batch, max_len)
+    step = DecoderStep(work, batch, max_len, kv_format)
     device = _device(work)
     n = max(2, min(example_ids.shape[1], max_len))
     ids = fit_ids(example_ids, batch, n)
@@ -312,7 +312,7 @@ def build_references(step: DecoderStep, prefill_ids: list[torch.Tensor], decode_
             dec_out.append(ref(*dargs))
             _restore(own, states[-1])
             dec_own.append(own(*_on(dargs, own)))
-    dtype = next(b.dtype for n, b in own.named_buffers() if kv_cache.is_buffer_name(n))
+    dtype = _model_dtype(own.model)
     prefill = StepReference(pre_inputs, pre_out, dtype, max(rel_error(o, r) for o, r in zip(pre_own, pre_out)))
     decode = StepReference(dec_inputs, dec_out, dtype, max(rel_error(o, r) for o, r in zip(dec_own, dec_out)))
     decode.states = states

@@ -12,6 +12,16 @@ Models reach it through the cache protocol Hugging Face decoders already speak:
 (and, for sliding-window layers, ``> p - window``). A plain ``nn.Module`` generates through tcomp
 when its ``forward`` takes ``past_key_values``, ``cache_position`` and a 4-D ``attention_mask``
 with that meaning (see ``tcomp.models.gpt``).
+
+Formats (``tcomp.optimize(..., kv_cache=...)``): ``"model"`` keeps keys and values in the model's
+dtype; ``"int8"`` stores each written row (one token of one head) as int8 codes with a float32
+scale, ``x ≈ q * s``, ``s = max|x| / 127`` (1 for a row of zeros), the format of
+:func:`tcomp.quant.quantize_int8` applied per row -- half the bytes of a bf16 cache, a quarter of an
+fp32 one. The attention layers read the cache dequantized, ``(q * s)`` in float32 rounded once to the
+model's dtype; the canonical form ``tcomp.cached_attention`` then takes the codes and the scales.
+Contract (BOUNDED): every cached element is within ``s / 2`` of the value the model wrote (checked by
+tests/generation/test_kv_int8.py), so with ``dk``/``dv`` the largest key/value error of a layer, its
+attention output moves by at most ``dv + (exp(2 * scale * |q|_1 * dk) - 1) * max|v|`` per element.
 """
 
 from __future__ import annotations
@@ -41,9 +51,34 @@ def buffer_names(layer: int) -> tuple[str, str]:
     return f"tcomp_kv_k_{layer}", f"tcomp_kv_v_{layer}"
 
 
+def scale_names(layer: int) -> tuple[str, str]:
+    """Names of the key and value scale buffers of ``layer`` (an int8 cache)."""
+    return f"tcomp_kv_ks_{layer}", f"tcomp_kv_vs_{layer}"
+
+
 def is_buffer_name(name: str) -> bool:
-    """Whether ``name`` is one of :func:`buffer_names` (a KV-cache buffer of a step graph)."""
-    return re.fullmatch(r"tcomp_kv_[kv]_\d+", name) is not None
+    """Whether ``name`` is one of :func:`buffer_names` or :func:`scale_names` (a KV-cache buffer of
+    a step graph)."""
+    return re.fullmatch(r"tcomp_kv_(k|v|ks|vs)_\d+", name) is not None
+
+
+FORMATS = ("model", "int8")
+
+
+def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(int8 codes, float32 scales of shape (..., 1)) of ``x`` per row of its last dim: ``s =
+    max|x| / 127`` (1 where that is 0; NaN where the row holds NaN/inf), codes ``round(x / s)``."""
+    xf = x.float()
+    amax = xf.abs().amax(-1, keepdim=True)
+    s = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    s = torch.where(torch.isfinite(amax), s, torch.full_like(amax, float("nan")))
+    q = torch.round(xf / s).clamp(-127, 127).nan_to_num(0.0).to(torch.int8)
+    return q, s
+
+
+def dequantize_rows(q: Tensor, s: Tensor, dtype: torch.dtype) -> Tensor:
+    """``q * s`` in float32, rounded once to ``dtype``."""
+    return (q.float() * s).to(dtype)
 
 
 class _Probe:
@@ -65,12 +100,13 @@ class _Probe:
 
 class _Store:
     """The cache protocol over the buffers of ``owner`` (a module): writes the new tokens at
-    ``self.position`` in place and returns the whole cache of the layer."""
+    ``self.position`` in place and returns the whole cache of the layer (dequantized for int8)."""
 
-    def __init__(self, owner: torch.nn.Module, n_layers: int, max_len: int) -> None:
+    def __init__(self, owner: torch.nn.Module, n_layers: int, max_len: int, fmt: str = "model") -> None:
         self._owner = owner
         self._n_layers = n_layers
         self.max_len = max_len
+        self.format = fmt
         self.position: Tensor | None = None
 
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
@@ -78,6 +114,16 @@ class _Store:
             raise RuntimeError("tcomp KV cache used without a cache position")
         kn, vn = buffer_names(int(layer_idx))
         k, v = getattr(self._owner, kn), getattr(self._owner, vn)
+        if self.format == "int8":
+            ksn, vsn = scale_names(int(layer_idx))
+            ks, vs = getattr(self._owner, ksn), getattr(self._owner, vsn)
+            qk, sk = quantize_rows(key_states)
+            qv, sv = quantize_rows(value_states)
+            k = k.index_copy_(2, self.position, qk)
+            ks = ks.index_copy_(2, self.position, sk.to(ks.dtype))
+            v = v.index_copy_(2, self.position, qv)
+            vs = vs.index_copy_(2, self.position, sv.to(vs.dtype))
+            return dequantize_rows(k, ks, key_states.dtype), dequantize_rows(v, vs, value_states.dtype)
         k.index_copy_(2, self.position, key_states.to(k.dtype))
         v.index_copy_(2, self.position, value_states.to(v.dtype))
         return k, v
@@ -126,19 +172,26 @@ def make_probe(max_len: int) -> _Probe:
 
 
 def attach(
-    owner: torch.nn.Module, shapes: dict[int, LayerShape], batch: int, max_len: int, device: torch.device
-) -> _Store:
+    owner: torch.nn.Module, shapes: dict[int, LayerShape], batch: int, max_len: int, device: torch.device,
+    fmt: str = "model",
+) -> _Store:  # fmt: skip
     """Allocate the cache (zeros; a slot is never read before it is written) as buffers of ``owner``
-    on ``device`` and return the protocol object that writes into them."""
+    on ``device`` in format ``fmt`` (:data:`FORMATS`) and return the protocol object that writes into them."""
+    if fmt not in FORMATS:
+        raise InputError(f"kv_cache={fmt!r}: the KV cache formats are {', '.join(map(repr, FORMATS))}")
     if sorted(shapes) != list(range(len(shapes))):
         raise InputError(f"the model's attention layers wrote the cache for layers {sorted(shapes)}; tcomp expects 0..n-1")
     for i, s in shapes.items():
         kn, vn = buffer_names(i)
-        owner.register_buffer(kn, torch.zeros(batch, s.kv_heads, max_len, s.k_dim, dtype=s.dtype, device=device), persistent=False)
-        owner.register_buffer(vn, torch.zeros(batch, s.kv_heads, max_len, s.v_dim, dtype=s.dtype, device=device), persistent=False)
+        dtype = torch.int8 if fmt == "int8" else s.dtype
+        owner.register_buffer(kn, torch.zeros(batch, s.kv_heads, max_len, s.k_dim, dtype=dtype, device=device), persistent=False)
+        owner.register_buffer(vn, torch.zeros(batch, s.kv_heads, max_len, s.v_dim, dtype=dtype, device=device), persistent=False)
+        if fmt == "int8":
+            for name in scale_names(i):
+                owner.register_buffer(name, torch.ones(batch, s.kv_heads, max_len, 1, device=device), persistent=False)
     cls = _with_hf_base(_Store)
     store = cls.__new__(cls)
-    _Store.__init__(store, owner, len(shapes), max_len)
+    _Store.__init__(store, owner, len(shapes), max_len, fmt)
     store.layers = []
     store.offloading = False
     return store

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from tcomp import kv_cache as kv
 from tcomp.decoder import _device, build_references, capture_decoder, fit_ids, is_hf, step_inputs
 from tcomp.errors import InputError
 from tcomp.graph import drop_unused_tensors
@@ -72,6 +73,7 @@ def optimize_decoder(
     progress: Callable[[str], None] | None,
     max_len: int | None,
     max_batch: int | None,
+    kv_cache: str = "model",
 ):
     from tcomp.api import CapturedGraph, _add_cost, _sites
     from tcomp.generation import OptimizedDecoder
@@ -82,8 +84,10 @@ def optimize_decoder(
     max_len = int(max_len or _default_max_len(model))
     if max_len < 2:
         raise InputError(f"max_len must be at least 2 slots, got {max_len}")
+    if kv_cache not in kv.FORMATS:
+        raise InputError(f"kv_cache={kv_cache!r}: the KV cache formats are {', '.join(map(repr, kv.FORMATS))}")
     step_fn("capture")
-    captured = capture_decoder(model, ids, batch=batch, max_len=max_len)
+    captured = capture_decoder(model, ids, batch=batch, max_len=max_len, kv_format=kv_cache)
     device = _device(captured.step)
     refs: tuple = (None, None)
     if verify:

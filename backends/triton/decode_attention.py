@@ -45,6 +45,8 @@ CHUNK_S = 32  # splits the combine kernel reduces per step
 def check(node: fx.Node) -> str | None:
     """Why a ``tcomp.cached_attention`` node cannot run on these kernels (None: it can)."""
     a = CACHED_ATTENTION.bind(node)
+    if a.get("k_scale") is not None or a.get("v_scale") is not None:
+        return "an int8 KV cache: the kernels read model-dtype caches only; the reference op dequantizes and attends"
     q, k, v, kv_len = (val(a[name]) for name in ("q", "k_cache", "v_cache", "kv_len"))
     if any(not isinstance(x, torch.Tensor) for x in (q, k, v, kv_len)) or q.dim() != 4:
         return "needs 4-D q/k_cache/v_cache and a kv_len tensor with known shapes"

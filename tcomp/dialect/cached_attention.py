@@ -15,6 +15,8 @@ tokens:
   key columns are read.
 * ``scale``: multiplies ``q @ k^T``. There is no ``causal`` flag: causality over cache positions is
   in the mask (a query at cache position ``p`` attends keys ``<= p``).
+* ``k_scale`` / ``v_scale`` (an int8 cache, tcomp/kv_cache.py): (B, Hk, M, 1) float scales; the
+  caches then hold int8 codes and are read as ``(code * scale)`` in float32 rounded to q's dtype.
 * A query row with every readable key masked out returns zeros (never NaN).
 * Output: (B, H, N, Dv), dtype of ``q``; half-precision inputs are computed in float32.
 
@@ -22,7 +24,9 @@ Canonical form (applied by ``canonicalize``): a ``tcomp.attention`` whose keys a
 cache buffers of a decoder graph (``get_attr`` nodes marked ``meta.KV_CACHE``, possibly through the
 in-place ``index_copy_`` that writes the new tokens) becomes ``tcomp.cached_attention`` with
 ``kv_len = cache_position[-1] + 1`` read from the graph's cache-position placeholder
-(``meta.CACHE_POSITION``). This is exact: tcomp's decoder capture builds masks that exclude every
+(``meta.CACHE_POSITION``); keys and values read through the int8 cache's dequantization
+(``(code.to(f32) * scale).to(dtype)`` of the two buffers) become the codes with ``k_scale`` /
+``v_scale``. This is exact: tcomp's decoder capture builds masks that exclude every
 slot past the last cache position, so the columns it stops reading had weight exactly zero.
 """
 
@@ -49,8 +53,14 @@ def cached_attention(
     mask: Tensor | None,
     scale: float,
     kv_len: Tensor,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
 ) -> Tensor:
     """Reference cache-form attention (see the module docstring for the contract)."""
+    if k_scale is not None:  # an int8 cache: codes times their row's scale, as the model read it
+        k_cache = (k_cache.float() * k_scale).to(q.dtype)
+    if v_scale is not None:
+        v_cache = (v_cache.float() * v_scale).to(q.dtype)
     B, M = q.shape[0], k_cache.shape[-2]
     lens = kv_len.reshape(-1).to(torch.int64).expand(B) if kv_len.numel() == 1 else kv_len.reshape(B)
     readable = torch.arange(M, device=q.device)[None, :] < lens.to(q.device)[:, None]  # (B, M)
@@ -66,7 +76,7 @@ def cached_attention(
 
 
 @cached_attention.register_fake
-def _cached_attention_fake(q, k_cache, v_cache, bias, mask, scale, kv_len):
+def _cached_attention_fake(q, k_cache, v_cache, bias, mask, scale, kv_len, k_scale=None, v_scale=None):
     return q.new_empty((*q.shape[:-1], v_cache.shape[-1]))
 
 
@@ -90,6 +100,31 @@ def _cache_buffer(x) -> Node | None:
     if isinstance(x, Node) and x.op == "get_attr" and meta.KV_CACHE in x.meta:
         return x
     return None
+
+
+def _is_to(x, dtype=None) -> bool:
+    return (
+        isinstance(x, Node) and x.op == "call_function" and x.target is aten.to.dtype and len(x.args) == 2
+        and not x.kwargs and (dtype is None or x.args[1] == dtype)
+    )  # fmt: skip
+
+
+def _dequantized(x) -> tuple[Node, Node] | None:
+    """(codes, scales) when ``x`` is an int8 cache read as ``(codes.to(f32) * scales).to(dtype)``
+    (both through their in-place writes), else None."""
+    if _is_to(x):
+        x = x.args[0]
+    if not (isinstance(x, Node) and x.op == "call_function" and x.target is aten.mul.Tensor and len(x.args) == 2):
+        return None
+    codes, scales = x.args
+    if not _is_to(codes, torch.float32):
+        return None
+    cb, sb = _cache_buffer(codes.args[0]), _cache_buffer(scales)
+    if cb is None or sb is None or cb.meta[meta.KV_CACHE]["kind"] not in ("k", "v"):
+        return None
+    if sb.meta[meta.KV_CACHE]["kind"] != cb.meta[meta.KV_CACHE]["kind"] + "s":
+        return None
+    return codes.args[0], scales
 
 
 def _kv_len(graph, position: Node, cache: dict) -> Node:
@@ -120,17 +155,24 @@ def _from_attention(gm) -> list[str]:
             continue
         a = ATTENTION.bind(node)
         kb, vb = _cache_buffer(a["k"]), _cache_buffer(a["v"])
-        if kb is None or vb is None or a["causal"]:
+        k, v, scales = a["k"], a["v"], ()
+        if kb is None or vb is None:  # an int8 cache: the codes and their scales
+            dk, dv = _dequantized(a["k"]), _dequantized(a["v"])
+            if dk is None or dv is None:
+                continue
+            (k, ks), (v, vs) = dk, dv
+            kb, scales = _cache_buffer(k), (ks, vs)
+        if a["causal"]:
             continue
         kv_len = _kv_len(graph, positions[0], built)
         with graph.inserting_before(node):
             new = graph.call_function(
-                CACHED_ATTENTION.op, (a["q"], a["k"], a["v"], a["bias"], a["mask"], a["scale"], kv_len)
+                CACHED_ATTENTION.op, (a["q"], k, v, a["bias"], a["mask"], a["scale"], kv_len, *scales)
             )
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
-        notes.append(f"attention site {node.meta.get(meta.ATTN_LAYER, node.name)} reads the KV cache of layer {kb.meta[meta.KV_CACHE]['layer']}: cache form, kv_len = cache_position[-1] + 1")
+        notes.append(f"attention site {node.meta.get(meta.ATTN_LAYER, node.name)} reads the {'int8 ' if scales else ''}KV cache of layer {kb.meta[meta.KV_CACHE]['layer']}: cache form, kv_len = cache_position[-1] + 1")
     return notes
 
 

@@ -114,7 +114,7 @@ def site_record(attn: Any) -> dict[str, Any]:
     from tcomp import meta
     from tcomp.graph import module_path, shape, source_line
 
-    q, k, _v, bias, mask, scale, causal = attn.args
+    q, k, _v, bias, mask, scale, causal = attn.args[:7]  # tcomp.cached_attention: kv_len (and int8 scales) follow
     return {
         "layer": attn.meta.get(meta.ATTN_LAYER),
         "node": attn.name,

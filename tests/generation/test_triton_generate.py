@@ -71,3 +71,18 @@ def test_prefill_and_decode_replay_as_cuda_graphs_gpu():
         assert torch.equal(tcomp.generate(fast, ids, max_new_tokens=6), tcomp.generate(plain, ids, max_new_tokens=6))
     dec = fast.tcomp_decoder
     assert dec.cudagraphs == "on" and len(dec._prefill_runner.graphs) == 1, dec.cudagraphs
+
+
+def test_int8_cache_through_triton_keeps_attention_on_the_reference_and_says_so():
+    """With kv_cache="int8" the rest of the step lowers to Triton; the cache-form attention stays on
+    its reference (dequantize, attend) with the reason in the report, and tokens equal the eager
+    int8 decoder's."""
+    model = make("llama").to(DEVICE)
+    ids = torch.randint(1, VOCAB, (2, 7), generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    fast = tcomp.optimize(model, {"input_ids": ids}, target="h100", max_len=16, max_batch=2, kv_cache="int8")
+    eager = tcomp.optimize(model, {"input_ids": ids}, target="h100", backend="eager", max_len=16, max_batch=2,
+                           kv_cache="int8", verify=False)  # fmt: skip
+    low = {p.name: p for p in fast.tcomp_decoder.decode_report.passes}["lower.triton"]
+    assert low.status == "applied"
+    assert sum("an int8 KV cache" in note for note in low.notes) == fast.tcomp_decoder.n_layers, low.notes
+    assert torch.equal(tcomp.generate(fast, ids, max_new_tokens=NEW), tcomp.generate(eager, ids, max_new_tokens=NEW))
