@@ -24,7 +24,7 @@ from tcomp.targets import Target, get_target
 
 BACKENDS = Path(tcomp.backends.__file__).parent
 HAVE_TRITON = get_backend("triton").available() is None
-DIALECT_QLINEARS = ("linear_int8w", "linear_int4w", "linear_w8a8", "linear_w1", "linear_w1a1", "fp8_linear")
+DIALECT_QLINEARS = ("linear_int8w", "linear_fp8w", "linear_int4w", "linear_w8a8", "linear_w1", "linear_w1a1", "fp8_linear")
 
 
 def _declared(folder: Path, name: str) -> int:
