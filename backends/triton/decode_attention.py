@@ -45,11 +45,19 @@ CHUNK_S = 32  # splits the combine kernel reduces per step
 def check(node: fx.Node) -> str | None:
     """Why a ``tcomp.cached_attention`` node cannot run on these kernels (None: it can)."""
     a = CACHED_ATTENTION.bind(node)
-    if a.get("k_scale") is not None or a.get("v_scale") is not None:
-        return "an int8 KV cache: the kernels read model-dtype caches only; the reference op dequantizes and attends"
     q, k, v, kv_len = (val(a[name]) for name in ("q", "k_cache", "v_cache", "kv_len"))
     if any(not isinstance(x, torch.Tensor) for x in (q, k, v, kv_len)) or q.dim() != 4:
         return "needs 4-D q/k_cache/v_cache and a kv_len tensor with known shapes"
+    scales = [val(a[name]) if a.get(name) is not None else None for name in ("k_scale", "v_scale")]
+    if (scales[0] is None) != (scales[1] is None):
+        return "an int8 cache needs both k_scale and v_scale"
+    if scales[0] is not None:  # an int8 cache: codes, one float scale per slot
+        for name, x, sc in (("k_cache", k, scales[0]), ("v_cache", v, scales[1])):
+            if x.dtype != torch.int8 or not isinstance(sc, torch.Tensor) or not sc.is_floating_point():
+                return f"{name} with scales must be int8 codes with float scales (got {x.dtype})"
+            if tuple(sc.shape) != (*x.shape[:3], 1):
+                return f"{name} scales of shape {tuple(sc.shape)}: one per slot, {(*x.shape[:3], 1)}, is needed"
+        k, v = k.to(q.dtype), v.to(q.dtype)  # what the kernels cast the codes to
     for name, x in (("q", q), ("k_cache", k), ("v_cache", v)):
         if x.dtype not in SUPPORTED_DTYPES:
             return f"{name} dtype {x.dtype} (supported: fp16, bf16, fp32)"
@@ -60,8 +68,8 @@ def check(node: fx.Node) -> str | None:
     return device_and_head_dims(q, v)
 
 
-def _decode_spec(q: torch.Tensor, bias, mask) -> tmpl.DecodeKernelSpec:
-    return tmpl.DecodeKernelSpec(bias is not None, mask is not None, q.dtype == torch.float32)
+def _decode_spec(q: torch.Tensor, bias, mask, int8: bool = False) -> tmpl.DecodeKernelSpec:
+    return tmpl.DecodeKernelSpec(bias is not None, mask is not None, q.dtype == torch.float32, int8)
 
 
 def _prefill_spec(q: torch.Tensor, bias, mask, scale: float) -> flash_tmpl.AttnKernelSpec:
@@ -76,7 +84,7 @@ def sources(node: fx.Node) -> dict[str, str]:
     a = CACHED_ATTENTION.bind(node)
     q, bias, mask = val(a["q"]), a["bias"], a["mask"]
     if q.shape[2] <= DECODE_MAX_N:
-        spec = _decode_spec(q, bias, mask)
+        spec = _decode_spec(q, bias, mask, a.get("k_scale") is not None)
         return {f"{spec.name}.py": tmpl.render(spec)}
     spec = _prefill_spec(q, bias, mask, a["scale"])
     return {f"{spec.name}.py": flash_tmpl.render(spec)}
@@ -84,22 +92,27 @@ def sources(node: fx.Node) -> dict[str, str]:
 
 @TRITON.implements(torch.ops.tcomp.cached_attention.default, check=check, sources=sources)
 def cached_attention(
-    q, k_cache, v_cache, bias, mask, scale: float, kv_len, *, target: Target | str,
+    q, k_cache, v_cache, bias, mask, scale: float, kv_len, k_scale=None, v_scale=None, *, target: Target | str,
     config: DecodeConfig | AttnConfig | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """``tcomp.cached_attention`` on the generated kernels for ``target``: split-KV decode for up
     to ``DECODE_MAX_N`` new tokens, flash prefill beyond (``config`` forces the launch
-    configuration of the path taken: a DecodeConfig or an AttnConfig)."""
+    configuration of the path taken: a DecodeConfig or an AttnConfig). An int8 cache (codes with
+    ``k_scale``/``v_scale``): decode reads the codes; prefill dequantizes the cache to q's dtype
+    first (once per prompt; the flash kernel reads model-dtype keys)."""
     if q.shape[2] <= DECODE_MAX_N:
         if config is not None and not isinstance(config, DecodeConfig):
             raise TypeError(
                 f"cached_attention: {q.shape[2]} new tokens take the decode kernel: pass a DecodeConfig"
             )
-        return decode(q, k_cache, v_cache, bias, mask, scale, kv_len, target=target, config=config)
+        return decode(q, k_cache, v_cache, bias, mask, scale, kv_len, target=target, config=config,
+                      k_scale=k_scale, v_scale=v_scale)  # fmt: skip
     if config is not None and not isinstance(config, AttnConfig):
         raise TypeError(
             f"cached_attention: {q.shape[2]} new tokens take the prefill kernel: pass an AttnConfig"
         )
+    if k_scale is not None:
+        k_cache, v_cache = (k_cache.float() * k_scale).to(q.dtype), (v_cache.float() * v_scale).to(q.dtype)
     return prefill(q, k_cache, v_cache, bias, mask, scale, kv_len, target=target, config=config)
 
 
@@ -123,9 +136,10 @@ def _decode_kernels(spec: tmpl.DecodeKernelSpec, interp: bool):
 
 def decode(
     q, k_cache, v_cache, bias, mask, scale: float, kv_len, *, target: Target | str,
-    config: DecodeConfig | None = None,
+    config: DecodeConfig | None = None, k_scale=None, v_scale=None,
 ) -> torch.Tensor:  # fmt: skip
-    """The split-KV launch (any N; the lowering sends N <= DECODE_MAX_N here)."""
+    """The split-KV launch (any N; the lowering sends N <= DECODE_MAX_N here); with ``k_scale`` /
+    ``v_scale`` the caches are int8 codes, one scale per slot."""
     tgt = get_target(target)
     b, h, n, d = q.shape
     hk, m, dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
@@ -138,8 +152,11 @@ def decode(
     rows = g * n
     block_r = min(MAX_ROW_BLOCK, pow2(rows))
     row_blocks = cdiv(rows, block_r)
-    spec = _decode_spec(q, bias, mask)
+    int8 = k_scale is not None
+    spec = _decode_spec(q, bias, mask, int8)
     split_kernel, combine_kernel = _decode_kernels(spec, interpreting())
+    ks, vs = (k_scale, v_scale) if int8 else (q, q)  # (unread without int8)
+    scale_strides = (*ks.stride()[:3], *vs.stride()[:3])
     lens, skl = lens_arg(kv_len, q.device)
     full = (b, h, n, m)
     bias_t = bias.expand(full) if bias is not None else q
@@ -156,8 +173,8 @@ def decode(
             lp = scratch(b * hk * cfg.splits * rp, q.device)
             ap = scratch(b * hk * cfg.splits * rp * block_dv, q.device)
         split_kernel[(b * hk * row_blocks, cfg.splits)](
-            q, k_cache, v_cache, bias_t, mask_t, lens, mp, lp, ap, out,
-            *q.stride(), *k_cache.stride(), *v_cache.stride(),
+            q, k_cache, v_cache, ks, vs, bias_t, mask_t, lens, mp, lp, ap, out,
+            *q.stride(), *k_cache.stride(), *v_cache.stride(), *scale_strides,
             *strides4(bias, full), *strides4(mask, full), *out.stride(),
             skl, hk, n, m, d, dv, g, cfg.splits, row_blocks, float(scale) * tmpl.LOG2E,
             BLOCK_R=block_r, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,

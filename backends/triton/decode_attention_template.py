@@ -10,7 +10,9 @@ Two kernels per specialisation, rendered as text by ``render(spec)``:
   grid depends on shapes only (a CUDA-graph replay serves every length). Whole tiles load without
   bounds checks; only the tile holding ``kv_len`` is masked, so slots past it are never read.
   Online softmax in fp32 with exp2 (scale and bias in log2 units), fp32 accumulation; the
-  partial ``(max, sum, acc)`` of each query row goes to fp32 scratch.
+  partial ``(max, sum, acc)`` of each query row goes to fp32 scratch. An int8 cache (``int8``)
+  is read as its codes (half the bytes of bf16), cast in registers: a key slot's scale multiplies
+  its score column after the dot, a value slot's scale the probabilities' column before it.
 * ``combine``: one program per query row; rescales the partials of the active splits to their
   common max and writes ``acc / sum`` (zeros for a row that attended nothing).
 
@@ -30,10 +32,11 @@ class DecodeKernelSpec:
     has_bias: bool
     has_mask: bool
     ieee: bool  # fp32 inputs: full-precision dot products (no tf32)
+    int8: bool = False  # an int8 cache: codes, and a scale per slot in KS / VS
 
     @property
     def name(self) -> str:
-        flags = (("b", self.has_bias), ("m", self.has_mask), ("i", self.ieee))
+        flags = (("b", self.has_bias), ("m", self.has_mask), ("i", self.ieee), ("q", self.int8))
         return "tcomp_decode_attn_" + ("".join(c for c, on in flags if on) or "plain")
 
 
@@ -53,10 +56,11 @@ _SLICES = """\
 SPLIT = """
 @triton.jit
 def {name}(
-    Q, K, V, BIAS, MSK, KVL, MP, LP, AP, O,
+    Q, K, V, KS, VS, BIAS, MSK, KVL, MP, LP, AP, O,
     sqb, sqh, sqn, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
+    sksb, sksh, sksn, svsb, svsh, svsn,
     sbb, sbh, sbn, sbm,
     smb, smh, smn, smm,
     sob, soh, son, sod,
@@ -87,6 +91,8 @@ def {name}(
 #GUARD
     k_base = K + b64 * skb + hk.to(tl.int64) * skh + offs_d[:, None] * skd
     v_base = V + b64 * svb + hk.to(tl.int64) * svh + offs_dv[None, :] * svd
+    ks_base = KS + b64 * sksb + hk.to(tl.int64) * sksh
+    vs_base = VS + b64 * svsb + hk.to(tl.int64) * svsh
 {row_bases}
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
@@ -173,6 +179,9 @@ def _loop(spec: DecodeKernelSpec, lo: str, hi: str, tail: bool) -> str:
         ]
     dot = ', input_precision="ieee"' if spec.ieee else ""
     lines.append(f"{i}s = tl.dot(q, k{dot}) * qk_scale")
+    if spec.int8:  # key codes times their slot's scale: the scale multiplies the score column
+        ok = ", mask=col_ok, other=0.0" if tail else ""
+        lines.append(f"{i}s = s * tl.load(ks_base + cols * sksn{ok}).to(tl.float32)[None, :]")
     tile_ok = "row_ok[:, None] & col_ok[None, :]" if tail else "row_ok[:, None]"
     if spec.has_bias:
         lines.append(
@@ -192,9 +201,13 @@ def _loop(spec: DecodeKernelSpec, lo: str, hi: str, tail: bool) -> str:
         f"{i}p = tl.exp2(s - m_use[:, None])",
         f"{i}alpha = tl.exp2(m_i - m_use)",
         f"{i}l_i = l_i * alpha + tl.sum(p, 1)",
-        f"{i}acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None]{dot})",
-        f"{i}m_i = m_new",
     ]
+    pv = "p"
+    if spec.int8:  # value codes times their slot's scale: the scale multiplies p's column
+        ok = ", mask=col_ok, other=0.0" if tail else ""
+        lines.append(f"{i}pv = p * tl.load(vs_base + cols * svsn{ok}).to(tl.float32)[None, :]")
+        pv = "pv"
+    lines += [f"{i}acc = tl.dot({pv}.to(v.dtype), v, acc * alpha[:, None]{dot})", f"{i}m_i = m_new"]
     return "\n".join(lines)
 
 

@@ -268,3 +268,34 @@ def test_one_cuda_graph_serves_every_kv_len_gpu():
         graph.replay()
         torch.cuda.synchronize()
         _check((q, k, v, None, None, scale, kv_len), out.clone())
+
+
+@settings(max_examples=15)
+@given(
+    prob=decode_problems(), use_mask=st.booleans(), dtype=st.sampled_from(DTYPES),
+    splits=st.sampled_from([None, 1, 3]), seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_decode_on_an_int8_cache_matches_float64(prob, use_mask, dtype, splits, seed):
+    """An int8 cache (tcomp/kv_cache.py): the kernel reads the codes and applies each slot's scale
+    to its score / probability column; against the float64 reference of the same codes and scales.
+    Unread slots hold random codes and NaN scales, never read."""
+    from tcomp import kv_cache
+
+    b, hk, g, n, m, d, dv, lens = prob
+    q, k, v, _, mask, scale, kv_len = _problem(*prob, False, use_mask, torch.float32, seed, garbage=0.0)
+    (qk, sk), (qv, sv) = kv_cache.quantize_rows(k.cpu()), kv_cache.quantize_rows(v.cpu())
+    gen = torch.Generator().manual_seed(seed + 1)
+    for row, length in enumerate(lens if len(lens) == b else lens * b):
+        for codes, sc in ((qk, sk), (qv, sv)):
+            codes[row, :, length:] = torch.randint(-127, 128, codes[row, :, length:].shape, generator=gen).to(torch.int8)
+            sc[row, :, length:] = float("nan")
+    q = q.to(dtype)
+    cfg = None if splits is None else DecodeConfig(32, splits, 4, 1)
+    on = [t.to(DEVICE) for t in (qk, qv, sk, sv)]
+    got = dec.cached_attention(q, on[0], on[1], None, mask, scale, kv_len, on[2], on[3], target=TARGET, config=cfg)
+    ref = REF(q.double().cpu(), qk, qv, None, None if mask is None else mask.cpu(), scale, kv_len.cpu(),
+              sk.double(), sv.double())  # fmt: skip
+    own = REF(q.cpu(), qk, qv, None, None if mask is None else mask.cpu(), scale, kv_len.cpu(), sk, sv)
+    assert got.shape == ref.shape and got.dtype == dtype and torch.isfinite(got).all()
+    err, own_err = rel_error(got, ref), rel_error(own, ref)
+    assert err <= 4 * own_err + 16 * EPS[dtype], (err, own_err)
