@@ -206,8 +206,10 @@ def main() -> None:
 def save(args, result: dict) -> None:
     """Write what is measured so far (a run cut short keeps it)."""
     if args.out:
+        from results_io import environment
+
         path = Path(args.out) / f"profile-decode-{args.model}-b{args.batch}.json"
-        path.write_text(json.dumps(result, indent=1, default=str))
+        path.write_text(json.dumps({"benchmark": "profile_decode", **environment(), **result}, indent=1, default=str))
         print(f"wrote {path}")
 
 

@@ -100,7 +100,8 @@ PAGES = [
     Page(
         "generation.md",
         "Generation",
-        ["decode-attention-nvidia-h100-80gb-hbm3.json", "generate-nvidia-h100-80gb-hbm3.json"],
+        ["decode-attention-nvidia-h100-80gb-hbm3.json", "generate-nvidia-h100-80gb-hbm3.json",
+         "profile-decode-8b-b1-nvidia-h200.json"],
         render_generation,
         "Decoders compiled for generation: the split-KV decode-attention kernel and whole-model decode steps.",
     ),

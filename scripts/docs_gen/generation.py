@@ -6,6 +6,33 @@ from .common import GOALS, columns, kilo, met, num, pct, table, times
 
 DECODE_ATTN = "decode-attention-nvidia-h100-80gb-hbm3.json"
 GENERATE = "generate-nvidia-h100-80gb-hbm3.json"
+PROFILE = "profile-decode-8b-b1-nvidia-h200.json"
+
+
+def _kinds(kernels: dict) -> list[list[str]]:
+    """Rows (kind, µs per step, launches) of a profile's kernel sums, largest first."""
+    kinds = sorted((k for k in kernels if not k.startswith("launches:")), key=lambda k: -kernels[k])
+    return [[k, num(kernels[k]), str(kernels.get(f"launches:{k}", "–"))] for k in kinds]
+
+
+def render_profile(p: dict) -> str:
+    dk, pk = p["decode_kernels"], p["prefill_kernels"]
+    d_total = sum(v for k, v in dk.items() if not k.startswith("launches:"))
+    p_total = sum(v for k, v in pk.items() if not k.startswith("launches:"))
+    return f"""
+## Where a decode step's time goes (profile, {p['device']})
+
+`bench/profile_decode.py`: Llama-3-8B shape, batch {p['batch']}, prompt {p['prompt']}, the kernels of one step under
+the profiler. {p.get('note', '')}. Floor {num(p['floor_ms'])} ms (copy {num(p['ceilings']['copy_GBps'])} GB/s
+measured in the same run).
+
+Decode step: kernels sum to {num(d_total / 1e3)} ms; prefill of {p['prompt']} tokens: {num(p_total / 1e3)} ms of
+kernels (wall time without replay: {num(p['step_graph_ms'])} ms and {num(p['prefill_ms'])} ms).
+
+{columns([("kind", "kernels grouped by name"), ("µs", "per decode step"), ("launches", "per decode step")])}
+
+{table(["kind", "µs", "launches"], _kinds(dk))}
+"""
 
 
 def _ratio(cell: dict | None) -> str:
@@ -92,4 +119,4 @@ the bytes read per step (weights + the KV cache at its average length) over the 
 This run is partial: {g.get('partial', '')}.
 Goal: exact bf16 decode at batch 1 at ≥ {pct(goal, 0)} of the floor: {met(all(r['fraction_of_floor'] >= goal for r in exact))}
 ({floor_txt}).
-"""
+""" + (render_profile(data[PROFILE]) if PROFILE in data else "")
