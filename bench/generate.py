@@ -13,6 +13,7 @@ row generates all of them), batch 1 and 16. Rows (``--rows``, all by default):
   tcomp_int4_g128   + quantize.int4_weight group 128
   tcomp_fp8_wo      fp8 weight-only: recorded "no pass" unless such a pass is registered
   tcomp_fp8_w8a8    + quantize.fp8 (e4m3 weights and dynamic e4m3 activations, per row)
+  tcomp_kv_int8     the exact passes over an int8 KV cache (optimize(kv_cache="int8"))
   torchao_int8      torchao int8 weight-only under the hf_compile recipe
   torchao_int4_g128 torchao int4 weight-only g128 under the hf_compile recipe
                     (torchao absent: the row says why; it is never dropped)
@@ -59,7 +60,7 @@ from results_io import write_results  # noqa: E402
 
 ROWS = [
     "hf_eager", "hf_compile", "tcomp_exact", "tcomp_int8", "tcomp_int4_g128", "tcomp_fp8_wo", "tcomp_fp8_w8a8",
-    "torchao_int8", "torchao_int4_g128",
+    "tcomp_kv_int8", "torchao_int8", "torchao_int4_g128",
 ]  # fmt: skip
 BASELINE = "hf_compile"
 UNSTABLE = 0.10  # two timings further apart than this: no ratio
@@ -250,9 +251,11 @@ def graph_weight_bytes(gm: torch.fx.GraphModule, batch: int) -> dict[str, int]:
     return {"param_bytes": total, "weight_bytes_read": read}
 
 
-def kv_bytes_read(cfg: dict, batch: int, avg_len: float) -> float:
+def kv_bytes_read(cfg: dict, batch: int, avg_len: float, int8: bool = False) -> float:
+    """K and V bytes a step reads: bf16, or (``int8``) one byte a value plus a float32 scale per slot."""
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    return 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head_dim * avg_len * batch * 2
+    per_slot = head_dim + 4 if int8 else head_dim * 2
+    return 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * per_slot * avg_len * batch
 
 
 def prefill_flops(cfg: dict, batch: int, prompt: int) -> float:
@@ -406,12 +409,13 @@ def hf_row(model, ids, new, clock, repeats, compiled: str | None) -> tuple[dict,
     return row, out
 
 
-def tcomp_row(model, ids, new, clock, repeats, target, passes, verify) -> tuple[dict, Any]:
+def tcomp_row(model, ids, new, clock, repeats, target, passes, verify, kv_cache="model") -> tuple[dict, Any]:
     import tcomp
 
     b, p = ids.shape
     fast, compile_s = seconds(clock, lambda: tcomp.optimize(
         model, {"input_ids": ids}, target=target, passes=passes, verify=verify, max_len=p + new, max_batch=b,
+        kv_cache=kv_cache,
     ))  # fmt: skip
     runner = fast.tcomp_decoder
     _, first = seconds(clock, lambda: tcomp.generate(fast, ids, max_new_tokens=new, eos_token_id=[]))
@@ -532,7 +536,7 @@ def ratios(rows: list[dict]) -> None:
 
 def add_floor(row: dict, cfg: dict, batch: int, prompt: int, new: int, ceil: dict) -> None:
     avg_len = prompt + new / 2  # step i (0..new-2) reads prompt + i + 1 slots
-    kv = kv_bytes_read(cfg, batch, avg_len)
+    kv = kv_bytes_read(cfg, batch, avg_len, int8=row.get("kv_cache") == "int8")
     moved = row["weight_bytes_read"] + kv
     floor_ms = moved / (ceil["copy_GBps"] * 1e6)
     row.update(kv_bytes_read_avg=kv, bytes_per_step=moved, floor_ms=floor_ms, copy_GBps=ceil["copy_GBps"],
@@ -635,8 +639,9 @@ def one_row(run: Run, row_name: str, model, cfg, base: dict, st: dict, target, e
                     run.add(row)
                     return
                 row["passes_requested"] = [s if isinstance(s, str) else list(s) for s in spec]
-                res, (obj, out) = tcomp_row(model, ids, new, clock, repeats, target, spec, args.verify)
-                row.update(res, target=target, verify=args.verify)
+                kv = "int8" if row_name == "tcomp_kv_int8" else "model"
+                res, (obj, out) = tcomp_row(model, ids, new, clock, repeats, target, spec, args.verify, kv)
+                row.update(res, target=target, verify=args.verify, kv_cache=kv)
                 row.update(agreement(out, st["ref_tokens"], prompt))
                 runner = obj.tcomp_decoder
                 mine = tcomp_forced_logits(runner, ids, st["ref_tokens"][:, prompt:], steps)
@@ -688,7 +693,7 @@ def tcomp_passes(row_name: str, all_linears: bool) -> list | str:
     registered = tcomp.registered_passes()
     default = list(default_pipeline())
     sel = {"skip_first_last": False} if all_linears else {}
-    if row_name == "tcomp_exact":
+    if row_name in ("tcomp_exact", "tcomp_kv_int8"):
         return default
     if row_name == "tcomp_int8":
         return default + [("quantize.int8_weight", dict(sel))]
