@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
+import torch.fx.experimental.symbolic_shapes  # noqa: F401 - read by _describe_failure (not loaded by import torch)
 import torch.utils._pytree as pytree
 from torch.export import Dim, ExportedProgram
 

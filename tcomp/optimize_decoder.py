@@ -41,6 +41,21 @@ def _default_max_len(model: torch.nn.Module) -> int:
     return int(min(limit, DEFAULT_MAX_LEN)) if limit else DEFAULT_MAX_LEN
 
 
+def _learned_positions(model: torch.nn.Module) -> tuple[str, int] | None:
+    """(module path, positions) of a learned position table -- an ``nn.Embedding`` named for
+    positions (GPT-2's ``wpe``, OPT's ``embed_positions``, the zoo's ``pos``) -- whose size bounds the
+    tokens a sequence may have: the config's position count, else the table's rows; None without one
+    (rotary, ALiBi, relative biases: no table)."""
+    config = _config(model)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    limit = limit or getattr(config, "max_len", None)
+    for name, mod in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1].lower()
+        if isinstance(mod, torch.nn.Embedding) and (leaf == "wpe" or leaf.startswith("pos") or "position" in leaf):
+            return name, int(limit or mod.num_embeddings)
+    return None
+
+
 def _step_calibration(calibration: Any, batch: int, max_len: int, device, decode: bool) -> list | None:
     """The user's calibration batches as step inputs: whole prompts for the prefill graph; for the
     decode graph the same prompts one token at a time at consecutive positions (so the cache the
@@ -84,6 +99,12 @@ def optimize_decoder(
     max_len = int(max_len or _default_max_len(model))
     if max_len < 2:
         raise InputError(f"max_len must be at least 2 slots, got {max_len}")
+    table = _learned_positions(model)
+    if table is not None and max_len > table[1]:
+        raise InputError(
+            f"max_len={max_len} is past the {table[1]} positions {type(model).__name__} learned ({table[0]}): a "
+            f"sequence longer than that has no position embedding. Pass max_len={table[1]} or less"
+        )
     if kv_cache not in kv.FORMATS:
         raise InputError(f"kv_cache={kv_cache!r}: the KV cache formats are {', '.join(map(repr, kv.FORMATS))}")
     step_fn("capture")

@@ -107,3 +107,25 @@ def test_the_hf_face_refuses_inputs_embeds_and_3d_masks():
         fast(inputs_embeds=torch.randn(2, 12, 64))
     with pytest.raises(InputError, match="2-D attention_mask"):
         fast(ids, attention_mask=torch.ones(2, 1, 12))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "opt", "zoo-learned"])
+def test_max_len_past_a_learned_position_table_is_refused_at_optimize(family):
+    """A learned position table bounds the sequence: asking for a longer cache is an error at
+    optimize that names the table and the limit (not an index error mid-generation); rotary models
+    have no table and may ask for more than their configured positions."""
+    if family == "zoo-learned":
+        from tcomp.models.gpt import GPT, GPTConfig
+
+        model = GPT(GPTConfig(vocab_size=64, dim=32, heads=4, depth=1, max_len=24, position="learned")).eval()
+        limit, table = 24, "pos_emb"
+    else:
+        model, limit = make(family), 128
+        table = "wpe" if family == "gpt2" else "embed_positions"
+    ids = torch.randint(1, 60, (2, 5))
+    with pytest.raises(InputError, match=rf"max_len={limit + 1} is past the {limit} positions .*{table}.*max_len={limit} or less"):
+        tcomp.optimize(model, {"input_ids": ids}, max_len=limit + 1, verify=False, decoder=True)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=limit, verify=False, decoder=True)
+    assert tcomp.generate(fast, ids, max_new_tokens=3).shape == (2, 8)
+    rope = make("llama")  # max_position_embeddings 128, no table: a longer cache is allowed
+    assert tcomp.optimize(rope, {"input_ids": ids}, max_len=200, verify=False).tcomp_decoder.max_len == 200
