@@ -561,6 +561,7 @@ def generate(
     passes: str = typer.Option("", help="comma-separated pass names (default: the default pipeline)"),
     option: list[str] = typer.Option([], "--option", "-O", help=OPTION_HELP),
     max_len: int = typer.Option(0, "--max-len", min=0, help="KV cache slots (default: prompt + new tokens - 1)"),
+    kv_cache: str = typer.Option("model", "--kv-cache", help="KV cache format: model (its dtype) or int8 (BOUNDED)"),
     temperature: float = typer.Option(0.0, min=0.0, help="0: greedy; > 0: sample at this temperature"),
     top_k: int = typer.Option(0, "--top-k", min=0, help="sample among the k most likely tokens (0: all)"),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="sample from the smallest set of this probability"),
@@ -596,7 +597,7 @@ def generate(
         with _steps(f"compiling {loaded.name} for {the_plan.target.name}", quiet=as_json) as step:
             fast = tcomp.optimize(
                 model, {"input_ids": ids.to(device)}, passes=the_plan, verify=not no_verify, progress=step,
-                decoder=True, max_len=slots, seed=seed,
+                decoder=True, max_len=slots, seed=seed, kv_cache=kv_cache,
             )  # fmt: skip
         compile_s = time.perf_counter() - t0
         out, times = _generate_with_bar(fast, ids.to(device), max_new_tokens, temperature, top_k, top_p, seed, as_json)
@@ -607,6 +608,7 @@ def generate(
     result = {
         "model": loaded.name,
         "target": the_plan.target.name,
+        "kv_cache": kv_cache,
         "prompt_tokens": int(ids.shape[1]),
         "new_tokens": len(new),
         "text": _decode(loaded, new),

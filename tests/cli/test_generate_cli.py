@@ -97,3 +97,17 @@ def test_a_max_len_too_small_is_refused_before_compiling(tmp_path):
     res = runner.invoke(app, ["generate", str(tmp_path / "tiny"), "--prompt", "Hello", "-n", "8", "--max-len", "12",
                               "--json", "--no-verify"])  # fmt: skip
     assert res.exit_code == 0 and json.loads(res.stdout)["new_tokens"] == 8, res.output
+
+
+def test_generate_with_an_int8_kv_cache(tmp_path):
+    """--kv-cache int8 compiles the int8 cache (the JSON says so) and generates; an unknown format
+    is refused with the two known ones named."""
+    model = make("gpt2", seed=5)
+    model.save_pretrained(tmp_path / "tiny")
+    res = runner.invoke(app, ["generate", str(tmp_path / "tiny"), "--prompt", "Hello", "-n", "4", "--json",
+                              "--kv-cache", "int8"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["kv_cache"] == "int8" and d["new_tokens"] == 4
+    res = runner.invoke(app, ["generate", str(tmp_path / "tiny"), "--prompt", "Hello", "-n", "4", "--kv-cache", "fp4"])
+    assert res.exit_code != 0 and "'model', 'int8'" in res.output
