@@ -160,6 +160,7 @@ def optimize(
     max_len: int | None = None,
     max_batch: int | None = None,
     kv_cache: str = "model",
+    batch_buckets: Sequence[int] | None = None,
 ) -> OptimizedModule:
     """Capture ``model`` on ``example_inputs``, rewrite it with ``passes`` and return a module that
     runs the result.
@@ -187,7 +188,9 @@ def optimize(
       as a module that works under the model's own ``generate()`` and ``tcomp.generate``. False
       compiles the forward pass only (no cache). ``kv_cache``: the cache's format, ``"model"`` (the
       model's dtype) or ``"int8"`` (codes and a float32 scale per token and head: half a bf16
-      cache's bytes; BOUNDED, see tcomp/kv_cache.py).
+      cache's bytes; BOUNDED, see tcomp/kv_cache.py). ``batch_buckets``: smaller batch sizes that get
+      a decode graph of their own over the first rows of the same cache (a step of b rows runs the
+      smallest bucket >= b instead of padding to ``max_batch``); each costs a capture and a plan run.
     * ``seed``: the seed of the reference's random draws and of the passes' random features
       (``attention.linear`` and ``attention.rpe_fft``: FAVOR+, hedgehog initialisation; plus the
       site index). ``attention.softmax_free`` seeds its k-means with 0 whatever the seed.
@@ -215,11 +218,12 @@ def optimize(
         return optimize_decoder(
             model, args, kwargs, plan, verify=verify, verify_samples=verify_samples,
             cudagraphs=cudagraphs, progress=progress, max_len=max_len, max_batch=max_batch, kv_cache=kv_cache,
+            batch_buckets=None if batch_buckets is None else tuple(batch_buckets),
         )  # fmt: skip
-    if kv_cache != "model":
+    if kv_cache != "model" or batch_buckets:
         raise InputError(
-            f"kv_cache={kv_cache!r} is a decoder's option, and {type(model).__name__} is compiled as a single forward "
-            "pass (no KV cache): pass decoder=True for a model that generates, or leave kv_cache out"
+            f"kv_cache and batch_buckets are a decoder's options, and {type(model).__name__} is compiled as a single "
+            "forward pass (no KV cache): pass decoder=True for a model that generates, or leave them out"
         )
     tgt = plan.target
     step = progress or (lambda _name: None)

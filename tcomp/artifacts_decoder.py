@@ -51,6 +51,11 @@ GRAPHS = ("prefill", "decode")
 def write_decoder(decoder: Any, folder: str | Path) -> Path:
     """Write the artifact folder of an ``OptimizedDecoder`` (see the module doc); returns the
     manifest path. Written to a temporary folder and moved into place, as ``artifacts.write``."""
+    if len(getattr(decoder, "decode_buckets", ())):
+        raise InputError(
+            f"this decoder has decode graphs for batch buckets {sorted(int(b) for b in decoder.decode_buckets)}, which "
+            "the artifact format (two graphs) does not hold yet: optimize it without batch_buckets to save it"
+        )
     modules = {"prefill": decoder.prefill_module, "decode": decoder.decode_module}
     for name, gm in modules.items():
         if not isinstance(gm, fx.GraphModule):

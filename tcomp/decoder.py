@@ -230,6 +230,18 @@ def capture_decoder(
     return CapturedDecoder(step, prefill, decode)
 
 
+def capture_decode(
+    model: torch.nn.Module, example_ids: torch.Tensor, *, batch: int, max_len: int, kv_format: str = "model"
+) -> tuple[DecoderStep, Captured]:
+    """The decode graph alone (one token a row) of ``model`` for ``batch`` rows: a batch bucket of a
+    decoder captured for more rows (its cache buffers are later bound to the first rows of the
+    decoder's cache, ``OptimizedDecoder``)."""
+    work = copy.deepcopy(model).eval()
+    step = DecoderStep(work, batch, max_len, kv_format)
+    ids = fit_ids(example_ids, batch, 1)
+    return step, _export(step, step_inputs(batch, 1, 1, max_len, ids, _device(work)), None, model)
+
+
 def _export(step: DecoderStep, args: tuple, dynamic, model) -> Captured:
     # fresh tensors, not views: export guards on a view's ``_base`` (a one-row batch makes the
     # slices and expands here views), and the graph then fails on every real input, which has none

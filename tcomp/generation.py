@@ -42,10 +42,14 @@ class OptimizedDecoder(torch.nn.Module):
         target: Any,
         model_name: str,
         cudagraphs: bool = False,
+        decode_buckets: dict[int, torch.nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.prefill_module = prefill
         self.decode_module = decode
+        # decode graphs for fewer rows (batch -> module), over the first rows of the same cache
+        self.decode_buckets = torch.nn.ModuleDict({str(b): m for b, m in sorted((decode_buckets or {}).items())})
+        self.bucket_reports: dict[int, Any] = {}
         self.batch, self.max_len, self.n_layers = batch, max_len, n_layers
         self.report, self.decode_report, self.target = report, decode_report, target
         self.plan = None  # the tcomp.plan.Plan that produced it (set by optimize)
@@ -54,17 +58,25 @@ class OptimizedDecoder(torch.nn.Module):
         self.pad_token_id: int | None = None
         self._model_name = model_name
         share_tensors(prefill, decode)
+        for m in self.decode_buckets.values():
+            share_tensors(prefill, m)  # weights; the cache rows are bound as views next
+        self._bind_buckets()
         self.length = 0  # slots filled in the current sequence
         self.rows = 0  # batch rows of the current sequence
         self.sequence = 0  # counts the sequences started (prefills at slot 0): stale cache states show
         device = next(iter(prefill.buffers())).device
         self.register_buffer("padding", torch.ones(batch, max_len, dtype=torch.long, device=device), persistent=False)
         self._decode_runner = self._prefill_runner = None
+        self._bucket_runners: dict[int, Any] = {}
         if cudagraphs:
             from tcomp.cudagraphs import CudaGraphRunner
 
-            self._decode_runner = CudaGraphRunner(decode, lambda: [*decode.parameters(), *decode.buffers()])
-            self._prefill_runner = CudaGraphRunner(prefill, lambda: [*prefill.parameters(), *prefill.buffers()])
+            def runner(m: torch.nn.Module) -> CudaGraphRunner:
+                return CudaGraphRunner(m, lambda: [*m.parameters(), *m.buffers()])
+
+            self._decode_runner, self._prefill_runner = runner(decode), runner(prefill)
+            self._bucket_runners = {int(b): runner(m) for b, m in self.decode_buckets.items()}
+        self.last_graph = None  # which graph the last step ran: "prefill", "decode" or "decode[b=N]"
 
     # ------------------------------------------------------------------ the two graphs
     @property
@@ -77,12 +89,24 @@ class OptimizedDecoder(torch.nn.Module):
 
     @property
     def cudagraphs(self) -> str:
-        """"on" (both graphs replayed as CUDA graphs), "off", or why a graph runs directly."""
+        """"on" (every graph replayed as CUDA graphs), "off", or why a graph runs directly."""
         if self._decode_runner is None:
             return "off"
-        why = [f"{name}: {r.disabled}" for name, r in (("decode", self._decode_runner), ("prefill", self._prefill_runner))
-               if r is not None and r.disabled]  # fmt: skip
+        runners = [("decode", self._decode_runner), ("prefill", self._prefill_runner)]
+        runners += [(f"decode[b={b}]", r) for b, r in self._bucket_runners.items()]
+        why = [f"{name}: {r.disabled}" for name, r in runners if r is not None and r.disabled]
         return "; ".join(why) or "on"
+
+    def _bind_buckets(self) -> None:
+        """Point every bucket graph's KV-cache buffers at the first rows of the prefill graph's
+        (views: one cache, whichever graph writes it)."""
+        cache = {n: t for n, t in self.prefill_module.named_buffers() if kv_cache.is_buffer_name(n)}
+        for m in self.decode_buckets.values():
+            for name, t in list(m.named_buffers()):
+                if kv_cache.is_buffer_name(name) and name in cache:
+                    mod_name, _, attr = name.rpartition(".")
+                    owner = m.get_submodule(mod_name) if mod_name else m
+                    owner._buffers[attr] = cache[name][: t.shape[0]]
 
     def reset(self) -> None:
         """Forget the current sequence (the cache slots are overwritten by the next prefill)."""
@@ -129,20 +153,29 @@ class OptimizedDecoder(torch.nn.Module):
             input_ids = torch.cat([input_ids, input_ids[:1].expand(fill, n)])
             position_ids = torch.cat([position_ids, position_ids[:1].expand(fill, n)])
             self.padding[b:].copy_(self.padding[:1].expand(fill, -1))
-        if n == 1:
+        bucket = min((int(k) for k in self.decode_buckets if int(k) >= b), default=None) if n == 1 else None
+        if bucket is not None:  # a smaller decode graph: its rows only (the rest of the cache is not read)
+            rows = bucket
+            run, length = self._bucket_runners.get(bucket) or self.decode_buckets[str(bucket)], 1
+            self.last_graph = f"decode[b={bucket}]"
+        elif n == 1:
+            rows = self.batch
             run, length = self._decode_runner or self.decode_module, 1
+            self.last_graph = "decode"
         elif self._prefill_runner is not None and (length := prefill_bucket(n, self.max_len - start)) is not None:
-            run = self._prefill_runner
+            rows, run = self.batch, self._prefill_runner
+            self.last_graph = "prefill"
             if length > n:  # right-padded to the bucket: the causal mask keeps pads out of real rows
                 more = torch.arange(1, length - n + 1, device=device)
                 input_ids = torch.cat([input_ids, input_ids[:, -1:].expand(-1, length - n)], dim=1)
                 position_ids = torch.cat([position_ids, position_ids[:, -1:] + more], dim=1)
         else:
-            run, length = self.prefill_module, n
+            rows, run, length = self.batch, self.prefill_module, n
+            self.last_graph = "prefill"
         cache_position = torch.arange(start, start + length, device=device)
         # fresh row-major copies: a slice of a growing mask has strides that change every step, and
         # the CUDA graphs are keyed by shape, dtype and strides (a new key per step = no replay)
-        logits = run(_packed(input_ids), _packed(position_ids), cache_position, self.padding)
+        logits = run(_packed(input_ids[:rows]), _packed(position_ids[:rows]), cache_position, self.padding[:rows])
         self.length, self.rows = start + n, b
         return logits[:b, :n]
 
@@ -211,10 +244,12 @@ class OptimizedDecoder(torch.nn.Module):
         return str(write_decoder(self, folder))
 
     def _apply(self, fn, *args, **kwargs):  # .to()/.cuda(): recorded CUDA graphs read old storage
-        for runner in (self._decode_runner, self._prefill_runner):
+        for runner in (self._decode_runner, self._prefill_runner, *self._bucket_runners.values()):
             if runner is not None:
                 runner.reset()
-        return super()._apply(fn, *args, **kwargs)
+        out = super()._apply(fn, *args, **kwargs)
+        self._bind_buckets()  # each module's buffers moved on their own: the bucket views again
+        return out
 
 
 PREFILL_GRAPHS_UP_TO = 1024  # longer prompts run the prefill graph directly (compute hides the launches)

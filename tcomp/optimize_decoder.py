@@ -11,7 +11,15 @@ from typing import Any
 import torch
 
 from tcomp import kv_cache as kv
-from tcomp.decoder import _device, build_references, capture_decoder, fit_ids, is_hf, step_inputs
+from tcomp.decoder import (
+    _device,
+    build_references,
+    capture_decode,
+    capture_decoder,
+    fit_ids,
+    is_hf,
+    step_inputs,
+)
 from tcomp.errors import InputError
 from tcomp.graph import drop_unused_tensors
 from tcomp.pipeline import run_pipeline
@@ -89,6 +97,7 @@ def optimize_decoder(
     max_len: int | None,
     max_batch: int | None,
     kv_cache: str = "model",
+    batch_buckets: tuple[int, ...] | None = None,
 ):
     from tcomp.api import CapturedGraph, _add_cost, _sites
     from tcomp.generation import OptimizedDecoder
@@ -107,6 +116,12 @@ def optimize_decoder(
         )
     if kv_cache not in kv.FORMATS:
         raise InputError(f"kv_cache={kv_cache!r}: the KV cache formats are {', '.join(map(repr, kv.FORMATS))}")
+    buckets = sorted(set(batch_buckets or ()))
+    if any(not isinstance(bb, int) or isinstance(bb, bool) or not 1 <= bb < batch for bb in buckets):
+        raise InputError(
+            f"batch_buckets={list(batch_buckets or ())}: each is a batch size from 1 to {batch - 1}, below the "
+            f"max_batch={batch} the cache is built for (that one always has its graph)"
+        )
     step_fn("capture")
     captured = capture_decoder(model, ids, batch=batch, max_len=max_len, kv_format=kv_cache)
     device = _device(captured.step)
@@ -133,12 +148,33 @@ def optimize_decoder(
         results.append(result)
         reports.append(report)
         before[name] = CapturedGraph(copy.deepcopy(cap.gm.graph))  # what report.html and save compare
+    bucket_graphs, bucket_reports = {}, {}
+    for bb in buckets:  # a decode graph per smaller batch, over the first bb rows of the same cache
+        step_fn(f"decode graph for batch {bb}")
+        bstep, cap = capture_decode(model, ids, batch=bb, max_len=max_len, kv_format=kv_cache)
+        reference = None
+        if verify:
+            reference = _references(bstep, ids, bb, max_len, verify_samples, plan.seed, model)[1]
+        cal = _step_calibration(plan.calibration, bb, max_len, device, True)
+        result = run_pipeline(
+            cap.gm, dataclasses.replace(plan, calibration=cal), reference=reference,
+            progress=None if progress is None else (lambda s, _b=bb: progress(f"decode b={_b}: {s}")),
+        )  # fmt: skip
+        drop_unused_tensors(result.gm)
+        report = Report(model=f"{type(model).__name__} (decode, batch {bb})", target=plan.target.name,
+                        passes=result.records, dynamic_dims=cap.dims)  # fmt: skip
+        report.sites = _sites(result.gm)
+        if reference is not None:
+            report.base_error, report.final_error = reference.base_error, result.final_error
+        _add_cost(report, result.gm, plan.target)
+        bucket_graphs[bb], bucket_reports[bb] = result.gm, report
     use_graphs = plan.target.kind == "gpu" if cudagraphs is None else cudagraphs
     runner = OptimizedDecoder(
         results[0].gm, results[1].gm, batch=batch, max_len=max_len, n_layers=len(captured.step.layers),
         report=reports[0], decode_report=reports[1], target=plan.target, model_name=type(model).__name__,
-        cudagraphs=use_graphs,
+        cudagraphs=use_graphs, decode_buckets=bucket_graphs,
     )  # fmt: skip
+    runner.bucket_reports = bucket_reports
     runner.plan = dataclasses.replace(plan, calibration=None)
     generation_config = getattr(model, "generation_config", None)
     runner.eos_token_id = getattr(generation_config, "eos_token_id", None)

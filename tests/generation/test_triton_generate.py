@@ -89,3 +89,21 @@ def test_int8_cache_through_triton_reads_codes_in_the_decode_kernel():
     sources = TRITON.kernel_sources(dec.decode_module)
     assert any(name.startswith("tcomp_decode_attn_") and "q" in name.split("_")[-1] for name in sources), sorted(sources)
     assert torch.equal(tcomp.generate(fast, ids, max_new_tokens=NEW), tcomp.generate(eager, ids, max_new_tokens=NEW))
+
+
+def test_a_batch_bucket_lowers_like_the_main_decode_graph():
+    """batch_buckets through Triton: the bucket's decode graph runs the same backend steps (joined
+    projections, RoPE + cache writes, fused groups) and a one-row batch generates HF eager's tokens
+    through it."""
+    model = make("qwen2").to(DEVICE)
+    ids = torch.randint(1, VOCAB, (3, 7), generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    fast = tcomp.optimize(model, {"input_ids": ids}, target="h100", max_len=16, batch_buckets=[1])
+    dec = fast.tcomp_decoder
+    steps = {p.name: p.status for p in dec.bucket_reports[1].passes}
+    for name in ("lower.triton", "fuse.triton.projections", "fuse.triton.rotary", "fuse.triton.elementwise"):
+        assert steps[name] == "applied", (name, steps)
+    calls = [n.target for n in dec.decode_buckets["1"].graph.nodes if n.op == "call_function"]
+    assert calls.count(rotary_to_cache) == dec.n_layers
+    kw = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False)
+    assert torch.equal(fast.generate(ids[:1], **kw), model.generate(ids[:1], **kw))
+    assert dec.last_graph == "decode[b=1]"
