@@ -108,6 +108,19 @@ class OptimizedDecoder(torch.nn.Module):
                     owner = m.get_submodule(mod_name) if mod_name else m
                     owner._buffers[attr] = cache[name][: t.shape[0]]
 
+    @torch.no_grad()
+    def reorder_rows(self, index: torch.Tensor) -> None:
+        """Row ``i`` of the cache (every graph's KV buffers, scales and padding) becomes row
+        ``index[i]``, for the first ``len(index)`` rows: what beam search does when it keeps, drops
+        and duplicates hypotheses."""
+        index = index.to(self.padding.device).long()
+        n = index.numel()
+        if n > self.batch:
+            raise InputError(f"reordering {n} rows of a cache of {self.batch}")
+        tensors = {id(t): t for n_, t in self.prefill_module.named_buffers() if kv_cache.is_buffer_name(n_)}
+        for t in [*tensors.values(), self.padding]:
+            t[:n] = t.index_select(0, index)
+
     def reset(self) -> None:
         """Forget the current sequence (the cache slots are overwritten by the next prefill)."""
         self.length = self.rows = 0

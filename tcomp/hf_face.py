@@ -47,6 +47,11 @@ def _state_class() -> type:
         def __len__(self) -> int:
             return self.runner.n_layers
 
+        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+            """Beam search: row ``i`` of the cache becomes row ``beam_idx[i]`` (keys, values, int8
+            scales and the padding of every graph: one cache)."""
+            self.runner.reorder_rows(beam_idx)
+
     return TcompCacheState
 
 
@@ -75,6 +80,26 @@ class _Face:
     def save(self, folder: str) -> str:
         """Write the artifact folder of both graphs (see ``OptimizedDecoder.save``)."""
         return self.tcomp_decoder.save(folder)
+
+    def generate(self, *args: Any, **kwargs: Any):
+        """Hugging Face's ``generate``: greedy, sampling and beam search run on tcomp's graphs.
+        Assisted and prompt-lookup decoding are refused: they verify draft tokens and then crop
+        the cache back in ways tcomp's cache state does not follow yet (it would continue from the
+        wrong slots)."""
+        config = kwargs.get("generation_config")
+        draft = {
+            "assistant_model": kwargs.get("assistant_model"),
+            "prompt_lookup_num_tokens": kwargs.get("prompt_lookup_num_tokens", getattr(config, "prompt_lookup_num_tokens", None)),
+            "assistant_early_exit": kwargs.get("assistant_early_exit", getattr(config, "assistant_early_exit", None)),
+        }  # fmt: skip
+        asked = sorted(k for k, v in draft.items() if v is not None)
+        if asked:
+            raise InputError(
+                f"{', '.join(asked)}: assisted / prompt-lookup decoding is not supported by a tcomp-optimized decoder "
+                "(draft tokens are verified and the cache cropped back, which its cache state does not follow yet); "
+                "generate with greedy, sampling or beam search"
+            )
+        return super().generate(*args, **kwargs)
 
     def forward(
         self,

@@ -139,3 +139,28 @@ def test_batch_one_generates_like_hf_eager():
     ref = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert torch.equal(tcomp.generate(fast, ids, max_new_tokens=8), ref)
     assert torch.equal(fast.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False), ref)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "falcon"])
+def test_beam_search_equals_hf_eager(family):
+    """Beam search reorders the cache rows between steps (Cache.reorder_cache): tcomp moves every
+    cache row (keys, values, padding) and the beams equal HF eager's, with a left-padded row."""
+    model = make(family)
+    ids, mask = _prompt(7)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=40, max_batch=6, verify=False)
+    kw = dict(attention_mask=mask, max_new_tokens=8, min_new_tokens=8, num_beams=3, do_sample=False)
+    assert torch.equal(fast.generate(ids, **kw), model.generate(ids, **kw)), family
+    with pytest.raises(tcomp.InputError, match=r"batch 8 is above the 6 rows"):
+        fast.generate(ids, **dict(kw, num_beams=4))
+
+
+def test_assisted_and_prompt_lookup_decoding_are_refused():
+    """They verify draft tokens and crop the cache back: refused before any step (they used to run
+    and return tokens that were not the model's)."""
+    model = make("llama")
+    ids, mask = _prompt(8, batch=1, pad=0)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=40, verify=False)
+    with pytest.raises(tcomp.InputError, match="prompt_lookup_num_tokens: assisted / prompt-lookup decoding is not supported"):
+        fast.generate(ids, max_new_tokens=4, prompt_lookup_num_tokens=3)
+    with pytest.raises(tcomp.InputError, match="assistant_model"):
+        fast.generate(ids, max_new_tokens=4, assistant_model=model)
