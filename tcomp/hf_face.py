@@ -47,6 +47,16 @@ def _state_class() -> type:
         def __len__(self) -> int:
             return self.runner.n_layers
 
+        def crop(self, tokens_to_remove: int) -> None:
+            """Assisted and prompt-lookup decoding: after verifying draft tokens, drop the rejected
+            ones (``-n``: the last n; 0: none; a positive value, the legacy form: keep that many).
+            The next step starts at the new length and overwrites the slots past it."""
+            n = int(tokens_to_remove)
+            if n < 0:
+                self.length = max(0, self.length + n)
+            elif n > 0:
+                self.length = min(self.length, n)
+
         def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
             """Beam search: row ``i`` of the cache becomes row ``beam_idx[i]`` (keys, values, int8
             scales and the padding of every graph: one cache)."""
@@ -82,22 +92,15 @@ class _Face:
         return self.tcomp_decoder.save(folder)
 
     def generate(self, *args: Any, **kwargs: Any):
-        """Hugging Face's ``generate``: greedy, sampling and beam search run on tcomp's graphs.
-        Assisted and prompt-lookup decoding are refused: they verify draft tokens and then crop
-        the cache back in ways tcomp's cache state does not follow yet (it would continue from the
-        wrong slots)."""
+        """Hugging Face's ``generate``: greedy, sampling, beam search, and assisted / prompt-lookup
+        decoding (draft tokens checked in one multi-token step, the rejected ones cropped) run on
+        tcomp's graphs. Early-exit self-speculation is refused: it runs the model's own first layers,
+        which are inside tcomp's graphs."""
         config = kwargs.get("generation_config")
-        draft = {
-            "assistant_model": kwargs.get("assistant_model"),
-            "prompt_lookup_num_tokens": kwargs.get("prompt_lookup_num_tokens", getattr(config, "prompt_lookup_num_tokens", None)),
-            "assistant_early_exit": kwargs.get("assistant_early_exit", getattr(config, "assistant_early_exit", None)),
-        }  # fmt: skip
-        asked = sorted(k for k, v in draft.items() if v is not None)
-        if asked:
+        if kwargs.get("assistant_early_exit", getattr(config, "assistant_early_exit", None)) is not None:
             raise InputError(
-                f"{', '.join(asked)}: assisted / prompt-lookup decoding is not supported by a tcomp-optimized decoder "
-                "(draft tokens are verified and the cache cropped back, which its cache state does not follow yet); "
-                "generate with greedy, sampling or beam search"
+                "assistant_early_exit: early-exit self-speculation runs the model's first layers on their own, which a "
+                "tcomp-optimized decoder does not expose; use an assistant_model, prompt_lookup_num_tokens, or none"
             )
         return super().generate(*args, **kwargs)
 

@@ -154,13 +154,23 @@ def test_beam_search_equals_hf_eager(family):
         fast.generate(ids, **dict(kw, num_beams=4))
 
 
-def test_assisted_and_prompt_lookup_decoding_are_refused():
-    """They verify draft tokens and crop the cache back: refused before any step (they used to run
-    and return tokens that were not the model's)."""
-    model = make("llama")
-    ids, mask = _prompt(8, batch=1, pad=0)
-    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=40, verify=False)
-    with pytest.raises(tcomp.InputError, match="prompt_lookup_num_tokens: assisted / prompt-lookup decoding is not supported"):
-        fast.generate(ids, max_new_tokens=4, prompt_lookup_num_tokens=3)
-    with pytest.raises(tcomp.InputError, match="assistant_model"):
-        fast.generate(ids, max_new_tokens=4, assistant_model=model)
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])
+def test_prompt_lookup_and_assisted_decoding_equal_greedy(family, monkeypatch):
+    """Draft tokens (n-grams of the prompt, or an assistant model's) are checked in one multi-token
+    step and the rejected ones cropped from the cache state (Cache.crop): the tokens equal plain
+    greedy decoding's. A repetitive prompt so that drafts are accepted and rejected."""
+    model = make(family)
+    ids = torch.randint(1, 20, (1, 12), generator=torch.Generator().manual_seed(0))
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=48, verify=False)
+    kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    greedy = model.generate(ids, **kw)
+    from tcomp.hf_face import _state_class
+
+    cls, crops = _state_class(), []
+    real_crop = cls.crop
+    monkeypatch.setattr(cls, "crop", lambda self, n: crops.append(n) or real_crop(self, n))
+    assert torch.equal(fast.generate(ids, prompt_lookup_num_tokens=3, **kw), greedy), family
+    assert any(n < 0 for n in crops), crops  # some drafts were rejected and cropped
+    assert torch.equal(fast.generate(ids, assistant_model=make(family, seed=9), **kw), greedy), family
+    with pytest.raises(tcomp.InputError, match="assistant_early_exit"):
+        fast.generate(ids, assistant_early_exit=1, **kw)
