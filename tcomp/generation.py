@@ -117,8 +117,8 @@ class OptimizedDecoder(torch.nn.Module):
         n = index.numel()
         if n > self.batch:
             raise InputError(f"reordering {n} rows of a cache of {self.batch}")
-        tensors = {id(t): t for n_, t in self.prefill_module.named_buffers() if kv_cache.is_buffer_name(n_)}
-        for t in [*tensors.values(), self.padding]:
+        cache = [t for name, t in self.prefill_module.named_buffers() if kv_cache.is_buffer_name(name)]
+        for t in [*cache, self.padding]:  # the other graphs hold these tensors or views of them
             t[:n] = t.index_select(0, index)
 
     def reset(self) -> None:

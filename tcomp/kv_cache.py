@@ -66,6 +66,12 @@ def is_buffer_name(name: str) -> bool:
 FORMATS = ("model", "int8")
 
 
+def check_format(fmt: str) -> None:
+    """Refuse a cache format that is not one of :data:`FORMATS`, naming them."""
+    if fmt not in FORMATS:
+        raise InputError(f"kv_cache={fmt!r}: the KV cache formats are {', '.join(map(repr, FORMATS))}")
+
+
 def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """(int8 codes, float32 scales of shape (..., 1)) of ``x`` per row of its last dim: ``s =
     max|x| / 127`` (1 where that is 0; NaN where the row holds NaN/inf), codes ``round(x / s)``."""
@@ -178,8 +184,7 @@ def attach(
 ) -> _Store:  # fmt: skip
     """Allocate the cache (zeros; a slot is never read before it is written) as buffers of ``owner``
     on ``device`` in format ``fmt`` (:data:`FORMATS`) and return the protocol object that writes into them."""
-    if fmt not in FORMATS:
-        raise InputError(f"kv_cache={fmt!r}: the KV cache formats are {', '.join(map(repr, FORMATS))}")
+    check_format(fmt)
     if sorted(shapes) != list(range(len(shapes))):
         raise InputError(f"the model's attention layers wrote the cache for layers {sorted(shapes)}; tcomp expects 0..n-1")
     for i, s in shapes.items():

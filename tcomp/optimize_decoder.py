@@ -114,8 +114,7 @@ def optimize_decoder(
             f"max_len={max_len} is past the {table[1]} positions {type(model).__name__} learned ({table[0]}): a "
             f"sequence longer than that has no position embedding. Pass max_len={table[1]} or less"
         )
-    if kv_cache not in kv.FORMATS:
-        raise InputError(f"kv_cache={kv_cache!r}: the KV cache formats are {', '.join(map(repr, kv.FORMATS))}")
+    kv.check_format(kv_cache)  # before the capture's work
     buckets = sorted(set(batch_buckets or ()))
     if any(not isinstance(bb, int) or isinstance(bb, bool) or not 1 <= bb < batch for bb in buckets):
         raise InputError(
@@ -129,22 +128,27 @@ def optimize_decoder(
     if verify:
         step_fn("float64 reference")
         refs = _references(captured.step, ids, batch, max_len, verify_samples, plan.seed, model)
-    results, reports, before = [], [], {}
-    for name, cap, reference in (("prefill", captured.prefill, refs[0]), ("decode", captured.decode, refs[1])):
-        decode = name == "decode"
-        cal = _step_calibration(plan.calibration, batch, max_len, device, decode)
-        graph_plan = dataclasses.replace(plan, calibration=cal)
+
+    def run_graph(label: str, cap, reference, rows: int, decode: bool):
+        """The plan on one step graph (its calibration as step inputs, verified against
+        ``reference``), then its report: (pipeline result, Report)."""
+        cal = _step_calibration(plan.calibration, rows, max_len, device, decode)
         result = run_pipeline(
-            cap.gm, graph_plan, reference=reference,
-            progress=None if progress is None else (lambda s, _n=name: progress(f"{_n}: {s}")),
+            cap.gm, dataclasses.replace(plan, calibration=cal), reference=reference,
+            progress=None if progress is None else (lambda s: progress(f"{label}: {s}")),
         )  # fmt: skip
         drop_unused_tensors(result.gm)
-        report = Report(model=f"{type(model).__name__} ({name})", target=plan.target.name, passes=result.records,
+        report = Report(model=f"{type(model).__name__} ({label})", target=plan.target.name, passes=result.records,
                         dynamic_dims=cap.dims)  # fmt: skip
         report.sites = _sites(result.gm)
         if reference is not None:
             report.base_error, report.final_error = reference.base_error, result.final_error
         _add_cost(report, result.gm, plan.target)
+        return result, report
+
+    results, reports, before = [], [], {}
+    for name, cap, reference in (("prefill", captured.prefill, refs[0]), ("decode", captured.decode, refs[1])):
+        result, report = run_graph(name, cap, reference, batch, name == "decode")
         results.append(result)
         reports.append(report)
         before[name] = CapturedGraph(copy.deepcopy(cap.gm.graph))  # what report.html and save compare
@@ -152,22 +156,9 @@ def optimize_decoder(
     for bb in buckets:  # a decode graph per smaller batch, over the first bb rows of the same cache
         step_fn(f"decode graph for batch {bb}")
         bstep, cap = capture_decode(model, ids, batch=bb, max_len=max_len, kv_format=kv_cache)
-        reference = None
-        if verify:
-            reference = _references(bstep, ids, bb, max_len, verify_samples, plan.seed, model)[1]
-        cal = _step_calibration(plan.calibration, bb, max_len, device, True)
-        result = run_pipeline(
-            cap.gm, dataclasses.replace(plan, calibration=cal), reference=reference,
-            progress=None if progress is None else (lambda s, _b=bb: progress(f"decode b={_b}: {s}")),
-        )  # fmt: skip
-        drop_unused_tensors(result.gm)
-        report = Report(model=f"{type(model).__name__} (decode, batch {bb})", target=plan.target.name,
-                        passes=result.records, dynamic_dims=cap.dims)  # fmt: skip
-        report.sites = _sites(result.gm)
-        if reference is not None:
-            report.base_error, report.final_error = reference.base_error, result.final_error
-        _add_cost(report, result.gm, plan.target)
-        bucket_graphs[bb], bucket_reports[bb] = result.gm, report
+        reference = _references(bstep, ids, bb, max_len, verify_samples, plan.seed, model)[1] if verify else None
+        result, bucket_reports[bb] = run_graph(f"decode, batch {bb}", cap, reference, bb, True)
+        bucket_graphs[bb] = result.gm
     use_graphs = plan.target.kind == "gpu" if cudagraphs is None else cudagraphs
     runner = OptimizedDecoder(
         results[0].gm, results[1].gm, batch=batch, max_len=max_len, n_layers=len(captured.step.layers),

@@ -11,7 +11,7 @@ A plan runs five named steps for this backend, each verified like a pass:
 ``lower.triton`` (dialect ops to their kernels), ``fuse.triton.projections`` (a decode step's
 linears that share their input, q/k/v and gate/up, to one GEMV), ``fuse.triton.gemm_epilogue`` (linear layers with
 their activation / residual epilogue to one GEMM launch), ``fuse.triton.rotary`` (the rotate-half
-RoPE chain to one kernel) and ``fuse.triton.elementwise`` (elementwise chains, and the LayerNorm or
+RoPE chain to one kernel; in a decoder step the q and k rotations and the K/V cache writes in one) and ``fuse.triton.elementwise`` (elementwise chains, and the LayerNorm or
 RMSNorm ending one, to generated fused kernels).
 """
 

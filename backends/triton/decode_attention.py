@@ -34,6 +34,7 @@ from tcomp.backends.triton.configs import (
 from tcomp.backends.triton.runtime import device_and_head_dims, flash, launch_fitting, lens_arg, strides4
 from tcomp.dialect.cached_attention import CACHED_ATTENTION
 from tcomp.graph import val
+from tcomp.kv_cache import dequantize_rows
 from tcomp.targets import Target, get_target
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -112,7 +113,7 @@ def cached_attention(
             f"cached_attention: {q.shape[2]} new tokens take the prefill kernel: pass an AttnConfig"
         )
     if k_scale is not None:
-        k_cache, v_cache = (k_cache.float() * k_scale).to(q.dtype), (v_cache.float() * v_scale).to(q.dtype)
+        k_cache, v_cache = dequantize_rows(k_cache, k_scale, q.dtype), dequantize_rows(v_cache, v_scale, q.dtype)
     return prefill(q, k_cache, v_cache, bias, mask, scale, kv_len, target=target, config=config)
 
 

@@ -40,6 +40,7 @@ from tcomp import meta
 from tcomp.cost import Cost, SymbolMap, fake
 from tcomp.dialect.attention import ATTENTION, attention, attention_tensors_cost
 from tcomp.dialect.base import define
+from tcomp.kv_cache import dequantize_rows
 
 aten = torch.ops.aten
 
@@ -58,9 +59,9 @@ def cached_attention(
 ) -> Tensor:
     """Reference cache-form attention (see the module docstring for the contract)."""
     if k_scale is not None:  # an int8 cache: codes times their row's scale, as the model read it
-        k_cache = (k_cache.float() * k_scale).to(q.dtype)
+        k_cache = dequantize_rows(k_cache, k_scale, q.dtype)
     if v_scale is not None:
-        v_cache = (v_cache.float() * v_scale).to(q.dtype)
+        v_cache = dequantize_rows(v_cache, v_scale, q.dtype)
     B, M = q.shape[0], k_cache.shape[-2]
     lens = kv_len.reshape(-1).to(torch.int64).expand(B) if kv_len.numel() == 1 else kv_len.reshape(B)
     readable = torch.arange(M, device=q.device)[None, :] < lens.to(q.device)[:, None]  # (B, M)
