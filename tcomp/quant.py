@@ -221,8 +221,24 @@ def fp8_scale(x: Tensor, granularity: str) -> Tensor:
 
 
 def to_e4m3(v: Tensor) -> Tensor:
-    """Round to float8_e4m3fn, saturating at +-448 (NaN stays NaN)."""
-    return v.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    """Round to float8_e4m3fn, to nearest (ties to even), saturating at +-448 (NaN stays NaN).
+
+    torch casts float64 to e4m3 through float32, which rounds twice: a value just off an e4m3 tie
+    lands on the tie in float32 and then goes to even, the wrong way (seen: 3.4999999 subnormal steps
+    rounded to 4). So float64 values are first narrowed to float32 with round-to-odd (truncate, then
+    set the last bit when inexact), which keeps the one e4m3 rounding correct: float32 carries 20
+    more significant bits than e4m3."""
+    v = v.clamp(-FP8_MAX, FP8_MAX)
+    if v.dtype == torch.float64:
+        v = _to_float32_round_to_odd(v)
+    return v.to(torch.float8_e4m3fn)
+
+
+def _to_float32_round_to_odd(v: Tensor) -> Tensor:
+    f = v.to(torch.float32)
+    f = torch.where(f.to(torch.float64).abs() > v.abs(), torch.nextafter(f, torch.zeros_like(f)), f)  # toward 0
+    odd = (f.view(torch.int32) | 1).view(torch.float32)
+    return torch.where(f.to(torch.float64) != v, odd, f)  # NaN compares unequal: its bits only gain a 1
 
 
 def quantize_fp8(x: Tensor, granularity: str = "row") -> tuple[Tensor, Tensor]:

@@ -309,3 +309,20 @@ def test_optimize_hands_its_target_to_the_pass():
         model, (x,), target="h200", passes=[(FP8, {"target": "a100"})], backend="eager", verify=False
     )
     assert mine.report[FP8].rewrites == 0
+
+
+def test_float64_values_round_once_to_the_nearest_e4m3():
+    """Values a few float64 ulps either side of every e4m3 midpoint (both signs), and random ones:
+    each becomes its nearest e4m3 value. torch's own float64 cast goes through float32 and rounds
+    twice -- a value just below a midpoint lands on it and then goes to even (found by the round-trip
+    property above: 3.4999999 subnormal steps became 4)."""
+    codes = torch.arange(0, 0x7F, dtype=torch.uint8).view(torch.float8_e4m3fn).double()  # finite, >= 0
+    mids = (codes[1:] + codes[:-1]) / 2
+    eps = torch.tensor([-1e-9, -1e-12, -1e-15, 1e-15, 1e-12, 1e-9], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    v = torch.cat([(mids[:, None] * (1 + eps)).reshape(-1), torch.rand(20000, generator=g, dtype=torch.float64) * 448])
+    v = torch.cat([v, -v])
+    got = Q.to_e4m3(v).double()
+    nearest = (codes[None, :] - v.abs()[:, None]).abs().min(1).values
+    assert ((got - v).abs() <= nearest).all() and (torch.sign(got) * torch.sign(v) >= 0).all()
+    assert torch.equal(Q.to_e4m3(mids), mids.to(torch.float32).to(torch.float8_e4m3fn))  # exact ties: to even
