@@ -85,7 +85,8 @@ class FeatureMap:
         return call(aten.add.Tensor, call(aten.matmul.default, out, weight), bias)
 
     def apply(self, call: Call, x, role: str, weight=None):
-        """``phi(x)`` for ``role`` "q" or "k"; ``weight`` is this role's tensor (or graph node)."""
+        """``phi(x)`` for ``role`` "q" or "k" ("k_state": keys of a recurrent state, see favor);
+        ``weight`` is this role's tensor (or graph node)."""
         if self.name == "elu1":
             return call(aten.add.Tensor, call(aten.elu.default, x), 1.0)
         if self.name == "relu":
@@ -97,9 +98,13 @@ class FeatureMap:
             half_sq = call(
                 aten.mul.Tensor, call(aten.sum.dim_IntList, call(aten.mul.Tensor, xs, xs), [-1], True), 0.5
             )
-            # a per-row (queries) or per-head (keys) constant cancels in the normalisation
-            stab = call(aten.amax.default, proj, [-1] if role == "q" else [-2, -1], True)
-            expo = call(aten.sub.Tensor, call(aten.sub.Tensor, proj, half_sq), stab)
+            expo = call(aten.sub.Tensor, proj, half_sq)
+            if role != "k_state":
+                # a per-row (queries) or per-head (keys) constant cancels in the normalisation; not
+                # for keys summed into a recurrent state across steps ("k_state"): there each step's
+                # constant would weigh its keys differently (w.x' - |x'|^2/2 <= |w|^2/2: no overflow)
+                stab = call(aten.amax.default, proj, [-1] if role == "q" else [-2, -1], True)
+                expo = call(aten.sub.Tensor, expo, stab)
             m = self.q_weight.shape[-1]
             return call(aten.mul.Tensor, call(aten.exp.default, expo), 1.0 / math.sqrt(m))
         if self.name == "hedgehog":

@@ -9,7 +9,8 @@ seed (plus the site index).
 Contract: ``favor`` is BOUNDED (relative error ~ 1/sqrt(m), see ``feature_maps.favor_bound``);
 the other maps are EMPIRICAL (measured on real MiniLM by bench/linear_minilm.py). Sites whose
 mask or bias couples queries and keys (relative positions, ALiBi, sliding windows) are skipped
-with the reason.
+with the reason. On a decoder's step graphs the sites keep a recurrent state in place of their KV
+cache (passes/linear_attention_cache.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.fx as fx
 from tcomp import meta
 from tcomp.contract import Contract, Exactness, PassResult
 from tcomp.dialect import attention_nodes
-from tcomp.dialect.cached_attention import cached_attention_refusal
+from tcomp.dialect.cached_attention import is_cached_attention
 from tcomp.graph import copy_source_meta, module_path, remove_dead, val
 from tcomp.options import option
 from tcomp.passes.attention_transfer import fit_correction, fit_hedgehog, site_error
@@ -41,6 +42,7 @@ from tcomp.passes.feature_maps import (
     kernelize,
     make_feature_map,
 )
+from tcomp.passes.linear_attention_cache import linearize_cached
 from tcomp.registry import PassContext, register_pass
 
 # default thresholds on the model's relative output error vs float64 (EMPIRICAL maps); chosen from
@@ -120,11 +122,8 @@ def linear_attention(gm: fx.GraphModule, opts: LinearAttentionOptions, ctx: Pass
     feature_map, layers, calibration, steps, loss = opts.feature_map, opts.layers, ctx.calibration, opts.steps, opts.loss
     sequential, correction, holdout = opts.sequential, opts.correction, opts.holdout
     result = PassResult(gm)
-    refusal = cached_attention_refusal(gm, "linear attention")
-    if refusal:
-        result.reason = refusal
-        result.notes.append(refusal)
-        return result
+    if any(is_cached_attention(n) for n in gm.graph.nodes):  # a decoder step graph: the recurrent form
+        return linearize_cached(gm, opts, ctx, result)
     sites = []
     for node in attention_nodes(gm):
         try:

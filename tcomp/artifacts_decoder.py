@@ -75,7 +75,7 @@ def write_decoder(decoder: Any, folder: str | Path) -> Path:
             )  # fmt: skip
             for g in GRAPHS
         }
-        cache_names = {n for i in range(decoder.n_layers) for n in (*kv_cache.buffer_names(i), *kv_cache.scale_names(i))}
+        cache_names = {n for i in range(decoder.n_layers) for n in kv_cache.all_names(i)}
         stored, keys, cache = _tensor_table(
             {g: tensors_of(modules[g], names[g]) for g in GRAPHS}, cache_names
         )

@@ -266,11 +266,13 @@ def mark(gm: fx.GraphModule) -> None:
     """Mark the cache buffers (``meta.KV_CACHE``) and the cache-position placeholder of a step graph."""
     for node in gm.graph.nodes:
         if node.op == "get_attr" and kv_cache.is_buffer_name(node.target):
-            kind, layer = node.target.split("_")[-2:]  # tcomp_kv_{k|v}_{layer}
+            kind, layer = node.target.split("_")[-2:]  # tcomp_kv_{kind}_{layer}
             node.meta[meta.KV_CACHE] = {"layer": int(layer), "kind": kind}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) >= 3:
         placeholders[STEP_INPUTS.index("cache_position")].meta[meta.CACHE_POSITION] = True
+    if len(placeholders) == len(STEP_INPUTS):
+        placeholders[STEP_INPUTS.index("padding")].meta[meta.STEP_PADDING] = True
 
 
 # ---------------------------------------------------------------------- float64 references
@@ -328,6 +330,7 @@ def build_references(step: DecoderStep, prefill_ids: list[torch.Tensor], decode_
     prefill = StepReference(pre_inputs, pre_out, dtype, max(rel_error(o, r) for o, r in zip(pre_own, pre_out)))
     decode = StepReference(dec_inputs, dec_out, dtype, max(rel_error(o, r) for o, r in zip(dec_own, dec_out)))
     decode.states = states
+    decode.prefixes = [a for a, _ in pre_inputs]
     return prefill, decode
 
 
@@ -338,15 +341,30 @@ def _on(args: tuple, module: torch.nn.Module) -> tuple:
 
 class StepReference(Reference):
     """A Reference of a step graph: inputs move to the graph's device, and with ``states`` every
-    run starts from the cache state saved for its input."""
+    run starts from the cache state saved for its input. A graph that keeps a recurrent state
+    (``attention.linear`` on a decoder) has no cache to restore: it reads the prompt of its input
+    (``prefixes``) one token at a time first, so the step is checked after the prefix as the
+    graph itself summarised it -- the error generation sees."""
 
     states: list | None = None
+    prefixes: list | None = None
 
     def run(self, fn):
         outs = []
+        recurrent = any(kv_cache.is_state_name(n) for n, _ in fn.named_buffers())
         with torch.no_grad():
             for i, (a, k) in enumerate(self.inputs):
-                if self.states is not None:
+                if recurrent and self.prefixes is not None:
+                    _replay(fn, _on(self.prefixes[i], fn))
+                elif self.states is not None:
                     _restore(fn, self.states[i])
                 outs.append(fn(*_on(a, fn), **k))
         return outs
+
+
+def _replay(fn, prefix: tuple) -> None:
+    """Run the one-token step graph ``fn`` over the tokens of the step inputs ``prefix`` in order
+    (the first at its cache position starts a sequence)."""
+    ids, pos, cpos, padding = prefix
+    for t in range(ids.shape[1]):
+        fn(ids[:, t : t + 1], pos[:, t : t + 1], cpos[t : t + 1], padding)

@@ -88,6 +88,12 @@ class OptimizedDecoder(torch.nn.Module):
         return getattr(self.prefill_module, "code", "")
 
     @property
+    def recurrent(self) -> bool:
+        """Whether a layer keeps a recurrent state (``attention.linear`` on a decoder) in place of a
+        KV cache: the sequence can then only go on or start again, never step back."""
+        return any(kv_cache.is_state_name(n) for n, _ in self.prefill_module.named_buffers())
+
+    @property
     def cudagraphs(self) -> str:
         """"on" (every graph replayed as CUDA graphs), "off", or why a graph runs directly."""
         if self._decode_runner is None:
@@ -182,6 +188,8 @@ class OptimizedDecoder(torch.nn.Module):
                 more = torch.arange(1, length - n + 1, device=device)
                 input_ids = torch.cat([input_ids, input_ids[:, -1:].expand(-1, length - n)], dim=1)
                 position_ids = torch.cat([position_ids, position_ids[:, -1:] + more], dim=1)
+                # ... and their padding 0 keeps them out of a recurrent state (restored below)
+                self.padding[:, start + n : start + length] = 0
         else:
             rows, run, length = self.batch, self.prefill_module, n
             self.last_graph = "prefill"
@@ -189,6 +197,8 @@ class OptimizedDecoder(torch.nn.Module):
         # fresh row-major copies: a slice of a growing mask has strides that change every step, and
         # the CUDA graphs are keyed by shape, dtype and strides (a new key per step = no replay)
         logits = run(_packed(input_ids[:rows]), _packed(position_ids[:rows]), cache_position, self.padding[:rows])
+        if length > n:
+            self.padding[:, start + n : start + length] = 1
         self.length, self.rows = start + n, b
         return logits[:b, :n]
 
@@ -199,6 +209,12 @@ class OptimizedDecoder(torch.nn.Module):
             raise InputError(
                 f"batch {b} is above the {self.batch} rows tcomp captured the KV cache for; call "
                 f"tcomp.optimize(..., max_batch={b}) (or more)"
+            )
+        if self.recurrent and 0 < start < self.length:
+            raise InputError(
+                f"start={start}: this decoder keeps a recurrent state (attention.linear) in place of a KV cache, "
+                f"and the state holds all {self.length} tokens of the current sequence: it cannot go back to an "
+                f"earlier slot. Continue at start={self.length} or start a new sequence at start=0"
             )
         if start < 0 or start > self.length:
             raise InputError(

@@ -52,6 +52,13 @@ def _state_class() -> type:
             ones (``-n``: the last n; 0: none; a positive value, the legacy form: keep that many).
             The next step starts at the new length and overwrites the slots past it."""
             n = int(tokens_to_remove)
+            keep = max(0, self.length + n) if n < 0 else (min(self.length, n) if n > 0 else self.length)
+            if keep < self.length and self.runner.recurrent:
+                raise InputError(
+                    f"dropping the last {self.length - keep} cached tokens (assisted or prompt-lookup decoding): this "
+                    "decoder keeps a recurrent state (attention.linear) in place of a KV cache, and a state cannot "
+                    "forget tokens. Generate without an assistant or prompt lookup"
+                )
             if n < 0:
                 self.length = max(0, self.length + n)
             elif n > 0:
@@ -101,6 +108,14 @@ class _Face:
             raise InputError(
                 "assistant_early_exit: early-exit self-speculation runs the model's first layers on their own, which a "
                 "tcomp-optimized decoder does not expose; use an assistant_model, prompt_lookup_num_tokens, or none"
+            )
+        drafts = [k for k in ("assistant_model", "prompt_lookup_num_tokens")
+                  if kwargs.get(k, getattr(config, k, None)) is not None]  # fmt: skip
+        if drafts and self.tcomp_decoder.recurrent:
+            raise InputError(
+                f"{drafts[0]}: assisted and prompt-lookup decoding drop the rejected draft tokens from the cache; this "
+                "decoder keeps a recurrent state (attention.linear) in place of a KV cache, and a state cannot forget "
+                "tokens. Generate without drafts"
             )
         return super().generate(*args, **kwargs)
 

@@ -57,10 +57,26 @@ def scale_names(layer: int) -> tuple[str, str]:
     return f"tcomp_kv_ks_{layer}", f"tcomp_kv_vs_{layer}"
 
 
+def state_names(layer: int) -> tuple[str, str]:
+    """Names of the recurrent state and normaliser buffers of ``layer`` when ``attention.linear``
+    turned its cache into a state (``tcomp.recurrent_linear_attention``)."""
+    return f"tcomp_kv_s_{layer}", f"tcomp_kv_z_{layer}"
+
+
+def all_names(layer: int) -> tuple[str, ...]:
+    """Every cache buffer name ``layer`` may have: keys, values, int8 scales, linear-attention state."""
+    return (*buffer_names(layer), *scale_names(layer), *state_names(layer))
+
+
 def is_buffer_name(name: str) -> bool:
-    """Whether ``name`` is one of :func:`buffer_names` or :func:`scale_names` (a KV-cache buffer of
-    a step graph)."""
-    return re.fullmatch(r"tcomp_kv_(k|v|ks|vs)_\d+", name) is not None
+    """Whether ``name`` is one of :func:`all_names` (a cache buffer of a step graph: KV cache, int8
+    scales or a linear-attention state)."""
+    return re.fullmatch(r"tcomp_kv_(k|v|ks|vs|s|z)_\d+", name) is not None
+
+
+def is_state_name(name: str) -> bool:
+    """Whether ``name`` is a linear-attention state buffer (:func:`state_names`)."""
+    return re.fullmatch(r"tcomp_kv_(s|z)_\d+", name) is not None
 
 
 FORMATS = ("model", "int8")

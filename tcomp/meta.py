@@ -26,5 +26,6 @@ LINEAR_FEATURE_MAP = (
 )
 SOFT_LANDMARKS = "tcomp_soft_landmarks"  # on a softmax-free site's output node: number of landmarks and the Newton residual
 QUANT = "tcomp_quant"  # on a linear_int8w/int4w/w8a8/w1/w1a1 or fp8_linear node: {"format", "source" module path, "max_err" in scales, "rounds_activations"}
-KV_CACHE = "tcomp_kv_cache"  # on a get_attr node of a decoder's static KV cache buffer: {"layer": int, "kind": "k" | "v" | "ks" | "vs" (int8 scales)}
+KV_CACHE = "tcomp_kv_cache"  # on a get_attr node of a decoder's static KV cache buffer: {"layer": int, "kind": "k" | "v" | "ks" | "vs" (int8 scales) | "s" | "z" (a linear-attention state and its normaliser)}
 CACHE_POSITION = "tcomp_cache_position"  # on the placeholder of a decoder graph's cache positions (n,) int64: True
+STEP_PADDING = "tcomp_step_padding"  # on the placeholder of a decoder graph's padding (B, max_len), 1 = real token: True

@@ -20,7 +20,7 @@ from tcomp.decoder import (
     is_hf,
     step_inputs,
 )
-from tcomp.errors import InputError
+from tcomp.errors import InputError, PassError
 from tcomp.graph import drop_unused_tensors
 from tcomp.pipeline import run_pipeline
 from tcomp.report import Report
@@ -159,6 +159,8 @@ def optimize_decoder(
         reference = _references(bstep, ids, bb, max_len, verify_samples, plan.seed, model)[1] if verify else None
         result, bucket_reports[bb] = run_graph(f"decode, batch {bb}", cap, reference, bb, True)
         bucket_graphs[bb] = result.gm
+    _check_one_cache({"prefill": results[0].gm, "decode": results[1].gm, **{f"decode, batch {b}": g for b, g in
+                      bucket_graphs.items()}}, [*reports, *bucket_reports.values()])  # fmt: skip
     use_graphs = plan.target.kind == "gpu" if cudagraphs is None else cudagraphs
     runner = OptimizedDecoder(
         results[0].gm, results[1].gm, batch=batch, max_len=max_len, n_layers=len(captured.step.layers),
@@ -177,6 +179,27 @@ def optimize_decoder(
 
         return hf_decoder(model, runner)
     return runner
+
+
+def _check_one_cache(graphs: dict[str, torch.nn.Module], reports: list) -> None:
+    """Every step graph must read and write the same cache buffers: a layer that keeps a recurrent
+    state in one graph (``attention.linear``) and a KV cache in another would generate from a state
+    nobody filled. Raised with each graph's pass outcomes when they differ."""
+    layouts = {name: sorted(n for n, _ in g.named_buffers() if kv.is_buffer_name(n)) for name, g in graphs.items()}
+    first = next(iter(layouts.values()))
+    if all(names == first for names in layouts.values()):
+        return
+    outcomes = "; ".join(
+        f"{name}: " + ", ".join(f"{r.name} {r.status}" + (f" ({r.reason})" if r.reason else "") for r in rep.passes)
+        for name, rep in zip(graphs, reports)
+    )
+    states = {name: sorted({n.rsplit("_", 1)[1] for n in names if kv.is_state_name(n)}) for name, names in layouts.items()}
+    raise PassError(
+        "the step graphs came out with different caches -- layers with a recurrent state per graph: "
+        + ", ".join(f"{name} {v or 'none'}" for name, v in states.items())
+        + f". A rewrite that replaces the KV cache must hold in every graph ({outcomes}). Loosen that pass's "
+        "tolerance, keep the failing layers (keep=[...]) or drop the pass"
+    )
 
 
 REACH = 64  # how many tokens past the example's length the fresh reference prompts may go

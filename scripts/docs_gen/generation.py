@@ -100,6 +100,22 @@ Goals: ≥ {every:.1f}× SDPA at every length: {met(all(x >= every for x in pref
 cuDNN's SDPA on the valid prefix is itself at the bandwidth limit, so 2× is out of reach for any kernel
 that reads the whole prefix once; the kernel's win is against the masked full cache.
 
+## Linear attention in a decoder: a recurrent state in place of the KV cache
+
+`passes=["attention.linear"]` on a decoder gives each layer whose mask is the plain causal one a state
+`S = Σ φ(k)vᵀ`, `z = Σ φ(k)` (float32, `(batch, kv heads, features, head dim)`) in place of its KV cache:
+memory per sequence stops growing with `max_len`, and a decode step reads the state instead of every
+cached key (`tcomp.recurrent_linear_attention`). The mask is recognised by evaluating the graph's mask
+computation on probe inputs (`tcomp/mask_probe.py`), so SDPA's bool masks and eager attention's additive ones
+both qualify; sliding-window layers, ALiBi and T5 biases keep softmax and their cache, with the reason in
+the report. Checked on the CPU (`tests/generation/test_linear_decoder.py`): a prefill followed by
+one-token steps gives the logits of one prefill of the whole sequence (with left padding, and through
+the padded prefill buckets) on Llama (SDPA and eager), Qwen2, Phi-3, GPT-2, Falcon, Gemma 3 (its full
+layers) and the zoo GPT; greedy `generate()` equals greedy decoding by whole prefills (Llama, zoo GPT). The error against the softmax
+model is the pass's EMPIRICAL contract, measured on both graphs; the decode graph is checked after
+reading the reference prompt through its own state. Not measured on a GPU yet; the state update runs
+as ATen ops there (no Triton kernel of its own).
+
 ## Decode steps of a Llama-3-8B-shaped model
 
 Random bf16 weights, prompt {g['rows'][0]['prompt_len']}, {g['rows'][0]['new_tokens']} new tokens, greedy. Ceilings in the same

@@ -196,7 +196,7 @@ def cached_attention_refusal(gm, rewrite: str) -> str:
         return ""
     return (
         f"not applicable: {n} attention site(s) of a decoder step graph read the KV cache "
-        f"(tcomp.cached_attention); {rewrite} over a cache is not built (its recurrent form, a state per "
-        "layer in place of the cache, is not implemented), so these layers stay softmax. Optimize the "
+        f"(tcomp.cached_attention); {rewrite} over a cache is not built, so these layers stay softmax "
+        "(attention.linear does rewrite a decoder: its layers keep a recurrent state). Optimize the "
         "model with decoder=False to rewrite its single forward pass"
     )

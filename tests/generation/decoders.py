@@ -28,7 +28,8 @@ FAMILIES = {
 }
 
 
-def make(family: str, seed: int = 0) -> torch.nn.Module:
+def make(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A tiny random model of ``family`` (``overrides``: config fields on top of the family's)."""
     import transformers as tf
 
     cfg_name, model_name, extra = FAMILIES[family]
@@ -37,7 +38,7 @@ def make(family: str, seed: int = 0) -> torch.nn.Module:
         kwargs = {k: v for k, v in kwargs.items() if k in ("vocab_size", "eos_token_id", "bos_token_id", "pad_token_id")}
     if family == "opt":
         kwargs = {k: v for k, v in kwargs.items() if k != "intermediate_size"}
-    config = getattr(tf, cfg_name)(**kwargs, **extra)
+    config = getattr(tf, cfg_name)(**{**kwargs, **extra, **overrides})
     torch.manual_seed(seed)
     return getattr(tf, model_name)(config).eval()
 

@@ -107,3 +107,22 @@ def test_a_batch_bucket_lowers_like_the_main_decode_graph():
     kw = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False)
     assert torch.equal(fast.generate(ids[:1], **kw), model.generate(ids[:1], **kw))
     assert dec.last_graph == "decode[b=1]"
+
+
+def test_triton_linear_decoder_steps_equal_one_prefill():
+    """attention.linear's recurrent state through the Triton backend: the lowered graphs keep the
+    state op, and prefill + one-token steps give the logits of one prefill of the whole sequence."""
+    from .test_linear_decoder import _steps_vs_prefill
+
+    model = make("llama").to(DEVICE)
+    ids = torch.randint(1, VOCAB, (2, 7), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    fast = tcomp.optimize(model, {"input_ids": ids}, target="h100", passes=["canonicalize", "attention.linear"],
+                          max_len=16, max_batch=2)  # fmt: skip
+    dec = fast.tcomp_decoder
+    steps = {p.name: p for p in dec.decode_report.passes}
+    assert steps["attention.linear"].rewrites == dec.n_layers and steps["lower.triton"].status == "applied"
+    assert dec.recurrent
+    seq = torch.randint(1, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    mask = torch.ones_like(seq)
+    mask[0, :3] = 0
+    assert _steps_vs_prefill(dec, seq, mask, 5) < 1e-4

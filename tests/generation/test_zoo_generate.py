@@ -142,7 +142,7 @@ def test_cache_arguments_are_checked():
         model(ids, past_key_values=object(), cache_position=torch.arange(5))
 
 
-@pytest.mark.parametrize("name", ["attention.linear", "attention.softmax_free", "attention.rpe_fft"])
+@pytest.mark.parametrize("name", ["attention.softmax_free", "attention.rpe_fft"])
 def test_attention_rewrites_say_why_they_leave_a_decoders_cache_alone(name):
     """No silent no-op: a pass that rewrites softmax attention reports, on both step graphs, that
     the cached attention sites stay softmax and why; the decoder still generates as the model."""
@@ -156,3 +156,26 @@ def test_attention_rewrites_say_why_they_leave_a_decoders_cache_alone(name):
         assert rec.reason in rec.notes
     ref, _ = _greedy_no_cache(model, ids)
     assert torch.equal(tcomp.generate(fast, ids, max_new_tokens=NEW), ref)
+
+
+@pytest.mark.parametrize("case", ["rope-gqa", "learned-gqa-eager", "alibi-mqa", "t5"])
+def test_zoo_gpt_generates_through_a_linear_attention_state(case):
+    """attention.linear on the zoo GPT (no Hugging Face mixin): with a plain causal mask (bool under
+    SDPA, additive under eager attention) every layer's cache becomes a state and tcomp.generate's
+    greedy tokens equal greedy decoding by whole-sequence prefills; a position bias folded into the
+    mask (ALiBi, T5's buckets) is more than a mask: those sites keep softmax and say so."""
+    model = _model(case)
+    ids = _ids(3)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=MAX_LEN, decoder=True, passes=["attention.linear"])
+    biased = case in ("alibi-mqa", "t5")
+    for report in (fast.report, fast.decode_report):
+        rec = report["attention.linear"]
+        if biased:
+            assert rec.rewrites == 0 and "more than a mask" in " ".join(rec.notes), rec.notes
+        else:
+            assert rec.status == "applied" and rec.rewrites == model.cfg.depth, (rec.status, rec.reason, rec.notes)
+    assert fast.recurrent is not biased
+    seq = ids
+    for _ in range(NEW):
+        seq = torch.cat([seq, fast.step(seq, start=0)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(tcomp.generate(fast, ids, max_new_tokens=NEW), seq)
