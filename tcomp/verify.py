@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+from tcomp.errors import InputError
+
 
 def _is_float(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and x.is_floating_point()
@@ -73,6 +75,7 @@ def reference_model(model: torch.nn.Module) -> torch.nn.Module:
     module structure is deep-copied around those copies (shared tensors stay shared): a model on
     the GPU is never duplicated there, and no full copy in its own dtype is made on the way (an 8B
     bf16 model: 64 GB of float64 at the peak, not 16 GB more on the GPU and 16 GB more on the CPU)."""
+    _check_host_memory(model)
     memo: dict[int, Any] = {}
     for t in (*model.parameters(), *model.buffers()):
         if id(t) in memo:
@@ -82,6 +85,37 @@ def reference_model(model: torch.nn.Module) -> torch.nn.Module:
         memo[id(t)] = torch.nn.Parameter(c, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else c
     ref = copy.deepcopy(model, memo).eval().cpu()
     return ref.to(torch.float64)
+
+
+def host_memory_available() -> int | None:
+    """Bytes of memory the OS can give this process now (Linux ``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _check_host_memory(model: torch.nn.Module) -> None:
+    """Refuse, before copying anything, a float64 reference that cannot fit in host memory (an 8B
+    model needs 64 GB): the message says what it needs and what to pass instead of failing later
+    with the process killed."""
+    seen, need = set(), 0
+    for t in (*model.parameters(), *model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            need += t.numel() * (8 if t.is_floating_point() else t.element_size())
+    have = host_memory_available()
+    if have is not None and need > have:
+        raise InputError(
+            f"verify=True checks every rewrite against a float64 copy of {type(model).__name__} on the CPU: "
+            f"{need / 2**30:.1f} GiB, and this machine has {have / 2**30:.1f} GiB available. Pass verify=False "
+            "(passes are then applied without an error measurement: the report shows none) or optimize on a machine "
+            "with more memory"
+        )
 
 
 def sample_inputs(args: tuple, kwargs: dict, n: int, seed: int) -> list[tuple[tuple, dict]]:

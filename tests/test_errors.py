@@ -97,3 +97,17 @@ def test_model_that_cannot_be_dynamic_says_so():
     assert fast.report.dynamic_dims["args[0]"] == {0: "dynamic", 1: 3}
     with pytest.raises(InputError, match="fixed at capture time"):
         fast(torch.randn(2, 4, 8))
+
+
+def test_a_float64_reference_that_cannot_fit_is_refused_before_any_copy(monkeypatch):
+    """verify=True needs a float64 copy of the model on the CPU: when the machine lacks the memory
+    (here: it says 100 bytes are free, the copy needs 576) optimize stops with what it needs and what to pass; verify=False works."""
+    import tcomp.verify as verify
+
+    monkeypatch.setattr(verify, "host_memory_available", lambda: 100)
+    m = Plain()
+    with pytest.raises(InputError, match=r"float64 copy of Plain.*verify=False"):
+        tcomp.optimize(m, (torch.randn(2, 8),), target="cpu", verify=True)
+    out = tcomp.optimize(m, (torch.randn(2, 8),), target="cpu", verify=False)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(out(x), m(x))
