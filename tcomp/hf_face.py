@@ -33,6 +33,7 @@ def _state_class() -> type:
             self.sequence = -1  # the runner's sequence these slots belong to (set after the first step)
             self.layers = []
             self.offloading = False
+            self.tokens: torch.Tensor | None = None  # the token ids of the cached slots, (batch, length)
 
         def get_seq_length(self, layer_idx: int = 0) -> int:
             return self.length
@@ -59,15 +60,16 @@ def _state_class() -> type:
                     "decoder keeps a recurrent state (attention.linear) in place of a KV cache, and a state cannot "
                     "forget tokens. Generate without an assistant or prompt lookup"
                 )
-            if n < 0:
-                self.length = max(0, self.length + n)
-            elif n > 0:
-                self.length = min(self.length, n)
+            self.length = keep
+            if self.tokens is not None:
+                self.tokens = self.tokens[:, :keep]
 
         def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
             """Beam search: row ``i`` of the cache becomes row ``beam_idx[i]`` (keys, values, int8
             scales and the padding of every graph: one cache)."""
             self.runner.reorder_rows(beam_idx)
+            if self.tokens is not None:
+                self.tokens = self.tokens.index_select(0, beam_idx.to(self.tokens.device))
 
     return TcompCacheState
 
@@ -141,6 +143,15 @@ class _Face:
         runner = self.tcomp_decoder
         state = _state_of(runner, cache if cache is not None else past_key_values)
         start = state.length if cache_position is None else int(cache_position.reshape(-1)[0])
+        seen = state.tokens
+        if (cache_position is None and start and input_ids.shape[1] > start and seen is not None
+                and seen.shape == (input_ids.shape[0], start) and torch.equal(input_ids[:, :start], seen)):  # fmt: skip
+            # a model whose generation inputs are not sliced by cache position (MPT) passes the whole
+            # sequence again: the new tokens are the ones past those the cache holds
+            whole = input_ids.shape[1]
+            input_ids = input_ids[:, start:]
+            if position_ids is not None and position_ids.shape[-1] == whole:
+                position_ids = position_ids[..., start:]
         if start > state.length:
             raise InputError(
                 f"cache_position starts at {start} but the cache holds {state.length} tokens of this sequence: "
@@ -149,6 +160,12 @@ class _Face:
         if attention_mask is not None and attention_mask.shape[1] != start + input_ids.shape[1]:
             attention_mask = attention_mask[:, -(start + input_ids.shape[1]) :]
         logits = runner.step(input_ids, attention_mask, position_ids, start=start)
+        if start == 0:
+            state.tokens = input_ids
+        elif seen is not None and seen.shape[1] >= start and seen.shape[0] == input_ids.shape[0]:
+            state.tokens = torch.cat([seen[:, :start], input_ids.to(seen.device)], 1)
+        else:
+            state.tokens = None
         state.length, state.sequence = runner.length, runner.sequence
         return _output(logits, state)
 

@@ -120,6 +120,16 @@ class _Probe:
             -1, -1, self.max_len, -1
         )
 
+    # what models ask of a cache besides update(), answered as the store answers them
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return self.max_len
+
+    def get_mask_sizes(self, *args, **kwargs) -> tuple[int, int]:
+        return self.max_len, 0
+
 
 class _Store:
     """The cache protocol over the buffers of ``owner`` (a module): writes the new tokens at

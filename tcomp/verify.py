@@ -84,7 +84,18 @@ def reference_model(model: torch.nn.Module) -> torch.nn.Module:
         c = t.detach().to("cpu", dtype, copy=True)  # always a copy: reference runs write buffers (caches)
         memo[id(t)] = torch.nn.Parameter(c, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else c
     ref = copy.deepcopy(model, memo).eval().cpu()
+    _float64_implementations(ref)
     return ref.to(torch.float64)
+
+
+def _float64_implementations(ref: torch.nn.Module) -> None:
+    """Switch the copy's implementation choices that have no float64 kernel to their plain form
+    (the same arithmetic): Hugging Face's mixture-of-experts ``grouped_mm`` / ``batched_mm`` experts
+    become the per-expert loop."""
+    for m in ref.modules():
+        config = getattr(m, "config", None)
+        if getattr(config, "_experts_implementation", None) not in (None, "eager"):
+            config._experts_implementation = "eager"
 
 
 def host_memory_available() -> int | None:

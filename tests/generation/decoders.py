@@ -25,6 +25,10 @@ FAMILIES = {
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(rotary_pct=0.5)),
     "falcon": ("FalconConfig", "FalconForCausalLM", dict(new_decoder_architecture=True, num_kv_heads=2)),
     "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(num_key_value_heads=2, partial_rotary_factor=0.5)),
+    # mixture of experts (grouped_mm experts; the float64 reference runs them as a loop)
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)),
+    # ALiBi folded into the mask, no cache_position: generate() passes the whole sequence each step
+    "mpt": ("MptConfig", "MptForCausalLM", dict(d_model=64, n_layers=2, n_heads=4, max_seq_len=128)),
 }
 
 
@@ -34,7 +38,7 @@ def make(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
 
     cfg_name, model_name, extra = FAMILIES[family]
     kwargs = dict(COMMON)
-    if family == "gpt2":
+    if family in ("gpt2", "mpt"):
         kwargs = {k: v for k, v in kwargs.items() if k in ("vocab_size", "eos_token_id", "bos_token_id", "pad_token_id")}
     if family == "opt":
         kwargs = {k: v for k, v in kwargs.items() if k != "intermediate_size"}

@@ -174,3 +174,17 @@ def test_prompt_lookup_and_assisted_decoding_equal_greedy(family, monkeypatch):
     assert torch.equal(fast.generate(ids, assistant_model=make(family, seed=9), **kw), greedy), family
     with pytest.raises(tcomp.InputError, match="assistant_early_exit"):
         fast.generate(ids, assistant_early_exit=1, **kw)
+
+
+def test_float64_reference_of_a_mixture_of_experts_runs_without_touching_the_model():
+    """grouped_mm has no float64 kernel: the reference copy runs the experts as a loop (the same
+    arithmetic) and agrees with the model; the user's model keeps its own implementation."""
+    from tcomp.verify import reference_model
+
+    model = make("mixtral")
+    impl = model.config._experts_implementation
+    ref = reference_model(model)
+    assert ref.config._experts_implementation == "eager" and model.config._experts_implementation == impl
+    ids, _ = _prompt(4)
+    with torch.no_grad():
+        assert rel_error(model(ids).logits, ref(ids).logits) < 1e-5
