@@ -1,7 +1,8 @@
 """Decoder artifact folders: what ``OptimizedDecoder.save(DIR)`` writes and ``tcomp.load(DIR)`` reads.
 
-A decoder compiled for generation is two graphs over one KV cache. Its folder holds both graphs,
-each in a subfolder with the files of a single-graph artifact (``prefill/`` and ``decode/``:
+A decoder compiled for generation is two graphs over one KV cache (and a decode graph per batch
+bucket, ``decode_b{rows}/``, over the first rows of that cache; ``manifest["buckets"]``). Its folder
+holds every graph, each in a subfolder with the files of a single-graph artifact (``prefill/`` and ``decode/``:
 ``runner.py``, ``graph_before.txt`` / ``graph_after.txt``, ``report.json`` / ``.txt`` / ``.html``,
 ``kernels/``), and at the top:
 
@@ -51,12 +52,10 @@ GRAPHS = ("prefill", "decode")
 def write_decoder(decoder: Any, folder: str | Path) -> Path:
     """Write the artifact folder of an ``OptimizedDecoder`` (see the module doc); returns the
     manifest path. Written to a temporary folder and moved into place, as ``artifacts.write``."""
-    if len(getattr(decoder, "decode_buckets", ())):
-        raise InputError(
-            f"this decoder has decode graphs for batch buckets {sorted(int(b) for b in decoder.decode_buckets)}, which "
-            "the artifact format (two graphs) does not hold yet: optimize it without batch_buckets to save it"
-        )
+    buckets = sorted(int(b) for b in getattr(decoder, "decode_buckets", {}))
+    graph_names = (*GRAPHS, *(bucket_graph(b) for b in buckets))
     modules = {"prefill": decoder.prefill_module, "decode": decoder.decode_module}
+    modules.update({bucket_graph(b): decoder.decode_buckets[str(b)] for b in buckets})
     for name, gm in modules.items():
         if not isinstance(gm, fx.GraphModule):
             raise InputError(
@@ -64,6 +63,7 @@ def write_decoder(decoder: Any, folder: str | Path) -> Path:
                 "returns (a decoder loaded from an artifact folder): copy that folder instead of saving it again"
             )
     reports = {"prefill": decoder.report, "decode": decoder.decode_report}
+    reports.update({bucket_graph(b): decoder.bucket_reports[b] for b in buckets})
     before = getattr(decoder, "graphs_before", None) or {}
     captured = getattr(decoder, "captured_code", None) or {}
     folder = Path(folder)
@@ -73,16 +73,16 @@ def write_decoder(decoder: Any, folder: str | Path) -> Path:
                 tmp / g, modules[g], reports[g], target=decoder.target, graph_before=before.get(g),
                 captured_code=captured.get(g, ""),
             )  # fmt: skip
-            for g in GRAPHS
+            for g in graph_names
         }
         cache_names = {n for i in range(decoder.n_layers) for n in kv_cache.all_names(i)}
         stored, keys, cache = _tensor_table(
-            {g: tensors_of(modules[g], names[g]) for g in GRAPHS}, cache_names
+            {g: tensors_of(modules[g], names[g]) for g in graph_names}, cache_names
         )
         save_file(_dedup(stored), str(tmp / "weights.safetensors"))
         write_plan(tmp, getattr(decoder, "plan", None))
         graphs = {}
-        for g in GRAPHS:
+        for g in graph_names:
             in_spec, out_spec = specs_of(modules[g])
             graphs[g] = {
                 "passes": pass_entries(reports[g]),
@@ -99,11 +99,17 @@ def write_decoder(decoder: Any, folder: str | Path) -> Path:
             "batch": decoder.batch,
             "max_len": decoder.max_len,
             "n_layers": decoder.n_layers,
+            "buckets": buckets,
             "cache": cache,
             "graphs": graphs,
             "generation": {"eos_token_id": decoder.eos_token_id, "pad_token_id": decoder.pad_token_id},
         })  # fmt: skip
     return folder / "manifest.json"
+
+
+def bucket_graph(batch: int) -> str:
+    """The folder and manifest name of the decode graph for a batch bucket of ``batch`` rows."""
+    return f"decode_b{batch}"
 
 
 def _tensor_table(
@@ -120,8 +126,8 @@ def _tensor_table(
     for graph, tensors in graphs.items():
         keys[graph] = {}
         for name, t in tensors.items():
-            if name in cache_names:
-                cache[name] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+            if name in cache_names:  # the full cache (prefill's); a bucket graph holds its first rows
+                cache.setdefault(name, {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")})
                 continue
             ident = _identity(t)
             key = entry_of.get(ident) if ident is not None else None
@@ -162,25 +168,29 @@ def load_decoder(folder: Path, manifest: dict, device: str | torch.device, *, cu
         for name, spec in manifest["cache"].items()
     }  # allocated once: both graphs write and read these tensors
     programs = {}
-    for g in GRAPHS:
+    buckets = [int(b) for b in manifest.get("buckets", [])]
+    for g in (*GRAPHS, *(bucket_graph(b) for b in buckets)):
         entry = manifest["graphs"][g]
+        rows = int(g.removeprefix("decode_b")) if g.startswith("decode_b") else None
         missing = sorted(set(entry["tensors"].values()) - set(weights))
         if missing:
             raise InputError(f"{folder}: weights.safetensors lacks {missing[:3]} that the {g} graph needs")
         tensors = {name: weights[key] for name, key in entry["tensors"].items()}
-        tensors.update({name: cache[name] for name in entry["cache"]})
+        tensors.update({name: cache[name] if rows is None else cache[name][:rows] for name in entry["cache"]})
         cls = _program_class(folder / g, entry.get("out_spec"))
         programs[g] = cls(dict(sorted(tensors.items()))).eval()
     try:
         target: Any = get_target(manifest["target"])
     except InputError:  # a target registered by the process that saved it
         target = manifest["target"]
-    reports = {g: json.loads((folder / g / "report.json").read_text()) for g in GRAPHS}
+    reports = {g: json.loads((folder / g / "report.json").read_text()) for g in programs}
     decoder = OptimizedDecoder(
         programs["prefill"], programs["decode"], batch=int(manifest["batch"]), max_len=int(manifest["max_len"]),
         n_layers=int(manifest["n_layers"]), report=reports["prefill"], decode_report=reports["decode"],
         target=target, model_name=manifest.get("model", ""), cudagraphs=cudagraphs,
+        decode_buckets={b: programs[bucket_graph(b)] for b in buckets},
     )  # fmt: skip
+    decoder.bucket_reports = {b: reports[bucket_graph(b)] for b in buckets}
     if (folder / "plan.json").exists():
         decoder.plan = Plan.from_json((folder / "plan.json").read_text())
     generation = manifest.get("generation") or {}

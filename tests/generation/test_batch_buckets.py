@@ -1,6 +1,7 @@
 """Decode graphs per batch bucket (``tcomp.optimize(..., batch_buckets=[...])``): a step of b rows runs
 the smallest bucket >= b over the first rows of the one cache (not the max_batch graph padded with
-copies of row 0); tokens equal the decoder without buckets and HF eager, and refusals are clear."""
+copies of row 0); tokens equal the decoder without buckets and HF eager, saved buckets reload over
+one cache, and refusals are clear."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_a_left_padded_row_in_a_bucket():
     assert fast.tcomp_decoder.last_graph == "decode[b=2]"
 
 
-def test_bucket_arguments_are_checked_and_saving_says_what_it_cannot_hold(tmp_path):
+def test_bucket_arguments_are_checked(tmp_path):
     model = make("gpt2")
     ids = _ids(4)
     for bad in ([4], [0], [5], [1.5]):
@@ -66,6 +67,21 @@ def test_bucket_arguments_are_checked_and_saving_says_what_it_cannot_hold(tmp_pa
             tcomp.optimize(model, {"input_ids": ids}, max_len=MAX_LEN, batch_buckets=bad, verify=False)
     with pytest.raises(InputError, match="batch_buckets are a decoder's options"):
         tcomp.optimize(model, {"input_ids": ids}, decoder=False, batch_buckets=[1], verify=False)
-    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=MAX_LEN, batch_buckets=[1], verify=False)
-    with pytest.raises(InputError, match=r"batch buckets \[1\].*without batch_buckets to save"):
-        fast.save(str(tmp_path / "lm"))
+
+
+def test_saved_buckets_reload_over_one_cache_and_generate_the_same(tmp_path):
+    model = make("llama")
+    ids = _ids(4, seed=5)
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=MAX_LEN, batch_buckets=[1, 2], verify=False)
+    fast.save(str(tmp_path / "lm"))
+    loaded = tcomp.load(str(tmp_path / "lm"))
+    assert sorted(int(b) for b in loaded.decode_buckets) == [1, 2] and sorted(loaded.bucket_reports) == [1, 2]
+    cache = {n: t for n, t in loaded.prefill_module.named_buffers() if kv_cache.is_buffer_name(n)}
+    for b, m in loaded.decode_buckets.items():  # still one cache: views of its first rows
+        for name, t in m.named_buffers():
+            if kv_cache.is_buffer_name(name):
+                assert t.shape[0] == int(b) and t.data_ptr() == cache[name].data_ptr(), (b, name)
+    for b, graph in ((1, "decode[b=1]"), (2, "decode[b=2]"), (4, "decode")):
+        out = tcomp.generate(loaded, ids[:b], max_new_tokens=6)
+        assert loaded.last_graph == graph, (b, loaded.last_graph)
+        assert torch.equal(out, tcomp.generate(fast, ids[:b], max_new_tokens=6)), b
