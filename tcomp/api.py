@@ -13,6 +13,7 @@ import torch.fx as fx
 from tcomp.capture import Captured, capture
 from tcomp.errors import InputError
 from tcomp.graph import drop_unused_tensors
+from tcomp.outcome import check_on_failure, enforce, requested
 from tcomp.pipeline import run_pipeline
 from tcomp.report import Report
 from tcomp.targets import Target
@@ -161,6 +162,7 @@ def optimize(
     max_batch: int | None = None,
     kv_cache: str = "model",
     batch_buckets: Sequence[int] | None = None,
+    on_failure: str = "raise",
 ) -> OptimizedModule:
     """Capture ``model`` on ``example_inputs``, rewrite it with ``passes`` and return a module that
     runs the result.
@@ -195,13 +197,20 @@ def optimize(
       (``attention.linear`` and ``attention.rpe_fft``: FAVOR+, hedgehog initialisation; plus the
       site index). ``attention.softmax_free`` seeds its k-means with 0 whatever the seed.
 
+    * ``on_failure``: what a pass named in ``passes`` that ends rolled back or skipped in every
+      graph does: ``"raise"`` (default; the error names each site's measured error against the
+      tolerance, or the reason), ``"warn"`` (a warning, and the result is returned) or ``"skip"``
+      (the report alone says so). See tcomp/outcome.py.
+
     The user's model is never modified; ``.plan`` of the result is the Plan that ran.
     """
     _load_plugins()
     from tcomp.plan import build_plan
 
     args, kwargs = _normalize_inputs(example_inputs, example_kwargs)
+    check_on_failure(on_failure)
     plan = build_plan(target, passes, backend, calibration=calibration, seed=seed)  # checks before work
+    asked = [] if passes is None else requested(plan)  # the default pipeline is not the user's request
     from tcomp.decoder import is_decoder, speaks_cache
 
     if decoder is None:
@@ -218,7 +227,7 @@ def optimize(
         return optimize_decoder(
             model, args, kwargs, plan, verify=verify, verify_samples=verify_samples,
             cudagraphs=cudagraphs, progress=progress, max_len=max_len, max_batch=max_batch, kv_cache=kv_cache,
-            batch_buckets=None if batch_buckets is None else tuple(batch_buckets),
+            batch_buckets=None if batch_buckets is None else tuple(batch_buckets), on_failure=on_failure, asked=asked,
         )  # fmt: skip
     if kv_cache != "model" or batch_buckets:
         raise InputError(
@@ -236,6 +245,7 @@ def optimize(
         step("float64 reference")
         reference = Reference.build(model, args, kwargs, samples=verify_samples, seed=plan.seed)  # a saved Plan brings its own seed
     result = run_pipeline(captured.gm, plan, reference=reference, progress=progress)
+    enforce(asked, {"graph": result.records}, on_failure)
     drop_unused_tensors(result.gm)  # e.g. float weights a quantization pass replaced
     report = Report(
         model=type(model).__name__, target=tgt.name, passes=result.records, dynamic_dims=captured.dims

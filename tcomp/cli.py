@@ -93,6 +93,10 @@ def passes(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     console.print(t)
 
 
+ON_FAILURE_HELP = (
+    "a pass you named that ends rolled back or skipped everywhere: raise (stop, as any error: exit 2), warn or skip (go on; "
+    "the exit code is 1 when a pass was rolled back)"
+)
 OPTION_HELP = "a pass option, PASS.OPTION=VALUE (VALUE read as JSON, else as text); repeat it"
 
 
@@ -196,7 +200,7 @@ def inspect(
             with console.status(f"applying {', '.join(extra)}"):
                 after = tcomp.optimize(
                     loaded.model, loaded.args, target=target, passes=["canonicalize", *extra],
-                    verify=False, example_kwargs=loaded.kwargs,
+                    verify=False, example_kwargs=loaded.kwargs, on_failure="skip",  # the table shows what changed
                 )  # fmt: skip
     except TcompError as exc:
         _fail(exc)
@@ -271,6 +275,7 @@ def optimize(
     option: list[str] = typer.Option([], "--option", "-O", help=OPTION_HELP),
     output: str = typer.Option(..., "-o", "--output", help="artifact folder to write"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip checking each pass against its contract"),
+    on_failure: str = typer.Option("raise", "--on-failure", help=ON_FAILURE_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Optimize a model for a target and write the artifact folder with the report. A causal LM
@@ -292,6 +297,7 @@ def optimize(
                 verify=not no_verify,
                 example_kwargs=loaded.kwargs,
                 progress=step,
+                on_failure=on_failure,
             )
         reports = _graph_reports(om)
         for graph, rep in reports.items():
@@ -567,6 +573,7 @@ def generate(
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="sample from the smallest set of this probability"),
     seed: int = typer.Option(0, help="seed of sampling and of the verification draws"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip checking each pass against its contract"),
+    on_failure: str = typer.Option("raise", "--on-failure", help=ON_FAILURE_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compile a decoder (prefill and decode graphs over a static KV cache) and generate from a prompt:
@@ -597,7 +604,7 @@ def generate(
         with _steps(f"compiling {loaded.name} for {the_plan.target.name}", quiet=as_json) as step:
             fast = tcomp.optimize(
                 model, {"input_ids": ids.to(device)}, passes=the_plan, verify=not no_verify, progress=step,
-                decoder=True, max_len=slots, seed=seed, kv_cache=kv_cache,
+                decoder=True, max_len=slots, seed=seed, kv_cache=kv_cache, on_failure=on_failure,
             )  # fmt: skip
         compile_s = time.perf_counter() - t0
         out, times = _generate_with_bar(fast, ids.to(device), max_new_tokens, temperature, top_k, top_p, seed, as_json)

@@ -22,6 +22,7 @@ from tcomp.decoder import (
 )
 from tcomp.errors import InputError, PassError
 from tcomp.graph import drop_unused_tensors
+from tcomp.outcome import enforce
 from tcomp.pipeline import run_pipeline
 from tcomp.report import Report
 
@@ -98,6 +99,8 @@ def optimize_decoder(
     max_batch: int | None,
     kv_cache: str = "model",
     batch_buckets: tuple[int, ...] | None = None,
+    on_failure: str = "raise",
+    asked: tuple[str, ...] | list[str] = (),
 ):
     from tcomp.api import CapturedGraph, _add_cost, _sites
     from tcomp.generation import OptimizedDecoder
@@ -159,6 +162,9 @@ def optimize_decoder(
         reference = _references(bstep, ids, bb, max_len, verify_samples, plan.seed, model)[1] if verify else None
         result, bucket_reports[bb] = run_graph(f"decode, batch {bb}", cap, reference, bb, True)
         bucket_graphs[bb] = result.gm
+    graphs = {"prefill": reports[0].passes, "decode": reports[1].passes}
+    graphs.update({f"decode, batch {b}": r.passes for b, r in bucket_reports.items()})
+    enforce(asked, graphs, on_failure)
     _check_one_cache({"prefill": results[0].gm, "decode": results[1].gm, **{f"decode, batch {b}": g for b, g in
                       bucket_graphs.items()}}, [*reports, *bucket_reports.values()])  # fmt: skip
     use_graphs = plan.target.kind == "gpu" if cudagraphs is None else cudagraphs

@@ -149,7 +149,7 @@ def test_optimize_report_is_json_and_names_sites(tmp_path):
 
 def test_optimize_rolls_back_and_keeps_working():
     model, args = _model()
-    fast = tcomp.optimize(model, args, passes=["test.scale_output"])
+    fast = tcomp.optimize(model, args, passes=["test.scale_output"], on_failure="skip")
     assert [r.name for r in fast.report.passes] == ["canonicalize", "test.scale_output"]
     assert fast.report["test.scale_output"].status == "rolled_back"
     with torch.no_grad():
@@ -204,8 +204,8 @@ def test_fp_equivalent_step_after_runtime_rounding_may_drift_below_the_quantizat
     rec = small.report["test.scale_output"]
     assert rec.status == "applied", rec.reason
     assert any("rounded at run time" in n for n in rec.notes)
-    large = tcomp.optimize(m, x, passes=[w8a8, ("test.scale_output", {"factor": 1 + 2 * e})])
+    large = tcomp.optimize(m, x, passes=[w8a8, ("test.scale_output", {"factor": 1 + 2 * e})], on_failure="skip")
     assert large.report["test.scale_output"].status == "rolled_back"
     weight_only = ("quantize.int8_weight", {"skip_first_last": False})
-    plain = tcomp.optimize(m, x, passes=[weight_only, ("test.scale_output", {"factor": 1 + e / 4})])
+    plain = tcomp.optimize(m, x, passes=[weight_only, ("test.scale_output", {"factor": 1 + e / 4})], on_failure="skip")
     assert plain.report["test.scale_output"].status == "rolled_back"

@@ -166,7 +166,7 @@ def test_plan_json_round_trip_and_rerun_gives_the_same_graph():
 def test_the_three_faces_build_the_same_plan():
     model, args = _model(layers=1)
     passes = [("tokens.merge", {"r": 1}), ("attention.linear", {"feature_map": "relu"})]
-    om = tcomp.optimize(model, args, passes=passes, backend="eager", verify=False)
+    om = tcomp.optimize(model, args, passes=passes, backend="eager", verify=False, on_failure="skip")
     res = CliRunner().invoke(
         app,
         ["plan", "--target", "cpu", "--backend", "eager", "--passes", "tokens.merge,attention.linear",

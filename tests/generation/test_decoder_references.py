@@ -42,7 +42,8 @@ def _decode_reads_16_slots(gm, opts, ctx):
 def test_a_pass_broken_past_the_examples_cache_position_is_rolled_back():
     model = make("llama", seed=5)
     ids, _ = _prompt(6)  # 12 tokens: decode at slot 12 reads 13 slots, which the broken pass reads right
-    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=64, passes=["test.decode_reads_16_slots"])
+    fast = tcomp.optimize(model, {"input_ids": ids}, max_len=64, passes=["test.decode_reads_16_slots"],
+                          on_failure="skip")  # fmt: skip
     decode = fast.decode_report["test.decode_reads_16_slots"]
     assert decode.status == "rolled_back", (decode.status, decode.reason, decode.notes)
     assert fast.report["test.decode_reads_16_slots"].rewrites == 0  # the prefill graph was not touched

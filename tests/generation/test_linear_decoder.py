@@ -30,7 +30,10 @@ def _ids(seed: int, batch: int = 2, n: int = 9) -> torch.Tensor:
 
 
 def _linear(model, feature_map="elu1", **kw):
+    """attention.linear on ``model``; a pass that finds nothing to rewrite is the tests' subject, so
+    it is not an error here (``on_failure="skip"``) unless a test asks."""
     opts = {"feature_map": feature_map, **kw.pop("opts", {})}
+    kw.setdefault("on_failure", "skip")
     return tcomp.optimize(
         model, {"input_ids": _ids(0)}, target="cpu", passes=["canonicalize", ("attention.linear", opts)],
         max_len=MAX_LEN, **kw,

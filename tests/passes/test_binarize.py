@@ -76,7 +76,7 @@ def test_over_tolerance_binarization_is_rolled_back():
     with torch.no_grad():
         model[2].weight.copy_(torch.eye(32) * 3 + 0.01 * torch.randn(32, 32))
     x = torch.randn(8, 32)
-    om = tcomp.optimize(model, (x,), passes=["binarize"], backend="eager")
+    om = tcomp.optimize(model, (x,), passes=["binarize"], backend="eager", on_failure="skip")
     rec = om.report.passes[-1]
     assert rec.status != "applied" and rec.error > rec.tolerance, (rec.status, rec.error)
     assert not any(n.target is torch.ops.tcomp.linear_w1.default for n in om.graph_module.graph.nodes)

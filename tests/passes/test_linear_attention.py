@@ -244,7 +244,7 @@ def test_optimize_drives_hedgehog_calibration_and_auto_layers():
     # layers="auto" keeps every layer whose measured error exceeds max_error
     om = tcomp.optimize(
         model, args, passes=[("attention.linear", {"feature_map": "relu", "layers": "auto", "max_error": 0.0})],
-        calibration=_calibration(spec, 1),
+        calibration=_calibration(spec, 1), on_failure="skip",
     )  # fmt: skip
     rec = om.report["attention.linear"]
     assert rec.status == "skipped" and sum("kept softmax" in n for n in rec.notes) == 2

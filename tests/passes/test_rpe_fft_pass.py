@@ -154,10 +154,11 @@ def test_padding_mask_with_symmetric_alibi():
 def test_optimize_verifies_the_empirical_contract():
     model = _gpt("t5")
     ids = torch.randint(0, 256, (2, 10))
-    om = tcomp.optimize(model, (ids,), passes=["attention.linear", "attention.rpe_fft"])
+    # T5's bias couples queries and keys: attention.linear finds nothing to rewrite, rpe_fft does
+    om = tcomp.optimize(model, (ids,), passes=["attention.linear", "attention.rpe_fft"], on_failure="skip")
     rec = om.report["attention.rpe_fft"]
     assert rec.status == "applied" and rec.exactness == "empirical" and 0 < rec.error <= rec.tolerance
     assert torch.isfinite(om(torch.randint(0, 256, (1, 17)))).all()
     # a tolerance below the measured error rolls the pass back
-    om = tcomp.optimize(model, (ids,), passes=[("attention.rpe_fft", {"tolerance": rec.error / 10})])
+    om = tcomp.optimize(model, (ids,), passes=[("attention.rpe_fft", {"tolerance": rec.error / 10})], on_failure="skip")
     assert om.report["attention.rpe_fft"].status == "rolled_back"

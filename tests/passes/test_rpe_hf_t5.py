@@ -43,8 +43,9 @@ def kernel_rpe_t5(model, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 def test_hf_t5_encoder_sites_rewritten_and_match_float64(impl):
     case = make("t5-encoder", impl)
     fast = tcomp.optimize(
-        case.model, case.kwargs, passes=["attention.linear", "attention.rpe_fft"], verify=False
-    )
+        case.model, case.kwargs, passes=["attention.linear", "attention.rpe_fft"], verify=False,
+        on_failure="skip",  # T5's bias couples queries and keys: attention.linear has nothing to take
+    )  # fmt: skip
     rec = fast.report["attention.rpe_fft"]
     assert rec.status == "applied" and rec.rewrites == 2, rec.notes
     gm = fast.graph_module

@@ -201,7 +201,7 @@ def test_tolerance_option_sets_the_checked_contract():
 
     e = models.get("vit", seed=0, depth=2)
     passes = lambda **o: ["canonicalize", ("tokens.merge", {"r": 2, **o})]  # noqa: E731
-    strict = tcomp.optimize(e.model, e.example_inputs, passes=passes(tolerance=1e-9), backend="eager")
+    strict = tcomp.optimize(e.model, e.example_inputs, passes=passes(tolerance=1e-9), backend="eager", on_failure="skip")
     rec = strict.report["tokens.merge"]
     assert rec.status == "rolled_back" and rec.tolerance == 1e-9 and "tolerance" in rec.reason
     loose = tcomp.optimize(e.model, e.example_inputs, passes=passes(), backend="eager")
