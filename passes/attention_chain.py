@@ -36,6 +36,11 @@ class NotAttention(Exception):
     says why (it goes into the pass report)."""
 
 
+class NotAttentionSoftmax(NotAttention):
+    """The softmax is not attention at all: no product of two activations feeds it (a classifier's
+    or a router's softmax). Not listed among the unmatched attention sites."""
+
+
 @dataclass
 class Chain:
     qk: fx.Node  # the q @ k^T matmul
@@ -157,6 +162,19 @@ def _score_operands(x: fx.Node) -> list[Any]:
 
 
 def read_chain(softmax: fx.Node, gm: fx.GraphModule) -> Chain:
+    """:func:`_read_chain`; a softmax it refuses that no product of two activations reaches is
+    refused as :class:`NotAttentionSoftmax` (a classifier's, a router's), not as unmatched attention."""
+    try:
+        return _read_chain(softmax, gm)
+    except NotAttentionSoftmax:
+        raise
+    except NotAttention:
+        if _product_path(softmax.args[0]) is None:
+            raise NotAttentionSoftmax("no product of two activations feeds it (not an attention softmax)") from None
+        raise
+
+
+def _read_chain(softmax: fx.Node, gm: fx.GraphModule) -> Chain:
     """Classify the ops between the QK matmul and ``softmax``; build bias/mask nodes that live in
     the QK frame (inserted before the PV matmul). Raises ``NotAttention`` with the reason."""
     if not _softmax_last_dim(softmax):
@@ -164,7 +182,7 @@ def read_chain(softmax: fx.Node, gm: fx.GraphModule) -> Chain:
     pv = find_pv(softmax)
     path = _trace_back(softmax.args[0])
     if path is None:
-        raise NotAttention("no q @ k^T matmul reaches the softmax through scale/bias/mask ops")
+        raise _why_unreached(softmax.args[0])
     qk = path[0]
     chain = Chain(qk=qk, pv=pv, softmax=softmax)
     graph = gm.graph
@@ -276,3 +294,67 @@ def _to_frame(graph: fx.Graph, t: fx.Node, enter_sizes: list, exit_sizes: list) 
     """Bring a bias/mask added in a reshaped view of the scores back to the QK frame."""
     full = add_node(graph, aten.expand.default, (t, enter_sizes))
     return add_node(graph, aten.reshape.default, (full, exit_sizes))
+
+
+# -- why a softmax was not matched -----------------------------------------------------------------
+
+_PRODUCTS = MATMUL | {aten.mm.default, aten.baddbmm.default, aten.addbmm.default, aten.einsum.default}
+_WHAT = {
+    aten.tanh.default: "tanh (logit soft-capping)",
+    aten.baddbmm.default: "baddbmm (a bias folded into the product)",
+    aten.addbmm.default: "addbmm (a bias folded into the product)",
+    aten.einsum.default: "einsum",
+    aten.mm.default: "mm on flattened heads",
+}
+
+
+def _from_input(x: fx.Node, limit: int = 400) -> bool:
+    """Whether ``x`` depends on a graph input (an activation), not on weights and constants only."""
+    seen, stack = set(), [x]
+    while stack and len(seen) < limit:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "placeholder":
+            return True
+        stack.extend(n.all_input_nodes)
+    return False
+
+
+def _elementwise(target: Any) -> bool:
+    """Ops the scores of attention may pass through on their way to the softmax: the chain's own
+    ops and any pointwise op (a soft-cap's tanh, a clamp, ...); not a linear layer or a reduction."""
+    return target in _CHAIN_OPS or torch.Tag.pointwise in getattr(target, "tags", ())
+
+
+def _product_path(x: Any, depth: int = 0) -> list[fx.Node] | None:
+    """Like ``_trace_back`` through any elementwise op: the path from a product of two activations
+    to ``x``."""
+    if not isinstance(x, fx.Node) or x.op != "call_function" or depth > 12:
+        return None
+    if x.target in _PRODUCTS:
+        operands = [a for a in x.all_input_nodes]
+        if len(operands) >= 2 and sum(_from_input(a) for a in operands[-2:]) == 2:
+            return [x]
+        return None
+    if not _elementwise(x.target):
+        return None
+    for cand in x.all_input_nodes:
+        path = _product_path(cand, depth + 1)
+        if path is not None:
+            return path + [x]
+    return None
+
+
+def _why_unreached(scores: Any) -> NotAttention:
+    """The error for a softmax no chain of scale/bias/mask ops connects to a q @ k^T matmul: which
+    link breaks the chain when a product of two activations does reach it, else "not attention"."""
+    path = _product_path(scores)
+    if path is None:
+        return NotAttentionSoftmax("no product of two activations feeds it (not an attention softmax)")
+    links = [n for n in path if n.target not in _CHAIN_OPS and n.target not in MATMUL]
+    names = list(dict.fromkeys(_WHAT.get(n.target, str(getattr(n.target, "__name__", n.target))) for n in links))
+    return NotAttention(
+        f"q @ k^T reaches the softmax through {', '.join(names) or 'ops'}, which tcomp.attention does not express"
+    )

@@ -12,7 +12,10 @@ Spellings handled:
 
 Guarantee: FP_EQUIVALENT -- the same function in real arithmetic (half-precision scores are
 computed in float32, fully masked rows give zeros). Sites the pass cannot prove to be attention
-are left alone and listed in the notes with the reason.
+are left alone and listed in the notes with the reason; a softmax that a product of two
+activations reaches but no chain the op expresses (soft-capping, ...) is an *unmatched attention
+softmax*: listed with the link that breaks the chain (``PassRecord.unmatched``), warned about by the
+CLI, and an error under ``optimize(strict=True)``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from tcomp.graph import (
     val,
 )
 from tcomp.options import NoOptions
-from tcomp.passes.attention_chain import SOFTMAX, NotAttention, read_chain
+from tcomp.passes.attention_chain import SOFTMAX, NotAttention, NotAttentionSoftmax, read_chain
 from tcomp.passes.projections import annotate
 from tcomp.registry import PassContext, register_pass
 from tcomp.report import site_record
@@ -68,8 +71,13 @@ def canonicalize(gm: fx.GraphModule, opts: NoOptions, ctx: PassContext) -> PassR
                 site = _from_chain(gm, node)
             else:
                 continue
-        except NotAttention as why:
-            result.notes.append(f"skipped softmax at {module_path(node) or node.name}: {why}")
+        except NotAttentionSoftmax as why:
+            result.notes.append(f"softmax at {module_path(node) or node.name} is not attention: {why}")
+            continue
+        except NotAttention as why:  # attention tcomp cannot take: listed, warned about, an error if strict
+            where = module_path(node) or node.name
+            result.unmatched.append({"module": where, "node": node.name, "why": str(why)})
+            result.notes.append(f"unmatched attention softmax at {where}: {why}")
             continue
         result.sites.append(site)
         result.rewrites += 1

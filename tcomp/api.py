@@ -13,7 +13,7 @@ import torch.fx as fx
 from tcomp.capture import Captured, capture
 from tcomp.errors import InputError
 from tcomp.graph import drop_unused_tensors
-from tcomp.outcome import check_on_failure, enforce, requested
+from tcomp.outcome import check_on_failure, enforce, enforce_strict, requested
 from tcomp.pipeline import run_pipeline
 from tcomp.report import Report
 from tcomp.targets import Target
@@ -163,6 +163,7 @@ def optimize(
     kv_cache: str = "model",
     batch_buckets: Sequence[int] | None = None,
     on_failure: str = "raise",
+    strict: bool = False,
 ) -> OptimizedModule:
     """Capture ``model`` on ``example_inputs``, rewrite it with ``passes`` and return a module that
     runs the result.
@@ -201,6 +202,9 @@ def optimize(
       graph does: ``"raise"`` (default; the error names each site's measured error against the
       tolerance, or the reason), ``"warn"`` (a warning, and the result is returned) or ``"skip"``
       (the report alone says so). See tcomp/outcome.py.
+    * ``strict``: an error when a softmax that a product of two activations reaches is left as the
+      model wrote it (an attention spelling canonicalize cannot take, e.g. logit soft-capping); by
+      default such sites are listed in ``report.unmatched`` with the link that broke the match.
 
     The user's model is never modified; ``.plan`` of the result is the Plan that ran.
     """
@@ -228,6 +232,7 @@ def optimize(
             model, args, kwargs, plan, verify=verify, verify_samples=verify_samples,
             cudagraphs=cudagraphs, progress=progress, max_len=max_len, max_batch=max_batch, kv_cache=kv_cache,
             batch_buckets=None if batch_buckets is None else tuple(batch_buckets), on_failure=on_failure, asked=asked,
+            strict=strict,
         )  # fmt: skip
     if kv_cache != "model" or batch_buckets:
         raise InputError(
@@ -246,6 +251,7 @@ def optimize(
         reference = Reference.build(model, args, kwargs, samples=verify_samples, seed=plan.seed)  # a saved Plan brings its own seed
     result = run_pipeline(captured.gm, plan, reference=reference, progress=progress)
     enforce(asked, {"graph": result.records}, on_failure)
+    enforce_strict([u for r in result.records if r.name == "canonicalize" for u in r.unmatched], strict)
     drop_unused_tensors(result.gm)  # e.g. float weights a quantization pass replaced
     report = Report(
         model=type(model).__name__, target=tgt.name, passes=result.records, dynamic_dims=captured.dims

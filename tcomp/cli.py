@@ -276,6 +276,7 @@ def optimize(
     output: str = typer.Option(..., "-o", "--output", help="artifact folder to write"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip checking each pass against its contract"),
     on_failure: str = typer.Option("raise", "--on-failure", help=ON_FAILURE_HELP),
+    strict: bool = typer.Option(False, "--strict", help="an error when attention stays out of every pass's reach"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Optimize a model for a target and write the artifact folder with the report. A causal LM
@@ -298,6 +299,7 @@ def optimize(
                 example_kwargs=loaded.kwargs,
                 progress=step,
                 on_failure=on_failure,
+                strict=strict,
             )
         reports = _graph_reports(om)
         for graph, rep in reports.items():
@@ -311,9 +313,21 @@ def optimize(
     else:
         for rep in reports.values():
             console.print(rep.render())
+        _warn_unmatched(reports.values())
         console.print(f"wrote {output} (manifest: {manifest})")
     if any(r.status == "rolled_back" for rep in reports.values() for r in rep.passes):
         raise typer.Exit(1)
+
+
+def _warn_unmatched(reports: Any) -> None:
+    """A warning line per attention site canonicalize could not take (once per module)."""
+    seen = {}
+    for rep in reports:
+        for u in getattr(rep, "unmatched", []):
+            seen.setdefault(u["module"], u["why"])
+    for module, why in seen.items():
+        console.print(f"[yellow]warning:[/yellow] attention at {module} stays softmax, out of every pass's reach: {why}",
+                      soft_wrap=True)  # fmt: skip
 
 
 def _graph_reports(om: Any) -> dict[str, Any]:

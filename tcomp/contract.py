@@ -78,3 +78,4 @@ class PassResult:
     notes: list[str] = field(default_factory=list)
     sites: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""  # with no rewrites: why the pass does not apply (the report's reason for "skipped")
+    unmatched: list[dict[str, Any]] = field(default_factory=list)  # canonicalize: attention it could not take

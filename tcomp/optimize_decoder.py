@@ -22,7 +22,7 @@ from tcomp.decoder import (
 )
 from tcomp.errors import InputError, PassError
 from tcomp.graph import drop_unused_tensors
-from tcomp.outcome import enforce
+from tcomp.outcome import enforce, enforce_strict
 from tcomp.pipeline import run_pipeline
 from tcomp.report import Report
 
@@ -101,6 +101,7 @@ def optimize_decoder(
     batch_buckets: tuple[int, ...] | None = None,
     on_failure: str = "raise",
     asked: tuple[str, ...] | list[str] = (),
+    strict: bool = False,
 ):
     from tcomp.api import CapturedGraph, _add_cost, _sites
     from tcomp.generation import OptimizedDecoder
@@ -165,6 +166,7 @@ def optimize_decoder(
     graphs = {"prefill": reports[0].passes, "decode": reports[1].passes}
     graphs.update({f"decode, batch {b}": r.passes for b, r in bucket_reports.items()})
     enforce(asked, graphs, on_failure)
+    enforce_strict([u for recs in graphs.values() for r in recs if r.name == "canonicalize" for u in r.unmatched], strict)
     _check_one_cache({"prefill": results[0].gm, "decode": results[1].gm, **{f"decode, batch {b}": g for b, g in
                       bucket_graphs.items()}}, [*reports, *bucket_reports.values()])  # fmt: skip
     use_graphs = plan.target.kind == "gpu" if cudagraphs is None else cudagraphs

@@ -1,4 +1,5 @@
-"""What happens when a pass the user asked for does nothing: ``optimize(..., on_failure=...)``.
+"""What happens when a pass the user asked for does nothing: ``optimize(..., on_failure=...)``, and
+when attention stays out of every pass's reach: ``optimize(..., strict=True)``.
 
 A pass named in ``passes=`` that ends rolled back (its check failed, or it raised) or skipped (no
 site to rewrite, or not applicable) in every graph of the run has not done what the user asked.
@@ -26,6 +27,10 @@ ON_FAILURE = ("raise", "warn", "skip")
 
 class PassFailed(PassError):
     """A pass the user asked for was rolled back or skipped everywhere (``on_failure="raise"``)."""
+
+
+class UnmatchedAttention(PassError):
+    """Softmax attention canonicalize could not take (``optimize(strict=True)``)."""
 
 
 class PassFailedWarning(UserWarning):
@@ -84,3 +89,16 @@ def enforce(names: Sequence[str], graphs: dict[str, Iterable[Any]], on_failure: 
     if on_failure == "raise":
         raise PassFailed(msg)
     warnings.warn(msg, PassFailedWarning, stacklevel=3)
+
+
+def enforce_strict(unmatched: list[dict[str, Any]], strict: bool) -> None:
+    """``strict=True``: every softmax a product of two activations reaches must have become
+    ``tcomp.attention``; otherwise an error naming each module and the link that broke the match."""
+    if not strict or not unmatched:
+        return
+    seen = list(dict.fromkeys(f"{u['module']} ({u['why']})" for u in unmatched))
+    raise UnmatchedAttention(
+        f"strict=True: {len(seen)} attention site(s) stay softmax as the model wrote them, out of reach of every "
+        f"attention pass: {'; '.join(seen)}. Rewrite that attention in a form canonicalize reads (SDPA, or "
+        "softmax(q @ k^T * scale + bias/mask) @ v), or optimize with strict=False and read the report"
+    )

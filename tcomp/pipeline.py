@@ -63,6 +63,7 @@ class PassRecord:
     reason: str = ""
     notes: list[str] = field(default_factory=list)
     sites: list[dict[str, Any]] = field(default_factory=list)
+    unmatched: list[dict[str, Any]] = field(default_factory=list)  # canonicalize: softmax attention left as it was
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +173,7 @@ def _apply(step: Step, ctx: PassContext, current: fx.GraphModule, reference: Any
         rec.status, rec.reason = "rolled_back", f"pass raised {type(exc).__name__}: {exc}"
         return rec, None, None
     rec.rewrites, rec.notes, rec.sites = result.rewrites, list(result.notes), list(result.sites)
+    rec.unmatched = list(result.unmatched)
     if result.rewrites == 0:
         rec.status, rec.reason = "skipped", result.reason or "nothing to rewrite"
         return rec, None, None

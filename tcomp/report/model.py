@@ -23,6 +23,12 @@ class Report:
     cost_symbolic: dict[str, str] = field(default_factory=dict)  # site kind -> sympy expression text
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def unmatched(self) -> list[dict[str, Any]]:
+        """Softmax attention canonicalize found but could not take (module, why): it stays as the
+        model wrote it and no attention pass reaches it."""
+        return [u for r in self.passes if r.name == "canonicalize" for u in r.unmatched]
+
     def __getitem__(self, name: str) -> PassRecord:
         for r in self.passes:
             if r.name == name:
