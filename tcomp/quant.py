@@ -55,8 +55,18 @@ def int4_scale_zero(g: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     lo = g.amin(dim=-1).clamp(max=0)
     hi = g.amax(dim=-1).clamp(min=0)
     span = hi - lo
-    s = torch.where(span > 0, span / 15, torch.ones_like(span)).to(dtype)
+    s = _round_up(torch.where(span > 0, span / 15, torch.ones_like(span)), dtype)
     return s, torch.round(-lo / s.to(torch.float64)).clamp_(0, 15)
+
+
+def _round_up(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` (float64) in ``dtype``, rounded up where rounding to nearest went below: a scale that
+    is never smaller than span / 15 keeps the top of the range on the grid, so every weight stays
+    within s/2 (rounded to nearest, 15 * s could fall short of the span by a few ulps and the largest
+    weight land 0.5000002 steps from its code -- every int4 site was then refused)."""
+    y = x.to(dtype)
+    low = y.to(torch.float64) < x
+    return torch.where(low, torch.nextafter(y, torch.full_like(y, float("inf"))), y)
 
 
 CLIP_SHRINKS = tuple(1.0 - 0.025 * i for i in range(17))  # 1.0 down to 0.6
