@@ -358,3 +358,97 @@ def _why_unreached(scores: Any) -> NotAttention:
     return NotAttention(
         f"q @ k^T reaches the softmax through {', '.join(names) or 'ops'}, which tcomp.attention does not express"
     )
+
+
+# -- products spelled other ways: baddbmm with a folded bias, einsum ---------------------------------
+
+_NEAR = 8  # how many elementwise ops may lie between a product and its softmax
+
+
+def _reaches_softmax(n: fx.Node, depth: int = 0) -> bool:
+    if depth > _NEAR:
+        return False
+    for u in n.users:
+        if u.op == "call_function" and (u.target in SOFTMAX or (_elementwise(u.target) and _reaches_softmax(u, depth + 1))):
+            return True
+    return False
+
+
+def _from_softmax(x: Any, depth: int = 0) -> bool:
+    if not isinstance(x, fx.Node) or x.op != "call_function" or depth > 3:
+        return False
+    return x.target in SOFTMAX or (x.target in P_PASSTHROUGH | VIEWS and _from_softmax(x.args[0], depth + 1))
+
+
+def _einsum_as_matmul(call, eq: str, a: fx.Node, b: fx.Node):
+    """``einsum(eq, a, b)`` as permutes around one ``matmul`` when ``eq`` is a batched product with
+    one contracted label and one free label per operand (``bhqd,bhkd->bhqk``, ``bqhd,bkhd->bhqk``,
+    ``bhqk,bhkd->bhqd``, ...); None for any other equation."""
+    eq = eq.replace(" ", "")
+    if "->" not in eq or "." in eq:
+        return None
+    lhs, out = eq.split("->")
+    parts = lhs.split(",")
+    if len(parts) != 2:
+        return None
+    sa, sb = parts
+    if len(set(sa)) != len(sa) or len(set(sb)) != len(sb) or len(set(out)) != len(out):
+        return None
+    shared = [c for c in sa if c in sb]
+    contract = [c for c in shared if c not in out]
+    batch = [c for c in out if c in sa and c in sb]
+    free_a = [c for c in sa if c not in sb]
+    free_b = [c for c in sb if c not in sa]
+    if len(contract) != 1 or len(free_a) != 1 or len(free_b) != 1 or sorted(out) != sorted(batch + free_a + free_b):
+        return None
+    if set(shared) != set(batch) | set(contract):
+        return None
+    want_a, want_b = batch + free_a + contract, batch + contract + free_b
+    pa = call(aten.permute.default, a, [sa.index(c) for c in want_a]) if list(sa) != want_a else a
+    pb = call(aten.permute.default, b, [sb.index(c) for c in want_b]) if list(sb) != want_b else b
+    prod = call(aten.matmul.default, pa, pb)
+    have = batch + free_a + free_b
+    return call(aten.permute.default, prod, [have.index(c) for c in out]) if have != list(out) else prod
+
+
+def normalize_products(gm: fx.GraphModule) -> list[str]:
+    """Rewrite the products of attention spelled other ways into the ``matmul`` chain the reader
+    knows (FP-equivalent): ``baddbmm(bias, q, k^T, beta, alpha)`` feeding a softmax becomes
+    ``bmm(q, k^T) * alpha + beta * bias`` (ALiBi folded into the product, as Bloom writes it); an
+    ``einsum`` of two operands that feeds a softmax or reads one becomes permutes around a
+    ``matmul``. Returns a note per rewrite."""
+    graph, notes = gm.graph, []
+
+    def call(op, *args):
+        return add_node(graph, op, args)
+
+    for n in list(graph.nodes):
+        if n.op != "call_function":
+            continue
+        if n.target is aten.baddbmm.default and _reaches_softmax(n):
+            bias, b1, b2 = n.args[:3]
+            beta, alpha = n.kwargs.get("beta", 1), n.kwargs.get("alpha", 1)
+            if not all(isinstance(c, (int, float)) for c in (beta, alpha)):
+                continue
+            with graph.inserting_before(n):
+                out = call(aten.bmm.default, b1, b2)
+                if alpha != 1:
+                    out = call(aten.mul.Tensor, out, alpha)
+                if beta != 0:
+                    out = call(aten.add.Tensor, out, bias if beta == 1 else call(aten.mul.Tensor, bias, beta))
+            notes.append(f"baddbmm at {n.name}: bmm * alpha + beta * bias (a bias folded into the attention product)")
+        elif n.target is aten.einsum.default and len(n.args) == 2 and len(n.args[1]) == 2:
+            a, b = n.args[1]
+            if not (_reaches_softmax(n) or _from_softmax(a) or _from_softmax(b)):
+                continue
+            with graph.inserting_before(n):
+                out = _einsum_as_matmul(call, n.args[0], a, b)
+            if out is None:
+                continue
+            notes.append(f"einsum {n.args[0]!r} at {n.name}: permutes around a matmul")
+        else:
+            continue
+        out.meta.update({k: v for k, v in n.meta.items() if k != "val"})
+        n.replace_all_uses_with(out)
+        graph.erase_node(n)
+    return notes

@@ -6,7 +6,10 @@ Spellings handled:
   ``is_causal``, explicit or default scale, GQA through ``enable_gqa``;
 * decomposed chains ``matmul|bmm -> (mul|div scale) -> (add bias | masked_fill | where mask, in any
   order, also inside a reshaped view of the scores as Swin does) -> softmax -> (casts, dropout in
-  eval) -> matmul|bmm``, with q/k/v reached through any transposes, permutes and expands.
+  eval) -> matmul|bmm``, with q/k/v reached through any transposes, permutes and expands;
+* the same chains with the product spelt ``baddbmm(bias, q, k^T, beta=, alpha=)`` (a bias folded
+  into it, as Bloom's ALiBi) or ``einsum`` (``bhqd,bhkd->bhqk``, ``bqhd,bkhd->bhqk``, and the PV
+  product likewise), first rewritten to the matmul form (``attention_chain.normalize_products``).
 
 3-D (``bmm``) sites become ``(1, B*H, N, D)`` so the op always sees four dims.
 
@@ -38,7 +41,13 @@ from tcomp.graph import (
     val,
 )
 from tcomp.options import NoOptions
-from tcomp.passes.attention_chain import SOFTMAX, NotAttention, NotAttentionSoftmax, read_chain
+from tcomp.passes.attention_chain import (
+    SOFTMAX,
+    NotAttention,
+    NotAttentionSoftmax,
+    normalize_products,
+    read_chain,
+)
 from tcomp.passes.projections import annotate
 from tcomp.registry import PassContext, register_pass
 from tcomp.report import site_record
@@ -61,6 +70,7 @@ def canonicalize(gm: fx.GraphModule, opts: NoOptions, ctx: PassContext) -> PassR
     ]:
         gm.graph.erase_node(n)
     dead_code(gm.graph)
+    result.notes += normalize_products(gm)  # baddbmm with a folded bias, einsum: the matmul chain
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.graph is not gm.graph:
             continue
