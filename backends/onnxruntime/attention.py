@@ -74,8 +74,8 @@ def attention_onnx(fused: bool = False):
             neg_inf = op.CastLike(op.Constant(value_float=float("-inf")), scores)
             scores = op.Where(keep, scores, neg_inf)
         p = op.Softmax(scores, axis=-1)
-        if keep is not None or bias is not None:  # rows with every key masked: NaN -> zeros
-            p = op.Where(op.IsNaN(p), op.CastLike(op.Constant(value_float=0.0), p), p)
+        if keep is not None or bias is not None:  # rows with every key masked give zeros; a NaN stays
+            p = op.Where(_dead_rows(op, scores), op.CastLike(op.Constant(value_float=0.0), p), p)
         return op.MatMul(p, v)
 
     # this module uses string annotations; the exporter infers the signature from real types
@@ -95,7 +95,7 @@ def attention_onnx(fused: bool = False):
 def _mha(op, msft, q, k, v, bias, mask, scale, causal, h, d, dv):
     """tcomp.attention through com.microsoft.MultiHeadAttention: (B, H, N, D) -> (B, N, H*D) in,
     bias and masks folded into one additive ``attention_bias`` (B|1, H|1, N, M) with -inf where
-    masked, rows with every key masked (NaN) set to zeros afterwards."""
+    masked, rows with every key masked set to zeros afterwards."""
 
     def to_bsd(x, width):
         return op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, h * width]))
@@ -122,10 +122,18 @@ def _mha(op, msft, q, k, v, bias, mask, scale, causal, h, d, dv):
         ab = op.Expand(ab, full)
         inputs += [None, None, ab]  # bias (QKV projection bias), key_padding_mask, attention_bias
     out = msft.MultiHeadAttention(*inputs, num_heads=h, scale=scale)
-    if keep is not None or bias is not None:
-        out = op.Where(op.IsNaN(out), op.CastLike(op.Constant(value_float=0.0), out), out)
-    out = op.Reshape(out, op.Constant(value_ints=[0, 0, h, dv]))
-    return op.Transpose(out, perm=[0, 2, 1, 3])
+    out = op.Transpose(op.Reshape(out, op.Constant(value_ints=[0, 0, h, dv])), perm=[0, 2, 1, 3])
+    if ab is not None:  # rows with every key masked give zeros; a NaN from the inputs stays
+        out = op.Where(_dead_rows(op, ab), op.CastLike(op.Constant(value_float=0.0), out), out)
+    return out
+
+
+def _dead_rows(op: Any, scores: Any) -> Any:
+    """(…, N, 1) True where a row of ``scores`` is -inf at every key (every key masked): softmax gives
+    NaN there and tcomp.attention zeros. Only those rows: a NaN the inputs carry must come out as
+    NaN, as in eager (replacing every NaN by 0 hid it)."""
+    top = op.ReduceMax(scores, op.Constant(value_ints=[-1]), keepdims=1)
+    return op.IsInf(top, detect_negative=1, detect_positive=0)
 
 
 def _expand_heads(op: Any, x: Any, h: int, hk: int) -> Any:
