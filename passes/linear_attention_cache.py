@@ -53,28 +53,18 @@ def _written(x) -> tuple[fx.Node, fx.Node] | None:
     return buf, new
 
 
-def _readers(buf: fx.Node) -> set[fx.Node]:
-    """Every node that reads ``buf``, through its in-place writes and aliases."""
-    out, stack = set(), [buf]
+def _chain(buf: fx.Node) -> tuple[list[fx.Node], set[fx.Node]]:
+    """(the in-place writes and aliases of ``buf``, in order; every other node that reads it)."""
+    writes, readers, stack = [], set(), [buf]
     while stack:
         n = stack.pop()
         for u in n.users:
             if u.op == "call_function" and u.target in (aten.index_copy_.default, aten.alias.default) and u.args[0] is n:
+                writes.append(u)
                 stack.append(u)
             else:
-                out.add(u)
-    return out
-
-
-def _writes(buf: fx.Node) -> list[fx.Node]:
-    out, stack = [], [buf]
-    while stack:
-        n = stack.pop()
-        for u in n.users:
-            if u.op == "call_function" and u.target in (aten.index_copy_.default, aten.alias.default) and u.args[0] is n:
-                out.append(u)
-                stack.append(u)
-    return out
+                readers.add(u)
+    return writes, readers
 
 
 def _placeholder(gm: fx.GraphModule, key: str) -> fx.Node | None:
@@ -138,7 +128,7 @@ def _refusal(gm: fx.GraphModule, node: fx.Node, position, padding, forms: dict) 
     if wk is None or wv is None:
         return "its keys or values are not the cache this step writes (index_copy_ at the cache positions)"
     for buf in (wk[0], wv[0]):
-        if _readers(buf) - {node}:
+        if _chain(buf)[1] - {node}:
             return f"its cache ({buf.target}) is read by another site too"
     key = (a["mask"], a["bias"])
     if key not in forms:  # layers usually share one mask: evaluate it once
@@ -176,7 +166,7 @@ def _rewrite(gm, node, opts, ctx, layer, position, padding, shared) -> None:
         work = torch.float64 if qv.dtype == torch.float64 else torch.float32
         B, Hk, F, Dv = int(kv.shape[0]), int(kv.shape[1]), int(val(kf).shape[-1]), int(vv.shape[-1])
         sname, zname = kv_cache.state_names(cache_layer)
-        dev = qv.device if qv.device.type != "meta" else kbuf_device(gm, kbuf)
+        dev = getattr(gm, kbuf.target).device  # where the cache it replaces lives
         s = add_buffer(gm, sname, torch.zeros(B, Hk, F, Dv, dtype=work, device=dev), like=a["q"])
         z = add_buffer(gm, zname, torch.zeros(B, Hk, F, dtype=work, device=dev), like=a["q"])
         for n, kind in ((s, "s"), (z, "z")):
@@ -192,13 +182,10 @@ def _rewrite(gm, node, opts, ctx, layer, position, padding, shared) -> None:
     node.replace_all_uses_with(out)
     graph.erase_node(node)
     for buf in (kbuf, vbuf):  # the cache is no longer written nor read
-        for w in reversed(_writes(buf)):
+        for w in reversed(_chain(buf)[0]):
             if not w.users:
                 graph.erase_node(w)
         if not buf.users:
             graph.erase_node(buf)
             delattr(gm, buf.target)
 
-
-def kbuf_device(gm: fx.GraphModule, buf: fx.Node) -> torch.device:
-    return getattr(gm, buf.target).device

@@ -251,7 +251,7 @@ def optimize(
         reference = Reference.build(model, args, kwargs, samples=verify_samples, seed=plan.seed)  # a saved Plan brings its own seed
     result = run_pipeline(captured.gm, plan, reference=reference, progress=progress)
     enforce(asked, {"graph": result.records}, on_failure)
-    enforce_strict([u for r in result.records if r.name == "canonicalize" for u in r.unmatched], strict)
+    enforce_strict({"graph": result.records}, strict)
     drop_unused_tensors(result.gm)  # e.g. float weights a quantization pass replaced
     report = Report(
         model=type(model).__name__, target=tgt.name, passes=result.records, dynamic_dims=captured.dims

@@ -169,9 +169,8 @@ def load_decoder(folder: Path, manifest: dict, device: str | torch.device, *, cu
     }  # allocated once: both graphs write and read these tensors
     programs = {}
     buckets = [int(b) for b in manifest.get("buckets", [])]
-    for g in (*GRAPHS, *(bucket_graph(b) for b in buckets)):
+    for g, rows in [*((g, None) for g in GRAPHS), *((bucket_graph(b), b) for b in buckets)]:
         entry = manifest["graphs"][g]
-        rows = int(g.removeprefix("decode_b")) if g.startswith("decode_b") else None
         missing = sorted(set(entry["tensors"].values()) - set(weights))
         if missing:
             raise InputError(f"{folder}: weights.safetensors lacks {missing[:3]} that the {g} graph needs")

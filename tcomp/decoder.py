@@ -351,7 +351,7 @@ class StepReference(Reference):
 
     def run(self, fn):
         outs = []
-        recurrent = any(kv_cache.is_state_name(n) for n, _ in fn.named_buffers())
+        recurrent = kv_cache.has_state(fn)
         with torch.no_grad():
             for i, (a, k) in enumerate(self.inputs):
                 if recurrent and self.prefixes is not None:

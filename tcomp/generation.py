@@ -61,6 +61,9 @@ class OptimizedDecoder(torch.nn.Module):
         for m in self.decode_buckets.values():
             share_tensors(prefill, m)  # weights; the cache rows are bound as views next
         self._bind_buckets()
+        # a layer keeps a recurrent state (attention.linear) in place of a KV cache: the sequence can
+        # then only go on or start again, never step back (fixed by the graphs: read once, not per step)
+        self.recurrent = kv_cache.has_state(prefill)
         self.length = 0  # slots filled in the current sequence
         self.rows = 0  # batch rows of the current sequence
         self.sequence = 0  # counts the sequences started (prefills at slot 0): stale cache states show
@@ -86,12 +89,6 @@ class OptimizedDecoder(torch.nn.Module):
     @property
     def code(self) -> str:
         return getattr(self.prefill_module, "code", "")
-
-    @property
-    def recurrent(self) -> bool:
-        """Whether a layer keeps a recurrent state (``attention.linear`` on a decoder) in place of a
-        KV cache: the sequence can then only go on or start again, never step back."""
-        return any(kv_cache.is_state_name(n) for n, _ in self.prefill_module.named_buffers())
 
     @property
     def cudagraphs(self) -> str:

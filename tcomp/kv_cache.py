@@ -79,6 +79,11 @@ def is_state_name(name: str) -> bool:
     return re.fullmatch(r"tcomp_kv_(s|z)_\d+", name) is not None
 
 
+def has_state(step: torch.nn.Module) -> bool:
+    """Whether the step graph ``step`` keeps a linear-attention state (a buffer :func:`is_state_name`)."""
+    return any(is_state_name(n) for n, _ in step.named_buffers())
+
+
 FORMATS = ("model", "int8")
 
 
@@ -104,7 +109,23 @@ def dequantize_rows(q: Tensor, s: Tensor, dtype: torch.dtype) -> Tensor:
     return (q.float() * s).to(dtype)
 
 
-class _Probe:
+class _Sizes:
+    """What Hugging Face models ask of a cache besides ``update()``, answered alike by the shape
+    probe and the store: no length of its own (tcomp always passes positions), ``max_len`` slots."""
+
+    max_len: int
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return self.max_len
+
+    def get_mask_sizes(self, *args, **kwargs) -> tuple[int, int]:
+        return self.max_len, 0
+
+
+class _Probe(_Sizes):
     """Records the shape of every layer's keys and values during one eager forward (no storage)."""
 
     def __init__(self, max_len: int) -> None:
@@ -120,18 +141,8 @@ class _Probe:
             -1, -1, self.max_len, -1
         )
 
-    # what models ask of a cache besides update(), answered as the store answers them
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0
 
-    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
-        return self.max_len
-
-    def get_mask_sizes(self, *args, **kwargs) -> tuple[int, int]:
-        return self.max_len, 0
-
-
-class _Store:
+class _Store(_Sizes):
     """The cache protocol over the buffers of ``owner`` (a module): writes the new tokens at
     ``self.position`` in place and returns the whole cache of the layer (dequantized for int8)."""
 
@@ -161,15 +172,6 @@ class _Store:
         v.index_copy_(2, self.position, value_states.to(v.dtype))
         return k, v
 
-    # what Hugging Face models ask of a cache besides update()
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0  # tcomp always passes positions explicitly
-
-    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
-        return self.max_len
-
-    def get_mask_sizes(self, *args, **kwargs) -> tuple[int, int]:
-        return self.max_len, 0
 
     def __len__(self) -> int:
         return self._n_layers

@@ -89,8 +89,6 @@ def _probe_inputs(gm: fx.GraphModule, gen: torch.Generator, i: int) -> dict[str,
         n = [2, M, 3, max(2, M // 2), 5, 7][i % 6]
     n = min(n, M)
     start = 0 if i % 2 == 0 else int(torch.randint(0, M - n + 1, (1,), generator=gen))
-    if not isinstance(n_dim, int) and i == 1:
-        start = 0
     pos = torch.arange(start, start + n)
     pad = torch.ones(B, M, dtype=torch.long)
     for b in range(B):
@@ -117,6 +115,7 @@ def cache_mask_form(gm: fx.GraphModule, mask, bias, *, probes: int = PROBES, see
     if why:
         return f"its mask cannot be evaluated from the step inputs alone: {why}"
     gen = torch.Generator().manual_seed(seed)
+    ph = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
     for i in range(probes):
         inputs = _probe_inputs(gm, gen, i)
         if inputs is None:
@@ -125,8 +124,7 @@ def cache_mask_form(gm: fx.GraphModule, mask, bias, *, probes: int = PROBES, see
             m, b = _run(gm, nodes, inputs, [mask, bias])
         except Exception as exc:  # noqa: BLE001 - a mask chain that cannot run apart is not recognised
             return f"its mask cannot be evaluated from the step inputs alone ({type(exc).__name__}: {exc})"
-        ph = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        pos, pad = inputs[ph[2].target], inputs[ph[3].target]
+        pos, pad = inputs[ph[2]], inputs[ph[3]]
         want = kv_cache.attention_masks(pos, pad, windows={"full": None}, dtype=None)["full"]
         allowed = torch.ones_like(want)
         if m is not None:

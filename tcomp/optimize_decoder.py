@@ -166,7 +166,7 @@ def optimize_decoder(
     graphs = {"prefill": reports[0].passes, "decode": reports[1].passes}
     graphs.update({f"decode, batch {b}": r.passes for b, r in bucket_reports.items()})
     enforce(asked, graphs, on_failure)
-    enforce_strict([u for recs in graphs.values() for r in recs if r.name == "canonicalize" for u in r.unmatched], strict)
+    enforce_strict(graphs, strict)
     _check_one_cache({"prefill": results[0].gm, "decode": results[1].gm, **{f"decode, batch {b}": g for b, g in
                       bucket_graphs.items()}}, [*reports, *bucket_reports.values()])  # fmt: skip
     use_graphs = plan.target.kind == "gpu" if cudagraphs is None else cudagraphs

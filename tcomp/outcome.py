@@ -91,9 +91,11 @@ def enforce(names: Sequence[str], graphs: dict[str, Iterable[Any]], on_failure: 
     warnings.warn(msg, PassFailedWarning, stacklevel=3)
 
 
-def enforce_strict(unmatched: list[dict[str, Any]], strict: bool) -> None:
+def enforce_strict(graphs: dict[str, Iterable[Any]], strict: bool) -> None:
     """``strict=True``: every softmax a product of two activations reaches must have become
-    ``tcomp.attention``; otherwise an error naming each module and the link that broke the match."""
+    ``tcomp.attention`` in each of ``graphs`` (label -> pass records; canonicalize's ``unmatched``);
+    otherwise an error naming each module and the link that broke the match."""
+    unmatched = [u for recs in graphs.values() for r in recs if r.name == "canonicalize" for u in r.unmatched]
     if not strict or not unmatched:
         return
     seen = list(dict.fromkeys(f"{u['module']} ({u['why']})" for u in unmatched))

@@ -21,13 +21,17 @@ from tcomp.dialect.common import work_dtype
 # zeros (N, K/group). Reference: dequantize, then ``F.linear`` in x's dtype. Output dtype of x.
 
 
+def _linear(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear`` of x with a dequantized weight ``w`` (x's dtype), the bias cast to x's dtype."""
+    return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
 @torch.library.custom_op("tcomp::linear_int8w", mutates_args=())
 def linear_int8w(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
     """Reference weight-only int8 linear: ``x @ (qweight * scale[:, None]).T + bias``."""
     from tcomp.quant import dequantize_int8
 
-    w = dequantize_int8(qweight, scale, x.dtype)
-    return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+    return _linear(x, dequantize_int8(qweight, scale, x.dtype), bias)
 
 
 @linear_int8w.register_fake
@@ -42,8 +46,7 @@ def linear_int4w(
     """Reference weight-only int4 linear: dequantize the packed group-wise weight, then linear."""
     from tcomp.quant import dequantize_int4
 
-    w = dequantize_int4(packed, scales, zeros, group, x.dtype)
-    return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+    return _linear(x, dequantize_int4(packed, scales, zeros, group, x.dtype), bias)
 
 
 @linear_int4w.register_fake
@@ -60,8 +63,7 @@ def linear_fp8w(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None) 
     """Reference weight-only fp8 linear: ``x @ (float(qweight) * scale[:, None]).T + bias``."""
     from tcomp.quant import dequantize_fp8
 
-    w = dequantize_fp8(qweight, scale, x.dtype)
-    return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+    return _linear(x, dequantize_fp8(qweight, scale, x.dtype), bias)
 
 
 @linear_fp8w.register_fake
@@ -97,8 +99,7 @@ def linear_w1(x: Tensor, packed: Tensor, alpha: Tensor, k: int, bias: Tensor | N
     """Reference 1-bit linear: unpack the sign bits, scale by alpha per output channel, linear."""
     from tcomp.quant import dequantize_bits
 
-    w = dequantize_bits(packed, alpha, k, x.dtype)
-    return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+    return _linear(x, dequantize_bits(packed, alpha, k, x.dtype), bias)
 
 
 @linear_w1.register_fake
