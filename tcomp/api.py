@@ -58,8 +58,10 @@ class OptimizedModule(torch.nn.Module):
         self.report = report
         self.target = target
         self.plan: Plan | None = None  # the tcomp.plan.Plan that produced it (set by optimize)
+        self.input_spec = captured.inputs  # what forward accepts (tcomp.input_check), None: unchecked
         self._static_dims = {k: v for k, v in captured.static_dims.items() if v}
         self._model_name = report.model
+        self._device = self._graph_device()
         self._runner = None
         if cudagraphs:
             from tcomp.cudagraphs import CudaGraphRunner
@@ -67,6 +69,8 @@ class OptimizedModule(torch.nn.Module):
             self._runner = CudaGraphRunner(gm, lambda: [*gm.parameters(), *gm.buffers()])
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.input_spec is not None:  # before any kernel: a few attribute compares per tensor
+            self.input_spec.check(args, kwargs, self._device)
         try:
             return (self._runner or self.graph_module)(*args, **kwargs)
         except Exception as exc:
@@ -85,6 +89,8 @@ class OptimizedModule(torch.nn.Module):
             raise
 
     def _input_help(self, text: str) -> str:
+        """For a call the input spec let through (or a module without one) that torch.export's own
+        guards refused: the guard's words and what was fixed at capture."""
         static = self._static_dims
         msg = (
             f"the inputs do not fit the graph tcomp captured for {self._model_name}: {text.splitlines()[0]}."
@@ -99,10 +105,17 @@ class OptimizedModule(torch.nn.Module):
             msg += " Call it with the same argument structure (positional/keyword, which tensors) as the example inputs."
         return msg
 
+    def _graph_device(self) -> torch.device | None:
+        from tcomp.input_check import module_device
+
+        return module_device(self.graph_module)
+
     def _apply(self, fn, *args, **kwargs):  # .to()/.cuda()/.half(): recorded CUDA graphs read old storage
         if self._runner is not None:
             self._runner.reset()
-        return super()._apply(fn, *args, **kwargs)
+        out = super()._apply(fn, *args, **kwargs)
+        self._device = self._graph_device()  # the inputs' device follows the module's
+        return out
 
     @property
     def cudagraphs(self) -> str:

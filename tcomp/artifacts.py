@@ -6,8 +6,9 @@ as one self-contained page with the cost plot and a picture of the graph), ``gra
 ``weights.safetensors``, ``kernels/`` (the generated Triton sources, when any were compiled),
 ``plan.json`` (the typed Plan that ran, ``Plan.to_json()``: target, backend, seed and every step's
 full options, when the module carries one) and ``manifest.json`` (versions, target, passes with
-contracts and measured errors, input/output tree specs, sha256 of every file). ``load(folder)``
-checks every hash and runs the runner: no pickle, no need for the original model's code.
+contracts and measured errors, input/output tree specs, ``inputs``: what the graph accepts, which
+the loaded module checks on every call (:mod:`tcomp.input_check`), sha256 of every file).
+``load(folder)`` checks every hash and runs the runner: no pickle, no need for the original model's code.
 
 A decoder compiled for generation writes one folder holding both of its graphs (format
 ``tcomp-decoder/1``, :mod:`tcomp.artifacts_decoder`), built from the same pieces: ``write_graph``
@@ -37,6 +38,7 @@ import torch.fx as fx
 from safetensors.torch import load_file, save_file
 
 from tcomp.errors import InputError
+from tcomp.input_check import InputSpec, module_device
 from tcomp.report import render_html
 from tcomp.runner import emit, specs_of, tensors_of
 
@@ -160,6 +162,7 @@ def write(om: Any, folder: str | Path) -> Path:
             "attention_sites": len(rep.sites),
             "in_spec": in_spec,
             "out_spec": out_spec,
+            "inputs": spec.to_json() if (spec := getattr(om, "input_spec", None)) is not None else None,
         })  # fmt: skip
     return folder / "manifest.json"
 
@@ -222,6 +225,13 @@ class LoadedModule(torch.nn.Module):
         self.program = program
         self.manifest = manifest
         self._in_spec, self._out_spec = in_spec, out_spec
+        # what forward accepts (manifest["inputs"], tcomp.input_check); None: a folder written without it
+        self.input_spec = InputSpec.from_json(manifest["inputs"]) if manifest.get("inputs") else None
+        self._layout = None  # (positional names, keyword names) of the in_spec, to call with either
+        if self.input_spec is not None and in_spec is not None:
+            positional, keywords = in_spec.children()
+            self._layout = (self.input_spec.names[: positional.num_children], list(keywords.context))
+        self._device = module_device(program)
         self._graphs = None
         if cudagraphs:  # replayed per input signature, as OptimizedModule does (tcomp/cudagraphs.py)
             from tcomp.cudagraphs import CudaGraphRunner
@@ -232,6 +242,11 @@ class LoadedModule(torch.nn.Module):
         import torch.fx._pytree as fx_pytree
         import torch.utils._pytree as pytree
 
+        if self.input_spec is not None:  # before any kernel, as OptimizedModule.forward
+            bound = self.input_spec.check(args, kwargs, self._device)
+            if self._layout is not None:  # by position or keyword, as the model's forward takes them
+                positional, keywords = self._layout
+                args, kwargs = tuple(bound[n] for n in positional), {k: bound[k] for k in keywords}
         flat = fx_pytree.tree_flatten_spec((args, kwargs), self._in_spec) if self._in_spec else list(args)
         out = (self._graphs or self.program)(*flat)
         return pytree.tree_unflatten(list(out), self._out_spec) if self._out_spec else out
@@ -241,8 +256,17 @@ class LoadedModule(torch.nn.Module):
         took it positionally or as a keyword -- what `tcomp run` does with a safetensors file."""
         import torch.utils._pytree as pytree
 
+        spec = self.input_spec
+        if spec is not None and all(a.tree is None for a in spec.args):  # each input one leaf: names agree
+            constants = {a.name: a.leaves[0].value for a in spec.args if a.leaves[0].dtype is None}
+            named = spec.check((), {**constants, **named}, self._device)  # a file holds tensors only
         out = self.program(**named)
         return pytree.tree_unflatten(list(out), self._out_spec) if self._out_spec else out
+
+    def _apply(self, fn, *args, **kwargs):  # .to(device): the inputs' device follows the weights'
+        out = super()._apply(fn, *args, **kwargs)
+        self._device = module_device(self.program)
+        return out
 
 
 def load(

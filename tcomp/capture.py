@@ -4,7 +4,9 @@ The captured graph is ``ExportedProgram.module()``: flat placeholders, parameter
 nodes, and pytree code that accepts the model's own argument structure and rebuilds its own output
 structure (Hugging Face ``ModelOutput`` included). Batch and sequence dims are dynamic by default
 (``Dim.AUTO`` on dims 0 and 1 of every tensor input); dims the model's code fixes stay static and
-are listed in ``Captured.static_dims``.
+are listed in ``Captured.static_dims``. ``Captured.inputs`` records what the graph accepts (each
+input's dtype, rank, device, fixed dims and ranges; :mod:`tcomp.input_check`), which the compiled
+module checks on every call.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch.export import Dim, ExportedProgram
 
 from tcomp import meta
 from tcomp.errors import CaptureError, InputError, user_frame
+from tcomp.input_check import InputSpec, spec_of
 
 _LEAF_TYPES = (torch.Tensor, int, float, bool, str, type(None))
 
@@ -37,6 +40,9 @@ class Captured:
     example_kwargs: dict
     # input path (e.g. "args[0]", "kwargs['input_ids']") -> {dim: "dynamic" | size}
     dims: dict[str, dict[int, int | str]] = field(default_factory=dict)
+    # what the graph accepts (dtype, rank, device, fixed dims and ranges of each input), checked on
+    # every call of the compiled module (tcomp.input_check); None: not known, calls run unchecked
+    inputs: InputSpec | None = None
 
     @property
     def static_dims(self) -> dict[str, dict[int, int]]:
@@ -136,8 +142,9 @@ def capture(
         raise CaptureError(_describe_failure(model, exc)) from exc
     gm = ep.module()
     return Captured(
-        gm=gm, exported=ep, example_args=args, example_kwargs=kwargs, dims=_dims_of(ep, args, kwargs, dynamic)
-    )
+        gm=gm, exported=ep, example_args=args, example_kwargs=kwargs, dims=_dims_of(ep, args, kwargs, dynamic),
+        inputs=spec_of(model, gm, ep, args, kwargs, dynamic),
+    )  # fmt: skip
 
 
 @contextlib.contextmanager

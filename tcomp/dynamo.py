@@ -18,9 +18,19 @@ constraints and, when ``options={"backend": ...}`` names a backend other than ``
 backend's steps. Each compiled graph leaves a :class:`DynamoReport` in
 :data:`REPORTS` (attention sites found, pass records, notes).
 
-Training graphs (grad enabled and an input or parameter requiring grad) are compiled by
-AOTAutograd unchanged: the preserved ops have no autograd formula inside AOTAutograd's trace and
-the dialect op has no backward, so they are neither kept whole nor rewritten; the report says so.
+Training graphs (grad enabled and an input or parameter requiring grad) fall back: AOTAutograd
+compiles their forward and backward unchanged (eager ATen kernels, gradients exactly as eager's
+decomposition computes them). They are not rewritten because the dialect ops have no backward
+(``tcomp.attention`` and the others are inference ops: a rewrite would have to drop the
+activations the backward graph saves), and the preserved ops have no autograd formula inside
+AOTAutograd's trace. Lowering the inference graphs only is the choice that keeps training correct
+without a second, differentiable dialect.
+
+Fallbacks are reported, never silent: a graph compiled unchanged (training, or a pipeline that
+raised on it: the graph then runs as AOTAutograd traced it), a lowering step that left ops on the
+eager reference, a step rolled back. Each is a :class:`Fallback` in its graph's
+``DynamoReport.fallbacks`` (:func:`fallbacks` lists them all) and one :class:`FallbackWarning`
+per compiled graph says what fell back and why.
 
 Registration: importing this module registers the backend under the name ``"tcomp"``; the
 ``torch_dynamo_backends`` entry point ``tcomp = "tcomp.dynamo:tcomp_backend"`` makes
@@ -30,6 +40,7 @@ Registration: importing this module registers the backend under the name ``"tcom
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +50,9 @@ import torch.fx as fx
 if TYPE_CHECKING:
     from tcomp.plan import Plan
 
-__all__ = ["REPORTS", "DynamoReport", "clear_reports", "reports", "tcomp_backend"]
+__all__ = [
+    "REPORTS", "DynamoReport", "Fallback", "FallbackWarning", "clear_reports", "fallbacks", "reports", "tcomp_backend",
+]
 
 aten = torch.ops.aten
 
@@ -47,6 +60,22 @@ aten = torch.ops.aten
 PRESERVED_OPS = (aten.scaled_dot_product_attention.default, aten.linear.default, aten.matmul.default)
 # nn.MultiheadAttention's inference fast path: fused ops that hide the attention from canonicalize
 FASTPATH_OPS = (aten._native_multi_head_attention.default, aten._transformer_encoder_layer_fwd.default)
+
+
+class FallbackWarning(UserWarning):
+    """Part or all of a graph torch.compile handed tcomp runs without tcomp's rewriting."""
+
+
+@dataclass
+class Fallback:
+    """What of one compiled graph runs without tcomp's rewriting, and why."""
+
+    graph_id: int
+    where: str  # "graph" (all of it), a step name ("lower.triton") or "step: node"
+    reason: str
+
+    def __str__(self) -> str:
+        return f"graph {self.graph_id}, {self.where}: {self.reason}"
 
 
 @dataclass
@@ -63,6 +92,7 @@ class DynamoReport:
     passes: list[dict[str, Any]] = field(default_factory=list)  # PassRecord.to_dict() per step
     plan: dict[str, Any] = field(default_factory=dict)  # Plan.to_dict() of what ran
     notes: list[str] = field(default_factory=list)
+    fallbacks: list[Fallback] = field(default_factory=list)  # what runs without tcomp's rewriting
     aten_code: str = ""  # the ATen graph as AOTAutograd produced it (before canonicalize)
     code: str = ""  # the graph that runs
 
@@ -77,6 +107,29 @@ def reports() -> list[DynamoReport]:
 
 def clear_reports() -> None:
     REPORTS.clear()
+
+
+def fallbacks() -> list[Fallback]:
+    """Every fallback of the graphs compiled since the last :func:`clear_reports`."""
+    return [f for r in REPORTS for f in r.fallbacks]
+
+
+def _fall_back(report: DynamoReport, where: str, reason: str) -> None:
+    report.fallbacks.append(Fallback(report.graph_id, where, reason))
+
+
+def _warn(report: DynamoReport) -> None:
+    """One warning per compiled graph that has fallbacks, naming the first few."""
+    if not report.fallbacks:
+        return
+    shown = "; ".join(f"{f.where}: {f.reason}" for f in report.fallbacks[:3])
+    more = f" (and {len(report.fallbacks) - 3} more)" if len(report.fallbacks) > 3 else ""
+    warnings.warn(
+        f"tcomp (torch.compile backend), graph {report.graph_id} ({report.mode}): {shown}{more}. "
+        "tcomp.dynamo.fallbacks() lists every fallback",
+        FallbackWarning,
+        stacklevel=2,
+    )
 
 
 @contextlib.contextmanager
@@ -149,6 +202,11 @@ def tcomp_backend(gm: fx.GraphModule, example_inputs: list, **options: Any):
     if _needs_grad(gm, example_inputs):
         report.mode = "training"
         report.notes.append("grad is enabled: graph compiled by AOTAutograd unchanged (inference only)")
+        _fall_back(
+            report, "graph", "grad is enabled: forward and backward compiled by AOTAutograd unchanged (tcomp rewrites "
+            "inference graphs only; its dialect ops have no backward). Run under torch.no_grad() to get tcomp's graph",
+        )  # fmt: skip
+        _warn(report)
         return aot_module_simplified(gm, example_inputs, fw_compiler=nop, bw_compiler=nop)
 
     def inference_compiler(aten_gm: fx.GraphModule, _inputs):
@@ -162,6 +220,7 @@ def tcomp_backend(gm: fx.GraphModule, example_inputs: list, **options: Any):
         report.preserved = [str(op) for op in PRESERVED_OPS]
     else:
         report.notes.append("this torch cannot keep SDPA/linear whole; they were decomposed")
+    _warn(report)
     return compiled
 
 
@@ -178,12 +237,23 @@ def _rewrite(aten_gm: fx.GraphModule, report: DynamoReport, plan: Plan) -> fx.Gr
             "is one fused op tcomp cannot see or rewrite; call torch.backends.mha.set_fastpath_enabled(False) "
             "before compiling, or use tcomp.optimize, which turns the fast path off while capturing"
         )
-    result = run_pipeline(aten_gm, plan)
+    try:
+        result = run_pipeline(aten_gm, plan)
+    except Exception as exc:  # noqa: BLE001 - the graph still runs, as AOTAutograd traced it; reported
+        first = (str(exc).strip().splitlines() or [""])[0]
+        _fall_back(report, "graph", f"tcomp's pipeline failed on it ({type(exc).__name__}: {first}); it runs unchanged")
+        report.notes.append(f"pipeline failed, graph runs unchanged: {type(exc).__name__}: {first}")
+        report.code = aten_gm.code
+        return aten_gm
     report.passes = [r.to_dict() for r in result.records]
     for r in result.records:
         report.notes += [f"{r.name}: {n}" for n in r.notes]
         if r.status == "rolled_back":
             report.notes.append(f"{r.name} rolled back: {r.reason}")
+            _fall_back(report, r.name, f"rolled back: {r.reason}")
+        for n in r.notes:
+            if "stays eager" in n:  # a backend's lowering left these on the eager reference
+                _fall_back(report, r.name, n)
     canon = next((r for r in result.records if r.name == "canonicalize"), None)
     report.sites = list(canon.sites) if canon is not None else []
     # count from the graph that runs: sites still on the reference op or lowered by a backend

@@ -150,6 +150,10 @@ class OptimizedDecoder(torch.nn.Module):
             raise InputError(
                 f"input_ids must be (batch, tokens) with a token or more, got shape {tuple(input_ids.shape)}"
             )
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise InputError(  # else the embedding kernel fails on it
+                f"input_ids has dtype {input_ids.dtype}; token ids are integers: pass input_ids.long()"
+            )
         b, n = input_ids.shape
         start = self.length if start is None else int(start)
         self._check_step(b, n, start, attention_mask, position_ids)
