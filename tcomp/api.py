@@ -177,6 +177,11 @@ def optimize(
     batch_buckets: Sequence[int] | None = None,
     on_failure: str = "raise",
     strict: bool = False,
+    max_error: float | None = None,
+    metric: Any = "rel",
+    pool: Any = None,
+    objective: str = "latency",
+    candidates: Sequence[str] | None = None,
 ) -> OptimizedModule:
     """Capture ``model`` on ``example_inputs``, rewrite it with ``passes`` and return a module that
     runs the result.
@@ -219,6 +224,17 @@ def optimize(
       model wrote it (an attention spelling canonicalize cannot take, e.g. logit soft-capping); by
       default such sites are listed in ``report.unmatched`` with the link that broke the match.
 
+    * ``max_error``: plan the passes instead of naming them (leave ``passes`` out): every candidate
+      of ``candidates`` (tcomp.planner.candidates: int8, w8a8, fp8, int4_g128, int4_g32, w1,
+      linear_hedgehog, softmax_free, ...) is measured alone at every site on ``calibration`` (a
+      quarter held back), the greedy path by predicted saving per unit of error is cut at the
+      budget, and the whole plan is checked on both splits (the worst site backed off until it
+      holds). ``metric``: ``"rel"``, ``"cos"``, ``"neighbours"`` or ``metric(out, ref) -> float``,
+      on the vectors ``pool`` names (``"mean"``, ``"cls"``, ``"none"`` or a callable; see
+      tcomp/planner/metrics.py). ``objective``: ``"latency"`` (roofline time on the target) or
+      ``"memory"`` (bytes of weights). ``report.planner`` holds every measurement and check;
+      ``.plan.to_json()`` re-runs the chosen plan through ``passes=``.
+
     The user's model is never modified; ``.plan`` of the result is the Plan that ran.
     """
     _load_plugins()
@@ -226,8 +242,12 @@ def optimize(
 
     args, kwargs = _normalize_inputs(example_inputs, example_kwargs)
     check_on_failure(on_failure)
+    planned = max_error is not None
+    if planned:
+        _check_planned(passes, decoder, max_error, metric, pool, objective)
+        passes = ["canonicalize"]  # for the checks below; the planner chooses the rest
     plan = build_plan(target, passes, backend, calibration=calibration, seed=seed)  # checks before work
-    asked = [] if passes is None else requested(plan)  # the default pipeline is not the user's request
+    asked = [] if passes is None or planned else requested(plan)  # the default pipeline is not the user's request
     from tcomp.decoder import is_decoder, speaks_cache
 
     if decoder is None:
@@ -256,6 +276,10 @@ def optimize(
     step = progress or (lambda _name: None)
     step("capture")
     captured = capture(model, args, kwargs, dynamic=dynamic)
+    search = None
+    if planned:
+        step("plan")
+        search, plan = _search(captured, plan, calibration, max_error, metric, pool, objective, candidates, backend)
     reference = None
     if verify:
         from tcomp.verify import Reference
@@ -270,6 +294,8 @@ def optimize(
         model=type(model).__name__, target=tgt.name, passes=result.records, dynamic_dims=captured.dims
     )
     report.sites = _sites(result.gm)
+    if search is not None:
+        report.planner = search.to_dict()
     if reference is not None:
         report.base_error = reference.base_error
         report.final_error = result.final_error
@@ -278,6 +304,35 @@ def optimize(
     om = OptimizedModule(result.gm, report, tgt, captured, result.snapshots, cudagraphs=use_graphs)
     om.plan = dataclasses.replace(plan, calibration=None)  # the batches are not kept alive
     return om
+
+
+def _check_planned(passes: Any, decoder: bool | None, max_error: Any, metric: Any, pool: Any, objective: str) -> None:
+    from tcomp.planner import check
+
+    if passes is not None:
+        raise InputError(
+            "max_error= chooses the passes itself: leave passes= out (or re-run a chosen plan with passes=plan and "
+            "no max_error)"
+        )
+    if decoder:
+        raise InputError("max_error= plans a single forward pass; decoders that generate are not planned yet: "
+                         "pass decoder=False, or name the passes")  # fmt: skip
+    check(max_error, metric, pool, objective)
+
+
+def _search(captured, plan, calibration, max_error, metric, pool, objective, candidates, backend):
+    """Run the planner on the canonicalized graph; (its record, the plan it chose, with the backend)."""
+    from tcomp.plan import build_plan
+    from tcomp.planner import search_plan
+
+    exact = run_pipeline(captured.gm, plan.steps)  # canonicalize alone
+    search = search_plan(
+        exact.gm, calibration, plan.target, max_error=max_error, metric=metric, pool=pool, objective=objective,
+        candidates=candidates, seed=plan.seed,
+    )  # fmt: skip
+    chosen = build_plan(plan.target, [*(s.name for s in plan.steps), *search.steps], backend,
+                        calibration=search.calibration, seed=plan.seed)  # fmt: skip
+    return search, chosen
 
 
 def _sites(gm: fx.GraphModule) -> list[dict[str, Any]]:

@@ -146,22 +146,69 @@ def _build_plan(target: str, passes: str, backend: str, plan_file: str, options:
 
 @app.command()
 def plan(
+    spec: str = typer.Argument(None, help=f"with --max-error: the model to plan for ({SPEC_HELP})"),
     target: str = typer.Option("cpu", help="cpu, a100, h100, h200"),
     passes: str = typer.Option("", help="comma-separated pass names (default: the default pipeline)"),
     backend: str = typer.Option("", help="backend (default: the target's)"),
     plan_file: str = typer.Option("", "--plan", help="a plan JSON file to check (from Plan.to_json)"),
     option: list[str] = typer.Option([], "--option", "-O", help=OPTION_HELP),
+    max_error: float = typer.Option(None, "--max-error", help="choose the passes per site under this error budget"),
+    metric: str = typer.Option("rel", help="rel, cos or neighbours (with --max-error)"),
+    pool: str = typer.Option(None, help="mean, cls or none: the vector cos/neighbours compare (default mean)"),
+    objective: str = typer.Option("latency", help="latency or memory (with --max-error)"),
+    candidates: str = typer.Option("", help="comma-separated planner candidates (default: the target's menu)"),
+    batches: int = typer.Option(8, help="calibration batches drawn like the model's example inputs (--max-error)"),
+    seed: int = typer.Option(0),
+    out: str = typer.Option("", "-o", "--out", help="write the plan JSON here instead of printing it"),
 ) -> None:
     """Print the plan ``tcomp optimize`` would run, as JSON: names resolved, options validated and
     filled with their defaults, passes ordered, the backend's steps appended. Edit it and give it
-    back with ``--plan``."""
+    back with ``--plan``. With ``--max-error`` and a model, the planner chooses the passes per site
+    (tcomp.optimize(max_error=...)) on calibration batches drawn like the model's example inputs,
+    prints its choice and checks, and writes the chosen plan."""
     import tcomp  # noqa: F401 - registers passes and backends
-    from tcomp.errors import TcompError
+    from tcomp.errors import InputError, TcompError
 
     try:
-        typer.echo(_build_plan(target, passes, backend, plan_file, option).to_json())
+        if max_error is None:
+            text = _build_plan(target, passes, backend, plan_file, option).to_json()
+        else:
+            if not spec or passes or plan_file or option:
+                raise InputError("--max-error chooses the passes for a model: give SPEC, and no --passes/--plan/--option")
+            text = _planned(spec, target, backend, max_error, metric, pool, objective, candidates, batches, seed)
+        if out:
+            from pathlib import Path
+
+            Path(out).write_text(text)
+            console.print(f"wrote {out}")
+        else:
+            typer.echo(text)
     except TcompError as exc:
         _fail(exc)
+
+
+def _planned(spec, target, backend, max_error, metric, pool, objective, candidates, batches, seed) -> str:
+    """Plan ``spec`` under ``max_error`` (see ``tcomp plan``); the chosen plan as JSON."""
+    import inspect as pyinspect
+
+    import tcomp
+    from tcomp.spec import load_spec
+    from tcomp.verify import sample_inputs
+
+    loaded = load_spec(spec)
+    # calibration batches are keyword dicts: positional example inputs are bound to their names
+    named = dict(pyinspect.signature(loaded.model.forward).bind(*loaded.args, **loaded.kwargs).arguments)
+    calib = [k for _a, k in sample_inputs((), named, batches + 1, seed + 1)[1:]]
+    with _steps(f"planning {loaded.name} under max_error={max_error} ({metric})") as progress:
+        om = tcomp.optimize(
+            loaded.model, named, target=target, backend=backend or None, calibration=calib,
+            max_error=max_error, metric=metric, pool=pool, objective=objective, seed=seed, progress=progress,
+            candidates=[c.strip() for c in candidates.split(",") if c.strip()] or None,
+        )  # fmt: skip
+    from tcomp.report.model import planner_tables
+
+    planner_tables(console, om.report.planner)
+    return om.plan.to_json()
 
 
 @app.command()

@@ -22,6 +22,7 @@ class Report:
     cost: list[dict[str, Any]] = field(default_factory=list)  # numeric cost rows by sequence length
     cost_symbolic: dict[str, str] = field(default_factory=dict)  # site kind -> sympy expression text
     notes: list[str] = field(default_factory=list)
+    planner: dict[str, Any] | None = None  # optimize(max_error=...): tcomp.planner.Search.to_dict()
 
     @property
     def unmatched(self) -> list[dict[str, Any]]:
@@ -47,6 +48,7 @@ class Report:
             "cost": self.cost,
             "cost_symbolic": self.cost_symbolic,
             "notes": self.notes,
+            "planner": self.planner,
         }
 
     def to_json(self, indent: int = 2) -> str:
@@ -105,6 +107,8 @@ class Report:
             for row in self.cost:
                 c.add_row(*[_fmt(v) if isinstance(v, float) else str(v) for v in row.values()])
             con.print(c)
+        if self.planner:
+            planner_tables(con, self.planner)
         con.print(f"error vs float64: original {_fmt(self.base_error)}, optimized {_fmt(self.final_error)}")
         for n in self.notes:
             con.print(f"note: {n}")
@@ -157,3 +161,27 @@ def _fmt(x: Any) -> str:
 
 def _yn(x: Any) -> str:
     return "yes" if x else "-"
+
+
+def planner_tables(con: Any, p: dict[str, Any]) -> None:
+    """The planner's choice per site and its end-to-end checks (optimize(max_error=...))."""
+    from rich.table import Table
+
+    err = {(m["site"], m["candidate"]): m for m in p["measured"]}
+    t = Table(title=f"plan under max_error={p['max_error']} ({p['metric']}, objective {p['objective']})")
+    for col in ("site", "chosen", "error alone", "saving"):
+        t.add_column(col)
+    for site, cand in p["chosen"].items():
+        m = err.get((site, cand), {})
+        t.add_row(site, cand, _fmt(m.get("error")), _fmt(m.get("saving")))
+    con.print(t)
+    v = Table(title="plan checks (fit / held-back split)")
+    for col in ("sites", "estimated", "fit error", "held-back error", "predicted gain"):
+        v.add_column(col)
+    for ver in p["verifications"]:
+        gain = ver.get("speedup", ver.get("saving"))
+        v.add_row(str(len(ver["chosen"])), _fmt(ver["estimated_error"]), _fmt(ver["fit_error"]),
+                  _fmt(ver["held_back_error"]), _fmt(gain))  # fmt: skip
+    con.print(v)
+    if p.get("reason"):
+        con.print(f"planner: {p['reason']}")
