@@ -362,6 +362,15 @@ class HFCompiled:
         m = self.model
         self.saved = copy.deepcopy(m.generation_config)
         m.generation_config.cache_implementation = "static"
+        # Inductor's static CUDA launcher segfaults while recording the decode step's CUDA graph
+        # (torch 2.11 on the lent H100, 2026-12-08: static_triton_launcher.run, in cudagraphify);
+        # the default launcher runs the same kernels
+        import torch._inductor.config as inductor_config
+
+        self.launcher = getattr(inductor_config, "use_static_cuda_launcher", None)
+        if self.launcher:
+            inductor_config.use_static_cuda_launcher = False
+            self.notes["inductor_static_cuda_launcher"] = "off (it segfaults in CUDA-graph recording here)"
         if self.how == "forward":
             compiled = torch.compile(m.forward, mode="reduce-overhead", fullgraph=True)
 
@@ -390,6 +399,10 @@ class HFCompiled:
             m.__dict__.pop(key, None)
         m.generation_config = self.saved
         torch._dynamo.reset()
+        if self.launcher:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.use_static_cuda_launcher = self.launcher
         return False
 
 

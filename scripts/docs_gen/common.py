@@ -14,7 +14,7 @@ DOCS = ROOT / "docs"
 PRODUCER = {
     "attention-h200.json": "bench/attention.py",
     "decode-attention-nvidia-h100-80gb-hbm3.json": "bench/decode_attention.py --batches 1",
-    "generate-nvidia-h100-80gb-hbm3.json": "bench/generate.py --models 8b --batches 1 --rows hf_eager,tcomp_exact,hf_compile,tcomp_int4_g128,tcomp_int8",
+    "generate-nvidia-h100-80gb-hbm3.json": "bench/generate.py --batches 1 (three calls, --append; the rows of each: see the JSON's runs)",
     "profile-decode-8b-b1-nvidia-h200.json": "bench/profile_decode.py --model 8b --out DIR",
     "autotune-h200.json": "the autotuner (its cache `~/.cache/tcomp/autotune.json`, copied from the GPU machine)",
     "e2e-h200.json": "bench/e2e.py",

@@ -118,8 +118,8 @@ as ATen ops there (no Triton kernel of its own).
 
 ## Decode steps of a Llama-3-8B-shaped model
 
-Random bf16 weights, prompt {g['rows'][0]['prompt_len']}, {g['rows'][0]['new_tokens']} new tokens, greedy. Ceilings in the same
-run: copy {num(ceil['copy_GBps'])} GB/s, bf16 matmul {num(ceil['matmul_bf16_TFLOPs'])} TFLOP/s. The floor is
+Random bf16 weights, prompt {g['rows'][0]['prompt_len']}, {g['rows'][0]['new_tokens']} new tokens, greedy. Ceilings of the last
+call: copy {num(ceil['copy_GBps'])} GB/s, bf16 matmul {num(ceil['matmul_bf16_TFLOPs'])} TFLOP/s. The floor is
 the bytes read per step (weights + the KV cache at its average length) over the copy bandwidth.
 
 {columns([
