@@ -9,7 +9,13 @@ Spellings handled:
   eval) -> matmul|bmm``, with q/k/v reached through any transposes, permutes and expands;
 * the same chains with the product spelt ``baddbmm(bias, q, k^T, beta=, alpha=)`` (a bias folded
   into it, as Bloom's ALiBi) or ``einsum`` (``bhqd,bhkd->bhqk``, ``bqhd,bkhd->bhqk``, and the PV
-  product likewise), first rewritten to the matmul form (``attention_chain.normalize_products``).
+  product likewise), first rewritten to the matmul form (``attention_chain.normalize_products``);
+* a constant scale applied to q, to k or to both before the product (through transposes, views and
+  head repeats) becomes the op's ``scale`` (``attention_operands.peel_scale``);
+* a mask that is the causal triangle -- bool (``tril`` of ones, ``arange[:, None] >= arange[None, :]``,
+  a registered buffer sliced to the length), alone or and-ed with a padding mask, or additive (0 /
+  -inf) -- becomes ``causal=True`` with no mask tensor kept, recognised by evaluating the mask at
+  several sizes (``tcomp.mask_probe.causal_form``); masks read from the inputs' values stay masks.
 
 3-D (``bmm``) sites become ``(1, B*H, N, D)`` so the op always sees four dims.
 
@@ -48,6 +54,7 @@ from tcomp.passes.attention_chain import (
     normalize_products,
     read_chain,
 )
+from tcomp.passes.attention_operands import peel_scale, take_causal
 from tcomp.passes.projections import annotate
 from tcomp.registry import PassContext, register_pass
 from tcomp.report import site_record
@@ -71,14 +78,15 @@ def canonicalize(gm: fx.GraphModule, opts: NoOptions, ctx: PassContext) -> PassR
         gm.graph.erase_node(n)
     dead_code(gm.graph)
     result.notes += normalize_products(gm)  # baddbmm with a folded bias, einsum: the matmul chain
+    memo: dict = {}  # which masks are causal, shared by the sites (layers share their masks)
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.graph is not gm.graph:
             continue
         try:
             if node.target is SDPA:
-                site = _from_sdpa(gm, node)
+                site = _from_sdpa(gm, node, memo)
             elif node.target in SOFTMAX:
-                site = _from_chain(gm, node)
+                site = _from_chain(gm, node, memo)
             else:
                 continue
         except NotAttentionSoftmax as why:
@@ -112,7 +120,7 @@ def _arg(node: fx.Node, i: int, name: str, default):
     return node.kwargs.get(name, default)
 
 
-def _from_sdpa(gm: fx.GraphModule, node: fx.Node) -> dict:
+def _from_sdpa(gm: fx.GraphModule, node: fx.Node, memo: dict) -> dict:
     q, k, v = node.args[:3]
     attn_mask = _arg(node, 3, "attn_mask", None)
     dropout_p = _arg(node, 4, "dropout_p", 0.0)
@@ -129,23 +137,29 @@ def _from_sdpa(gm: fx.GraphModule, node: fx.Node) -> dict:
         scale = 1.0 / math.sqrt(d)
     if not isinstance(scale, (int, float)):
         raise NotAttention("scale is not a constant")
-    bias = mask = None
+    masks, biases = [], []
     if isinstance(attn_mask, fx.Node):
         if val(attn_mask).dtype == torch.bool:
-            mask = attn_mask
+            masks = [attn_mask]
         else:
-            bias = attn_mask
-    if len(shape(q)) == 4:
-        k, v = _gqa(k, v)
+            biases = [attn_mask]
+    sizes = (shape(q)[-2], shape(k)[-2])
+    masks, biases, causal = take_causal(gm, masks, biases, sizes, memo)  # a causal mask: the flag
     with gm.graph.inserting_before(node):
-        out = _emit(gm.graph, node, q, k, v, bias, mask, float(scale), is_causal)
+        (q, q_scale), (k, k_scale) = peel_scale(q, gm), peel_scale(k, gm)  # a scale on q or k is the op's
+        scale = float(scale) * q_scale * k_scale
+        if len(shape(q)) == 4:
+            k, v = _gqa(k, v)
+        bias = _combine(gm.graph, biases, aten.add.Tensor)
+        mask = _combine(gm.graph, masks, aten.logical_and.default)
+        out = _emit(gm.graph, node, q, k, v, bias, mask, scale, is_causal or causal)
     node.replace_all_uses_with(out)
     remove_dead(gm.graph, [node])
     _relax_views(out)
     return site_record(out)
 
 
-def _from_chain(gm: fx.GraphModule, softmax: fx.Node) -> dict:
+def _from_chain(gm: fx.GraphModule, softmax: fx.Node, memo: dict) -> dict:
     ch = read_chain(softmax, gm)
     graph = gm.graph
     q, kt = ch.qk.args[:2]
@@ -153,17 +167,19 @@ def _from_chain(gm: fx.GraphModule, softmax: fx.Node) -> dict:
     rank = len(shape(ch.qk))
     if rank not in (3, 4) or any(len(shape(x) or ()) != rank for x in (q, kt, v)):
         raise NotAttention(f"q/k/v/scores of rank {rank} with mixed ranks; expected 3-D or 4-D operands")
+    masks, biases, causal = take_causal(gm, ch.masks, ch.biases, shape(ch.qk)[-2:], memo)  # causal mask: the flag
     with graph.inserting_before(ch.pv):
+        (q, q_scale), (kt, k_scale) = peel_scale(q, gm), peel_scale(kt, gm)  # a scale on q or k is the op's
         k = _untranspose(graph, kt)
         if rank == 4:
             k, v = _gqa(k, v)
-        bias = _combine(graph, ch.biases, aten.add.Tensor)
-        mask = _combine(graph, ch.masks, aten.logical_and.default)
+        bias = _combine(graph, biases, aten.add.Tensor)
+        mask = _combine(graph, masks, aten.logical_and.default)
         if rank == 3:
             q, k, v = (add_node(graph, aten.unsqueeze.default, (x, 0)) for x in (q, k, v))
             bias = _lift(graph, bias)
             mask = _lift(graph, mask)
-        attn = out = _emit(graph, ch.softmax, q, k, v, bias, mask, ch.scale, False)
+        attn = out = _emit(graph, ch.softmax, q, k, v, bias, mask, ch.scale * q_scale * k_scale, causal)
         if rank == 3:
             out = add_node(graph, aten.squeeze.dim, (attn, 0))
     pv = ch.pv

@@ -14,10 +14,18 @@ than a mask, a mask that depends on activations).
 This is a test, not a proof: a mask that agrees on every probe and differs elsewhere would be
 misread. The probes cover both ends of the cache, both graphs' token counts and left padding up to
 the whole prompt, which is where the masks tcomp knows differ (windows, prefixes).
+
+The same approach reads a full forward graph's masks (:func:`causal_form`): a bool mask or an
+additive one that depends on the input sizes alone (``tril`` of ones, ``arange[:, None] >=
+arange[None, :]``, a registered triangle sliced to the length) is run at the example's sizes and at
+random other ones, and is causal when it equals ``tcomp.attention``'s own causal mask at each.
 """
 
 from __future__ import annotations
 
+import random
+
+import sympy
 import torch
 import torch.fx as fx
 
@@ -28,7 +36,8 @@ from tcomp.graph import val
 PROBES = 6
 
 
-def _ancestors(roots: list) -> list[fx.Node]:
+def _ancestors(roots: list, stop=lambda _n: False) -> list[fx.Node]:
+    """``roots`` and every node they are computed from, not looking past a node ``stop`` accepts."""
     seen: set[fx.Node] = set()
     stack = [r for r in roots if isinstance(r, fx.Node)]
     while stack:
@@ -36,7 +45,8 @@ def _ancestors(roots: list) -> list[fx.Node]:
         if n in seen:
             continue
         seen.add(n)
-        stack.extend(n.all_input_nodes)
+        if not stop(n):
+            stack.extend(n.all_input_nodes)
     return list(seen)
 
 
@@ -56,10 +66,12 @@ def _evaluable(gm: fx.GraphModule, nodes: list[fx.Node]) -> str:
     return ""
 
 
-def _run(gm: fx.GraphModule, nodes: list[fx.Node], inputs: dict[str, torch.Tensor], outs: list):
-    env: dict[fx.Node, object] = {}
+def _run(gm: fx.GraphModule, nodes: list[fx.Node], inputs: dict[str, torch.Tensor], outs: list, known=None):
+    """Evaluate ``nodes`` (closed under inputs) on ``inputs`` (by placeholder name); ``known``: nodes
+    whose values are given (sizes)."""
+    env: dict[fx.Node, object] = dict(known or {})
     for n in gm.graph.nodes:  # graph order is a topological order
-        if n not in nodes:
+        if n not in nodes or n in env:
             continue
         if n.op == "placeholder":
             env[n] = inputs[n.target]
@@ -147,3 +159,89 @@ def cache_mask_form(gm: fx.GraphModule, mask, bias, *, probes: int = PROBES, see
                    "it lets queries read later or padding tokens")
             )  # fmt: skip
     return "causal"
+
+
+# -- full forward graphs: a mask computed from the sizes alone -----------------------------------------
+
+
+def _size_expr(n: fx.Node):
+    """The sympy expression of a node that computes a size (its value a SymInt or an int), else None."""
+    v = val(n)
+    if isinstance(v, torch.SymInt):
+        return v.node.expr
+    if isinstance(v, int) and not isinstance(v, bool):
+        return sympy.Integer(v)
+    return None
+
+
+def _symbols(exprs) -> dict:
+    """Each free symbol of ``exprs`` -> (example value, lowest, highest) as the capture recorded them."""
+    out = {}
+    for e in exprs:
+        if not isinstance(e, torch.SymInt):
+            continue
+        env = e.node.shape_env
+        for sym in e.node.expr.free_symbols:
+            hint = (env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val).get(sym)
+            if hint is None:
+                return {}  # a size read from data (unbacked): no example to start from
+            rng = env.var_to_range.get(sym)
+            lo = int(rng.lower) if rng is not None and isinstance(rng.lower, sympy.Integer) else 1
+            hi = int(rng.upper) if rng is not None and isinstance(rng.upper, sympy.Integer) else 1 << 30
+            out[sym] = (int(hint), max(lo, 1), hi)
+    return out
+
+
+def causal_form(
+    gm: fx.GraphModule, mask: fx.Node, sizes: tuple, *, floor: float, probes: int = PROBES, seed: int = 0
+) -> str:
+    """"causal" when ``mask`` -- a bool keep-mask (True = attend), or an additive float mask (0 where
+    allowed, at most ``floor`` elsewhere), broadcast against attention scores of ``sizes`` (queries,
+    keys: ints or the graph's SymInts) -- is ``tcomp.attention``'s causal mask (key ``j`` for query
+    ``i`` when ``j <= i``) wherever the graph runs; else the reason it is not. The mask may read
+    sizes, constants and attributes, not the inputs' values; it is evaluated at the example's sizes
+    and at ``probes - 1`` random others."""
+    is_size = lambda n: _size_expr(n) is not None  # noqa: E731 - a size is substituted, not computed
+    nodes = _ancestors([mask], stop=is_size)
+    for n in nodes:
+        if n.op == "placeholder" and not is_size(n):
+            return "the mask depends on the values of the inputs"
+    why = _evaluable(gm, nodes)
+    if why:
+        return f"the mask cannot be evaluated apart from the graph: {why}"
+    size_nodes = [n for n in nodes if is_size(n)]
+    sym_vals = [val(n) for n in size_nodes] + list(sizes)
+    syms = _symbols(sym_vals)
+    if any(isinstance(v, torch.SymInt) for v in sym_vals) and not syms:
+        return "the mask reads a size computed from data"
+    rand = random.Random(seed)
+    ran = 0
+    for i in range(probes):
+        assign = {
+            s: h if i == 0 else rand.randint(lo, max(lo, min(hi, max(h, 16)))) for s, (h, lo, hi) in syms.items()
+        }
+        try:
+            known = {n: int(_size_expr(n).subs(assign)) for n in size_nodes}
+            n_q, n_k = (int(sympy.sympify(d.node.expr if isinstance(d, torch.SymInt) else d).subs(assign))
+                        for d in sizes)  # fmt: skip
+            (m,) = _run(gm, nodes, {}, [mask], known)
+            m = m.expand(*m.shape[:-2], n_q, n_k)
+        except Exception:  # noqa: BLE001 - the model cannot run at these sizes either (a sliced buffer too short)
+            if i == 0:
+                return "the mask cannot be evaluated apart from the graph"
+            continue
+        if m.dtype == torch.bool:
+            allowed = m
+        elif m.is_floating_point():
+            allowed = m > floor
+            if not bool(((m == 0) | (m <= floor)).all()):  # NaN is neither
+                return "the additive mask is more than a mask (a bias)"
+        else:
+            return f"the mask is a {m.dtype} tensor"
+        tri = torch.ones(n_q, n_k, dtype=torch.bool, device=m.device).tril()
+        if not bool((allowed == tri).all()):
+            return "the mask is not the causal one (key j for query i when j <= i)"
+        ran += 1
+        if not syms:
+            break  # static sizes: every probe would be the same
+    return "causal" if ran else "the mask cannot be evaluated apart from the graph"
