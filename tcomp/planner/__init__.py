@@ -218,45 +218,74 @@ def search_plan(
 ) -> Search:
     """Choose per-site candidates for the canonicalized graph ``gm`` (see the module docstring)."""
     check(max_error, metric, pool, objective)
-    from tcomp.registry import registered_passes
+    planner = Planner(gm, calibration, target, metric=metric, pool=pool, objective=objective, candidates=candidates,
+                      seed=seed, progress=progress)  # fmt: skip
+    return planner.plan(max_error)
 
-    cands = menu(candidates, target, list(registered_passes()))
-    fit, held, described = split(calibration)
-    g = _Graphs(gm, fit, held, fit_calibration(fit), seed, target, objective, metric, pool)
-    name = metric if isinstance(metric, str) else getattr(metric, "__name__", "callable")
-    out = Search(max_error, name, objective, described, g.baseline, calibration=g.calibration)
-    tick = progress or (lambda *_: None)
-    work = [(c, s) for c in cands for s in _sites(g, c)]
-    for i, (cand, site) in enumerate(work):
-        tick(f"{cand.name} at {site}", i, len(work))
-        new, records = g.rewrite([cand.step([site])])
-        if not records[-1].rewrites:
-            continue
-        out.measured.append(Measured(site, cand.name, g.error(new), g.baseline - g.predicted(new)))
-    tick("verify", len(work), len(work))
-    power = metrics.power(metric)
-    out.moves = path(out.measured, power)
-    chosen = choose(out.moves, max_error, power)
-    while chosen:
-        steps = _steps(chosen, cands)
-        new, records = g.rewrite(steps)
-        est, saving = estimate(chosen, out.measured, power)
-        ver = {"chosen": dict(chosen), "estimated_error": est, "fit_error": g.error(new),
-               "held_back_error": g.error(new, held=True), "predicted": g.predicted(new),
-               "not_applied": [r.name for r in records if r.status != "applied"]}  # fmt: skip
-        ver["speedup" if objective == "latency" else "saving"] = _gain(g.baseline, ver["predicted"], objective)
-        out.verifications.append(ver)
-        if ver["held_back_error"] <= max_error and ver["fit_error"] <= max_error and not ver["not_applied"]:
-            out.chosen, out.steps = chosen, steps
-            return out
-        chosen = back_off(chosen, out.measured, out.moves)
-    best = min((m.error for m in out.measured), default=None)
-    out.reason = (
-        "no candidate applies to this model" if best is None else
-        f"no plan meets max_error={max_error}: the smallest error of any single candidate is {best:.4g} ({name}); "
-        "the exact model is returned"
-    )  # fmt: skip
-    return out
+
+class Planner:
+    """The measurements (every candidate alone at every site), made once; :meth:`plan` cuts the path
+    at a budget and checks the plan end to end -- many budgets share one set of measurements."""
+
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        calibration: Any,
+        target: Target,
+        *,
+        metric: metrics.Metric = "rel",
+        pool: metrics.Pool | None = None,
+        objective: str = "latency",
+        candidates: Sequence[str] | None = None,
+        seed: int = 0,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        from tcomp.registry import registered_passes
+
+        check(1.0, metric, pool, objective)
+        self.cands = menu(candidates, target, list(registered_passes()))
+        fit, held, self.split = split(calibration)
+        self.g = _Graphs(gm, fit, held, fit_calibration(fit), seed, target, objective, metric, pool)
+        self.metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "callable")
+        self.power, self.objective = metrics.power(metric), objective
+        tick = progress or (lambda *_: None)
+        work = [(c, s) for c in self.cands for s in _sites(self.g, c)]
+        self.measured: list[Measured] = []
+        for i, (cand, site) in enumerate(work):
+            tick(f"{cand.name} at {site}", i, len(work))
+            new, records = self.g.rewrite([cand.step([site])])
+            if records[-1].rewrites:
+                self.measured.append(Measured(site, cand.name, self.g.error(new), self.g.baseline - self.g.predicted(new)))
+        tick("measured", len(work), len(work))
+        self.moves = path(self.measured, self.power)
+
+    def plan(self, max_error: float) -> Search:
+        """The longest prefix of the path within ``max_error``, backed off until it holds on both splits."""
+        check(max_error, "rel", None, self.objective)
+        g = self.g
+        out = Search(max_error, self.metric_name, self.objective, self.split, g.baseline, list(self.measured),
+                     list(self.moves), calibration=g.calibration)  # fmt: skip
+        chosen = choose(self.moves, max_error, self.power)
+        while chosen:
+            steps = _steps(chosen, self.cands)
+            new, records = g.rewrite(steps)
+            est, _saving = estimate(chosen, self.measured, self.power)
+            ver = {"chosen": dict(chosen), "estimated_error": est, "fit_error": g.error(new),
+                   "held_back_error": g.error(new, held=True), "predicted": g.predicted(new),
+                   "not_applied": [r.name for r in records if r.status != "applied"]}  # fmt: skip
+            ver["speedup" if self.objective == "latency" else "saving"] = _gain(g.baseline, ver["predicted"], self.objective)
+            out.verifications.append(ver)
+            if ver["held_back_error"] <= max_error and ver["fit_error"] <= max_error and not ver["not_applied"]:
+                out.chosen, out.steps = chosen, steps
+                return out
+            chosen = back_off(chosen, self.measured, self.moves)
+        best = min((m.error for m in self.measured), default=None)
+        out.reason = (
+            "no candidate applies to this model" if best is None else
+            f"no plan meets max_error={max_error}: the smallest error of any single candidate is {best:.4g} "
+            f"({self.metric_name}); the exact model is returned"
+        )  # fmt: skip
+        return out
 
 
 def _gain(base: float, new: float, objective: str) -> float:
@@ -275,4 +304,4 @@ def _steps(chosen: dict[str, str], cands: list[Candidate]) -> list[tuple[str, di
     return out
 
 
-__all__ = ["MENU", "OBJECTIVES", "Search", "search_plan", "split"]
+__all__ = ["MENU", "OBJECTIVES", "Planner", "Search", "search_plan", "split"]

@@ -22,6 +22,7 @@ import torch.fx as fx
 
 from tcomp.report.graph_svg import graph_section
 from tcomp.report.markup import esc, fmt, html_table, node_count
+from tcomp.report.planner_plot import planner_section
 from tcomp.report.plots import SEQS, cost_section
 
 ASSETS = ("report.css", "report.js")  # files of tcomp/report/assets/ inlined into every page
@@ -63,6 +64,8 @@ def render_html(
         cost_section(report, graph_before, graph_after, target, seqs),
         graph_section(graph_after, graph_before),
     ]
+    if getattr(report, "planner", None):
+        sections.insert(2, planner_section(report.planner))
     if report.notes:
         sections.append(
             "<section id='notes'><h2>Notes</h2><ul>"

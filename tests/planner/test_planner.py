@@ -131,3 +131,15 @@ def test_calibration_of_the_wrong_shape_is_a_clear_error():
     bad = [ok, {"input_ids": torch.randint(1, 9, (4, 8, 3)), "attention_mask": ok["attention_mask"]}]
     with pytest.raises(InputError, match=r"calibration batch 1 does not fit the model.*input_ids"):
         tcomp.optimize(m, _batch(0), max_error=0.1, calibration=bad, candidates=["int8"])
+
+
+def test_report_html_draws_the_front_and_the_checks(planned):
+    from tcomp.report import render_module
+
+    _m, _before, _calib, om = planned
+    page = render_module(om)
+    assert "<section id='planner'>" in page and "data-series='path'" in page
+    p = om.report.planner
+    assert page.count("class='check'") == len(p["verifications"])
+    for site in p["chosen"]:
+        assert site in page
