@@ -24,11 +24,13 @@ import tcomp.dynamo as td
 from tcomp.verify import Reference, reference_model, rel_error
 
 pytest.importorskip("transformers")
+from tests.hf_zoo import ARCHS as ZOO  # noqa: E402
 from tests.hf_zoo import make  # noqa: E402
 from tests.test_dynamo import fresh_dynamo  # noqa: E402, F401 - autouse: a fresh Dynamo and no reports per test
 
-# the zoo's encoders (text, T5's relative bias, vision) and decoders (learned positions, RoPE + GQA)
-ARCHS = ["bert", "t5-encoder", "vit", "gpt2", "llama"]
+# every model of the HF zoo: encoders (text, T5's relative bias, vision, Swin's windows) and decoders
+# (learned positions, RoPE + GQA)
+ARCHS = list(ZOO)
 
 
 def _inputs(case, n: int, seed: int) -> dict:
