@@ -61,7 +61,8 @@ SymLike = Union[int, sympy.Expr]
 # Site kinds in table order. ATen nodes are "attention" (SDPA), "linear" or "matmul"; a dialect
 # node's kind is its OpDef's (a kind missing here still gets its rows, after these).
 SiteKind = Literal[
-    "attention", "rpe_attention", "linear_attention", "token_merge", "linear", "qlinear", "matmul", "fused"
+    "attention", "rpe_attention", "linear_attention", "token_merge", "linear", "qlinear", "matmul", "fused",
+    "embedding",
 ]
 KINDS: tuple[SiteKind, ...] = get_args(SiteKind)
 SymbolMap = Mapping[Union[sympy.Symbol, str], SymLike]
@@ -286,6 +287,15 @@ def _matmul_node_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
 
 CostFormula = Callable[[Node, Union[SymbolMap, None]], Union[Cost, None]]
 
+def _embedding_cost(node: Node, symbols: SymbolMap | None) -> Cost | None:
+    """``aten.embedding(weight, ids)``: no FLOPs; the ids and one weight row per id read, the rows written."""
+    w, ids = fake(node.args[0]), fake(node.args[1])
+    if w is None or ids is None:
+        return None
+    n, row = sym_numel(sym_shape(ids, symbols)), w.shape[1] * w.dtype.itemsize
+    return Cost(sympy.S.Zero, sympy.expand(n * ids.dtype.itemsize + 2 * n * row))
+
+
 # The ATen ops with a formula: target -> (site kind, cost function). Dialect ops carry their own.
 ATEN_COSTS: dict[Any, tuple[SiteKind, CostFormula]] = {
     _SDPA: ("attention", _sdpa_cost),
@@ -294,6 +304,7 @@ ATEN_COSTS: dict[Any, tuple[SiteKind, CostFormula]] = {
     torch.ops.aten.matmul.default: ("matmul", _matmul_node_cost),
     torch.ops.aten.bmm.default: ("matmul", _matmul_node_cost),
     torch.ops.aten.mm.default: ("matmul", _matmul_node_cost),
+    torch.ops.aten.embedding.default: ("embedding", _embedding_cost),
 }
 
 
@@ -368,7 +379,9 @@ def graph_cost(gm: GraphModule, symbols: SymbolMap | None = None) -> list[SiteCo
         c = None if f is None else f[1](node, symbols)
         if c is not None:
             v = fake(node.args[0]) if node.args else None
-            sites.append(SiteCost(node.name, f[0], c, None if v is None else v.dtype))
+            if not (isinstance(v, torch.Tensor) and v.is_floating_point()):  # e.g. token ids first: the output's
+                v = fake(node)
+            sites.append(SiteCost(node.name, f[0], c, v.dtype if isinstance(v, torch.Tensor) else None))
     return sites
 
 

@@ -200,7 +200,7 @@ def _sites(g: _Graphs, cand: Candidate) -> list[str]:
         return [site_key("attention", n.meta.get(meta.ATTN_LAYER)) for n in g.gm.graph.nodes if is_attention(n)]
     _gm, records = g.rewrite([cand.all_sites()])
     rec = records[-1]
-    return [site_key("linear", s["site"]) for s in rec.sites if s.get("status") == "quantized"]
+    return [site_key(cand.kind, s["site"]) for s in rec.sites if s.get("status") == "quantized"]
 
 
 def search_plan(

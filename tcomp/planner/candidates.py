@@ -1,8 +1,8 @@
 """What the planner may choose at each site, and how a choice becomes pass options.
 
 A :class:`Candidate` is one registered pass with fixed options, applied to a set of sites: linear
-layers (by module path, through the quantization passes' ``include``) or attention sites (by index,
-through ``layers``). The core names passes only by their registry names; a candidate whose pass is
+layers or embedding tables (by module path, through the quantization passes' ``include``) or
+attention sites (by index, through ``layers``). The core names passes only by their registry names; a candidate whose pass is
 not registered is refused with the list of known ones.
 
 ``MENU`` holds the candidates tcomp offers; ``default_menu(target)`` the ones a plan considers when
@@ -28,7 +28,7 @@ class Candidate:
 
     name: str
     pass_name: str
-    kind: Literal["linear", "attention"]
+    kind: Literal["linear", "attention", "embedding"]
     options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     summary: str = ""
 
@@ -37,6 +37,8 @@ class Candidate:
         opts = dict(self.options)
         if self.kind == "linear":
             opts.update(include=tuple(_literal(s) for s in sorted(sites)), skip_first_last=False)
+        elif self.kind == "embedding":
+            opts.update(include=tuple(_literal(s) for s in sorted(sites)))
         else:
             opts["layers"] = tuple(sorted(attention_index(s) for s in sites))
         return self.pass_name, opts
@@ -59,6 +61,7 @@ MENU: dict[str, Candidate] = {
         Candidate("int4_g32", "quantize.int4_weight", "linear", {"group": 32}, "int4 weights, groups of 32"),
         Candidate("gptq_g128", "quantize.int4_gptq", "linear", {"group": 128}, "int4 GPTQ, groups of 128"),
         Candidate("w1", "binarize", "linear", summary="1-bit weights (sign and per-channel scale)"),
+        Candidate("emb_int8", "quantize.int8_embedding", "embedding", summary="int8 embedding tables, a scale per row"),
         Candidate("linear_hedgehog", "attention.linear", "attention", {"feature_map": "hedgehog"},
                   "linear attention, hedgehog maps fitted on the calibration data"),  # fmt: skip
         Candidate("linear_elu1", "attention.linear", "attention", {"feature_map": "elu1"}, "linear attention, elu+1"),
@@ -71,7 +74,7 @@ def default_menu(target: Target) -> tuple[str, ...]:
     """The candidates a plan weighs by default: every format the target runs, the fitted linear
     attention and softmax-free attention (elu1 and GPTQ only when asked: the first rarely holds on
     a pretrained model, the second costs a calibration solve per site)."""
-    names = ["int8", "w8a8", "int4_g128", "int4_g32", "w1", "linear_hedgehog", "softmax_free"]
+    names = ["int8", "w8a8", "int4_g128", "int4_g32", "w1", "emb_int8", "linear_hedgehog", "softmax_free"]
     try:
         target.flops_per_s("fp8")
         names.insert(2, "fp8")
@@ -96,7 +99,7 @@ def menu(names: Sequence[str] | None, target: Target, registered: Sequence[str])
 
 
 def site_key(kind: str, name: str | int) -> str:
-    """``linear:<module path>`` or ``attention:<index>``."""
+    """``linear:<module path>``, ``embedding:<module path>`` or ``attention:<index>``."""
     return f"{kind}:{name}"
 
 
@@ -106,7 +109,7 @@ def attention_index(site: str) -> int:
 
 def _literal(path: str) -> str:
     """An fnmatch pattern matching exactly ``path`` (``[``, ``*`` and ``?`` escaped)."""
-    name = path.split(":", 1)[1] if path.startswith("linear:") else path
+    name = path.split(":", 1)[1] if path.startswith(("linear:", "embedding:")) else path
     out = re.sub(r"([\[\]*?])", r"[\1]", name)
     assert fnmatch.fnmatchcase(name, out)
     return out

@@ -15,7 +15,7 @@ from tcomp.models.bert import Bert, BertConfig
 from tcomp.plan import Plan
 from tcomp.planner import metrics
 
-CANDS = ["int8", "int4_g32", "w1"]
+CANDS = ["int8", "int4_g32", "w1", "emb_int8"]
 
 
 def _model(seed: int = 0) -> Bert:
@@ -58,7 +58,9 @@ def test_plan_meets_the_budget_on_held_back_and_fresh_inputs(planned):
     assert _cos_error(om, m, calib[-1:]) <= 0.01
     assert _cos_error(om, m, [_batch(s) for s in (11, 12)]) <= 0.01 * 1.5  # unseen inputs: about the same
     names = {s.name for s in om.plan.steps}
-    assert names - {"canonicalize"} <= {"quantize.int8_weight", "quantize.int4_weight", "binarize"}
+    assert names - {"canonicalize"} <= {"quantize.int8_weight", "quantize.int4_weight", "binarize",
+                                        "quantize.int8_embedding"}
+    assert "embedding:embeddings.word" in p["chosen"]  # memory: the word table is the biggest single saving
     assert p["verifications"][-1]["saving"] > 0
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # the user's model untouched
 
