@@ -279,7 +279,8 @@ def optimize(
     search = None
     if planned:
         step("plan")
-        search, plan = _search(captured, plan, calibration, max_error, metric, pool, objective, candidates, backend)
+        search, plan = _search(captured, plan, calibration, max_error, metric, pool, objective, candidates, backend,
+                               step)  # fmt: skip
     reference = None
     if verify:
         from tcomp.verify import Reference
@@ -320,15 +321,16 @@ def _check_planned(passes: Any, decoder: bool | None, max_error: Any, metric: An
     check(max_error, metric, pool, objective)
 
 
-def _search(captured, plan, calibration, max_error, metric, pool, objective, candidates, backend):
-    """Run the planner on the canonicalized graph; (its record, the plan it chose, with the backend)."""
+def _search(captured, plan, calibration, max_error, metric, pool, objective, candidates, backend, step):
+    """Run the planner on the canonicalized graph; (its record, the plan it chose, with the backend).
+    ``step`` hears each measurement as ``plan: <candidate> at <site> (i/n)``."""
     from tcomp.plan import build_plan
     from tcomp.planner import search_plan
 
     exact = run_pipeline(captured.gm, plan.steps)  # canonicalize alone
     search = search_plan(
         exact.gm, calibration, plan.target, max_error=max_error, metric=metric, pool=pool, objective=objective,
-        candidates=candidates, seed=plan.seed,
+        candidates=candidates, seed=plan.seed, progress=lambda what, i, n: step(f"plan: {what} ({i}/{n})"),
     )  # fmt: skip
     chosen = build_plan(plan.target, [*(s.name for s in plan.steps), *search.steps], backend,
                         calibration=search.calibration, seed=plan.seed)  # fmt: skip

@@ -145,3 +145,13 @@ def test_report_html_draws_the_front_and_the_checks(planned):
     assert page.count("class='check'") == len(p["verifications"])
     for site in p["chosen"]:
         assert site in page
+
+
+def test_progress_names_each_measurement():
+    m, calib = _model(4), [_batch(s) for s in range(1, 3)]
+    heard: list[str] = []
+    tcomp.optimize(m, _batch(0), max_error=0.01, objective="memory", calibration=calib, candidates=["emb_int8"],
+                   verify=False, progress=heard.append)  # fmt: skip
+    plan_steps = [h for h in heard if h.startswith("plan: ")]
+    assert "plan: emb_int8 at embedding:embeddings.word (0/2)" in plan_steps
+    assert plan_steps[-1] == "plan: measured (2/2)"
