@@ -295,6 +295,8 @@ def optimize(
         model=type(model).__name__, target=tgt.name, passes=result.records, dynamic_dims=captured.dims
     )
     report.sites = _sites(result.gm)
+    if not report.sites and result.before_lowering is not None:  # a backend that runs the whole graph (ONNX Runtime)
+        report.sites = [dict(r, runs_on=plan.backend) for r in _sites(result.before_lowering)]
     if search is not None:
         report.planner = search.to_dict()
     if reference is not None:

@@ -89,6 +89,7 @@ class PipelineResult:
     records: list[PassRecord]
     snapshots: list[tuple[str, str]]  # (stage name, graph code) -- "captured" first
     final_error: float | None = None  # error of ``gm`` vs the float64 reference, when verified
+    before_lowering: fx.GraphModule | None = None  # the graph the backend's steps started from (a Plan's run)
 
 
 def run_pipeline(
@@ -110,10 +111,14 @@ def run_pipeline(
     tolerance. A failing or raising pass is rolled back and recorded with the reason.
     """
     steps, ctx = plan.runnable() if hasattr(plan, "runnable") else _listed(plan)
+    first_lowering = len(steps) - len(getattr(plan, "lowering", ()))
     debug = os.environ.get("TCOMP_DEBUG", "") not in ("", "0")
     current, snapshots, records = gm, [("captured", gm.code)], []
+    before_lowering = None
     prev_out = reference.run(current) if reference is not None else None
-    for step in steps:
+    for i, step in enumerate(steps):
+        if i == first_lowering:
+            before_lowering = current
         if progress:
             progress(step.name)
         t0 = time.perf_counter()
@@ -129,7 +134,7 @@ def run_pipeline(
         if debug:
             print(f"[tcomp] after {step.name}:\n{current.graph}")
     final = reference.error_of(prev_out) if reference is not None else None
-    return PipelineResult(current, records, snapshots, final)
+    return PipelineResult(current, records, snapshots, final, before_lowering)
 
 
 def _listed(specs: list[Any]) -> tuple[list[Step], PassContext]:
