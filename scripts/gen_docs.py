@@ -27,6 +27,7 @@ from docs_gen.approx import render_linear_attention, render_rasp, render_tome  #
 from docs_gen.common import DOCS, RESULTS, Page, date_of, device_of, table  # noqa: E402
 from docs_gen.generation import render_generation  # noqa: E402
 from docs_gen.kernels import render_attention, render_autotune, render_e2e, render_rms_norm, render_rpe  # noqa: E402
+from docs_gen.planner import render_plan  # noqa: E402
 from docs_gen.quant import render_onnx, render_quant  # noqa: E402
 
 PAGES = [
@@ -104,6 +105,13 @@ PAGES = [
          "profile-decode-8b-b1-nvidia-h200.json"],
         render_generation,
         "Decoders compiled for generation: the split-KV decode-attention kernel and whole-model decode steps.",
+    ),
+    Page(
+        "planner.md",
+        "Planning under an error budget",
+        ["plan-minilm-cpu.json"],
+        render_plan,
+        "`optimize(max_error=...)` on a real model: the plan per budget against every candidate applied uniformly.",
     ),
     Page(
         "autotune.md",
