@@ -236,6 +236,8 @@ def render_onnx(data: dict) -> str:
     shares = [r["op_time_shares"]["MatMul"] for r in rows if "op_time_shares" in r]
     g = GOALS["onnx_vs_optimizer"]
     load = ", ".join(f"{x:.1f}" for x in o["load_avg"])
+    busy = (" (a shared machine: absolute times are above a quiet run's)" if max(o["load_avg"]) > o["threads"]
+            else "")  # fmt: skip
 
     q = data["onnx-quant-minilm-cpu.json"]
     qt = [
@@ -263,9 +265,8 @@ com.microsoft kernels itself (MultiHeadAttention, SkipLayerNormalization, BiasGe
 ## Float model
 
 Real all-MiniLM-L6-v2, batch {o["batch"]}, seq {o["seq"]}, {o["threads"]} threads, {o["rounds"]} interleaved
-rounds of {o["runs_per_round"]} runs (onnx {o["onnx"]}, onnxscript {o["onnxscript"]}). The machine was
-shared: load average {load} during the run, so absolute times are far above a quiet run's; compare the rows
-with each other.
+rounds of {o["runs_per_round"]} runs (onnx {o["onnx"]}, onnxscript {o["onnxscript"]}). Load average during the
+run: {load}{busy}; compare the rows with each other.
 
 {
         columns(
