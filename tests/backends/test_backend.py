@@ -61,7 +61,7 @@ def test_onnxruntime_translations_come_from_the_declarations():
     impls = b.impls
     want = {
         getattr(torch.ops.tcomp, op).default
-        for op in ("attention", "token_merge", "bias_gelu", "skip_layer_norm", "rms_norm", *DIALECT_QLINEARS)
+        for op in ("attention", "token_merge", "bias_gelu", "skip_layer_norm", "rms_norm", "embedding_int8", *DIALECT_QLINEARS)
     }
     assert set(impls) == want
     assert len(impls) == _declared(BACKENDS / "onnxruntime", "ONNX")
