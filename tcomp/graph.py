@@ -3,6 +3,7 @@ of dead chains, and readable descriptions of where a node came from in the user'
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -125,11 +126,14 @@ def module_path(node: fx.Node) -> str:
     return _clean_path(path)
 
 
+_DYNAMO_ROOT = re.compile(r"^L\['(?:self|args\[\d+\]|[A-Za-z_]\w*)'\]")
+
+
 def _clean_path(path: str) -> str:
-    # export writes paths like "L['self'].encoder.layer[0]" or "encoder.layer.0"
-    return (
-        path.replace("L['self'].", "").replace("L['self']", "").replace("._modules['", ".").replace("']", "")
-    )
+    # export writes "L['self'].encoder.layer[0]" or "encoder.layer.0"; under torch.compile Dynamo
+    # writes the module's root as "L['args[0]']" or "L['fn']" (the compiled module as an argument)
+    path = _DYNAMO_ROOT.sub("", path)
+    return path.replace("._modules['", ".").replace("']", "").lstrip(".")
 
 
 def source_line(node: fx.Node) -> str:

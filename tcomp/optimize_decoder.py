@@ -22,6 +22,7 @@ from tcomp.decoder import (
 )
 from tcomp.errors import InputError, PassError
 from tcomp.graph import drop_unused_tensors
+from tcomp.input_check import learned_positions
 from tcomp.outcome import enforce, enforce_strict
 from tcomp.pipeline import run_pipeline
 from tcomp.report import Report
@@ -48,21 +49,6 @@ def _default_max_len(model: torch.nn.Module) -> int:
     config = _config(model)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "max_len", None)
     return int(min(limit, DEFAULT_MAX_LEN)) if limit else DEFAULT_MAX_LEN
-
-
-def _learned_positions(model: torch.nn.Module) -> tuple[str, int] | None:
-    """(module path, positions) of a learned position table -- an ``nn.Embedding`` named for
-    positions (GPT-2's ``wpe``, OPT's ``embed_positions``, the zoo's ``pos``) -- whose size bounds the
-    tokens a sequence may have: the config's position count, else the table's rows; None without one
-    (rotary, ALiBi, relative biases: no table)."""
-    config = _config(model)
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    limit = limit or getattr(config, "max_len", None)
-    for name, mod in model.named_modules():
-        leaf = name.rsplit(".", 1)[-1].lower()
-        if isinstance(mod, torch.nn.Embedding) and (leaf == "wpe" or leaf.startswith("pos") or "position" in leaf):
-            return name, int(limit or mod.num_embeddings)
-    return None
 
 
 def _step_calibration(calibration: Any, batch: int, max_len: int, device, decode: bool) -> list | None:
@@ -112,7 +98,7 @@ def optimize_decoder(
     max_len = int(max_len or _default_max_len(model))
     if max_len < 2:
         raise InputError(f"max_len must be at least 2 slots, got {max_len}")
-    table = _learned_positions(model)
+    table = learned_positions(model)  # the same table the compiled module's input checks read
     if table is not None and max_len > table[1]:
         raise InputError(
             f"max_len={max_len} is past the {table[1]} positions {type(model).__name__} learned ({table[0]}): a "
