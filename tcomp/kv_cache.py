@@ -20,7 +20,8 @@ scale, ``x ≈ q * s``, ``s = max|x| / 127`` (1 for a row of zeros), the format 
 fp32 one. The attention layers read the cache dequantized, ``(q * s)`` in float32 rounded once to the
 model's dtype; the canonical form ``tcomp.cached_attention`` then takes the codes and the scales
 (the Triton decode kernel reads the codes; its prefill dequantizes once for the flash kernel).
-Contract (BOUNDED): every cached element is within ``s / 2`` of the value the model wrote (checked by
+Contract (BOUNDED): every cached element is within ``s / 2`` of the value the model wrote, plus the
+float32 roundings of ``x / s`` and ``q * s`` (at most ``2^-17 s`` each for codes up to 127; checked by
 tests/generation/test_kv_int8.py), so with ``dk``/``dv`` the largest key/value error of a layer, its
 attention output moves by at most ``dv + (exp(2 * scale * |q|_1 * dk) - 1) * max|v|`` per element.
 """

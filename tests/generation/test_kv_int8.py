@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import tcomp
@@ -28,6 +28,7 @@ def _ids(seed: int, batch: int = 2, n: int = 9) -> torch.Tensor:
     return torch.randint(1, VOCAB, (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
+@example(seed=5737, scale=300.0)  # float32's x / s put a value 2.2e-6 of s past the half step
 @given(seed=st.integers(0, 2**31 - 1), scale=st.sampled_from([1e-3, 1.0, 300.0]))
 def test_rows_within_half_their_scale_and_nan_poisons_its_row(seed, scale):
     g = torch.Generator().manual_seed(seed)
@@ -36,7 +37,8 @@ def test_rows_within_half_their_scale_and_nan_poisons_its_row(seed, scale):
     q, s = kv_cache.quantize_rows(x)
     assert q.dtype == torch.int8 and s.shape == (2, 3, 5, 1) and q.abs().max() <= 127
     err = (kv_cache.dequantize_rows(q, s, torch.float64) - x.double()).abs()
-    assert (err <= s.double() / 2 * (1 + 1e-6)).all()
+    # s/2, plus float32's roundings of x/s and of q*s (codes up to 127: at most 2^-17 of s each)
+    assert (err <= s.double() * (0.5 + 2**-16)).all()
     assert s[0, 0, 0].item() == 1.0 and (q[0, 0, 0] == 0).all()
     x[1, 2, 3, 4] = float("nan")
     q, s = kv_cache.quantize_rows(x)
