@@ -1,9 +1,10 @@
-"""Fidelity of the quantization passes (weight-only int8/int4 (round-to-nearest and GPTQ), W8A8, fp8 e4m3, 1-bit) on the real all-MiniLM-L6-v2 (CPU, eager backend):
+"""Fidelity of the quantization passes (weight-only int8/int4 (round-to-nearest, GPTQ and AWQ), W8A8, fp8 e4m3, 1-bit) on the real all-MiniLM-L6-v2 (CPU, eager backend):
 sentence-embedding cosine to the fp32 model on models.minilm.SENTENCES, nearest-neighbour
 retrieval agreement, the pipeline's measured relative error, and the artifact's weight file size.
 Writes bench/results/quant-minilm-cpu.json.
 
     python bench/quant_minilm.py
+    python bench/quant_minilm.py --only "int4_awq"   # rerun matching rows, keep the others
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ PASSES = [
     ("int4_gptq g32", [("quantize.int4_gptq", {"group": 32})]),
     ("int4_gptq g128 no act_order", [("quantize.int4_gptq", {"group": 128, "act_order": False})]),
     ("int4_gptq g128 no clip", [("quantize.int4_gptq", {"group": 128, "clip": False})]),
+    ("int4_awq g128", [("quantize.int4_awq", {"group": 128})]),
+    ("int4_awq g32", [("quantize.int4_awq", {"group": 32})]),
+    ("int4_awq g128 no clip", [("quantize.int4_awq", {"group": 128, "clip": False})]),
     ("int8_dynamic (W8A8)", [("quantize.int8_dynamic", {})]),
     ("int8_dynamic all linears", [("quantize.int8_dynamic", {"skip_first_last": False})]),
     # fp8 needs fp8 tensor cores (h100/h200); force=True runs it here on the reference op, which
@@ -61,12 +65,15 @@ PASSES = [
 ]
 # rows labelled "(unverified)" run with verify=False: the pipeline would roll an over-tolerance pass
 # back, these measure what the pass itself does (hidden_rel_error is measured here for every row).
-# Calibration batches go to GPTQ and to the rows labelled "calibrated" only (binarize fits its
+# Calibration batches go to GPTQ, AWQ and to the rows labelled "calibrated" only (binarize fits its
 # scales and thresholds when it gets them).
 
 
+CALIBRATED_PASSES = ("quantize.int4_gptq", "quantize.int4_awq")
+
+
 def uses_calibration(label: str, passes: list) -> bool:
-    return "calibrated" in label or any(name == "quantize.int4_gptq" for name, _ in passes)
+    return "calibrated" in label or any(name in CALIBRATED_PASSES for name, _ in passes)
 
 
 def nearest(e: torch.Tensor) -> torch.Tensor:
@@ -88,7 +95,7 @@ def main() -> None:
     with torch.no_grad():
         hidden = m.encoder(**inputs)
     rows = []
-    # calibration (GPTQ) on sentences kept apart from the evaluation set, batches of 8
+    # calibration (GPTQ, AWQ) on sentences kept apart from the evaluation set, batches of 8
     calibration = [
         minilm.example_inputs(m.tokenizer, CALIBRATION[i : i + 8]) for i in range(0, len(CALIBRATION), 8)
     ]

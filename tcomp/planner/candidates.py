@@ -60,6 +60,8 @@ MENU: dict[str, Candidate] = {
         Candidate("int4_g128", "quantize.int4_weight", "linear", {"group": 128}, "int4 weights, groups of 128"),
         Candidate("int4_g32", "quantize.int4_weight", "linear", {"group": 32}, "int4 weights, groups of 32"),
         Candidate("gptq_g128", "quantize.int4_gptq", "linear", {"group": 128}, "int4 GPTQ, groups of 128"),
+        Candidate("awq_g128", "quantize.int4_awq", "linear", {"group": 128}, "int4 with activation-aware scales, groups of 128"),
+        Candidate("awq_g32", "quantize.int4_awq", "linear", {"group": 32}, "int4 with activation-aware scales, groups of 32"),
         Candidate("w1", "binarize", "linear", summary="1-bit weights (sign and per-channel scale)"),
         Candidate("emb_int8", "quantize.int8_embedding", "embedding", summary="int8 embedding tables, a scale per row"),
         Candidate("linear_hedgehog", "attention.linear", "attention", {"feature_map": "hedgehog"},
