@@ -12,7 +12,7 @@ from operator import attrgetter
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -102,6 +102,7 @@ def test_awq_beats_round_to_nearest_against_float64_and_holds_its_contract():
 
 
 @settings(max_examples=8)
+@example(seed=1_000_000_001, group=128, blocks=1, n=2, alphas=[0.75], clip=False)  # past the guard: still applied
 @given(
     seed=st.integers(0, 2**31 - 1),
     group=st.sampled_from([32, 64, 128]),
@@ -120,7 +121,9 @@ def test_graph_computes_scaled_input_times_dequantized_weights(seed, group, bloc
     gain[torch.randperm(k, generator=torch.Generator().manual_seed(seed))[:2]] = 30.0
     calib = [_x(seed + 2 + i, 5, k) * gain for i in range(2)]
     opts = {"group": group, "alphas": tuple(alphas), "clip": clip, "skip_first_last": False}
-    om = tcomp.optimize(model, (calib[0],), passes=[(AWQ, opts)], backend="eager", calibration=calib)
+    # the op's arithmetic is under test here, not the end-to-end guard: a single random int4 layer
+    # with two outputs can miss the 0.5 tolerance (seed 1_000_000_001, alpha 0.75: 0.544)
+    om = tcomp.optimize(model, (calib[0],), passes=[(AWQ, opts)], backend="eager", calibration=calib, verify=False)
     rec = om.report[AWQ]
     assert rec.status == "applied" and rec.rewrites == 1, rec.reason
     site = rec.sites[0]
