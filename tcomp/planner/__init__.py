@@ -99,13 +99,22 @@ def fit_calibration(fit: list[tuple[tuple, dict]]) -> list[Any]:
     return [k if k else a for a, k in fit]
 
 
-def check(max_error: Any, metric: Any, pool: Any, objective: str) -> None:
+def check_budget(max_error: Any) -> None:
     if isinstance(max_error, bool) or not isinstance(max_error, (int, float)) or not math.isfinite(max_error) \
             or max_error <= 0:  # fmt: skip
         raise InputError(f"max_error={max_error!r}: give a budget > 0 in the metric's units (e.g. 0.02)")
+
+
+def check_options(metric: Any, pool: Any, objective: str) -> None:
     metrics.check(metric, pool)
     if objective not in OBJECTIVES:
         raise InputError(f"objective={objective!r}: use one of {list(OBJECTIVES)}")
+
+
+def check(max_error: Any, metric: Any, pool: Any, objective: str) -> None:
+    """Every planner argument, before any work."""
+    check_budget(max_error)
+    check_options(metric, pool, objective)
 
 
 class _Graphs:
@@ -203,24 +212,11 @@ def _sites(g: _Graphs, cand: Candidate) -> list[str]:
     return [site_key(cand.kind, s["site"]) for s in rec.sites if s.get("status") == "quantized"]
 
 
-def search_plan(
-    gm: fx.GraphModule,
-    calibration: Any,
-    target: Target,
-    *,
-    max_error: float,
-    metric: metrics.Metric = "rel",
-    pool: metrics.Pool | None = None,
-    objective: str = "latency",
-    candidates: Sequence[str] | None = None,
-    seed: int = 0,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> Search:
-    """Choose per-site candidates for the canonicalized graph ``gm`` (see the module docstring)."""
-    check(max_error, metric, pool, objective)
-    planner = Planner(gm, calibration, target, metric=metric, pool=pool, objective=objective, candidates=candidates,
-                      seed=seed, progress=progress)  # fmt: skip
-    return planner.plan(max_error)
+def search_plan(gm: fx.GraphModule, calibration: Any, target: Target, *, max_error: float, **options: Any) -> Search:
+    """Choose per-site candidates for the canonicalized graph ``gm`` (see the module docstring);
+    ``options`` are :class:`Planner`'s (metric, pool, objective, candidates, seed, progress)."""
+    check_budget(max_error)
+    return Planner(gm, calibration, target, **options).plan(max_error)
 
 
 class Planner:
@@ -242,7 +238,7 @@ class Planner:
     ) -> None:
         from tcomp.registry import registered_passes
 
-        check(1.0, metric, pool, objective)
+        check_options(metric, pool, objective)
         self.cands = menu(candidates, target, list(registered_passes()))
         fit, held, self.split = split(calibration)
         self.g = _Graphs(gm, fit, held, fit_calibration(fit), seed, target, objective, metric, pool)
@@ -261,7 +257,7 @@ class Planner:
 
     def plan(self, max_error: float) -> Search:
         """The longest prefix of the path within ``max_error``, backed off until it holds on both splits."""
-        check(max_error, "rel", None, self.objective)
+        check_budget(max_error)
         g = self.g
         out = Search(max_error, self.metric_name, self.objective, self.split, g.baseline, list(self.measured),
                      list(self.moves), calibration=g.calibration)  # fmt: skip
